@@ -1,0 +1,218 @@
+//! The receiving side: an idempotent inbox plus per-aggregate ordering around a
+//! service's event handler, all in the handler's own transaction.
+//!
+//! For each event, in one transaction:
+//! 1. record its id in the inbox; if it was already there, it is a duplicate: stop;
+//! 2. if it carries an aggregate version, apply it only if it is the next one; park it
+//!    if a version in between is missing; ignore it if it is older than what was applied;
+//! 3. after applying, apply any parked successors that are now next in line.
+//!
+//! The caller acknowledges the event (e.g. answers 2xx) only after this commits.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use cloudevents::AttributesReader;
+use sqlx::Row;
+
+use crate::{
+    db::{Backend, Db, DbError, Tx, now_millis},
+    envelope::{self, CloudEvent},
+    ordering::{self, Decision},
+};
+
+/// What a handler returns when it cannot apply an event. The transaction is rolled back
+/// and the event will be delivered again.
+pub type HandlerError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A service's reaction to the events it subscribes to.
+#[async_trait]
+pub trait Handler: Send + Sync + 'static {
+    /// Applies `event` using `tx`. Anything it writes, including events it emits, commits
+    /// together with the inbox record.
+    async fn handle(&self, tx: &mut Tx, event: &CloudEvent) -> Result<(), HandlerError>;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Applied, plus `drained` parked successors applied right after it.
+    Applied { drained: usize },
+    /// Already handled: no effect.
+    Duplicate,
+    /// Parked until version `waiting_for` of its aggregate has been applied.
+    Deferred { waiting_for: i64 },
+    /// Older than what was already applied: ignored.
+    Stale,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumeError {
+    #[error("handling {event_id} ({event_type}) failed: {reason}")]
+    Handler {
+        event_id: String,
+        event_type: String,
+        reason: String,
+    },
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+impl From<sqlx::Error> for ConsumeError {
+    fn from(e: sqlx::Error) -> Self {
+        ConsumeError::Db(e.into())
+    }
+}
+
+#[derive(Clone)]
+pub struct Consumer {
+    db: Db,
+    handler: Arc<dyn Handler>,
+}
+
+impl Consumer {
+    pub fn new(db: Db, handler: Arc<dyn Handler>) -> Self {
+        Self { db, handler }
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// Handles one event with inbox and ordering; see the module docs.
+    pub async fn receive(&self, event: &CloudEvent) -> Result<Outcome, ConsumeError> {
+        let mut tx = self.db.begin().await?;
+        let fresh = sqlx::query(
+            "INSERT INTO busbar_inbox (event_id, handled_at) VALUES ($1, $2) ON CONFLICT (event_id) DO NOTHING",
+        )
+        .bind(event.id())
+        .bind(now_millis())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if !fresh {
+            tx.rollback().await?;
+            return Ok(Outcome::Duplicate);
+        }
+
+        let (Some(subject), Some(version)) = (event.subject(), envelope::aggregate_version(event))
+        else {
+            self.apply(&mut tx, event).await?;
+            tx.commit().await?;
+            return Ok(Outcome::Applied { drained: 0 });
+        };
+        let source = event.source().to_string();
+        if tx.backend() == Backend::Postgres {
+            // Serialises consumers of one aggregate across connections and replicas, so two
+            // of them cannot both see "no version yet" and park what the other applies.
+            // SQLite needs nothing: BEGIN IMMEDIATE already serialises writers.
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+                .bind(format!("{source}\u{1f}{subject}"))
+                .execute(&mut *tx)
+                .await?;
+        }
+        let last: Option<i64> = sqlx::query(
+            "SELECT version FROM busbar_aggregate_versions WHERE source = $1 AND subject = $2",
+        )
+        .bind(&source)
+        .bind(subject)
+        .fetch_optional(&mut *tx)
+        .await?
+        .map(|r| r.try_get(0))
+        .transpose()?;
+
+        let outcome = match ordering::decide(last, version) {
+            Decision::Apply => {
+                self.apply(&mut tx, event).await?;
+                let mut applied = version;
+                let mut drained = 0;
+                while let Some(next) = take_parked(&mut tx, &source, subject, applied + 1).await? {
+                    self.apply(&mut tx, &next).await?;
+                    applied += 1;
+                    drained += 1;
+                }
+                sqlx::query(
+                    "INSERT INTO busbar_aggregate_versions (source, subject, version) VALUES ($1, $2, $3) \
+                     ON CONFLICT (source, subject) DO UPDATE SET version = excluded.version",
+                )
+                .bind(&source)
+                .bind(subject)
+                .bind(applied)
+                .execute(&mut *tx)
+                .await?;
+                Outcome::Applied { drained }
+            }
+            Decision::Defer { waiting_for } => {
+                sqlx::query(
+                    "INSERT INTO busbar_deferred (source, subject, version, event_id, payload, deferred_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (source, subject, version) DO NOTHING",
+                )
+                .bind(&source)
+                .bind(subject)
+                .bind(version)
+                .bind(event.id())
+                .bind(serde_json::to_string(event).expect("CloudEvents serialize"))
+                .bind(now_millis())
+                .execute(&mut *tx)
+                .await?;
+                tracing::debug!(event_id = event.id(), %source, subject, version, waiting_for, "deferred out-of-order event");
+                Outcome::Deferred { waiting_for }
+            }
+            Decision::Stale => {
+                tracing::warn!(event_id = event.id(), %source, subject, version, ?last, "ignoring stale event: a newer version was already applied");
+                Outcome::Stale
+            }
+        };
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    async fn apply(&self, tx: &mut Tx, event: &CloudEvent) -> Result<(), ConsumeError> {
+        self.handler
+            .handle(tx, event)
+            .await
+            .map_err(|e| ConsumeError::Handler {
+                event_id: event.id().to_owned(),
+                event_type: event.ty().to_owned(),
+                reason: e.to_string(),
+            })
+    }
+}
+
+async fn take_parked(
+    tx: &mut Tx,
+    source: &str,
+    subject: &str,
+    version: i64,
+) -> Result<Option<CloudEvent>, ConsumeError> {
+    let row = sqlx::query(
+        "SELECT payload FROM busbar_deferred WHERE source = $1 AND subject = $2 AND version = $3",
+    )
+    .bind(source)
+    .bind(subject)
+    .bind(version)
+    .fetch_optional(&mut **tx)
+    .await?;
+    let Some(row) = row else { return Ok(None) };
+    let payload: String = row.try_get(0)?;
+    sqlx::query("DELETE FROM busbar_deferred WHERE source = $1 AND subject = $2 AND version = $3")
+        .bind(source)
+        .bind(subject)
+        .bind(version)
+        .execute(&mut **tx)
+        .await?;
+    let ev = envelope::decode_one(&payload).map_err(|e| ConsumeError::Handler {
+        event_id: format!("parked {source}/{subject} v{version}"),
+        event_type: "?".into(),
+        reason: e.to_string(),
+    })?;
+    Ok(Some(ev))
+}
+
+/// Number of events parked waiting for a missing predecessor.
+pub async fn deferred_count(db: &Db) -> Result<i64, DbError> {
+    let row = sqlx::query("SELECT COUNT(*) FROM busbar_deferred")
+        .fetch_one(db.pool())
+        .await?;
+    Ok(row.try_get(0)?)
+}

@@ -1,0 +1,338 @@
+//! A service's own database: one sqlx pool over SQLite (the embedded default) or
+//! PostgreSQL, chosen by URL, with the SDK's tables migrated in.
+//!
+//! Transactions opened here know how to append to the outbox and wake the relay on
+//! commit, which is what makes "state change + event" one atomic step.
+
+use std::{path::Path, str::FromStr, sync::Arc, time::Duration};
+
+use sqlx::{
+    Any, AnyConnection, AnyPool, Executor,
+    any::{AnyConnectOptions, AnyPoolOptions},
+    migrate::Migrator,
+};
+use tokio::sync::Notify;
+
+use cloudevents::AttributesReader;
+
+use crate::envelope::{self, CloudEvent, Event};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error(
+        "unsupported database URL `{0}`: use sqlite://path/to/file.db or postgres://user@host/db"
+    )]
+    UnsupportedUrl(String),
+    #[error("cannot create the directory for SQLite file {path}: {source}")]
+    CreateDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot connect to {url}: {source}")]
+    Connect { url: String, source: sqlx::Error },
+    #[error("migrating {what} failed: {source}")]
+    Migrate {
+        what: &'static str,
+        source: sqlx::migrate::MigrateError,
+    },
+    #[error(transparent)]
+    Sql(#[from] sqlx::Error),
+}
+
+/// How durable a SQLite commit is. Both survive SIGKILL of the process (the WAL is in the
+/// OS page cache at commit); only `Full` also survives power loss, at an fsync per commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SqliteSync {
+    Normal,
+    Full,
+}
+
+#[derive(Debug, Clone)]
+pub struct DbOptions {
+    pub max_connections: u32,
+    pub sqlite_sync: SqliteSync,
+    /// Create the SDK's outbox/inbox tables. Services want them; the bus does not.
+    pub sdk_tables: bool,
+}
+
+impl Default for DbOptions {
+    fn default() -> Self {
+        Self {
+            max_connections: 8,
+            sqlite_sync: SqliteSync::Normal,
+            sdk_tables: true,
+        }
+    }
+}
+
+/// A pool over the service's database plus the outbox wake-up signal.
+#[derive(Clone, Debug)]
+pub struct Db {
+    pool: AnyPool,
+    backend: Backend,
+    service: Arc<str>,
+    relay_wake: Arc<Notify>,
+}
+
+impl Db {
+    /// Opens `url` for `service` (the CloudEvents `source` of what it emits) and applies
+    /// the SDK's own migrations. SQLite files and their directories are created if missing.
+    pub async fn connect(service: &str, url: &str, opts: DbOptions) -> Result<Db, DbError> {
+        sqlx::any::install_default_drivers();
+        let (backend, url) = normalize_url(url)?;
+        let connect_opts =
+            AnyConnectOptions::from_str(&url).map_err(|source| DbError::Connect {
+                url: url.clone(),
+                source,
+            })?;
+        let sync = opts.sqlite_sync;
+        let mut pool_opts = AnyPoolOptions::new()
+            .max_connections(match backend {
+                // SQLite has one writer at a time; more connections only add lock contention.
+                Backend::Sqlite => opts.max_connections.min(4),
+                Backend::Postgres => opts.max_connections,
+            })
+            .acquire_timeout(Duration::from_secs(30));
+        if backend == Backend::Sqlite {
+            pool_opts = pool_opts.after_connect(move |conn, _meta| {
+                Box::pin(async move {
+                    conn.execute("PRAGMA journal_mode = WAL").await?;
+                    conn.execute("PRAGMA busy_timeout = 10000").await?;
+                    conn.execute(match sync {
+                        SqliteSync::Normal => "PRAGMA synchronous = NORMAL",
+                        SqliteSync::Full => "PRAGMA synchronous = FULL",
+                    })
+                    .await?;
+                    Ok(())
+                })
+            });
+        }
+        let pool = pool_opts
+            .connect_with(connect_opts)
+            .await
+            .map_err(|source| DbError::Connect {
+                url: redact(&url),
+                source,
+            })?;
+        let db = Db {
+            pool,
+            backend,
+            service: service.into(),
+            relay_wake: Arc::new(Notify::new()),
+        };
+        if !opts.sdk_tables {
+            return Ok(db);
+        }
+        let mut sdk = match backend {
+            Backend::Sqlite => sqlx::migrate!("./migrations/sqlite"),
+            Backend::Postgres => sqlx::migrate!("./migrations/postgres"),
+        };
+        sdk.dangerous_set_table_name("_busbar_migrations");
+        sdk.run(&db.pool).await.map_err(|source| DbError::Migrate {
+            what: "the busbar SDK tables",
+            source,
+        })?;
+        Ok(db)
+    }
+
+    /// Applies the service's own migrations, picking the set written for this backend.
+    /// Services whose SQL is portable pass the same migrator twice.
+    pub async fn migrate(&self, sqlite: &Migrator, postgres: &Migrator) -> Result<(), DbError> {
+        let m = match self.backend {
+            Backend::Sqlite => sqlite,
+            Backend::Postgres => postgres,
+        };
+        m.run(&self.pool).await.map_err(|source| DbError::Migrate {
+            what: "the service schema",
+            source,
+        })
+    }
+
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    pub fn service(&self) -> &str {
+        &self.service
+    }
+
+    pub(crate) fn relay_wake(&self) -> Arc<Notify> {
+        self.relay_wake.clone()
+    }
+
+    /// Begins a write transaction. On SQLite it takes the write lock up front
+    /// (`BEGIN IMMEDIATE`): a read-then-write transaction that upgrades later can fail with
+    /// SQLITE_BUSY when another writer got in between, which no busy timeout can cure.
+    pub async fn begin(&self) -> Result<Tx, DbError> {
+        let inner = match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        };
+        Ok(Tx {
+            inner,
+            db: self.clone(),
+            emitted: false,
+        })
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// A transaction on the service's database that can also emit events.
+pub struct Tx {
+    inner: sqlx::Transaction<'static, Any>,
+    db: Db,
+    emitted: bool,
+}
+
+impl Tx {
+    /// Appends `event` (version `version` of its aggregate) to the outbox in this
+    /// transaction. It is published only if, and after, the transaction commits.
+    pub async fn emit<E: Event>(&mut self, event: &E, version: i64) -> Result<CloudEvent, DbError> {
+        let ev = envelope::build(self.db.service(), event, version);
+        self.emit_envelope(&ev).await?;
+        Ok(ev)
+    }
+
+    /// Appends an already-built envelope to the outbox.
+    pub async fn emit_envelope(&mut self, ev: &CloudEvent) -> Result<(), DbError> {
+        let payload = serde_json::to_string(ev).expect("CloudEvents serialize to JSON");
+        sqlx::query(
+            "INSERT INTO busbar_outbox (event_id, payload, created_at) VALUES ($1, $2, $3)",
+        )
+        .bind(ev.id())
+        .bind(payload)
+        .bind(now_millis())
+        .execute(&mut *self.inner)
+        .await?;
+        self.emitted = true;
+        Ok(())
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.db.backend
+    }
+
+    /// Commits, then wakes the outbox relay if anything was emitted.
+    pub async fn commit(self) -> Result<(), DbError> {
+        self.inner.commit().await?;
+        if self.emitted {
+            self.db.relay_wake.notify_one();
+        }
+        Ok(())
+    }
+
+    pub async fn rollback(self) -> Result<(), DbError> {
+        Ok(self.inner.rollback().await?)
+    }
+}
+
+impl std::ops::Deref for Tx {
+    type Target = AnyConnection;
+    fn deref(&self) -> &AnyConnection {
+        &self.inner
+    }
+}
+
+impl std::ops::DerefMut for Tx {
+    fn deref_mut(&mut self) -> &mut AnyConnection {
+        &mut self.inner
+    }
+}
+
+pub(crate) fn now_millis() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// Accepts `sqlite:`/`sqlite://` and `postgres://`/`postgresql://` URLs. SQLite files are
+/// opened read-write-create, and their directory is created.
+fn normalize_url(url: &str) -> Result<(Backend, String), DbError> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok((Backend::Postgres, url.to_owned()));
+    }
+    let Some(rest) = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+    else {
+        return Err(DbError::UnsupportedUrl(url.to_owned()));
+    };
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    if path.is_empty() {
+        return Err(DbError::UnsupportedUrl(url.to_owned()));
+    }
+    if path != ":memory:" {
+        if let Some(dir) = Path::new(path)
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+        {
+            std::fs::create_dir_all(dir).map_err(|source| DbError::CreateDir {
+                path: path.to_owned(),
+                source,
+            })?;
+        }
+    }
+    let query = if query.contains("mode=") {
+        query.to_owned()
+    } else if query.is_empty() {
+        "mode=rwc".into()
+    } else {
+        format!("{query}&mode=rwc")
+    };
+    Ok((Backend::Sqlite, format!("sqlite://{path}?{query}")))
+}
+
+/// Hides a password in a URL before it reaches a log line or an error message.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_urls_are_opened_read_write_create() {
+        let (b, u) = normalize_url("sqlite:data/x.db").unwrap();
+        assert_eq!(b, Backend::Sqlite);
+        assert_eq!(u, "sqlite://data/x.db?mode=rwc");
+        assert_eq!(
+            normalize_url("sqlite:///tmp/x.db?mode=ro").unwrap().1,
+            "sqlite:///tmp/x.db?mode=ro"
+        );
+    }
+
+    #[test]
+    fn unknown_schemes_are_refused_with_a_hint() {
+        let err = normalize_url("mysql://x").unwrap_err().to_string();
+        assert!(err.contains("use sqlite://"), "{err}");
+        assert!(normalize_url("sqlite:").is_err());
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(redact("postgres://u:secret@h/db"), "postgres://u:***@h/db");
+        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact("sqlite://x.db"), "sqlite://x.db");
+    }
+}

@@ -1,0 +1,356 @@
+//! The CloudEvents 1.0 envelope every busbar event travels in (structured JSON mode).
+//!
+//! The envelope is `cloudevents::Event`; this module adds what busbar needs on top of it:
+//! a typed [`Event`] trait, the aggregate-version extension, and a strict decoder whose
+//! errors say exactly which attribute is wrong.
+
+use chrono::Utc;
+use cloudevents::{AttributesReader, Data, EventBuilder, EventBuilderV10};
+use serde::{Serialize, de::DeserializeOwned};
+
+/// The envelope type itself. Re-exported so services need not depend on the SDK crate.
+pub type CloudEvent = cloudevents::Event;
+
+/// Extension attribute carrying the aggregate version (1, 2, 3, ... per aggregate).
+/// CloudEvents extension names must be lower-case alphanumerics, so no separator.
+pub const VERSION_EXT: &str = "aggversion";
+/// Extension attribute carrying the W3C trace context.
+pub const TRACEPARENT_EXT: &str = "traceparent";
+
+/// A typed domain event. `TYPE` becomes the CloudEvents `type`, `aggregate_id()` the `subject`.
+pub trait Event: Serialize + DeserializeOwned {
+    const TYPE: &'static str;
+    fn aggregate_id(&self) -> String;
+}
+
+/// A domain event plus the version of its aggregate after the change it reports.
+#[derive(Debug, Clone)]
+pub struct Versioned<E> {
+    pub event: E,
+    pub version: i64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EnvelopeError {
+    #[error("invalid JSON: {0}")]
+    Json(String),
+    #[error("invalid CloudEvent{at}: {reason}")]
+    Invalid { at: String, reason: String },
+    #[error("expected a CloudEvent object or an array of them, got {0}")]
+    NotAnEvent(&'static str),
+    #[error("event {id} has type `{got}`, expected `{expected}`")]
+    WrongType {
+        id: String,
+        got: String,
+        expected: &'static str,
+    },
+    #[error("event {id}: data does not match {ty}: {reason}")]
+    Data {
+        id: String,
+        ty: &'static str,
+        reason: String,
+    },
+}
+
+/// Builds the envelope for a typed event published by `source`.
+pub fn build<E: Event>(source: &str, event: &E, version: i64) -> CloudEvent {
+    let data = serde_json::to_value(event).expect("event types serialize to JSON");
+    let mut ev = EventBuilderV10::new()
+        .id(uuid::Uuid::now_v7().to_string())
+        .source(source)
+        .ty(E::TYPE)
+        .subject(event.aggregate_id())
+        .time(Utc::now())
+        .data("application/json", data)
+        .build()
+        .expect("all required attributes are set");
+    ev.set_extension(VERSION_EXT, version);
+    ev
+}
+
+/// The aggregate version carried by the event, if any. Accepts the integer form and,
+/// for lenient producers, a decimal string.
+pub fn aggregate_version(ev: &CloudEvent) -> Option<i64> {
+    match ev.extension(VERSION_EXT)? {
+        cloudevents::event::ExtensionValue::Integer(v) => Some(*v),
+        cloudevents::event::ExtensionValue::String(s) => s.parse().ok(),
+        cloudevents::event::ExtensionValue::Boolean(_) => None,
+    }
+}
+
+/// The `data` of `ev` decoded as `E`, after checking that the type matches.
+pub fn data<E: Event>(ev: &CloudEvent) -> Result<E, EnvelopeError> {
+    if ev.ty() != E::TYPE {
+        return Err(EnvelopeError::WrongType {
+            id: ev.id().to_owned(),
+            got: ev.ty().to_owned(),
+            expected: E::TYPE,
+        });
+    }
+    let err = |reason: String| EnvelopeError::Data {
+        id: ev.id().to_owned(),
+        ty: E::TYPE,
+        reason,
+    };
+    match ev.data() {
+        Some(Data::Json(v)) => E::deserialize(v).map_err(|e| err(e.to_string())),
+        Some(Data::String(s)) => serde_json::from_str(s).map_err(|e| err(e.to_string())),
+        Some(Data::Binary(b)) => serde_json::from_slice(b).map_err(|e| err(e.to_string())),
+        None => Err(err("the event has no data".into())),
+    }
+}
+
+/// Decodes a request body holding one CloudEvent or a JSON array of them.
+pub fn decode_batch(body: &[u8]) -> Result<Vec<CloudEvent>, EnvelopeError> {
+    let value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| EnvelopeError::Json(e.to_string()))?;
+    match value {
+        serde_json::Value::Array(items) => items
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| decode_value(v, &format!(" at index {i}")))
+            .collect(),
+        v @ serde_json::Value::Object(_) => Ok(vec![decode_value(v, "")?]),
+        other => Err(EnvelopeError::NotAnEvent(json_kind(&other))),
+    }
+}
+
+/// Decodes one CloudEvent from JSON text.
+pub fn decode_one(text: &str) -> Result<CloudEvent, EnvelopeError> {
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| EnvelopeError::Json(e.to_string()))?;
+    decode_value(value, "")
+}
+
+fn decode_value(value: serde_json::Value, at: &str) -> Result<CloudEvent, EnvelopeError> {
+    let invalid = |reason: String| EnvelopeError::Invalid {
+        at: at.to_owned(),
+        reason,
+    };
+    let obj = value
+        .as_object()
+        .ok_or_else(|| EnvelopeError::NotAnEvent(json_kind(&value)))?;
+    // Checked here rather than left to the cloudevents decoder so that the error names the
+    // attribute the way the spec does, and so that an empty string counts as missing.
+    match obj.get("specversion") {
+        None => return Err(invalid("missing required attribute `specversion`".into())),
+        Some(serde_json::Value::String(v)) if v == "1.0" => {}
+        Some(other) => {
+            return Err(invalid(format!(
+                "unsupported specversion {other}; busbar speaks CloudEvents \"1.0\""
+            )));
+        }
+    }
+    for attr in ["id", "source", "type"] {
+        match obj.get(attr) {
+            Some(serde_json::Value::String(s)) if !s.is_empty() => {}
+            Some(serde_json::Value::String(_)) => {
+                return Err(invalid(format!("attribute `{attr}` must not be empty")));
+            }
+            Some(other) => {
+                return Err(invalid(format!(
+                    "attribute `{attr}` must be a string, got {}",
+                    json_kind(other)
+                )));
+            }
+            None => return Err(invalid(format!("missing required attribute `{attr}`"))),
+        }
+    }
+    serde_json::from_value(value).map_err(|e| invalid(e.to_string()))
+}
+
+/// Serialises events as the JSON array that `POST /events` accepts.
+pub fn encode_batch(events: &[CloudEvent]) -> Vec<u8> {
+    serde_json::to_vec(events).expect("CloudEvents serialize to JSON")
+}
+
+fn json_kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Renamed {
+        id: String,
+        name: String,
+    }
+    impl Event for Renamed {
+        const TYPE: &'static str = "Renamed";
+        fn aggregate_id(&self) -> String {
+            self.id.clone()
+        }
+    }
+
+    #[test]
+    fn build_then_decode_round_trips_type_subject_version_and_data() {
+        let ev = build(
+            "users",
+            &Renamed {
+                id: "u1".into(),
+                name: "Ada".into(),
+            },
+            3,
+        );
+        let text = serde_json::to_string(&ev).unwrap();
+        let back = decode_one(&text).unwrap();
+        assert_eq!(back.ty(), "Renamed");
+        assert_eq!(back.subject(), Some("u1"));
+        assert_eq!(back.source().as_str(), "users");
+        assert_eq!(aggregate_version(&back), Some(3));
+        assert_eq!(
+            data::<Renamed>(&back).unwrap(),
+            Renamed {
+                id: "u1".into(),
+                name: "Ada".into()
+            }
+        );
+        // Course clients read `type` and `data` at the top level.
+        let raw: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(raw["type"], "Renamed");
+        assert_eq!(raw["data"]["name"], "Ada");
+    }
+
+    #[test]
+    fn ids_are_unique_and_time_ordered() {
+        let a = build(
+            "s",
+            &Renamed {
+                id: "a".into(),
+                name: "x".into(),
+            },
+            1,
+        );
+        let b = build(
+            "s",
+            &Renamed {
+                id: "a".into(),
+                name: "x".into(),
+            },
+            2,
+        );
+        assert!(a.id() < b.id(), "UUIDv7 ids sort by creation time");
+    }
+
+    #[test]
+    fn decoder_names_the_missing_or_wrong_attribute() {
+        let cases = [
+            (
+                r#"{"id":"1","source":"s","type":"T"}"#,
+                "missing required attribute `specversion`",
+            ),
+            (
+                r#"{"specversion":"0.3","id":"1","source":"s","type":"T"}"#,
+                "unsupported specversion",
+            ),
+            (
+                r#"{"specversion":"1.0","source":"s","type":"T"}"#,
+                "missing required attribute `id`",
+            ),
+            (
+                r#"{"specversion":"1.0","id":"1","source":"s"}"#,
+                "missing required attribute `type`",
+            ),
+            (
+                r#"{"specversion":"1.0","id":"","source":"s","type":"T"}"#,
+                "`id` must not be empty",
+            ),
+            (
+                r#"{"specversion":"1.0","id":7,"source":"s","type":"T"}"#,
+                "`id` must be a string",
+            ),
+            (
+                r#"{"specversion":"1.0","id":"1","source":"s","type":"T","time":"yesterday"}"#,
+                "invalid CloudEvent",
+            ),
+            (r#"[1]"#, "got a number"),
+            (r#""hi""#, "got a string"),
+            (r#"{"specversion":"1.0""#, "invalid JSON"),
+        ];
+        for (body, want) in cases {
+            let err = decode_batch(body.as_bytes()).unwrap_err().to_string();
+            assert!(
+                err.contains(want),
+                "{body}: expected error containing {want:?}, got {err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn batch_errors_point_at_the_bad_index() {
+        let good = serde_json::to_value(build(
+            "s",
+            &Renamed {
+                id: "a".into(),
+                name: "x".into(),
+            },
+            1,
+        ))
+        .unwrap();
+        let body = serde_json::json!([good, {"specversion":"1.0","id":"2","source":"s"}]);
+        let err = decode_batch(body.to_string().as_bytes())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("at index 1"), "{err}");
+    }
+
+    #[test]
+    fn typed_data_rejects_wrong_type_and_bad_data() {
+        let mut ev = build(
+            "s",
+            &Renamed {
+                id: "a".into(),
+                name: "x".into(),
+            },
+            1,
+        );
+        ev.set_type("Other");
+        assert!(matches!(
+            data::<Renamed>(&ev),
+            Err(EnvelopeError::WrongType { .. })
+        ));
+        let ev = decode_one(
+            r#"{"specversion":"1.0","id":"1","source":"s","type":"Renamed","data":{"id":1}}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            data::<Renamed>(&ev),
+            Err(EnvelopeError::Data { .. })
+        ));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn decoder_never_panics_on_arbitrary_bytes(body in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            let _ = decode_batch(&body);
+        }
+
+        #[test]
+        fn decoder_never_panics_on_arbitrary_json_objects(
+            id in proptest::option::of(".{0,8}"),
+            ty in proptest::option::of(".{0,8}"),
+            spec in proptest::option::of(proptest::prop_oneof![proptest::strategy::Just("1.0".to_string()), ".{0,4}"]),
+        ) {
+            let mut m = serde_json::Map::new();
+            if let Some(v) = id { m.insert("id".into(), v.into()); }
+            if let Some(v) = ty { m.insert("type".into(), v.into()); }
+            if let Some(v) = spec { m.insert("specversion".into(), v.into()); }
+            m.insert("source".into(), "s".into());
+            let ok = decode_batch(serde_json::Value::Object(m.clone()).to_string().as_bytes()).is_ok();
+            let valid = m.get("specversion").and_then(|v| v.as_str()) == Some("1.0")
+                && m.get("id").and_then(|v| v.as_str()).is_some_and(|s| !s.is_empty())
+                && m.get("type").and_then(|v| v.as_str()).is_some_and(|s| !s.is_empty());
+            proptest::prop_assert_eq!(ok, valid);
+        }
+    }
+}

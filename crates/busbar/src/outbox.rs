@@ -1,0 +1,195 @@
+//! The outbox relay: publishes committed outbox rows in order and marks them sent.
+//!
+//! It wakes as soon as a transaction that emitted commits ([`crate::db::Tx::commit`]),
+//! and also polls at a slow interval so rows left by a crashed process, or written by
+//! another replica, still go out.
+
+use std::{sync::Arc, time::Duration};
+
+use sqlx::{QueryBuilder, Row};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    db::{Db, DbError, now_millis},
+    envelope::{self, CloudEvent},
+    transport::Transport,
+};
+
+#[derive(Debug, Clone)]
+pub struct RelayOptions {
+    /// Most rows published in one call to the transport.
+    pub batch: i64,
+    /// Safety-net poll for rows nobody woke us for.
+    pub idle_poll: Duration,
+    /// Published rows are kept this long (for inspection), then deleted.
+    pub retain_published: Duration,
+    pub max_backoff: Duration,
+}
+
+impl Default for RelayOptions {
+    fn default() -> Self {
+        Self {
+            batch: 500,
+            idle_poll: Duration::from_secs(1),
+            retain_published: Duration::from_secs(3600),
+            max_backoff: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Starts the relay. It runs until `stop` is cancelled, finishing the batch in hand.
+pub fn spawn_relay(
+    db: Db,
+    transport: Arc<dyn Transport>,
+    opts: RelayOptions,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move { run(db, transport, opts, stop).await })
+}
+
+async fn run(db: Db, transport: Arc<dyn Transport>, opts: RelayOptions, stop: CancellationToken) {
+    let wake = db.relay_wake();
+    let mut failures: u32 = 0;
+    let mut last_prune = tokio::time::Instant::now();
+    loop {
+        if stop.is_cancelled() {
+            return;
+        }
+        let step = async {
+            let batch = pending(&db, opts.batch).await?;
+            if batch.is_empty() {
+                return Ok::<_, RelayError>(0);
+            }
+            let events: Vec<CloudEvent> = batch.iter().map(|(_, ev)| ev.clone()).collect();
+            transport
+                .publish(&events)
+                .await
+                .map_err(|e| RelayError::Publish(e.to_string()))?;
+            mark_published(&db, batch.iter().map(|(seq, _)| *seq)).await?;
+            Ok(batch.len())
+        };
+        match step.await {
+            Ok(0) => {
+                failures = 0;
+                if last_prune.elapsed() > Duration::from_secs(60) {
+                    last_prune = tokio::time::Instant::now();
+                    if let Err(e) = prune(&db, opts.retain_published).await {
+                        tracing::warn!(error = %e, "pruning published outbox rows failed");
+                    }
+                }
+                tokio::select! {
+                    _ = wake.notified() => {}
+                    _ = tokio::time::sleep(opts.idle_poll) => {}
+                    _ = stop.cancelled() => return,
+                }
+            }
+            Ok(n) => {
+                if failures > 0 {
+                    tracing::info!(after_failures = failures, "outbox relay publishing again");
+                }
+                failures = 0;
+                tracing::debug!(count = n, "published outbox events");
+            }
+            Err(e) => {
+                failures += 1;
+                let delay = backoff(failures, opts.max_backoff);
+                // Log the first failure and then every tenth, so an outage is visible but
+                // does not flood the log.
+                if failures == 1 || failures % 10 == 0 {
+                    tracing::warn!(error = %e, attempt = failures, retry_in_ms = delay.as_millis() as u64,
+                        "outbox relay cannot publish; events stay in the outbox and will be retried");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = stop.cancelled() => return,
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum RelayError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("{0}")]
+    Publish(String),
+}
+
+impl From<sqlx::Error> for RelayError {
+    fn from(e: sqlx::Error) -> Self {
+        RelayError::Db(e.into())
+    }
+}
+
+fn backoff(failures: u32, max: Duration) -> Duration {
+    let base = Duration::from_millis(50).saturating_mul(1 << failures.min(10));
+    base.min(max)
+}
+
+async fn pending(db: &Db, limit: i64) -> Result<Vec<(i64, CloudEvent)>, RelayError> {
+    let rows = sqlx::query(
+        "SELECT seq, payload FROM busbar_outbox WHERE published_at IS NULL ORDER BY seq LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(db.pool())
+    .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        let seq: i64 = row.try_get(0)?;
+        let payload: String = row.try_get(1)?;
+        match envelope::decode_one(&payload) {
+            Ok(ev) => out.push((seq, ev)),
+            // Only this SDK writes the outbox, so this means a corrupted row. Publishing
+            // later rows past it would break per-aggregate order, so stop and say so.
+            Err(e) => {
+                return Err(RelayError::Publish(format!(
+                    "outbox row {seq} is not a valid CloudEvent: {e}"
+                )));
+            }
+        }
+    }
+    Ok(out)
+}
+
+async fn mark_published(db: &Db, seqs: impl Iterator<Item = i64>) -> Result<(), RelayError> {
+    let mut q = QueryBuilder::new("UPDATE busbar_outbox SET published_at = ");
+    q.push_bind(now_millis()).push(" WHERE seq IN (");
+    let mut sep = q.separated(", ");
+    for seq in seqs {
+        sep.push_bind(seq);
+    }
+    q.push(")");
+    q.build().execute(db.pool()).await?;
+    Ok(())
+}
+
+async fn prune(db: &Db, retain: Duration) -> Result<(), RelayError> {
+    let cutoff = now_millis() - retain.as_millis() as i64;
+    sqlx::query("DELETE FROM busbar_outbox WHERE published_at IS NOT NULL AND published_at < $1")
+        .bind(cutoff)
+        .execute(db.pool())
+        .await?;
+    Ok(())
+}
+
+/// Counts rows not yet published: the relay's backlog.
+pub async fn backlog(db: &Db) -> Result<i64, DbError> {
+    let row = sqlx::query("SELECT COUNT(*) FROM busbar_outbox WHERE published_at IS NULL")
+        .fetch_one(db.pool())
+        .await?;
+    Ok(row.try_get(0)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_then_caps() {
+        let max = Duration::from_secs(5);
+        assert_eq!(backoff(1, max), Duration::from_millis(100));
+        assert_eq!(backoff(2, max), Duration::from_millis(200));
+        assert_eq!(backoff(30, max), max);
+    }
+}

@@ -1,0 +1,476 @@
+//! The ServiceBus resource: who publishes and who subscribes to which event types.
+//!
+//! One definition serves `busbar up` (a YAML file), the built-in bus (its routes file or
+//! mounted ConfigMap) and the operator (the CRD). Parsing and validation are pure.
+
+use std::{collections::BTreeSet, time::Duration};
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+pub const API_VERSION: &str = "busbar.dev/v1alpha1";
+pub const KIND: &str = "ServiceBus";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServiceBusSpec {
+    /// Which engine carries the events. Exactly one of `builtin` or `jetstream`.
+    #[serde(default)]
+    pub transport: TransportSpec,
+    /// Delivery policy for every subscriber.
+    #[serde(default)]
+    pub delivery: DeliverySpec,
+    /// The services on this bus.
+    pub services: Vec<ServiceSpec>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TransportSpec {
+    /// The built-in bus (the default when neither is given).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub builtin: Option<BuiltinTransport>,
+    /// NATS JetStream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jetstream: Option<JetStreamTransport>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BuiltinTransport {}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct JetStreamTransport {
+    /// NATS server URL, e.g. `nats://nats:4222`.
+    pub url: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransportKind {
+    Builtin,
+    JetStream,
+}
+
+impl TransportSpec {
+    pub fn kind(&self) -> TransportKind {
+        if self.jetstream.is_some() {
+            TransportKind::JetStream
+        } else {
+            TransportKind::Builtin
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DeliverySpec {
+    /// Attempts before an event goes to the dead-letter store.
+    #[serde(default = "default_max_deliver")]
+    pub max_deliver: u32,
+    /// Waits between attempts, e.g. `[1s, 5s, 30s]`; the last repeats. Jitter is added.
+    #[serde(default = "default_backoff")]
+    pub backoff: Vec<String>,
+    /// How long a subscriber has to acknowledge one delivery.
+    #[serde(default = "default_ack_wait")]
+    pub ack_wait: String,
+}
+
+fn default_max_deliver() -> u32 {
+    10
+}
+fn default_backoff() -> Vec<String> {
+    vec!["1s".into(), "5s".into(), "30s".into()]
+}
+fn default_ack_wait() -> String {
+    "30s".into()
+}
+
+impl Default for DeliverySpec {
+    fn default() -> Self {
+        Self {
+            max_deliver: default_max_deliver(),
+            backoff: default_backoff(),
+            ack_wait: default_ack_wait(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServiceSpec {
+    /// Service name; also its CloudEvents `source`.
+    pub name: String,
+    /// Deployment to wire; defaults to the service name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment: Option<String>,
+    /// Port the service listens on; events are pushed to `POST /events` there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// Event types this service emits.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub publishes: Vec<String>,
+    /// Event types this service receives.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subscribes: Vec<Subscription>,
+    /// Where a new subscriber starts: `beginning` (backfill history, the default) or `now`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_from: Option<StartFrom>,
+}
+
+impl ServiceSpec {
+    pub fn subscribed_types(&self) -> BTreeSet<&str> {
+        self.subscribes.iter().map(|s| s.ty.as_str()).collect()
+    }
+    pub fn start_from(&self) -> StartFrom {
+        self.start_from.unwrap_or_default()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Subscription {
+    /// The event type, e.g. `PostCreated`.
+    #[serde(rename = "type")]
+    pub ty: String,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum StartFrom {
+    #[default]
+    Beginning,
+    Now,
+}
+
+/// A parsed ServiceBus manifest: its name and spec.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceBus {
+    pub name: String,
+    pub spec: ServiceBusSpec,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Manifest {
+    api_version: Option<String>,
+    kind: Option<String>,
+    metadata: Option<Metadata>,
+    spec: Option<serde_yaml_ng::Value>,
+}
+
+#[derive(Deserialize)]
+struct Metadata {
+    name: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum SpecError {
+    #[error("not valid YAML: {0}")]
+    Yaml(String),
+    #[error("expected apiVersion `{API_VERSION}`, found `{0}`")]
+    ApiVersion(String),
+    #[error("expected kind `{KIND}`, found `{0}`")]
+    Kind(String),
+    #[error("the manifest has no `spec`")]
+    NoSpec,
+    #[error("spec: {0}")]
+    Shape(String),
+    #[error("invalid ServiceBus spec:\n  - {}", .0.join("\n  - "))]
+    Invalid(Vec<String>),
+}
+
+/// Parses and validates a ServiceBus manifest (YAML or JSON).
+pub fn parse_manifest(text: &str) -> Result<ServiceBus, SpecError> {
+    let m: Manifest = serde_yaml_ng::from_str(text).map_err(|e| SpecError::Yaml(e.to_string()))?;
+    match m.api_version.as_deref() {
+        Some(API_VERSION) => {}
+        other => return Err(SpecError::ApiVersion(other.unwrap_or("<missing>").into())),
+    }
+    match m.kind.as_deref() {
+        Some(KIND) => {}
+        other => return Err(SpecError::Kind(other.unwrap_or("<missing>").into())),
+    }
+    let spec = m.spec.ok_or(SpecError::NoSpec)?;
+    let spec: ServiceBusSpec =
+        serde_yaml_ng::from_value(spec).map_err(|e| SpecError::Shape(e.to_string()))?;
+    let problems = validate(&spec);
+    if !problems.is_empty() {
+        return Err(SpecError::Invalid(problems));
+    }
+    let name = m
+        .metadata
+        .and_then(|m| m.name)
+        .unwrap_or_else(|| "default".into());
+    Ok(ServiceBus { name, spec })
+}
+
+/// Reads and parses a manifest file, naming the file in any error.
+pub fn load_manifest(path: &std::path::Path) -> Result<ServiceBus, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    parse_manifest(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Event type names: a letter, then letters, digits, `.`, `_` or `-` (at most 128).
+/// They become NATS subject tokens, so no spaces, `*` or `>`.
+pub fn valid_event_type(t: &str) -> bool {
+    let mut chars = t.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic())
+        && t.len() <= 128
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+/// Service names are DNS-1035 labels, as Kubernetes Service names must be.
+pub fn valid_service_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 63
+        && n.starts_with(|c: char| c.is_ascii_lowercase())
+        && !n.ends_with('-')
+        && n.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s)
+        .map_err(|e| format!("`{s}` is not a duration like 500ms, 5s or 1m: {e}"))
+}
+
+/// Every problem that makes the spec unusable, as readable sentences. Empty means valid.
+pub fn validate(spec: &ServiceBusSpec) -> Vec<String> {
+    let mut problems = vec![];
+    if spec.transport.builtin.is_some() && spec.transport.jetstream.is_some() {
+        problems.push("transport: choose one of `builtin` or `jetstream`, not both".into());
+    }
+    if let Some(js) = &spec.transport.jetstream {
+        if !(js.url.starts_with("nats://") || js.url.starts_with("tls://")) {
+            problems.push(format!(
+                "transport.jetstream.url `{}` must start with nats:// or tls://",
+                js.url
+            ));
+        }
+    }
+    if spec.delivery.max_deliver == 0 {
+        problems.push("delivery.maxDeliver must be at least 1".into());
+    }
+    for (i, b) in spec.delivery.backoff.iter().enumerate() {
+        if let Err(e) = parse_duration(b) {
+            problems.push(format!("delivery.backoff[{i}]: {e}"));
+        }
+    }
+    match parse_duration(&spec.delivery.ack_wait) {
+        Ok(d) if d.is_zero() => problems.push("delivery.ackWait must be more than zero".into()),
+        Ok(_) => {}
+        Err(e) => problems.push(format!("delivery.ackWait: {e}")),
+    }
+    if spec.services.is_empty() {
+        problems.push("services: list at least one service".into());
+    }
+    let mut seen = BTreeSet::new();
+    for (i, s) in spec.services.iter().enumerate() {
+        let at = format!("services[{i}] ({})", s.name);
+        if !valid_service_name(&s.name) {
+            problems.push(format!(
+                "{at}: name must be a lower-case DNS label (a-z, 0-9, '-'; at most 63 characters)"
+            ));
+        }
+        if !seen.insert(s.name.as_str()) {
+            problems.push(format!("{at}: duplicate service name `{}`", s.name));
+        }
+        if s.port == Some(0) {
+            problems.push(format!("{at}: port must be between 1 and 65535"));
+        }
+        if !s.subscribes.is_empty() && s.port.is_none() {
+            problems.push(format!(
+                "{at}: subscribes to events, so it needs a `port` to receive them on"
+            ));
+        }
+        for t in s.publishes.iter().chain(s.subscribes.iter().map(|x| &x.ty)) {
+            if !valid_event_type(t) {
+                problems.push(format!(
+                    "{at}: `{t}` is not a valid event type (a letter, then letters, digits, '.', '_' or '-')"
+                ));
+            }
+        }
+        let mut types = BTreeSet::new();
+        for sub in &s.subscribes {
+            if !types.insert(sub.ty.as_str()) {
+                problems.push(format!("{at}: subscribes to `{}` twice", sub.ty));
+            }
+        }
+    }
+    problems
+}
+
+impl ServiceBusSpec {
+    pub fn service(&self, name: &str) -> Option<&ServiceSpec> {
+        self.services.iter().find(|s| s.name == name)
+    }
+    pub fn max_deliver(&self) -> u32 {
+        self.delivery.max_deliver.max(1)
+    }
+    /// Backoff schedule; assumes a validated spec (unparsable entries are skipped).
+    pub fn backoff(&self) -> Vec<Duration> {
+        self.delivery
+            .backoff
+            .iter()
+            .filter_map(|b| parse_duration(b).ok())
+            .collect()
+    }
+    pub fn ack_wait(&self) -> Duration {
+        parse_duration(&self.delivery.ack_wait).unwrap_or(Duration::from_secs(30))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub const BLOG: &str = r#"
+apiVersion: busbar.dev/v1alpha1
+kind: ServiceBus
+metadata: {name: blog}
+spec:
+  transport:
+    builtin: {}
+  delivery: {maxDeliver: 10, backoff: [1s, 5s, 30s], ackWait: 30s}
+  services:
+  - name: posts
+    port: 4000
+    publishes: [PostCreated]
+  - name: comments
+    port: 4001
+    publishes: [CommentCreated, CommentUpdated]
+    subscribes: [{type: PostCreated}, {type: CommentModerated}]
+  - name: moderation
+    port: 4003
+    publishes: [CommentModerated]
+    subscribes: [{type: CommentCreated}]
+  - name: query
+    port: 4002
+    subscribes: [{type: PostCreated}, {type: CommentCreated}, {type: CommentUpdated}]
+    startFrom: beginning
+"#;
+
+    #[test]
+    fn the_design_example_parses() {
+        let bus = parse_manifest(BLOG).unwrap();
+        assert_eq!(bus.name, "blog");
+        assert_eq!(bus.spec.transport.kind(), TransportKind::Builtin);
+        assert_eq!(bus.spec.services.len(), 4);
+        let q = bus.spec.service("query").unwrap();
+        assert_eq!(
+            q.subscribed_types().into_iter().collect::<Vec<_>>(),
+            ["CommentCreated", "CommentUpdated", "PostCreated"]
+        );
+        assert_eq!(q.start_from(), StartFrom::Beginning);
+        assert_eq!(
+            bus.spec.backoff(),
+            vec![
+                Duration::from_secs(1),
+                Duration::from_secs(5),
+                Duration::from_secs(30)
+            ]
+        );
+    }
+
+    #[test]
+    fn defaults_apply_when_omitted() {
+        let bus = parse_manifest(
+            "apiVersion: busbar.dev/v1alpha1\nkind: ServiceBus\nspec:\n  services: [{name: a}]\n",
+        )
+        .unwrap();
+        assert_eq!(bus.spec.delivery, DeliverySpec::default());
+        assert_eq!(bus.spec.transport.kind(), TransportKind::Builtin);
+        assert_eq!(bus.name, "default");
+    }
+
+    #[test]
+    fn nonsense_gets_readable_errors() {
+        let cases: &[(&str, &str)] = &[
+            ("{{{", "not valid YAML"),
+            (
+                "apiVersion: v1\nkind: ServiceBus\nspec: {services: []}",
+                "expected apiVersion",
+            ),
+            (
+                "apiVersion: busbar.dev/v1alpha1\nkind: Pod\nspec: {}",
+                "expected kind",
+            ),
+            (
+                "apiVersion: busbar.dev/v1alpha1\nkind: ServiceBus\n",
+                "no `spec`",
+            ),
+            (
+                "apiVersion: busbar.dev/v1alpha1\nkind: ServiceBus\nspec: {services: [{name: a, subscribe: []}]}",
+                "unknown field `subscribe`",
+            ),
+            (
+                "apiVersion: busbar.dev/v1alpha1\nkind: ServiceBus\nspec: {services: [{name: a, port: 99999}]}",
+                "port",
+            ),
+            (
+                "apiVersion: busbar.dev/v1alpha1\nkind: ServiceBus\nspec: {services: []}",
+                "at least one service",
+            ),
+            (
+                "apiVersion: busbar.dev/v1alpha1\nkind: ServiceBus\nspec: {services: [{name: a}, {name: a}]}",
+                "duplicate service name `a`",
+            ),
+            (
+                "apiVersion: busbar.dev/v1alpha1\nkind: ServiceBus\nspec: {services: [{name: Bad_Name}]}",
+                "lower-case DNS label",
+            ),
+            (
+                "apiVersion: busbar.dev/v1alpha1\nkind: ServiceBus\nspec: {services: [{name: a, publishes: ['has space']}]}",
+                "not a valid event type",
+            ),
+            (
+                "apiVersion: busbar.dev/v1alpha1\nkind: ServiceBus\nspec: {services: [{name: a, subscribes: [{type: X}]}]}",
+                "needs a `port`",
+            ),
+            (
+                "apiVersion: busbar.dev/v1alpha1\nkind: ServiceBus\nspec: {delivery: {backoff: [soon]}, services: [{name: a}]}",
+                "backoff[0]",
+            ),
+            (
+                "apiVersion: busbar.dev/v1alpha1\nkind: ServiceBus\nspec: {delivery: {maxDeliver: 0}, services: [{name: a}]}",
+                "maxDeliver",
+            ),
+            (
+                "apiVersion: busbar.dev/v1alpha1\nkind: ServiceBus\nspec: {transport: {builtin: {}, jetstream: {url: 'nats://x'}}, services: [{name: a}]}",
+                "not both",
+            ),
+            (
+                "apiVersion: busbar.dev/v1alpha1\nkind: ServiceBus\nspec: {services: [{name: a, startFrom: later}]}",
+                "unknown variant `later`",
+            ),
+        ];
+        for (text, want) in cases {
+            let err = parse_manifest(text).unwrap_err().to_string();
+            assert!(
+                err.contains(want),
+                "for {text:?}: expected {want:?} in {err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn all_problems_are_reported_at_once() {
+        let err = parse_manifest("apiVersion: busbar.dev/v1alpha1\nkind: ServiceBus\nspec: {delivery: {maxDeliver: 0}, services: [{name: a}, {name: a}]}").unwrap_err();
+        let SpecError::Invalid(problems) = err else {
+            panic!("expected Invalid, got {err:?}")
+        };
+        assert_eq!(problems.len(), 2, "{problems:?}");
+    }
+
+    #[test]
+    fn event_type_syntax() {
+        for ok in ["PostCreated", "blog.post.created", "a-b_c9"] {
+            assert!(valid_event_type(ok), "{ok}");
+        }
+        for bad in ["", "9x", "a b", "a*", "a>", "ä"] {
+            assert!(!valid_event_type(bad), "{bad}");
+        }
+    }
+}

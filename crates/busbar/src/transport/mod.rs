@@ -1,0 +1,36 @@
+//! How events leave a service. The outbox relay publishes through a [`Transport`];
+//! receiving is transport-specific (the http transport mounts `POST /events`).
+
+pub mod http;
+
+use async_trait::async_trait;
+
+use crate::envelope::CloudEvent;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// The bus could not be reached or did not answer in time; retrying may help.
+    #[error("{transport} bus unreachable: {reason}")]
+    Unavailable {
+        transport: &'static str,
+        reason: String,
+    },
+    /// The bus answered and refused the events; it says why.
+    #[error("{transport} bus refused the events ({status}): {reason}")]
+    Rejected {
+        transport: &'static str,
+        status: u16,
+        reason: String,
+    },
+}
+
+#[async_trait]
+pub trait Transport: Send + Sync + 'static {
+    /// A short name for logs and metrics, e.g. `http`.
+    fn name(&self) -> &'static str;
+
+    /// Publishes `events` in order. Returns only once the bus holds them durably; an
+    /// error means some or all may not be stored, and the caller publishes them again
+    /// (the bus drops duplicates by event id).
+    async fn publish(&self, events: &[CloudEvent]) -> Result<(), TransportError>;
+}

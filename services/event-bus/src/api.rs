@@ -1,0 +1,291 @@
+//! The bus's HTTP API.
+//!
+//! - `POST /events`: publish one CloudEvent or an array; 200 once durable.
+//! - `GET /events?after=<seq>&limit=<n>&type=<T>`: replay, oldest first. Plain
+//!   `GET /events` returns the first page (1000 events). The response is a JSON array;
+//!   `X-Busbar-Next-After` holds the sequence to pass as `after` for the next page, and
+//!   `Link: <...>; rel="next"` is set while more may follow.
+//! - `GET /deadletters[?subscriber=]`, `POST /deadletters/{id}/redrive`,
+//!   `POST /deadletters/redrive[?subscriber=]`.
+//! - `GET /subscribers`: each subscriber's cursor, lag, retry state and dead letters.
+//! - `/healthz`, `/readyz`, `/metrics`.
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, Ordering},
+};
+
+use axum::{
+    Json, Router,
+    extract::{DefaultBodyLimit, Path, Query, State, rejection::QueryRejection},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use busbar::{
+    AttributesReader, envelope,
+    web::{self, ApiError, Body},
+};
+use serde::Deserialize;
+use tokio::sync::watch;
+
+use crate::{
+    ingest::Ingest,
+    metrics::Metrics,
+    store::{NewEvent, Store},
+    supervisor::Supervisor,
+};
+
+pub const DEFAULT_PAGE: i64 = 1000;
+pub const MAX_PAGE: i64 = 10_000;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub ingest: Ingest,
+    pub head: watch::Receiver<i64>,
+    pub supervisor: Arc<Supervisor>,
+    pub metrics: Metrics,
+    pub ready: Arc<AtomicBool>,
+}
+
+pub fn router(state: AppState, max_body: usize) -> Router {
+    Router::new()
+        .route("/events", post(publish).get(replay))
+        .route("/deadletters", get(list_dead_letters))
+        .route("/deadletters/redrive", post(redrive_many))
+        .route("/deadletters/{id}/redrive", post(redrive_one))
+        .route("/subscribers", get(subscribers))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .fallback(web::not_found)
+        .method_not_allowed_fallback(|m: axum::http::Method, u: axum::http::Uri| async move {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("{m} is not allowed on {}", u.path()),
+            )
+        })
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(state)
+}
+
+async fn publish(
+    State(s): State<AppState>,
+    Body(body): Body,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let events = envelope::decode_batch(&body).map_err(|e| {
+        s.metrics.rejected.inc();
+        ApiError::bad_request(e.to_string())
+    })?;
+    if events.is_empty() {
+        s.metrics.rejected.inc();
+        return Err(ApiError::bad_request(
+            "the batch is empty; send at least one CloudEvent",
+        ));
+    }
+    let n = events.len();
+    let rows = events
+        .iter()
+        .map(|ev| NewEvent {
+            event_id: ev.id().to_owned(),
+            ty: ev.ty().to_owned(),
+            payload: serde_json::to_string(ev).expect("CloudEvents serialize"),
+        })
+        .collect();
+    s.ingest
+        .append(rows)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
+    Ok(Json(serde_json::json!({ "accepted": n })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReplayQuery {
+    after: Option<i64>,
+    limit: Option<i64>,
+    #[serde(rename = "type")]
+    ty: Option<String>,
+}
+
+async fn replay(
+    State(s): State<AppState>,
+    q: Result<Query<ReplayQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = q.map_err(|e| {
+        ApiError::bad_request(format!(
+            "{}; use ?after=<seq>&limit=<1..{MAX_PAGE}>&type=<EventType>",
+            e.body_text()
+        ))
+    })?;
+    let after = q.after.unwrap_or(0);
+    if after < 0 {
+        return Err(ApiError::bad_request("`after` must be 0 or more"));
+    }
+    let limit = q.limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::bad_request(format!(
+            "`limit` must be between 1 and {MAX_PAGE}"
+        )));
+    }
+    let types: Vec<String> = q.ty.into_iter().collect();
+    let head = *s.head.borrow();
+    let rows = s
+        .store
+        .read(after, head, &types, limit)
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let next = if (rows.len() as i64) < limit {
+        head.max(after)
+    } else {
+        rows.last().map(|r| r.seq).unwrap_or(after)
+    };
+    let mut body =
+        String::with_capacity(rows.iter().map(|r| r.payload.len() + 1).sum::<usize>() + 2);
+    body.push('[');
+    for (i, r) in rows.iter().enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str(&r.payload);
+    }
+    body.push(']');
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert("x-busbar-next-after", HeaderValue::from(next));
+    headers.insert("x-busbar-head", HeaderValue::from(head));
+    if rows.len() as i64 == limit {
+        let link = format!("</events?after={next}&limit={limit}>; rel=\"next\"");
+        headers.insert(header::LINK, HeaderValue::from_str(&link).expect("ASCII"));
+    }
+    Ok((headers, body).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeadLetterQuery {
+    subscriber: Option<String>,
+    limit: Option<i64>,
+}
+
+async fn list_dead_letters(
+    State(s): State<AppState>,
+    q: Result<Query<DeadLetterQuery>, QueryRejection>,
+) -> Result<Json<Vec<serde_json::Value>>, ApiError> {
+    let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let limit = q.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
+    let rows = s
+        .store
+        .dead_letters(q.subscriber.as_deref(), limit)
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok(Json(
+        rows.into_iter()
+            .map(|d| {
+                let mut v = serde_json::to_value(&d).expect("serializes");
+                v["event"] = serde_json::from_str(&d.payload).unwrap_or(serde_json::Value::Null);
+                v
+            })
+            .collect(),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RedriveQuery {
+    subscriber: Option<String>,
+}
+
+async fn redrive_many(
+    State(s): State<AppState>,
+    q: Result<Query<RedriveQuery>, QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    redrive(&s, None, q.subscriber.as_deref()).await
+}
+
+async fn redrive_one(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let id: i64 = id
+        .parse()
+        .map_err(|_| ApiError::bad_request(format!("`{id}` is not a dead-letter id (a number)")))?;
+    let out = redrive(&s, Some(id), None).await?;
+    if out.0["redriving"] == 0 {
+        return Err(ApiError::not_found(format!(
+            "no dead letter {id} waiting for redrive"
+        )));
+    }
+    Ok(out)
+}
+
+async fn redrive(
+    s: &AppState,
+    id: Option<i64>,
+    subscriber: Option<&str>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let (count, subs) = s
+        .store
+        .request_redrive(id, subscriber)
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    s.supervisor.notify_redrive(&subs).await;
+    Ok(Json(
+        serde_json::json!({ "redriving": count, "subscribers": subs }),
+    ))
+}
+
+async fn subscribers(State(s): State<AppState>) -> Result<Json<Vec<serde_json::Value>>, ApiError> {
+    let head = *s.head.borrow();
+    let mut out = vec![];
+    for r in s.supervisor.routes().await {
+        let c = s
+            .store
+            .peek_cursor(&r.subscriber)
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?
+            .unwrap_or_default();
+        let dead = s
+            .store
+            .dead_letter_count(&r.subscriber)
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        out.push(serde_json::json!({
+            "name": r.subscriber, "endpoint": r.endpoint, "types": r.types,
+            "position": c.position, "lag": head - c.position, "attempts": c.attempts,
+            "lastError": c.last_error, "deadLetters": dead,
+        }));
+    }
+    Ok(Json(out))
+}
+
+async fn readyz(State(s): State<AppState>) -> Result<&'static str, ApiError> {
+    if !s.ready.load(Ordering::Relaxed) {
+        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "starting"));
+    }
+    sqlx::query("SELECT 1")
+        .execute(s.store.db().pool())
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("database unavailable: {e}"),
+            )
+        })?;
+    Ok("ready")
+}
+
+async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        s.metrics.render(),
+    )
+}

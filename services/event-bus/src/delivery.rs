@@ -1,0 +1,351 @@
+//! Push delivery: one worker per subscriber walks the log in order from its cursor and
+//! POSTs batches to the subscriber's `/events`. A failure is retried (backoff + jitter)
+//! from the first event the subscriber did not handle; after `maxDeliver` attempts that
+//! event goes to the dead-letter store and the worker moves on.
+
+use std::{sync::Arc, time::Duration};
+
+use busbar::spec::StartFrom;
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    metrics::Metrics,
+    retry,
+    routes::Route,
+    store::{Cursor, Store, Stored},
+};
+
+#[derive(Debug, Clone, Copy)]
+pub struct PushMode {
+    /// Most events per request.
+    pub batch: usize,
+    /// With `batch == 1`, send a bare CloudEvent object instead of a one-element array,
+    /// for subscribers written against the course's single-event `POST /events`.
+    pub bare_single: bool,
+}
+
+pub struct Worker {
+    pub store: Store,
+    pub route: Route,
+    pub head: watch::Receiver<i64>,
+    pub client: reqwest::Client,
+    pub redrive: Arc<Notify>,
+    pub stop: CancellationToken,
+    pub metrics: Metrics,
+    pub mode: PushMode,
+}
+
+/// The outcome of one push.
+#[derive(Debug, PartialEq)]
+pub enum Pushed {
+    All,
+    /// The first `handled` events were handled; the next one failed with `error`.
+    Failed {
+        handled: usize,
+        error: String,
+    },
+}
+
+impl Worker {
+    pub async fn run(mut self) {
+        let name = self.route.subscriber.clone();
+        let initial = match self.route.start_from {
+            StartFrom::Beginning => 0,
+            StartFrom::Now => *self.head.borrow(),
+        };
+        let Some(mut cur) = self
+            .retry_store("reading the cursor", || self.store.cursor(&name, initial))
+            .await
+        else {
+            return;
+        };
+        tracing::info!(subscriber = %name, endpoint = %self.route.endpoint, types = ?self.route.types, position = cur.position, "delivery started");
+        let mut redrive_pending = true;
+        let lag = self.metrics.lag.get_or_create(&Metrics::sub(&name)).clone();
+        loop {
+            if self.stop.is_cancelled() {
+                break;
+            }
+            if redrive_pending {
+                redrive_pending = false;
+                self.redrive_all().await;
+                continue;
+            }
+            let upto = *self.head.borrow_and_update();
+            lag.set(upto - cur.position);
+            if cur.position >= upto {
+                tokio::select! {
+                    r = self.head.changed() => if r.is_err() { break },
+                    _ = self.redrive.notified() => redrive_pending = true,
+                    _ = self.stop.cancelled() => break,
+                }
+                continue;
+            }
+            let limit = self.mode.batch as i64;
+            let types = self.route.types.clone();
+            let Some(batch) = self
+                .retry_store("reading the log", || {
+                    self.store.read(cur.position, upto, &types, limit)
+                })
+                .await
+            else {
+                break;
+            };
+            let Some(last) = batch.last() else {
+                // Nothing for this subscriber up to `upto`: skip the whole range at once.
+                cur.position = upto;
+                self.save(&cur).await;
+                continue;
+            };
+            let full = batch.len() as i64 == limit;
+            let last_seq = last.seq;
+            match self.push(&batch).await {
+                Pushed::All => {
+                    self.metrics
+                        .delivered
+                        .get_or_create(&Metrics::sub(&name))
+                        .inc_by(batch.len() as u64);
+                    cur.position = if full { last_seq } else { upto };
+                    cur.attempts = 0;
+                    cur.last_error = None;
+                    self.save(&cur).await;
+                }
+                Pushed::Failed { handled, error } => {
+                    self.metrics
+                        .delivered
+                        .get_or_create(&Metrics::sub(&name))
+                        .inc_by(handled as u64);
+                    self.metrics
+                        .failed_attempts
+                        .get_or_create(&Metrics::sub(&name))
+                        .inc();
+                    if handled > 0 {
+                        cur.position = batch[handled - 1].seq;
+                        cur.attempts = 0;
+                    }
+                    let failing = &batch[handled];
+                    cur.attempts += 1;
+                    cur.last_error = Some(error.clone());
+                    if cur.attempts >= self.route.policy.max_deliver {
+                        tracing::warn!(subscriber = %name, event_id = %failing.event_id, seq = failing.seq, attempts = cur.attempts, %error,
+                            "giving up on event: moved to the dead-letter store");
+                        let (attempts, err) = (cur.attempts, error.clone());
+                        if self
+                            .retry_store("dead-lettering", || {
+                                self.store.dead_letter(&name, failing, attempts, &err)
+                            })
+                            .await
+                            .is_none()
+                        {
+                            break;
+                        }
+                        self.metrics
+                            .dead_lettered
+                            .get_or_create(&Metrics::sub(&name))
+                            .inc();
+                        cur = Cursor {
+                            position: failing.seq,
+                            attempts: 0,
+                            last_error: None,
+                        };
+                        continue;
+                    }
+                    self.save(&cur).await;
+                    let wait = retry::jittered(&self.route.policy.backoff, cur.attempts);
+                    tracing::info!(subscriber = %name, event_id = %failing.event_id, attempt = cur.attempts,
+                        max_deliver = self.route.policy.max_deliver, retry_in_ms = wait.as_millis() as u64, %error, "delivery failed; will retry");
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = self.redrive.notified() => redrive_pending = true,
+                        _ = self.stop.cancelled() => break,
+                    }
+                }
+            }
+        }
+        tracing::info!(subscriber = %name, position = cur.position, "delivery stopped");
+    }
+
+    /// Delivers every dead letter marked for redrive, one at a time, with the same retry
+    /// policy; one that fails again returns to the store with its new error.
+    async fn redrive_all(&mut self) {
+        let name = self.route.subscriber.clone();
+        loop {
+            if self.stop.is_cancelled() {
+                return;
+            }
+            let Some(Some(dl)) = self
+                .retry_store("reading redrives", || self.store.next_redrive(&name))
+                .await
+            else {
+                return;
+            };
+            let ev = Stored {
+                seq: dl.seq,
+                event_id: dl.event_id.clone(),
+                ty: dl.ty.clone(),
+                payload: dl.payload.clone(),
+            };
+            let mut attempts = 0;
+            loop {
+                match self.push(std::slice::from_ref(&ev)).await {
+                    Pushed::All => {
+                        tracing::info!(subscriber = %name, event_id = %ev.event_id, "redriven event delivered");
+                        self.metrics
+                            .delivered
+                            .get_or_create(&Metrics::sub(&name))
+                            .inc();
+                        self.retry_store("finishing a redrive", || self.store.redrive_done(dl.id))
+                            .await;
+                        break;
+                    }
+                    Pushed::Failed { error, .. } => {
+                        attempts += 1;
+                        self.metrics
+                            .failed_attempts
+                            .get_or_create(&Metrics::sub(&name))
+                            .inc();
+                        if attempts >= self.route.policy.max_deliver {
+                            tracing::warn!(subscriber = %name, event_id = %ev.event_id, %error, "redriven event failed again; back in the dead-letter store");
+                            self.retry_store("recording a failed redrive", || {
+                                self.store.redrive_failed(dl.id, attempts, &error)
+                            })
+                            .await;
+                            break;
+                        }
+                        tokio::select! {
+                            _ = tokio::time::sleep(retry::jittered(&self.route.policy.backoff, attempts)) => {}
+                            _ = self.stop.cancelled() => return,
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn push(&self, batch: &[Stored]) -> Pushed {
+        push(
+            &self.client,
+            &self.route.endpoint,
+            batch,
+            self.mode,
+            self.route.policy.ack_wait,
+        )
+        .await
+    }
+
+    async fn save(&self, cur: &Cursor) {
+        let name = self.route.subscriber.clone();
+        self.retry_store("saving the cursor", || self.store.save_cursor(&name, cur))
+            .await;
+    }
+
+    /// Runs a store operation until it succeeds or the worker stops. Store errors (a
+    /// locked or unreachable database) are transient for a worker: it must not skip events.
+    async fn retry_store<T, F, Fut>(&self, what: &str, mut op: F) -> Option<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, busbar::db::DbError>>,
+    {
+        let mut failures = 0u32;
+        loop {
+            match op().await {
+                Ok(v) => return Some(v),
+                Err(e) => {
+                    failures += 1;
+                    tracing::warn!(subscriber = %self.route.subscriber, error = %e, attempt = failures, "{what} failed; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(retry::jittered(&[], failures)) => {}
+                        _ = self.stop.cancelled() => return None,
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// POSTs `batch` to `endpoint` and interprets the answer. A 2xx means all handled. Any
+/// other answer may carry `{"error": "...", "handled": n}` (the SDK's receiver sends it).
+pub async fn push(
+    client: &reqwest::Client,
+    endpoint: &str,
+    batch: &[Stored],
+    mode: PushMode,
+    timeout: Duration,
+) -> Pushed {
+    let body = if mode.bare_single && batch.len() == 1 {
+        batch[0].payload.clone()
+    } else {
+        let mut s =
+            String::with_capacity(batch.iter().map(|e| e.payload.len() + 1).sum::<usize>() + 2);
+        s.push('[');
+        for (i, e) in batch.iter().enumerate() {
+            if i > 0 {
+                s.push(',');
+            }
+            s.push_str(&e.payload);
+        }
+        s.push(']');
+        s
+    };
+    let content_type = if mode.bare_single && batch.len() == 1 {
+        "application/cloudevents+json"
+    } else {
+        "application/cloudevents-batch+json"
+    };
+    let resp = client
+        .post(endpoint)
+        .header("content-type", content_type)
+        .timeout(timeout)
+        .body(body)
+        .send()
+        .await;
+    let resp = match resp {
+        Ok(r) => r,
+        Err(e) if e.is_timeout() => {
+            return Pushed::Failed {
+                handled: 0,
+                error: format!("no answer from {endpoint} within ackWait ({timeout:?})"),
+            };
+        }
+        Err(e) => {
+            return Pushed::Failed {
+                handled: 0,
+                error: format!("cannot reach {endpoint}: {}", error_chain(&e)),
+            };
+        }
+    };
+    let status = resp.status();
+    if status.is_success() {
+        return Pushed::All;
+    }
+    let text = resp.text().await.unwrap_or_default();
+    let parsed: Option<serde_json::Value> = serde_json::from_str(&text).ok();
+    let handled = parsed
+        .as_ref()
+        .and_then(|v| v.get("handled"))
+        .and_then(|h| h.as_u64())
+        .map(|h| (h as usize).min(batch.len().saturating_sub(1)))
+        .unwrap_or(0);
+    let reason = parsed
+        .as_ref()
+        .and_then(|v| v.get("error"))
+        .and_then(|e| e.as_str())
+        .map(str::to_owned)
+        .unwrap_or_else(|| text.chars().take(500).collect());
+    Pushed::Failed {
+        handled,
+        error: format!("HTTP {}: {reason}", status.as_u16()),
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}

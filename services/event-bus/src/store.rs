@@ -1,0 +1,322 @@
+//! The bus's durable state: the event log, subscriber cursors and dead letters.
+
+use busbar::{Db, db::DbError};
+use sqlx::{QueryBuilder, Row};
+
+/// An event as stored in the log.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub seq: i64,
+    pub event_id: String,
+    pub ty: String,
+    pub payload: String,
+}
+
+/// One event to append: its id and type (already validated) and its JSON text.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub event_id: String,
+    pub ty: String,
+    pub payload: String,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Cursor {
+    pub position: i64,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DeadLetter {
+    pub id: i64,
+    pub subscriber: String,
+    pub seq: i64,
+    pub event_id: String,
+    #[serde(rename = "type")]
+    pub ty: String,
+    pub attempts: i64,
+    pub last_error: String,
+    pub dead_at: i64,
+    pub state: String,
+    #[serde(skip)]
+    pub payload: String,
+}
+
+/// Rows per multi-row INSERT: well under SQLite's bound-parameter limit.
+const INSERT_CHUNK: usize = 200;
+
+#[derive(Clone)]
+pub struct Store {
+    db: Db,
+}
+
+impl Store {
+    pub async fn open(db: Db) -> Result<Self, DbError> {
+        db.migrate(
+            &sqlx::migrate!("./migrations/sqlite"),
+            &sqlx::migrate!("./migrations/postgres"),
+        )
+        .await?;
+        Ok(Self { db })
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// Appends events in one transaction, dropping any whose id is already in the log.
+    /// Returns (number newly stored, head seq after commit).
+    pub async fn append(&self, events: &[NewEvent]) -> Result<(u64, i64), DbError> {
+        let mut tx = self.db.begin().await?;
+        let now = chrono_now();
+        let mut stored = 0;
+        for chunk in events.chunks(INSERT_CHUNK) {
+            let mut q =
+                QueryBuilder::new("INSERT INTO bus_events (event_id, type, payload, received_at) ");
+            q.push_values(chunk, |mut b, e| {
+                b.push_bind(e.event_id.clone())
+                    .push_bind(e.ty.clone())
+                    .push_bind(e.payload.clone())
+                    .push_bind(now);
+            });
+            q.push(" ON CONFLICT (event_id) DO NOTHING");
+            stored += q.build().execute(&mut *tx).await?.rows_affected();
+        }
+        let head: Option<i64> = sqlx::query("SELECT MAX(seq) FROM bus_events")
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get(0)?;
+        tx.commit().await?;
+        Ok((stored, head.unwrap_or(0)))
+    }
+
+    pub async fn head(&self) -> Result<i64, DbError> {
+        let head: Option<i64> = sqlx::query("SELECT MAX(seq) FROM bus_events")
+            .fetch_one(self.db.pool())
+            .await?
+            .try_get(0)?;
+        Ok(head.unwrap_or(0))
+    }
+
+    /// Events with `after < seq <= upto`, of the given types (all types if `types` is
+    /// empty), oldest first, at most `limit`.
+    pub async fn read(
+        &self,
+        after: i64,
+        upto: i64,
+        types: &[String],
+        limit: i64,
+    ) -> Result<Vec<Stored>, DbError> {
+        let mut q =
+            QueryBuilder::new("SELECT seq, event_id, type, payload FROM bus_events WHERE seq > ");
+        q.push_bind(after).push(" AND seq <= ").push_bind(upto);
+        if !types.is_empty() {
+            q.push(" AND type IN (");
+            let mut sep = q.separated(", ");
+            for t in types {
+                sep.push_bind(t.clone());
+            }
+            q.push(")");
+        }
+        q.push(" ORDER BY seq LIMIT ").push_bind(limit);
+        let rows = q.build().fetch_all(self.db.pool()).await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(Stored {
+                    seq: r.try_get(0)?,
+                    event_id: r.try_get(1)?,
+                    ty: r.try_get(2)?,
+                    payload: r.try_get(3)?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(Into::into)
+    }
+
+    /// The subscriber's cursor, created at `initial` if it has none yet.
+    pub async fn cursor(&self, subscriber: &str, initial: i64) -> Result<Cursor, DbError> {
+        sqlx::query("INSERT INTO bus_cursors (subscriber, position, attempts) VALUES ($1, $2, 0) ON CONFLICT (subscriber) DO NOTHING")
+            .bind(subscriber)
+            .bind(initial)
+            .execute(self.db.pool())
+            .await?;
+        let r = sqlx::query(
+            "SELECT position, attempts, last_error FROM bus_cursors WHERE subscriber = $1",
+        )
+        .bind(subscriber)
+        .fetch_one(self.db.pool())
+        .await?;
+        let attempts: i64 = r.try_get(1)?;
+        Ok(Cursor {
+            position: r.try_get(0)?,
+            attempts: attempts as u32,
+            last_error: r.try_get(2)?,
+        })
+    }
+
+    /// The subscriber's cursor, if it has one, without creating it.
+    pub async fn peek_cursor(&self, subscriber: &str) -> Result<Option<Cursor>, DbError> {
+        let r = sqlx::query(
+            "SELECT position, attempts, last_error FROM bus_cursors WHERE subscriber = $1",
+        )
+        .bind(subscriber)
+        .fetch_optional(self.db.pool())
+        .await?;
+        let Some(r) = r else { return Ok(None) };
+        let attempts: i64 = r.try_get(1)?;
+        Ok(Some(Cursor {
+            position: r.try_get(0)?,
+            attempts: attempts as u32,
+            last_error: r.try_get(2)?,
+        }))
+    }
+
+    pub async fn save_cursor(&self, subscriber: &str, c: &Cursor) -> Result<(), DbError> {
+        sqlx::query("UPDATE bus_cursors SET position = $1, attempts = $2, last_error = $3 WHERE subscriber = $4")
+            .bind(c.position)
+            .bind(c.attempts as i64)
+            .bind(c.last_error.clone())
+            .bind(subscriber)
+            .execute(self.db.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// Moves `event` to the dead-letter store and advances the cursor past it, atomically.
+    pub async fn dead_letter(
+        &self,
+        subscriber: &str,
+        event: &Stored,
+        attempts: u32,
+        error: &str,
+    ) -> Result<(), DbError> {
+        let mut tx = self.db.begin().await?;
+        sqlx::query(
+            "INSERT INTO bus_dead_letters (subscriber, seq, event_id, type, payload, attempts, last_error, dead_at, state) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'dead')",
+        )
+        .bind(subscriber)
+        .bind(event.seq)
+        .bind(event.event_id.clone())
+        .bind(event.ty.clone())
+        .bind(event.payload.clone())
+        .bind(attempts as i64)
+        .bind(error)
+        .bind(chrono_now())
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE bus_cursors SET position = $1, attempts = 0, last_error = NULL WHERE subscriber = $2")
+            .bind(event.seq)
+            .bind(subscriber)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await
+    }
+
+    pub async fn dead_letters(
+        &self,
+        subscriber: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<DeadLetter>, DbError> {
+        let mut q = QueryBuilder::new(
+            "SELECT id, subscriber, seq, event_id, type, attempts, last_error, dead_at, state, payload FROM bus_dead_letters",
+        );
+        if let Some(s) = subscriber {
+            q.push(" WHERE subscriber = ").push_bind(s.to_owned());
+        }
+        q.push(" ORDER BY id LIMIT ").push_bind(limit);
+        let rows = q.build().fetch_all(self.db.pool()).await?;
+        rows.into_iter()
+            .map(dead_letter_row)
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(Into::into)
+    }
+
+    /// Marks dead letters for redelivery; returns how many, and the subscribers affected.
+    pub async fn request_redrive(
+        &self,
+        id: Option<i64>,
+        subscriber: Option<&str>,
+    ) -> Result<(usize, Vec<String>), DbError> {
+        let mut q = QueryBuilder::new(
+            "UPDATE bus_dead_letters SET state = 'redriving' WHERE state = 'dead'",
+        );
+        if let Some(id) = id {
+            q.push(" AND id = ").push_bind(id);
+        }
+        if let Some(s) = subscriber {
+            q.push(" AND subscriber = ").push_bind(s.to_owned());
+        }
+        q.push(" RETURNING subscriber");
+        let rows = q.build().fetch_all(self.db.pool()).await?;
+        let mut subs: Vec<String> = rows
+            .into_iter()
+            .map(|r| r.try_get(0))
+            .collect::<Result<_, _>>()?;
+        let count = subs.len();
+        subs.sort();
+        subs.dedup();
+        Ok((count, subs))
+    }
+
+    pub async fn next_redrive(&self, subscriber: &str) -> Result<Option<DeadLetter>, DbError> {
+        let row = sqlx::query(
+            "SELECT id, subscriber, seq, event_id, type, attempts, last_error, dead_at, state, payload FROM bus_dead_letters \
+             WHERE subscriber = $1 AND state = 'redriving' ORDER BY id LIMIT 1",
+        )
+        .bind(subscriber)
+        .fetch_optional(self.db.pool())
+        .await?;
+        Ok(row.map(dead_letter_row).transpose()?)
+    }
+
+    pub async fn redrive_done(&self, id: i64) -> Result<(), DbError> {
+        sqlx::query("DELETE FROM bus_dead_letters WHERE id = $1")
+            .bind(id)
+            .execute(self.db.pool())
+            .await?;
+        Ok(())
+    }
+
+    pub async fn redrive_failed(&self, id: i64, attempts: u32, error: &str) -> Result<(), DbError> {
+        sqlx::query("UPDATE bus_dead_letters SET state = 'dead', attempts = attempts + $1, last_error = $2, dead_at = $3 WHERE id = $4")
+            .bind(attempts as i64)
+            .bind(error)
+            .bind(chrono_now())
+            .bind(id)
+            .execute(self.db.pool())
+            .await?;
+        Ok(())
+    }
+
+    pub async fn dead_letter_count(&self, subscriber: &str) -> Result<i64, DbError> {
+        let r = sqlx::query("SELECT COUNT(*) FROM bus_dead_letters WHERE subscriber = $1")
+            .bind(subscriber)
+            .fetch_one(self.db.pool())
+            .await?;
+        Ok(r.try_get(0)?)
+    }
+}
+
+fn dead_letter_row(r: sqlx::any::AnyRow) -> Result<DeadLetter, sqlx::Error> {
+    Ok(DeadLetter {
+        id: r.try_get(0)?,
+        subscriber: r.try_get(1)?,
+        seq: r.try_get(2)?,
+        event_id: r.try_get(3)?,
+        ty: r.try_get(4)?,
+        attempts: r.try_get(5)?,
+        last_error: r.try_get(6)?,
+        dead_at: r.try_get(7)?,
+        state: r.try_get(8)?,
+        payload: r.try_get(9)?,
+    })
+}
+
+fn chrono_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
