@@ -33,11 +33,7 @@ pub struct BusbarConfig {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
     #[error("{var}=`{value}` is invalid: {hint}")]
-    Invalid {
-        var: &'static str,
-        value: String,
-        hint: String,
-    },
+    Invalid { var: &'static str, value: String, hint: String },
 }
 
 pub const DEFAULT_BUS_URL: &str = "http://127.0.0.1:4005";
@@ -48,25 +44,17 @@ impl BusbarConfig {
         Self::from_lookup(default_service, |k| std::env::var(k).ok())
     }
 
-    pub fn from_lookup(
-        default_service: &str,
-        get: impl Fn(&str) -> Option<String>,
-    ) -> Result<Self, ConfigError> {
+    pub fn from_lookup(default_service: &str, get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let get = |k: &str| get(k).filter(|v| !v.trim().is_empty());
         let service = get("BUSBAR_SERVICE").unwrap_or_else(|| default_service.to_owned());
         if !crate::spec::valid_service_name(&service) {
             return Err(ConfigError::Invalid {
                 var: "BUSBAR_SERVICE",
                 value: service,
-                hint: "use the service's name from the ServiceBus spec (a lower-case DNS label)"
-                    .into(),
+                hint: "use the service's name from the ServiceBus spec (a lower-case DNS label)".into(),
             });
         }
-        let transport = match get("BUSBAR_TRANSPORT")
-            .as_deref()
-            .map(str::to_ascii_lowercase)
-            .as_deref()
-        {
+        let transport = match get("BUSBAR_TRANSPORT").as_deref().map(str::to_ascii_lowercase).as_deref() {
             None | Some("http") | Some("builtin") => TransportChoice::Http,
             Some("jetstream") | Some("nats") => TransportChoice::JetStream,
             Some(other) => {
@@ -91,21 +79,14 @@ impl BusbarConfig {
                 var: "BUSBAR_URL",
                 value: url,
                 hint: match transport {
-                    TransportChoice::Http => {
-                        "the http transport needs the bus URL, e.g. http://event-bus:4005".into()
-                    }
+                    TransportChoice::Http => "the http transport needs the bus URL, e.g. http://event-bus:4005".into(),
                     TransportChoice::JetStream => {
                         "the jetstream transport needs a NATS URL, e.g. nats://nats:4222".into()
                     }
                 },
             });
         }
-        Ok(Self {
-            service,
-            transport,
-            url,
-            token: get("BUSBAR_TOKEN"),
-        })
+        Ok(Self { service, transport, url, token: get("BUSBAR_TOKEN") })
     }
 }
 
@@ -115,10 +96,7 @@ mod tests {
     use std::collections::HashMap;
 
     fn cfg(vars: &[(&str, &str)]) -> Result<BusbarConfig, ConfigError> {
-        let m: HashMap<String, String> = vars
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let m: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         BusbarConfig::from_lookup("posts", |k| m.get(k).cloned())
     }
 
@@ -141,47 +119,20 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(
-            (
-                c.service.as_str(),
-                c.transport,
-                c.url.as_str(),
-                c.token.as_deref()
-            ),
-            (
-                "query",
-                TransportChoice::JetStream,
-                "nats://n:4222",
-                Some("t")
-            )
+            (c.service.as_str(), c.transport, c.url.as_str(), c.token.as_deref()),
+            ("query", TransportChoice::JetStream, "nats://n:4222", Some("t"))
         );
     }
 
     #[test]
     fn wrong_values_say_what_to_do() {
-        let e = cfg(&[("BUSBAR_TRANSPORT", "kafka")])
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("BUSBAR_TRANSPORT=`kafka`") && e.contains("`http`"),
-            "{e}"
-        );
-        let e = cfg(&[("BUSBAR_URL", "event-bus:4005")])
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("BUSBAR_URL") && e.contains("http://event-bus:4005"),
-            "{e}"
-        );
-        let e = cfg(&[
-            ("BUSBAR_TRANSPORT", "jetstream"),
-            ("BUSBAR_URL", "http://x"),
-        ])
-        .unwrap_err()
-        .to_string();
+        let e = cfg(&[("BUSBAR_TRANSPORT", "kafka")]).unwrap_err().to_string();
+        assert!(e.contains("BUSBAR_TRANSPORT=`kafka`") && e.contains("`http`"), "{e}");
+        let e = cfg(&[("BUSBAR_URL", "event-bus:4005")]).unwrap_err().to_string();
+        assert!(e.contains("BUSBAR_URL") && e.contains("http://event-bus:4005"), "{e}");
+        let e = cfg(&[("BUSBAR_TRANSPORT", "jetstream"), ("BUSBAR_URL", "http://x")]).unwrap_err().to_string();
         assert!(e.contains("NATS URL"), "{e}");
-        let e = cfg(&[("BUSBAR_SERVICE", "Posts!")])
-            .unwrap_err()
-            .to_string();
+        let e = cfg(&[("BUSBAR_SERVICE", "Posts!")]).unwrap_err().to_string();
         assert!(e.contains("BUSBAR_SERVICE"), "{e}");
     }
 }

@@ -48,11 +48,7 @@ pub enum Outcome {
 #[derive(Debug, thiserror::Error)]
 pub enum ConsumeError {
     #[error("handling {event_id} ({event_type}) failed: {reason}")]
-    Handler {
-        event_id: String,
-        event_type: String,
-        reason: String,
-    },
+    Handler { event_id: String, event_type: String, reason: String },
     #[error(transparent)]
     Db(#[from] DbError),
 }
@@ -95,8 +91,7 @@ impl Consumer {
             return Ok(Outcome::Duplicate);
         }
 
-        let (Some(subject), Some(version)) = (event.subject(), envelope::aggregate_version(event))
-        else {
+        let (Some(subject), Some(version)) = (event.subject(), envelope::aggregate_version(event)) else {
             self.apply(&mut tx, event).await?;
             tx.commit().await?;
             return Ok(Outcome::Applied { drained: 0 });
@@ -111,15 +106,14 @@ impl Consumer {
                 .execute(&mut *tx)
                 .await?;
         }
-        let last: Option<i64> = sqlx::query(
-            "SELECT version FROM busbar_aggregate_versions WHERE source = $1 AND subject = $2",
-        )
-        .bind(&source)
-        .bind(subject)
-        .fetch_optional(&mut *tx)
-        .await?
-        .map(|r| r.try_get(0))
-        .transpose()?;
+        let last: Option<i64> =
+            sqlx::query("SELECT version FROM busbar_aggregate_versions WHERE source = $1 AND subject = $2")
+                .bind(&source)
+                .bind(subject)
+                .fetch_optional(&mut *tx)
+                .await?
+                .map(|r| r.try_get(0))
+                .transpose()?;
 
         let outcome = match ordering::decide(last, version) {
             Decision::Apply => {
@@ -168,14 +162,11 @@ impl Consumer {
     }
 
     async fn apply(&self, tx: &mut Tx, event: &CloudEvent) -> Result<(), ConsumeError> {
-        self.handler
-            .handle(tx, event)
-            .await
-            .map_err(|e| ConsumeError::Handler {
-                event_id: event.id().to_owned(),
-                event_type: event.ty().to_owned(),
-                reason: e.to_string(),
-            })
+        self.handler.handle(tx, event).await.map_err(|e| ConsumeError::Handler {
+            event_id: event.id().to_owned(),
+            event_type: event.ty().to_owned(),
+            reason: e.to_string(),
+        })
     }
 }
 
@@ -185,14 +176,12 @@ async fn take_parked(
     subject: &str,
     version: i64,
 ) -> Result<Option<CloudEvent>, ConsumeError> {
-    let row = sqlx::query(
-        "SELECT payload FROM busbar_deferred WHERE source = $1 AND subject = $2 AND version = $3",
-    )
-    .bind(source)
-    .bind(subject)
-    .bind(version)
-    .fetch_optional(&mut **tx)
-    .await?;
+    let row = sqlx::query("SELECT payload FROM busbar_deferred WHERE source = $1 AND subject = $2 AND version = $3")
+        .bind(source)
+        .bind(subject)
+        .bind(version)
+        .fetch_optional(&mut **tx)
+        .await?;
     let Some(row) = row else { return Ok(None) };
     let payload: String = row.try_get(0)?;
     sqlx::query("DELETE FROM busbar_deferred WHERE source = $1 AND subject = $2 AND version = $3")
@@ -211,8 +200,6 @@ async fn take_parked(
 
 /// Number of events parked waiting for a missing predecessor.
 pub async fn deferred_count(db: &Db) -> Result<i64, DbError> {
-    let row = sqlx::query("SELECT COUNT(*) FROM busbar_deferred")
-        .fetch_one(db.pool())
-        .await?;
+    let row = sqlx::query("SELECT COUNT(*) FROM busbar_deferred").fetch_one(db.pool()).await?;
     Ok(row.try_get(0)?)
 }

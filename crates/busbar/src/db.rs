@@ -25,22 +25,14 @@ pub enum Backend {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
-    #[error(
-        "unsupported database URL `{0}`: use sqlite://path/to/file.db or postgres://user@host/db"
-    )]
+    #[error("unsupported database URL `{0}`: use sqlite://path/to/file.db or postgres://user@host/db")]
     UnsupportedUrl(String),
     #[error("cannot create the directory for SQLite file {path}: {source}")]
-    CreateDir {
-        path: String,
-        source: std::io::Error,
-    },
+    CreateDir { path: String, source: std::io::Error },
     #[error("cannot connect to {url}: {source}")]
     Connect { url: String, source: sqlx::Error },
     #[error("migrating {what} failed: {source}")]
-    Migrate {
-        what: &'static str,
-        source: sqlx::migrate::MigrateError,
-    },
+    Migrate { what: &'static str, source: sqlx::migrate::MigrateError },
     #[error(transparent)]
     Sql(#[from] sqlx::Error),
 }
@@ -63,11 +55,7 @@ pub struct DbOptions {
 
 impl Default for DbOptions {
     fn default() -> Self {
-        Self {
-            max_connections: 8,
-            sqlite_sync: SqliteSync::Normal,
-            sdk_tables: true,
-        }
+        Self { max_connections: 8, sqlite_sync: SqliteSync::Normal, sdk_tables: true }
     }
 }
 
@@ -87,10 +75,7 @@ impl Db {
         sqlx::any::install_default_drivers();
         let (backend, url) = normalize_url(url)?;
         let connect_opts =
-            AnyConnectOptions::from_str(&url).map_err(|source| DbError::Connect {
-                url: url.clone(),
-                source,
-            })?;
+            AnyConnectOptions::from_str(&url).map_err(|source| DbError::Connect { url: url.clone(), source })?;
         let sync = opts.sqlite_sync;
         let mut pool_opts = AnyPoolOptions::new()
             .max_connections(match backend {
@@ -116,16 +101,8 @@ impl Db {
         let pool = pool_opts
             .connect_with(connect_opts)
             .await
-            .map_err(|source| DbError::Connect {
-                url: redact(&url),
-                source,
-            })?;
-        let db = Db {
-            pool,
-            backend,
-            service: service.into(),
-            relay_wake: Arc::new(Notify::new()),
-        };
+            .map_err(|source| DbError::Connect { url: redact(&url), source })?;
+        let db = Db { pool, backend, service: service.into(), relay_wake: Arc::new(Notify::new()) };
         if !opts.sdk_tables {
             return Ok(db);
         }
@@ -134,10 +111,7 @@ impl Db {
             Backend::Postgres => sqlx::migrate!("./migrations/postgres"),
         };
         sdk.dangerous_set_table_name("_busbar_migrations");
-        sdk.run(&db.pool).await.map_err(|source| DbError::Migrate {
-            what: "the busbar SDK tables",
-            source,
-        })?;
+        sdk.run(&db.pool).await.map_err(|source| DbError::Migrate { what: "the busbar SDK tables", source })?;
         Ok(db)
     }
 
@@ -148,10 +122,7 @@ impl Db {
             Backend::Sqlite => sqlite,
             Backend::Postgres => postgres,
         };
-        m.run(&self.pool).await.map_err(|source| DbError::Migrate {
-            what: "the service schema",
-            source,
-        })
+        m.run(&self.pool).await.map_err(|source| DbError::Migrate { what: "the service schema", source })
     }
 
     pub fn pool(&self) -> &AnyPool {
@@ -178,11 +149,7 @@ impl Db {
             Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
             Backend::Postgres => self.pool.begin().await?,
         };
-        Ok(Tx {
-            inner,
-            db: self.clone(),
-            emitted: false,
-        })
+        Ok(Tx { inner, db: self.clone(), emitted: false })
     }
 
     pub async fn close(&self) {
@@ -209,14 +176,12 @@ impl Tx {
     /// Appends an already-built envelope to the outbox.
     pub async fn emit_envelope(&mut self, ev: &CloudEvent) -> Result<(), DbError> {
         let payload = serde_json::to_string(ev).expect("CloudEvents serialize to JSON");
-        sqlx::query(
-            "INSERT INTO busbar_outbox (event_id, payload, created_at) VALUES ($1, $2, $3)",
-        )
-        .bind(ev.id())
-        .bind(payload)
-        .bind(now_millis())
-        .execute(&mut *self.inner)
-        .await?;
+        sqlx::query("INSERT INTO busbar_outbox (event_id, payload, created_at) VALUES ($1, $2, $3)")
+            .bind(ev.id())
+            .bind(payload)
+            .bind(now_millis())
+            .execute(&mut *self.inner)
+            .await?;
         self.emitted = true;
         Ok(())
     }
@@ -252,6 +217,18 @@ impl std::ops::DerefMut for Tx {
     }
 }
 
+/// `$from, $from+1, ...` (`count` of them): for `IN (...)` lists in SQL that must run on
+/// both backends. (sqlx's QueryBuilder writes `?` for the Any driver, which PostgreSQL
+/// rejects.)
+pub fn placeholders(from: usize, count: usize) -> String {
+    (from..from + count).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
+}
+
+/// `($from, ...), (...)`: `rows` tuples of `cols` placeholders, for multi-row INSERTs.
+pub fn row_placeholders(from: usize, rows: usize, cols: usize) -> String {
+    (0..rows).map(|r| format!("({})", placeholders(from + r * cols, cols))).collect::<Vec<_>>().join(", ")
+}
+
 pub(crate) fn now_millis() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
@@ -262,10 +239,7 @@ fn normalize_url(url: &str) -> Result<(Backend, String), DbError> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         return Ok((Backend::Postgres, url.to_owned()));
     }
-    let Some(rest) = url
-        .strip_prefix("sqlite://")
-        .or_else(|| url.strip_prefix("sqlite:"))
-    else {
+    let Some(rest) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) else {
         return Err(DbError::UnsupportedUrl(url.to_owned()));
     };
     let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
@@ -273,14 +247,8 @@ fn normalize_url(url: &str) -> Result<(Backend, String), DbError> {
         return Err(DbError::UnsupportedUrl(url.to_owned()));
     }
     if path != ":memory:" {
-        if let Some(dir) = Path::new(path)
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-        {
-            std::fs::create_dir_all(dir).map_err(|source| DbError::CreateDir {
-                path: path.to_owned(),
-                source,
-            })?;
+        if let Some(dir) = Path::new(path).parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| DbError::CreateDir { path: path.to_owned(), source })?;
         }
     }
     let query = if query.contains("mode=") {
@@ -316,10 +284,7 @@ mod tests {
         let (b, u) = normalize_url("sqlite:data/x.db").unwrap();
         assert_eq!(b, Backend::Sqlite);
         assert_eq!(u, "sqlite://data/x.db?mode=rwc");
-        assert_eq!(
-            normalize_url("sqlite:///tmp/x.db?mode=ro").unwrap().1,
-            "sqlite:///tmp/x.db?mode=ro"
-        );
+        assert_eq!(normalize_url("sqlite:///tmp/x.db?mode=ro").unwrap().1, "sqlite:///tmp/x.db?mode=ro");
     }
 
     #[test]
@@ -327,6 +292,13 @@ mod tests {
         let err = normalize_url("mysql://x").unwrap_err().to_string();
         assert!(err.contains("use sqlite://"), "{err}");
         assert!(normalize_url("sqlite:").is_err());
+    }
+
+    #[test]
+    fn placeholders_are_numbered_for_both_backends() {
+        assert_eq!(placeholders(3, 2), "$3, $4");
+        assert_eq!(row_placeholders(1, 2, 3), "($1, $2, $3), ($4, $5, $6)");
+        assert_eq!(placeholders(1, 0), "");
     }
 
     #[test]

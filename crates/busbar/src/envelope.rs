@@ -39,17 +39,9 @@ pub enum EnvelopeError {
     #[error("expected a CloudEvent object or an array of them, got {0}")]
     NotAnEvent(&'static str),
     #[error("event {id} has type `{got}`, expected `{expected}`")]
-    WrongType {
-        id: String,
-        got: String,
-        expected: &'static str,
-    },
+    WrongType { id: String, got: String, expected: &'static str },
     #[error("event {id}: data does not match {ty}: {reason}")]
-    Data {
-        id: String,
-        ty: &'static str,
-        reason: String,
-    },
+    Data { id: String, ty: &'static str, reason: String },
 }
 
 /// Builds the envelope for a typed event published by `source`.
@@ -81,17 +73,9 @@ pub fn aggregate_version(ev: &CloudEvent) -> Option<i64> {
 /// The `data` of `ev` decoded as `E`, after checking that the type matches.
 pub fn data<E: Event>(ev: &CloudEvent) -> Result<E, EnvelopeError> {
     if ev.ty() != E::TYPE {
-        return Err(EnvelopeError::WrongType {
-            id: ev.id().to_owned(),
-            got: ev.ty().to_owned(),
-            expected: E::TYPE,
-        });
+        return Err(EnvelopeError::WrongType { id: ev.id().to_owned(), got: ev.ty().to_owned(), expected: E::TYPE });
     }
-    let err = |reason: String| EnvelopeError::Data {
-        id: ev.id().to_owned(),
-        ty: E::TYPE,
-        reason,
-    };
+    let err = |reason: String| EnvelopeError::Data { id: ev.id().to_owned(), ty: E::TYPE, reason };
     match ev.data() {
         Some(Data::Json(v)) => E::deserialize(v).map_err(|e| err(e.to_string())),
         Some(Data::String(s)) => serde_json::from_str(s).map_err(|e| err(e.to_string())),
@@ -102,14 +86,11 @@ pub fn data<E: Event>(ev: &CloudEvent) -> Result<E, EnvelopeError> {
 
 /// Decodes a request body holding one CloudEvent or a JSON array of them.
 pub fn decode_batch(body: &[u8]) -> Result<Vec<CloudEvent>, EnvelopeError> {
-    let value: serde_json::Value =
-        serde_json::from_slice(body).map_err(|e| EnvelopeError::Json(e.to_string()))?;
+    let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| EnvelopeError::Json(e.to_string()))?;
     match value {
-        serde_json::Value::Array(items) => items
-            .into_iter()
-            .enumerate()
-            .map(|(i, v)| decode_value(v, &format!(" at index {i}")))
-            .collect(),
+        serde_json::Value::Array(items) => {
+            items.into_iter().enumerate().map(|(i, v)| decode_value(v, &format!(" at index {i}"))).collect()
+        }
         v @ serde_json::Value::Object(_) => Ok(vec![decode_value(v, "")?]),
         other => Err(EnvelopeError::NotAnEvent(json_kind(&other))),
     }
@@ -117,28 +98,20 @@ pub fn decode_batch(body: &[u8]) -> Result<Vec<CloudEvent>, EnvelopeError> {
 
 /// Decodes one CloudEvent from JSON text.
 pub fn decode_one(text: &str) -> Result<CloudEvent, EnvelopeError> {
-    let value: serde_json::Value =
-        serde_json::from_str(text).map_err(|e| EnvelopeError::Json(e.to_string()))?;
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| EnvelopeError::Json(e.to_string()))?;
     decode_value(value, "")
 }
 
 fn decode_value(value: serde_json::Value, at: &str) -> Result<CloudEvent, EnvelopeError> {
-    let invalid = |reason: String| EnvelopeError::Invalid {
-        at: at.to_owned(),
-        reason,
-    };
-    let obj = value
-        .as_object()
-        .ok_or_else(|| EnvelopeError::NotAnEvent(json_kind(&value)))?;
+    let invalid = |reason: String| EnvelopeError::Invalid { at: at.to_owned(), reason };
+    let obj = value.as_object().ok_or_else(|| EnvelopeError::NotAnEvent(json_kind(&value)))?;
     // Checked here rather than left to the cloudevents decoder so that the error names the
     // attribute the way the spec does, and so that an empty string counts as missing.
     match obj.get("specversion") {
         None => return Err(invalid("missing required attribute `specversion`".into())),
         Some(serde_json::Value::String(v)) if v == "1.0" => {}
         Some(other) => {
-            return Err(invalid(format!(
-                "unsupported specversion {other}; busbar speaks CloudEvents \"1.0\""
-            )));
+            return Err(invalid(format!("unsupported specversion {other}; busbar speaks CloudEvents \"1.0\"")));
         }
     }
     for attr in ["id", "source", "type"] {
@@ -148,10 +121,7 @@ fn decode_value(value: serde_json::Value, at: &str) -> Result<CloudEvent, Envelo
                 return Err(invalid(format!("attribute `{attr}` must not be empty")));
             }
             Some(other) => {
-                return Err(invalid(format!(
-                    "attribute `{attr}` must be a string, got {}",
-                    json_kind(other)
-                )));
+                return Err(invalid(format!("attribute `{attr}` must be a string, got {}", json_kind(other))));
             }
             None => return Err(invalid(format!("missing required attribute `{attr}`"))),
         }
@@ -194,27 +164,14 @@ mod tests {
 
     #[test]
     fn build_then_decode_round_trips_type_subject_version_and_data() {
-        let ev = build(
-            "users",
-            &Renamed {
-                id: "u1".into(),
-                name: "Ada".into(),
-            },
-            3,
-        );
+        let ev = build("users", &Renamed { id: "u1".into(), name: "Ada".into() }, 3);
         let text = serde_json::to_string(&ev).unwrap();
         let back = decode_one(&text).unwrap();
         assert_eq!(back.ty(), "Renamed");
         assert_eq!(back.subject(), Some("u1"));
         assert_eq!(back.source().as_str(), "users");
         assert_eq!(aggregate_version(&back), Some(3));
-        assert_eq!(
-            data::<Renamed>(&back).unwrap(),
-            Renamed {
-                id: "u1".into(),
-                name: "Ada".into()
-            }
-        );
+        assert_eq!(data::<Renamed>(&back).unwrap(), Renamed { id: "u1".into(), name: "Ada".into() });
         // Course clients read `type` and `data` at the top level.
         let raw: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(raw["type"], "Renamed");
@@ -223,110 +180,46 @@ mod tests {
 
     #[test]
     fn ids_are_unique_and_time_ordered() {
-        let a = build(
-            "s",
-            &Renamed {
-                id: "a".into(),
-                name: "x".into(),
-            },
-            1,
-        );
-        let b = build(
-            "s",
-            &Renamed {
-                id: "a".into(),
-                name: "x".into(),
-            },
-            2,
-        );
+        let a = build("s", &Renamed { id: "a".into(), name: "x".into() }, 1);
+        let b = build("s", &Renamed { id: "a".into(), name: "x".into() }, 2);
         assert!(a.id() < b.id(), "UUIDv7 ids sort by creation time");
     }
 
     #[test]
     fn decoder_names_the_missing_or_wrong_attribute() {
         let cases = [
-            (
-                r#"{"id":"1","source":"s","type":"T"}"#,
-                "missing required attribute `specversion`",
-            ),
-            (
-                r#"{"specversion":"0.3","id":"1","source":"s","type":"T"}"#,
-                "unsupported specversion",
-            ),
-            (
-                r#"{"specversion":"1.0","source":"s","type":"T"}"#,
-                "missing required attribute `id`",
-            ),
-            (
-                r#"{"specversion":"1.0","id":"1","source":"s"}"#,
-                "missing required attribute `type`",
-            ),
-            (
-                r#"{"specversion":"1.0","id":"","source":"s","type":"T"}"#,
-                "`id` must not be empty",
-            ),
-            (
-                r#"{"specversion":"1.0","id":7,"source":"s","type":"T"}"#,
-                "`id` must be a string",
-            ),
-            (
-                r#"{"specversion":"1.0","id":"1","source":"s","type":"T","time":"yesterday"}"#,
-                "invalid CloudEvent",
-            ),
+            (r#"{"id":"1","source":"s","type":"T"}"#, "missing required attribute `specversion`"),
+            (r#"{"specversion":"0.3","id":"1","source":"s","type":"T"}"#, "unsupported specversion"),
+            (r#"{"specversion":"1.0","source":"s","type":"T"}"#, "missing required attribute `id`"),
+            (r#"{"specversion":"1.0","id":"1","source":"s"}"#, "missing required attribute `type`"),
+            (r#"{"specversion":"1.0","id":"","source":"s","type":"T"}"#, "`id` must not be empty"),
+            (r#"{"specversion":"1.0","id":7,"source":"s","type":"T"}"#, "`id` must be a string"),
+            (r#"{"specversion":"1.0","id":"1","source":"s","type":"T","time":"yesterday"}"#, "invalid CloudEvent"),
             (r#"[1]"#, "got a number"),
             (r#""hi""#, "got a string"),
             (r#"{"specversion":"1.0""#, "invalid JSON"),
         ];
         for (body, want) in cases {
             let err = decode_batch(body.as_bytes()).unwrap_err().to_string();
-            assert!(
-                err.contains(want),
-                "{body}: expected error containing {want:?}, got {err:?}"
-            );
+            assert!(err.contains(want), "{body}: expected error containing {want:?}, got {err:?}");
         }
     }
 
     #[test]
     fn batch_errors_point_at_the_bad_index() {
-        let good = serde_json::to_value(build(
-            "s",
-            &Renamed {
-                id: "a".into(),
-                name: "x".into(),
-            },
-            1,
-        ))
-        .unwrap();
+        let good = serde_json::to_value(build("s", &Renamed { id: "a".into(), name: "x".into() }, 1)).unwrap();
         let body = serde_json::json!([good, {"specversion":"1.0","id":"2","source":"s"}]);
-        let err = decode_batch(body.to_string().as_bytes())
-            .unwrap_err()
-            .to_string();
+        let err = decode_batch(body.to_string().as_bytes()).unwrap_err().to_string();
         assert!(err.contains("at index 1"), "{err}");
     }
 
     #[test]
     fn typed_data_rejects_wrong_type_and_bad_data() {
-        let mut ev = build(
-            "s",
-            &Renamed {
-                id: "a".into(),
-                name: "x".into(),
-            },
-            1,
-        );
+        let mut ev = build("s", &Renamed { id: "a".into(), name: "x".into() }, 1);
         ev.set_type("Other");
-        assert!(matches!(
-            data::<Renamed>(&ev),
-            Err(EnvelopeError::WrongType { .. })
-        ));
-        let ev = decode_one(
-            r#"{"specversion":"1.0","id":"1","source":"s","type":"Renamed","data":{"id":1}}"#,
-        )
-        .unwrap();
-        assert!(matches!(
-            data::<Renamed>(&ev),
-            Err(EnvelopeError::Data { .. })
-        ));
+        assert!(matches!(data::<Renamed>(&ev), Err(EnvelopeError::WrongType { .. })));
+        let ev = decode_one(r#"{"specversion":"1.0","id":"1","source":"s","type":"Renamed","data":{"id":1}}"#).unwrap();
+        assert!(matches!(data::<Renamed>(&ev), Err(EnvelopeError::Data { .. })));
     }
 
     proptest::proptest! {

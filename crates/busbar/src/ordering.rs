@@ -19,9 +19,7 @@ pub fn decide(last: Option<i64>, incoming: i64) -> Decision {
     match incoming.cmp(&expected) {
         std::cmp::Ordering::Equal => Decision::Apply,
         std::cmp::Ordering::Less => Decision::Stale,
-        std::cmp::Ordering::Greater => Decision::Defer {
-            waiting_for: expected,
-        },
+        std::cmp::Ordering::Greater => Decision::Defer { waiting_for: expected },
     }
 }
 

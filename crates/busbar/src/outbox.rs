@@ -6,11 +6,11 @@
 
 use std::{sync::Arc, time::Duration};
 
-use sqlx::{QueryBuilder, Row};
+use sqlx::Row;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    db::{Db, DbError, now_millis},
+    db::{Db, DbError, now_millis, placeholders},
     envelope::{self, CloudEvent},
     transport::Transport,
 };
@@ -61,11 +61,8 @@ async fn run(db: Db, transport: Arc<dyn Transport>, opts: RelayOptions, stop: Ca
                 return Ok::<_, RelayError>(0);
             }
             let events: Vec<CloudEvent> = batch.iter().map(|(_, ev)| ev.clone()).collect();
-            transport
-                .publish(&events)
-                .await
-                .map_err(|e| RelayError::Publish(e.to_string()))?;
-            mark_published(&db, batch.iter().map(|(seq, _)| *seq)).await?;
+            transport.publish(&events).await.map_err(|e| RelayError::Publish(e.to_string()))?;
+            mark_published(&db, &batch.iter().map(|(seq, _)| *seq).collect::<Vec<_>>()).await?;
             Ok(batch.len())
         };
         match step.await {
@@ -128,12 +125,10 @@ fn backoff(failures: u32, max: Duration) -> Duration {
 }
 
 async fn pending(db: &Db, limit: i64) -> Result<Vec<(i64, CloudEvent)>, RelayError> {
-    let rows = sqlx::query(
-        "SELECT seq, payload FROM busbar_outbox WHERE published_at IS NULL ORDER BY seq LIMIT $1",
-    )
-    .bind(limit)
-    .fetch_all(db.pool())
-    .await?;
+    let rows = sqlx::query("SELECT seq, payload FROM busbar_outbox WHERE published_at IS NULL ORDER BY seq LIMIT $1")
+        .bind(limit)
+        .fetch_all(db.pool())
+        .await?;
     let mut out = Vec::with_capacity(rows.len());
     for row in rows {
         let seq: i64 = row.try_get(0)?;
@@ -143,24 +138,20 @@ async fn pending(db: &Db, limit: i64) -> Result<Vec<(i64, CloudEvent)>, RelayErr
             // Only this SDK writes the outbox, so this means a corrupted row. Publishing
             // later rows past it would break per-aggregate order, so stop and say so.
             Err(e) => {
-                return Err(RelayError::Publish(format!(
-                    "outbox row {seq} is not a valid CloudEvent: {e}"
-                )));
+                return Err(RelayError::Publish(format!("outbox row {seq} is not a valid CloudEvent: {e}")));
             }
         }
     }
     Ok(out)
 }
 
-async fn mark_published(db: &Db, seqs: impl Iterator<Item = i64>) -> Result<(), RelayError> {
-    let mut q = QueryBuilder::new("UPDATE busbar_outbox SET published_at = ");
-    q.push_bind(now_millis()).push(" WHERE seq IN (");
-    let mut sep = q.separated(", ");
+async fn mark_published(db: &Db, seqs: &[i64]) -> Result<(), RelayError> {
+    let sql = format!("UPDATE busbar_outbox SET published_at = $1 WHERE seq IN ({})", placeholders(2, seqs.len()));
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now_millis());
     for seq in seqs {
-        sep.push_bind(seq);
+        q = q.bind(*seq);
     }
-    q.push(")");
-    q.build().execute(db.pool()).await?;
+    q.execute(db.pool()).await?;
     Ok(())
 }
 
@@ -175,9 +166,7 @@ async fn prune(db: &Db, retain: Duration) -> Result<(), RelayError> {
 
 /// Counts rows not yet published: the relay's backlog.
 pub async fn backlog(db: &Db) -> Result<i64, DbError> {
-    let row = sqlx::query("SELECT COUNT(*) FROM busbar_outbox WHERE published_at IS NULL")
-        .fetch_one(db.pool())
-        .await?;
+    let row = sqlx::query("SELECT COUNT(*) FROM busbar_outbox WHERE published_at IS NULL").fetch_one(db.pool()).await?;
     Ok(row.try_get(0)?)
 }
 

@@ -25,9 +25,7 @@ pub struct Receipt {
 }
 
 pub fn router(consumer: Consumer) -> Router {
-    Router::new()
-        .route("/events", post(receive))
-        .with_state(consumer)
+    Router::new().route("/events", post(receive)).with_state(consumer)
 }
 
 async fn receive(
@@ -35,8 +33,7 @@ async fn receive(
     Body(body): Body,
 ) -> Result<Json<Receipt>, axum::response::Response> {
     use axum::response::IntoResponse;
-    let events = envelope::decode_batch(&body)
-        .map_err(|e| ApiError::bad_request(e.to_string()).into_response())?;
+    let events = envelope::decode_batch(&body).map_err(|e| ApiError::bad_request(e.to_string()).into_response())?;
     let mut receipt = Receipt::default();
     for ev in &events {
         match consumer.receive(ev).await {
@@ -51,10 +48,9 @@ async fn receive(
             }
             Err(e) => {
                 tracing::warn!(event_id = ev.id(), event_type = ev.ty(), error = %e, "event handling failed; the bus will redeliver");
-                let body = serde_json::json!({ "error": e.to_string(), "handled": receipt.handled, "event_id": ev.id() });
-                return Err(
-                    (axum::http::StatusCode::INTERNAL_SERVER_ERROR, Json(body)).into_response()
-                );
+                let body =
+                    serde_json::json!({ "error": e.to_string(), "handled": receipt.handled, "event_id": ev.id() });
+                return Err((axum::http::StatusCode::INTERNAL_SERVER_ERROR, Json(body)).into_response());
             }
         }
     }

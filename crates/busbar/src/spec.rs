@@ -54,11 +54,7 @@ pub enum TransportKind {
 
 impl TransportSpec {
     pub fn kind(&self) -> TransportKind {
-        if self.jetstream.is_some() {
-            TransportKind::JetStream
-        } else {
-            TransportKind::Builtin
-        }
+        if self.jetstream.is_some() { TransportKind::JetStream } else { TransportKind::Builtin }
     }
 }
 
@@ -88,11 +84,7 @@ fn default_ack_wait() -> String {
 
 impl Default for DeliverySpec {
     fn default() -> Self {
-        Self {
-            max_deliver: default_max_deliver(),
-            backoff: default_backoff(),
-            ack_wait: default_ack_wait(),
-        }
+        Self { max_deliver: default_max_deliver(), backoff: default_backoff(), ack_wait: default_ack_wait() }
     }
 }
 
@@ -192,23 +184,18 @@ pub fn parse_manifest(text: &str) -> Result<ServiceBus, SpecError> {
         other => return Err(SpecError::Kind(other.unwrap_or("<missing>").into())),
     }
     let spec = m.spec.ok_or(SpecError::NoSpec)?;
-    let spec: ServiceBusSpec =
-        serde_yaml_ng::from_value(spec).map_err(|e| SpecError::Shape(e.to_string()))?;
+    let spec: ServiceBusSpec = serde_yaml_ng::from_value(spec).map_err(|e| SpecError::Shape(e.to_string()))?;
     let problems = validate(&spec);
     if !problems.is_empty() {
         return Err(SpecError::Invalid(problems));
     }
-    let name = m
-        .metadata
-        .and_then(|m| m.name)
-        .unwrap_or_else(|| "default".into());
+    let name = m.metadata.and_then(|m| m.name).unwrap_or_else(|| "default".into());
     Ok(ServiceBus { name, spec })
 }
 
 /// Reads and parses a manifest file, naming the file in any error.
 pub fn load_manifest(path: &std::path::Path) -> Result<ServiceBus, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     parse_manifest(&text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
@@ -227,13 +214,11 @@ pub fn valid_service_name(n: &str) -> bool {
         && n.len() <= 63
         && n.starts_with(|c: char| c.is_ascii_lowercase())
         && !n.ends_with('-')
-        && n.chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && n.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s)
-        .map_err(|e| format!("`{s}` is not a duration like 500ms, 5s or 1m: {e}"))
+    humantime::parse_duration(s).map_err(|e| format!("`{s}` is not a duration like 500ms, 5s or 1m: {e}"))
 }
 
 /// Every problem that makes the spec unusable, as readable sentences. Empty means valid.
@@ -244,10 +229,7 @@ pub fn validate(spec: &ServiceBusSpec) -> Vec<String> {
     }
     if let Some(js) = &spec.transport.jetstream {
         if !(js.url.starts_with("nats://") || js.url.starts_with("tls://")) {
-            problems.push(format!(
-                "transport.jetstream.url `{}` must start with nats:// or tls://",
-                js.url
-            ));
+            problems.push(format!("transport.jetstream.url `{}` must start with nats:// or tls://", js.url));
         }
     }
     if spec.delivery.max_deliver == 0 {
@@ -270,9 +252,7 @@ pub fn validate(spec: &ServiceBusSpec) -> Vec<String> {
     for (i, s) in spec.services.iter().enumerate() {
         let at = format!("services[{i}] ({})", s.name);
         if !valid_service_name(&s.name) {
-            problems.push(format!(
-                "{at}: name must be a lower-case DNS label (a-z, 0-9, '-'; at most 63 characters)"
-            ));
+            problems.push(format!("{at}: name must be a lower-case DNS label (a-z, 0-9, '-'; at most 63 characters)"));
         }
         if !seen.insert(s.name.as_str()) {
             problems.push(format!("{at}: duplicate service name `{}`", s.name));
@@ -281,9 +261,7 @@ pub fn validate(spec: &ServiceBusSpec) -> Vec<String> {
             problems.push(format!("{at}: port must be between 1 and 65535"));
         }
         if !s.subscribes.is_empty() && s.port.is_none() {
-            problems.push(format!(
-                "{at}: subscribes to events, so it needs a `port` to receive them on"
-            ));
+            problems.push(format!("{at}: subscribes to events, so it needs a `port` to receive them on"));
         }
         for t in s.publishes.iter().chain(s.subscribes.iter().map(|x| &x.ty)) {
             if !valid_event_type(t) {
@@ -311,11 +289,7 @@ impl ServiceBusSpec {
     }
     /// Backoff schedule; assumes a validated spec (unparsable entries are skipped).
     pub fn backoff(&self) -> Vec<Duration> {
-        self.delivery
-            .backoff
-            .iter()
-            .filter_map(|b| parse_duration(b).ok())
-            .collect()
+        self.delivery.backoff.iter().filter_map(|b| parse_duration(b).ok()).collect()
     }
     pub fn ack_wait(&self) -> Duration {
         parse_duration(&self.delivery.ack_wait).unwrap_or(Duration::from_secs(30))
@@ -364,22 +338,13 @@ spec:
             ["CommentCreated", "CommentUpdated", "PostCreated"]
         );
         assert_eq!(q.start_from(), StartFrom::Beginning);
-        assert_eq!(
-            bus.spec.backoff(),
-            vec![
-                Duration::from_secs(1),
-                Duration::from_secs(5),
-                Duration::from_secs(30)
-            ]
-        );
+        assert_eq!(bus.spec.backoff(), vec![Duration::from_secs(1), Duration::from_secs(5), Duration::from_secs(30)]);
     }
 
     #[test]
     fn defaults_apply_when_omitted() {
-        let bus = parse_manifest(
-            "apiVersion: busbar.dev/v1alpha1\nkind: ServiceBus\nspec:\n  services: [{name: a}]\n",
-        )
-        .unwrap();
+        let bus = parse_manifest("apiVersion: busbar.dev/v1alpha1\nkind: ServiceBus\nspec:\n  services: [{name: a}]\n")
+            .unwrap();
         assert_eq!(bus.spec.delivery, DeliverySpec::default());
         assert_eq!(bus.spec.transport.kind(), TransportKind::Builtin);
         assert_eq!(bus.name, "default");
@@ -389,30 +354,15 @@ spec:
     fn nonsense_gets_readable_errors() {
         let cases: &[(&str, &str)] = &[
             ("{{{", "not valid YAML"),
-            (
-                "apiVersion: v1\nkind: ServiceBus\nspec: {services: []}",
-                "expected apiVersion",
-            ),
-            (
-                "apiVersion: busbar.dev/v1alpha1\nkind: Pod\nspec: {}",
-                "expected kind",
-            ),
-            (
-                "apiVersion: busbar.dev/v1alpha1\nkind: ServiceBus\n",
-                "no `spec`",
-            ),
+            ("apiVersion: v1\nkind: ServiceBus\nspec: {services: []}", "expected apiVersion"),
+            ("apiVersion: busbar.dev/v1alpha1\nkind: Pod\nspec: {}", "expected kind"),
+            ("apiVersion: busbar.dev/v1alpha1\nkind: ServiceBus\n", "no `spec`"),
             (
                 "apiVersion: busbar.dev/v1alpha1\nkind: ServiceBus\nspec: {services: [{name: a, subscribe: []}]}",
                 "unknown field `subscribe`",
             ),
-            (
-                "apiVersion: busbar.dev/v1alpha1\nkind: ServiceBus\nspec: {services: [{name: a, port: 99999}]}",
-                "port",
-            ),
-            (
-                "apiVersion: busbar.dev/v1alpha1\nkind: ServiceBus\nspec: {services: []}",
-                "at least one service",
-            ),
+            ("apiVersion: busbar.dev/v1alpha1\nkind: ServiceBus\nspec: {services: [{name: a, port: 99999}]}", "port"),
+            ("apiVersion: busbar.dev/v1alpha1\nkind: ServiceBus\nspec: {services: []}", "at least one service"),
             (
                 "apiVersion: busbar.dev/v1alpha1\nkind: ServiceBus\nspec: {services: [{name: a}, {name: a}]}",
                 "duplicate service name `a`",
@@ -448,19 +398,14 @@ spec:
         ];
         for (text, want) in cases {
             let err = parse_manifest(text).unwrap_err().to_string();
-            assert!(
-                err.contains(want),
-                "for {text:?}: expected {want:?} in {err:?}"
-            );
+            assert!(err.contains(want), "for {text:?}: expected {want:?} in {err:?}");
         }
     }
 
     #[test]
     fn all_problems_are_reported_at_once() {
         let err = parse_manifest("apiVersion: busbar.dev/v1alpha1\nkind: ServiceBus\nspec: {delivery: {maxDeliver: 0}, services: [{name: a}, {name: a}]}").unwrap_err();
-        let SpecError::Invalid(problems) = err else {
-            panic!("expected Invalid, got {err:?}")
-        };
+        let SpecError::Invalid(problems) = err else { panic!("expected Invalid, got {err:?}") };
         assert_eq!(problems.len(), 2, "{problems:?}");
     }
 

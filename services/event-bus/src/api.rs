@@ -61,28 +61,20 @@ pub fn router(state: AppState, max_body: usize) -> Router {
         .route("/metrics", get(metrics))
         .fallback(web::not_found)
         .method_not_allowed_fallback(|m: axum::http::Method, u: axum::http::Uri| async move {
-            ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                format!("{m} is not allowed on {}", u.path()),
-            )
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, format!("{m} is not allowed on {}", u.path()))
         })
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)
 }
 
-async fn publish(
-    State(s): State<AppState>,
-    Body(body): Body,
-) -> Result<Json<serde_json::Value>, ApiError> {
+async fn publish(State(s): State<AppState>, Body(body): Body) -> Result<Json<serde_json::Value>, ApiError> {
     let events = envelope::decode_batch(&body).map_err(|e| {
         s.metrics.rejected.inc();
         ApiError::bad_request(e.to_string())
     })?;
     if events.is_empty() {
         s.metrics.rejected.inc();
-        return Err(ApiError::bad_request(
-            "the batch is empty; send at least one CloudEvent",
-        ));
+        return Err(ApiError::bad_request("the batch is empty; send at least one CloudEvent"));
     }
     let n = events.len();
     let rows = events
@@ -93,10 +85,7 @@ async fn publish(
             payload: serde_json::to_string(ev).expect("CloudEvents serialize"),
         })
         .collect();
-    s.ingest
-        .append(rows)
-        .await
-        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
+    s.ingest.append(rows).await.map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
     Ok(Json(serde_json::json!({ "accepted": n })))
 }
 
@@ -114,10 +103,7 @@ async fn replay(
     q: Result<Query<ReplayQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = q.map_err(|e| {
-        ApiError::bad_request(format!(
-            "{}; use ?after=<seq>&limit=<1..{MAX_PAGE}>&type=<EventType>",
-            e.body_text()
-        ))
+        ApiError::bad_request(format!("{}; use ?after=<seq>&limit=<1..{MAX_PAGE}>&type=<EventType>", e.body_text()))
     })?;
     let after = q.after.unwrap_or(0);
     if after < 0 {
@@ -125,24 +111,13 @@ async fn replay(
     }
     let limit = q.limit.unwrap_or(DEFAULT_PAGE);
     if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(ApiError::bad_request(format!(
-            "`limit` must be between 1 and {MAX_PAGE}"
-        )));
+        return Err(ApiError::bad_request(format!("`limit` must be between 1 and {MAX_PAGE}")));
     }
     let types: Vec<String> = q.ty.into_iter().collect();
     let head = *s.head.borrow();
-    let rows = s
-        .store
-        .read(after, head, &types, limit)
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))?;
-    let next = if (rows.len() as i64) < limit {
-        head.max(after)
-    } else {
-        rows.last().map(|r| r.seq).unwrap_or(after)
-    };
-    let mut body =
-        String::with_capacity(rows.iter().map(|r| r.payload.len() + 1).sum::<usize>() + 2);
+    let rows = s.store.read(after, head, &types, limit).await.map_err(|e| ApiError::internal(e.to_string()))?;
+    let next = if (rows.len() as i64) < limit { head.max(after) } else { rows.last().map(|r| r.seq).unwrap_or(after) };
+    let mut body = String::with_capacity(rows.iter().map(|r| r.payload.len() + 1).sum::<usize>() + 2);
     body.push('[');
     for (i, r) in rows.iter().enumerate() {
         if i > 0 {
@@ -152,10 +127,7 @@ async fn replay(
     }
     body.push(']');
     let mut headers = HeaderMap::new();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     headers.insert("x-busbar-next-after", HeaderValue::from(next));
     headers.insert("x-busbar-head", HeaderValue::from(head));
     if rows.len() as i64 == limit {
@@ -178,11 +150,8 @@ async fn list_dead_letters(
 ) -> Result<Json<Vec<serde_json::Value>>, ApiError> {
     let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let limit = q.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
-    let rows = s
-        .store
-        .dead_letters(q.subscriber.as_deref(), limit)
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let rows =
+        s.store.dead_letters(q.subscriber.as_deref(), limit).await.map_err(|e| ApiError::internal(e.to_string()))?;
     Ok(Json(
         rows.into_iter()
             .map(|d| {
@@ -208,36 +177,20 @@ async fn redrive_many(
     redrive(&s, None, q.subscriber.as_deref()).await
 }
 
-async fn redrive_one(
-    State(s): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let id: i64 = id
-        .parse()
-        .map_err(|_| ApiError::bad_request(format!("`{id}` is not a dead-letter id (a number)")))?;
+async fn redrive_one(State(s): State<AppState>, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+    let id: i64 =
+        id.parse().map_err(|_| ApiError::bad_request(format!("`{id}` is not a dead-letter id (a number)")))?;
     let out = redrive(&s, Some(id), None).await?;
     if out.0["redriving"] == 0 {
-        return Err(ApiError::not_found(format!(
-            "no dead letter {id} waiting for redrive"
-        )));
+        return Err(ApiError::not_found(format!("no dead letter {id} waiting for redrive")));
     }
     Ok(out)
 }
 
-async fn redrive(
-    s: &AppState,
-    id: Option<i64>,
-    subscriber: Option<&str>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let (count, subs) = s
-        .store
-        .request_redrive(id, subscriber)
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))?;
+async fn redrive(s: &AppState, id: Option<i64>, subscriber: Option<&str>) -> Result<Json<serde_json::Value>, ApiError> {
+    let (count, subs) = s.store.request_redrive(id, subscriber).await.map_err(|e| ApiError::internal(e.to_string()))?;
     s.supervisor.notify_redrive(&subs).await;
-    Ok(Json(
-        serde_json::json!({ "redriving": count, "subscribers": subs }),
-    ))
+    Ok(Json(serde_json::json!({ "redriving": count, "subscribers": subs })))
 }
 
 async fn subscribers(State(s): State<AppState>) -> Result<Json<Vec<serde_json::Value>>, ApiError> {
@@ -250,11 +203,7 @@ async fn subscribers(State(s): State<AppState>) -> Result<Json<Vec<serde_json::V
             .await
             .map_err(|e| ApiError::internal(e.to_string()))?
             .unwrap_or_default();
-        let dead = s
-            .store
-            .dead_letter_count(&r.subscriber)
-            .await
-            .map_err(|e| ApiError::internal(e.to_string()))?;
+        let dead = s.store.dead_letter_count(&r.subscriber).await.map_err(|e| ApiError::internal(e.to_string()))?;
         out.push(serde_json::json!({
             "name": r.subscriber, "endpoint": r.endpoint, "types": r.types,
             "position": c.position, "lag": head - c.position, "attempts": c.attempts,
@@ -271,21 +220,10 @@ async fn readyz(State(s): State<AppState>) -> Result<&'static str, ApiError> {
     sqlx::query("SELECT 1")
         .execute(s.store.db().pool())
         .await
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("database unavailable: {e}"),
-            )
-        })?;
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("database unavailable: {e}")))?;
     Ok("ready")
 }
 
 async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        s.metrics.render(),
-    )
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], s.metrics.render())
 }

@@ -54,10 +54,7 @@ impl Worker {
             StartFrom::Beginning => 0,
             StartFrom::Now => *self.head.borrow(),
         };
-        let Some(mut cur) = self
-            .retry_store("reading the cursor", || self.store.cursor(&name, initial))
-            .await
-        else {
+        let Some(mut cur) = self.retry_store("reading the cursor", || self.store.cursor(&name, initial)).await else {
             return;
         };
         tracing::info!(subscriber = %name, endpoint = %self.route.endpoint, types = ?self.route.types, position = cur.position, "delivery started");
@@ -84,11 +81,8 @@ impl Worker {
             }
             let limit = self.mode.batch as i64;
             let types = self.route.types.clone();
-            let Some(batch) = self
-                .retry_store("reading the log", || {
-                    self.store.read(cur.position, upto, &types, limit)
-                })
-                .await
+            let Some(batch) =
+                self.retry_store("reading the log", || self.store.read(cur.position, upto, &types, limit)).await
             else {
                 break;
             };
@@ -102,24 +96,15 @@ impl Worker {
             let last_seq = last.seq;
             match self.push(&batch).await {
                 Pushed::All => {
-                    self.metrics
-                        .delivered
-                        .get_or_create(&Metrics::sub(&name))
-                        .inc_by(batch.len() as u64);
+                    self.metrics.delivered.get_or_create(&Metrics::sub(&name)).inc_by(batch.len() as u64);
                     cur.position = if full { last_seq } else { upto };
                     cur.attempts = 0;
                     cur.last_error = None;
                     self.save(&cur).await;
                 }
                 Pushed::Failed { handled, error } => {
-                    self.metrics
-                        .delivered
-                        .get_or_create(&Metrics::sub(&name))
-                        .inc_by(handled as u64);
-                    self.metrics
-                        .failed_attempts
-                        .get_or_create(&Metrics::sub(&name))
-                        .inc();
+                    self.metrics.delivered.get_or_create(&Metrics::sub(&name)).inc_by(handled as u64);
+                    self.metrics.failed_attempts.get_or_create(&Metrics::sub(&name)).inc();
                     if handled > 0 {
                         cur.position = batch[handled - 1].seq;
                         cur.attempts = 0;
@@ -132,23 +117,14 @@ impl Worker {
                             "giving up on event: moved to the dead-letter store");
                         let (attempts, err) = (cur.attempts, error.clone());
                         if self
-                            .retry_store("dead-lettering", || {
-                                self.store.dead_letter(&name, failing, attempts, &err)
-                            })
+                            .retry_store("dead-lettering", || self.store.dead_letter(&name, failing, attempts, &err))
                             .await
                             .is_none()
                         {
                             break;
                         }
-                        self.metrics
-                            .dead_lettered
-                            .get_or_create(&Metrics::sub(&name))
-                            .inc();
-                        cur = Cursor {
-                            position: failing.seq,
-                            attempts: 0,
-                            last_error: None,
-                        };
+                        self.metrics.dead_lettered.get_or_create(&Metrics::sub(&name)).inc();
+                        cur = Cursor { position: failing.seq, attempts: 0, last_error: None };
                         continue;
                     }
                     self.save(&cur).await;
@@ -174,37 +150,23 @@ impl Worker {
             if self.stop.is_cancelled() {
                 return;
             }
-            let Some(Some(dl)) = self
-                .retry_store("reading redrives", || self.store.next_redrive(&name))
-                .await
-            else {
+            let Some(Some(dl)) = self.retry_store("reading redrives", || self.store.next_redrive(&name)).await else {
                 return;
             };
-            let ev = Stored {
-                seq: dl.seq,
-                event_id: dl.event_id.clone(),
-                ty: dl.ty.clone(),
-                payload: dl.payload.clone(),
-            };
+            let ev =
+                Stored { seq: dl.seq, event_id: dl.event_id.clone(), ty: dl.ty.clone(), payload: dl.payload.clone() };
             let mut attempts = 0;
             loop {
                 match self.push(std::slice::from_ref(&ev)).await {
                     Pushed::All => {
                         tracing::info!(subscriber = %name, event_id = %ev.event_id, "redriven event delivered");
-                        self.metrics
-                            .delivered
-                            .get_or_create(&Metrics::sub(&name))
-                            .inc();
-                        self.retry_store("finishing a redrive", || self.store.redrive_done(dl.id))
-                            .await;
+                        self.metrics.delivered.get_or_create(&Metrics::sub(&name)).inc();
+                        self.retry_store("finishing a redrive", || self.store.redrive_done(dl.id)).await;
                         break;
                     }
                     Pushed::Failed { error, .. } => {
                         attempts += 1;
-                        self.metrics
-                            .failed_attempts
-                            .get_or_create(&Metrics::sub(&name))
-                            .inc();
+                        self.metrics.failed_attempts.get_or_create(&Metrics::sub(&name)).inc();
                         if attempts >= self.route.policy.max_deliver {
                             tracing::warn!(subscriber = %name, event_id = %ev.event_id, %error, "redriven event failed again; back in the dead-letter store");
                             self.retry_store("recording a failed redrive", || {
@@ -224,20 +186,12 @@ impl Worker {
     }
 
     async fn push(&self, batch: &[Stored]) -> Pushed {
-        push(
-            &self.client,
-            &self.route.endpoint,
-            batch,
-            self.mode,
-            self.route.policy.ack_wait,
-        )
-        .await
+        push(&self.client, &self.route.endpoint, batch, self.mode, self.route.policy.ack_wait).await
     }
 
     async fn save(&self, cur: &Cursor) {
         let name = self.route.subscriber.clone();
-        self.retry_store("saving the cursor", || self.store.save_cursor(&name, cur))
-            .await;
+        self.retry_store("saving the cursor", || self.store.save_cursor(&name, cur)).await;
     }
 
     /// Runs a store operation until it succeeds or the worker stops. Store errors (a
@@ -276,8 +230,7 @@ pub async fn push(
     let body = if mode.bare_single && batch.len() == 1 {
         batch[0].payload.clone()
     } else {
-        let mut s =
-            String::with_capacity(batch.iter().map(|e| e.payload.len() + 1).sum::<usize>() + 2);
+        let mut s = String::with_capacity(batch.iter().map(|e| e.payload.len() + 1).sum::<usize>() + 2);
         s.push('[');
         for (i, e) in batch.iter().enumerate() {
             if i > 0 {
@@ -293,13 +246,7 @@ pub async fn push(
     } else {
         "application/cloudevents-batch+json"
     };
-    let resp = client
-        .post(endpoint)
-        .header("content-type", content_type)
-        .timeout(timeout)
-        .body(body)
-        .send()
-        .await;
+    let resp = client.post(endpoint).header("content-type", content_type).timeout(timeout).body(body).send().await;
     let resp = match resp {
         Ok(r) => r,
         Err(e) if e.is_timeout() => {
@@ -309,10 +256,7 @@ pub async fn push(
             };
         }
         Err(e) => {
-            return Pushed::Failed {
-                handled: 0,
-                error: format!("cannot reach {endpoint}: {}", error_chain(&e)),
-            };
+            return Pushed::Failed { handled: 0, error: format!("cannot reach {endpoint}: {}", error_chain(&e)) };
         }
     };
     let status = resp.status();
@@ -333,10 +277,7 @@ pub async fn push(
         .and_then(|e| e.as_str())
         .map(str::to_owned)
         .unwrap_or_else(|| text.chars().take(500).collect());
-    Pushed::Failed {
-        handled,
-        error: format!("HTTP {}: {reason}", status.as_u16()),
-    }
+    Pushed::Failed { handled, error: format!("HTTP {}: {reason}", status.as_u16()) }
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

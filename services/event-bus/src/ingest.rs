@@ -24,11 +24,7 @@ pub struct Ingest {
 
 impl Ingest {
     /// Starts the writer. `head` receives the highest stored sequence after each commit.
-    pub fn spawn(
-        store: Store,
-        head: watch::Sender<i64>,
-        metrics: Metrics,
-    ) -> (Ingest, tokio::task::JoinHandle<()>) {
+    pub fn spawn(store: Store, head: watch::Sender<i64>, metrics: Metrics) -> (Ingest, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(1024);
         let task = tokio::spawn(run(store, rx, head, metrics));
         (Ingest { jobs: tx }, task)
@@ -37,21 +33,12 @@ impl Ingest {
     /// Stores `events` durably; `Ok` means committed.
     pub async fn append(&self, events: Vec<NewEvent>) -> Result<(), String> {
         let (reply, rx) = oneshot::channel();
-        self.jobs
-            .send(Job { events, reply })
-            .await
-            .map_err(|_| "the bus is shutting down".to_owned())?;
-        rx.await
-            .map_err(|_| "the bus is shutting down".to_owned())?
+        self.jobs.send(Job { events, reply }).await.map_err(|_| "the bus is shutting down".to_owned())?;
+        rx.await.map_err(|_| "the bus is shutting down".to_owned())?
     }
 }
 
-async fn run(
-    store: Store,
-    mut rx: mpsc::Receiver<Job>,
-    head: watch::Sender<i64>,
-    metrics: Metrics,
-) {
+async fn run(store: Store, mut rx: mpsc::Receiver<Job>, head: watch::Sender<i64>, metrics: Metrics) {
     // Runs until every Ingest handle is dropped (the HTTP server has stopped), so requests
     // accepted before shutdown are still committed and answered.
     while let Some(first) = rx.recv().await {

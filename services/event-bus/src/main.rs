@@ -39,11 +39,7 @@ struct Args {
     listen: SocketAddr,
 
     /// The bus's own database: sqlite://FILE (created if missing) or postgres://...
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        default_value = "sqlite://data/event-bus.db"
-    )]
+    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://data/event-bus.db")]
     database_url: String,
 
     /// ServiceBus manifest (YAML) naming the subscribers. Without it the bus stores and
@@ -52,11 +48,7 @@ struct Args {
     routes: Option<PathBuf>,
 
     /// Where a subscriber's events are pushed; `{name}` and `{port}` come from the spec.
-    #[arg(
-        long,
-        env = "BUSBAR_ENDPOINT_TEMPLATE",
-        default_value = "http://{name}:{port}/events"
-    )]
+    #[arg(long, env = "BUSBAR_ENDPOINT_TEMPLATE", default_value = "http://{name}:{port}/events")]
     endpoint_template: String,
 
     /// How often to check the routes file for changes.
@@ -107,14 +99,10 @@ async fn main() -> anyhow::Result<()> {
 async fn run(args: Args) -> anyhow::Result<()> {
     let initial_routes = match &args.routes {
         Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read routes file {}", path.display()))?;
-            let bus = busbar::spec::parse_manifest(&text)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-            Some((
-                text,
-                routes::routes_from_spec(&bus.spec, &args.endpoint_template),
-            ))
+            let text =
+                std::fs::read_to_string(path).with_context(|| format!("cannot read routes file {}", path.display()))?;
+            let bus = busbar::spec::parse_manifest(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            Some((text, routes::routes_from_spec(&bus.spec, &args.endpoint_template)))
         }
         None => None,
     };
@@ -134,10 +122,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let metrics = metrics::Metrics::new();
     metrics.head.set(head_now);
     let (ingest, ingest_task) = ingest::Ingest::spawn(store.clone(), head_tx, metrics.clone());
-    let mode = delivery::PushMode {
-        batch: args.push_batch as usize,
-        bare_single: args.push_bare && args.push_batch == 1,
-    };
+    let mode =
+        delivery::PushMode { batch: args.push_batch as usize, bare_single: args.push_bare && args.push_batch == 1 };
     let sup = supervisor::Supervisor::new(store.clone(), head_rx.clone(), metrics.clone(), mode);
     let stop = CancellationToken::new();
     let mut watcher = None;
@@ -162,23 +148,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
         metrics,
         ready: ready.clone(),
     };
-    let app = api::router(state, args.max_body_bytes)
-        .layer(tower_http::trace::TraceLayer::new_for_http());
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen on {}: is another process using that port? (set --listen)",
-                args.listen
-            )
-        })?;
+    let app = api::router(state, args.max_body_bytes).layer(tower_http::trace::TraceLayer::new_for_http());
+    let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| {
+        format!("cannot listen on {}: is another process using that port? (set --listen)", args.listen)
+    })?;
     ready.store(true, std::sync::atomic::Ordering::Relaxed);
     tracing::info!(listen = %listener.local_addr()?, database = %redact(&args.database_url), head = head_now,
         subscribers = ?sup.routes().await.iter().map(|r| r.subscriber.clone()).collect::<Vec<_>>(), "event-bus ready");
 
-    axum::serve(listener, app)
-        .with_graceful_shutdown(busbar::web::shutdown_signal())
-        .await?;
+    axum::serve(listener, app).with_graceful_shutdown(busbar::web::shutdown_signal()).await?;
 
     // The server has stopped taking requests; the writer finishes what it was handed,
     // then delivery stops where it is (cursors are saved after each batch).

@@ -40,62 +40,28 @@ impl Metrics {
             dead_lettered: Family::default(),
             lag: Family::default(),
         };
-        r.register(
-            "events_stored",
-            "Events appended to the log",
-            m.published.clone(),
-        );
+        r.register("events_stored", "Events appended to the log", m.published.clone());
         r.register(
             "events_duplicate",
             "Published events dropped because their id was already in the log",
             m.duplicates.clone(),
         );
-        r.register(
-            "requests_rejected",
-            "Publish requests refused as invalid",
-            m.rejected.clone(),
-        );
-        r.register(
-            "log_head_seq",
-            "Highest sequence number in the log",
-            m.head.clone(),
-        );
-        r.register(
-            "events_delivered",
-            "Events acknowledged by a subscriber",
-            m.delivered.clone(),
-        );
-        r.register(
-            "delivery_failures",
-            "Failed delivery attempts",
-            m.failed_attempts.clone(),
-        );
-        r.register(
-            "events_dead_lettered",
-            "Events moved to the dead-letter store",
-            m.dead_lettered.clone(),
-        );
-        r.register(
-            "subscriber_lag",
-            "Log head minus the subscriber's cursor",
-            m.lag.clone(),
-        );
-        Metrics {
-            registry: Arc::new(r),
-            ..m
-        }
+        r.register("requests_rejected", "Publish requests refused as invalid", m.rejected.clone());
+        r.register("log_head_seq", "Highest sequence number in the log", m.head.clone());
+        r.register("events_delivered", "Events acknowledged by a subscriber", m.delivered.clone());
+        r.register("delivery_failures", "Failed delivery attempts", m.failed_attempts.clone());
+        r.register("events_dead_lettered", "Events moved to the dead-letter store", m.dead_lettered.clone());
+        r.register("subscriber_lag", "Log head minus the subscriber's cursor", m.lag.clone());
+        Metrics { registry: Arc::new(r), ..m }
     }
 
     pub fn sub(name: &str) -> Sub {
-        Sub {
-            subscriber: name.to_owned(),
-        }
+        Sub { subscriber: name.to_owned() }
     }
 
     pub fn render(&self) -> String {
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)
-            .expect("writing to a String cannot fail");
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out
     }
 }

@@ -9,9 +9,7 @@ use std::time::Duration;
 pub fn delay(schedule: &[Duration], attempt: u32, unit: f64) -> Duration {
     let base = if schedule.is_empty() {
         // Exponential from 100 ms, doubling, capped at 30 s.
-        Duration::from_millis(100)
-            .saturating_mul(1u32 << attempt.saturating_sub(1).min(9))
-            .min(Duration::from_secs(30))
+        Duration::from_millis(100).saturating_mul(1u32 << attempt.saturating_sub(1).min(9)).min(Duration::from_secs(30))
     } else {
         let i = (attempt.max(1) as usize - 1).min(schedule.len() - 1);
         schedule[i]
@@ -50,10 +48,7 @@ mod tests {
         assert_eq!(delay(&s, 1, 0.0), Duration::from_secs(1));
         for _ in 0..100 {
             let d = jittered(&s, 1);
-            assert!(
-                d >= Duration::from_secs(1) && d <= Duration::from_secs(2),
-                "{d:?}"
-            );
+            assert!(d >= Duration::from_secs(1) && d <= Duration::from_secs(2), "{d:?}");
         }
     }
 }

@@ -25,11 +25,7 @@ pub struct Route {
 /// One route per subscribing service, keyed by name. `endpoint_template` may use
 /// `{name}` and `{port}`, e.g. `http://{name}:{port}/events`.
 pub fn routes_from_spec(spec: &ServiceBusSpec, endpoint_template: &str) -> BTreeMap<String, Route> {
-    let policy = Policy {
-        max_deliver: spec.max_deliver(),
-        backoff: spec.backoff(),
-        ack_wait: spec.ack_wait(),
-    };
+    let policy = Policy { max_deliver: spec.max_deliver(), backoff: spec.backoff(), ack_wait: spec.ack_wait() };
     spec.services
         .iter()
         .filter(|s| !s.subscribes.is_empty())
@@ -40,11 +36,7 @@ pub fn routes_from_spec(spec: &ServiceBusSpec, endpoint_template: &str) -> BTree
             let route = Route {
                 subscriber: s.name.clone(),
                 endpoint,
-                types: s
-                    .subscribed_types()
-                    .into_iter()
-                    .map(str::to_owned)
-                    .collect(),
+                types: s.subscribed_types().into_iter().map(str::to_owned).collect(),
                 start_from: s.start_from(),
                 policy: policy.clone(),
             };
@@ -69,11 +61,7 @@ pub fn diff(old: &BTreeMap<String, Route>, new: &BTreeMap<String, Route>) -> Rou
             Some(_) => {}
         }
     }
-    d.removed = old
-        .keys()
-        .filter(|k| !new.contains_key(*k))
-        .cloned()
-        .collect();
+    d.removed = old.keys().filter(|k| !new.contains_key(*k)).cloned().collect();
     d
 }
 
@@ -116,9 +104,7 @@ mod tests {
     #[test]
     fn diff_names_added_changed_and_removed_subscribers() {
         let old = routes_from_spec(
-            &spec(
-                "[{name: a, port: 1, subscribes: [{type: X}]}, {name: b, port: 2, subscribes: [{type: X}]}]",
-            ),
+            &spec("[{name: a, port: 1, subscribes: [{type: X}]}, {name: b, port: 2, subscribes: [{type: X}]}]"),
             "{name}",
         );
         let new = routes_from_spec(
@@ -129,11 +115,7 @@ mod tests {
         );
         assert_eq!(
             diff(&old, &new),
-            RouteDiff {
-                added: vec!["c".into()],
-                changed: vec!["a".into()],
-                removed: vec!["b".into()]
-            }
+            RouteDiff { added: vec!["c".into()], changed: vec!["a".into()], removed: vec!["b".into()] }
         );
         assert_eq!(diff(&new, &new), RouteDiff::default());
     }

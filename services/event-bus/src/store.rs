@@ -1,7 +1,10 @@
 //! The bus's durable state: the event log, subscriber cursors and dead letters.
 
-use busbar::{Db, db::DbError};
-use sqlx::{QueryBuilder, Row};
+use busbar::{
+    Db,
+    db::{DbError, placeholders, row_placeholders},
+};
+use sqlx::{AssertSqlSafe, Row};
 
 /// An event as stored in the log.
 #[derive(Debug, Clone)]
@@ -53,11 +56,7 @@ pub struct Store {
 
 impl Store {
     pub async fn open(db: Db) -> Result<Self, DbError> {
-        db.migrate(
-            &sqlx::migrate!("./migrations/sqlite"),
-            &sqlx::migrate!("./migrations/postgres"),
-        )
-        .await?;
+        db.migrate(&sqlx::migrate!("./migrations/sqlite"), &sqlx::migrate!("./migrations/postgres")).await?;
         Ok(Self { db })
     }
 
@@ -72,63 +71,43 @@ impl Store {
         let now = chrono_now();
         let mut stored = 0;
         for chunk in events.chunks(INSERT_CHUNK) {
-            let mut q =
-                QueryBuilder::new("INSERT INTO bus_events (event_id, type, payload, received_at) ");
-            q.push_values(chunk, |mut b, e| {
-                b.push_bind(e.event_id.clone())
-                    .push_bind(e.ty.clone())
-                    .push_bind(e.payload.clone())
-                    .push_bind(now);
-            });
-            q.push(" ON CONFLICT (event_id) DO NOTHING");
-            stored += q.build().execute(&mut *tx).await?.rows_affected();
+            let sql = format!(
+                "INSERT INTO bus_events (event_id, type, payload, received_at) VALUES {} ON CONFLICT (event_id) DO NOTHING",
+                row_placeholders(1, chunk.len(), 4)
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql));
+            for e in chunk {
+                q = q.bind(e.event_id.clone()).bind(e.ty.clone()).bind(e.payload.clone()).bind(now);
+            }
+            stored += q.execute(&mut *tx).await?.rows_affected();
         }
-        let head: Option<i64> = sqlx::query("SELECT MAX(seq) FROM bus_events")
-            .fetch_one(&mut *tx)
-            .await?
-            .try_get(0)?;
+        let head: Option<i64> = sqlx::query("SELECT MAX(seq) FROM bus_events").fetch_one(&mut *tx).await?.try_get(0)?;
         tx.commit().await?;
         Ok((stored, head.unwrap_or(0)))
     }
 
     pub async fn head(&self) -> Result<i64, DbError> {
-        let head: Option<i64> = sqlx::query("SELECT MAX(seq) FROM bus_events")
-            .fetch_one(self.db.pool())
-            .await?
-            .try_get(0)?;
+        let head: Option<i64> =
+            sqlx::query("SELECT MAX(seq) FROM bus_events").fetch_one(self.db.pool()).await?.try_get(0)?;
         Ok(head.unwrap_or(0))
     }
 
     /// Events with `after < seq <= upto`, of the given types (all types if `types` is
     /// empty), oldest first, at most `limit`.
-    pub async fn read(
-        &self,
-        after: i64,
-        upto: i64,
-        types: &[String],
-        limit: i64,
-    ) -> Result<Vec<Stored>, DbError> {
-        let mut q =
-            QueryBuilder::new("SELECT seq, event_id, type, payload FROM bus_events WHERE seq > ");
-        q.push_bind(after).push(" AND seq <= ").push_bind(upto);
-        if !types.is_empty() {
-            q.push(" AND type IN (");
-            let mut sep = q.separated(", ");
-            for t in types {
-                sep.push_bind(t.clone());
-            }
-            q.push(")");
+    pub async fn read(&self, after: i64, upto: i64, types: &[String], limit: i64) -> Result<Vec<Stored>, DbError> {
+        let filter =
+            if types.is_empty() { String::new() } else { format!(" AND type IN ({})", placeholders(4, types.len())) };
+        let sql = format!(
+            "SELECT seq, event_id, type, payload FROM bus_events WHERE seq > $1 AND seq <= $2{filter} ORDER BY seq LIMIT $3"
+        );
+        let mut q = sqlx::query(AssertSqlSafe(sql)).bind(after).bind(upto).bind(limit);
+        for t in types {
+            q = q.bind(t.clone());
         }
-        q.push(" ORDER BY seq LIMIT ").push_bind(limit);
-        let rows = q.build().fetch_all(self.db.pool()).await?;
+        let rows = q.fetch_all(self.db.pool()).await?;
         rows.into_iter()
             .map(|r| {
-                Ok(Stored {
-                    seq: r.try_get(0)?,
-                    event_id: r.try_get(1)?,
-                    ty: r.try_get(2)?,
-                    payload: r.try_get(3)?,
-                })
+                Ok(Stored { seq: r.try_get(0)?, event_id: r.try_get(1)?, ty: r.try_get(2)?, payload: r.try_get(3)? })
             })
             .collect::<Result<_, sqlx::Error>>()
             .map_err(Into::into)
@@ -141,35 +120,23 @@ impl Store {
             .bind(initial)
             .execute(self.db.pool())
             .await?;
-        let r = sqlx::query(
-            "SELECT position, attempts, last_error FROM bus_cursors WHERE subscriber = $1",
-        )
-        .bind(subscriber)
-        .fetch_one(self.db.pool())
-        .await?;
+        let r = sqlx::query("SELECT position, attempts, last_error FROM bus_cursors WHERE subscriber = $1")
+            .bind(subscriber)
+            .fetch_one(self.db.pool())
+            .await?;
         let attempts: i64 = r.try_get(1)?;
-        Ok(Cursor {
-            position: r.try_get(0)?,
-            attempts: attempts as u32,
-            last_error: r.try_get(2)?,
-        })
+        Ok(Cursor { position: r.try_get(0)?, attempts: attempts as u32, last_error: r.try_get(2)? })
     }
 
     /// The subscriber's cursor, if it has one, without creating it.
     pub async fn peek_cursor(&self, subscriber: &str) -> Result<Option<Cursor>, DbError> {
-        let r = sqlx::query(
-            "SELECT position, attempts, last_error FROM bus_cursors WHERE subscriber = $1",
-        )
-        .bind(subscriber)
-        .fetch_optional(self.db.pool())
-        .await?;
+        let r = sqlx::query("SELECT position, attempts, last_error FROM bus_cursors WHERE subscriber = $1")
+            .bind(subscriber)
+            .fetch_optional(self.db.pool())
+            .await?;
         let Some(r) = r else { return Ok(None) };
         let attempts: i64 = r.try_get(1)?;
-        Ok(Some(Cursor {
-            position: r.try_get(0)?,
-            attempts: attempts as u32,
-            last_error: r.try_get(2)?,
-        }))
+        Ok(Some(Cursor { position: r.try_get(0)?, attempts: attempts as u32, last_error: r.try_get(2)? }))
     }
 
     pub async fn save_cursor(&self, subscriber: &str, c: &Cursor) -> Result<(), DbError> {
@@ -214,23 +181,17 @@ impl Store {
         tx.commit().await
     }
 
-    pub async fn dead_letters(
-        &self,
-        subscriber: Option<&str>,
-        limit: i64,
-    ) -> Result<Vec<DeadLetter>, DbError> {
-        let mut q = QueryBuilder::new(
-            "SELECT id, subscriber, seq, event_id, type, attempts, last_error, dead_at, state, payload FROM bus_dead_letters",
-        );
-        if let Some(s) = subscriber {
-            q.push(" WHERE subscriber = ").push_bind(s.to_owned());
-        }
-        q.push(" ORDER BY id LIMIT ").push_bind(limit);
-        let rows = q.build().fetch_all(self.db.pool()).await?;
-        rows.into_iter()
-            .map(dead_letter_row)
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(Into::into)
+    pub async fn dead_letters(&self, subscriber: Option<&str>, limit: i64) -> Result<Vec<DeadLetter>, DbError> {
+        // `$2 IS NULL` keeps one statement for "all subscribers" and "this one".
+        let rows = sqlx::query(
+            "SELECT id, subscriber, seq, event_id, type, attempts, last_error, dead_at, state, payload FROM bus_dead_letters \
+             WHERE ($2 IS NULL OR subscriber = $2) ORDER BY id LIMIT $1",
+        )
+        .bind(limit)
+        .bind(subscriber.map(str::to_owned))
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.into_iter().map(dead_letter_row).collect::<Result<_, sqlx::Error>>().map_err(Into::into)
     }
 
     /// Marks dead letters for redelivery; returns how many, and the subscribers affected.
@@ -239,21 +200,15 @@ impl Store {
         id: Option<i64>,
         subscriber: Option<&str>,
     ) -> Result<(usize, Vec<String>), DbError> {
-        let mut q = QueryBuilder::new(
-            "UPDATE bus_dead_letters SET state = 'redriving' WHERE state = 'dead'",
-        );
-        if let Some(id) = id {
-            q.push(" AND id = ").push_bind(id);
-        }
-        if let Some(s) = subscriber {
-            q.push(" AND subscriber = ").push_bind(s.to_owned());
-        }
-        q.push(" RETURNING subscriber");
-        let rows = q.build().fetch_all(self.db.pool()).await?;
-        let mut subs: Vec<String> = rows
-            .into_iter()
-            .map(|r| r.try_get(0))
-            .collect::<Result<_, _>>()?;
+        let rows = sqlx::query(
+            "UPDATE bus_dead_letters SET state = 'redriving' \
+             WHERE state = 'dead' AND ($1 IS NULL OR id = $1) AND ($2 IS NULL OR subscriber = $2) RETURNING subscriber",
+        )
+        .bind(id)
+        .bind(subscriber.map(str::to_owned))
+        .fetch_all(self.db.pool())
+        .await?;
+        let mut subs: Vec<String> = rows.into_iter().map(|r| r.try_get(0)).collect::<Result<_, _>>()?;
         let count = subs.len();
         subs.sort();
         subs.dedup();
@@ -272,10 +227,7 @@ impl Store {
     }
 
     pub async fn redrive_done(&self, id: i64) -> Result<(), DbError> {
-        sqlx::query("DELETE FROM bus_dead_letters WHERE id = $1")
-            .bind(id)
-            .execute(self.db.pool())
-            .await?;
+        sqlx::query("DELETE FROM bus_dead_letters WHERE id = $1").bind(id).execute(self.db.pool()).await?;
         Ok(())
     }
 
@@ -315,8 +267,5 @@ fn dead_letter_row(r: sqlx::any::AnyRow) -> Result<DeadLetter, sqlx::Error> {
 }
 
 fn chrono_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }

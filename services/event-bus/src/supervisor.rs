@@ -30,34 +30,19 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
-    pub fn new(
-        store: Store,
-        head: watch::Receiver<i64>,
-        metrics: Metrics,
-        mode: PushMode,
-    ) -> Arc<Self> {
+    pub fn new(store: Store, head: watch::Receiver<i64>, metrics: Metrics, mode: PushMode) -> Arc<Self> {
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(2))
             .pool_idle_timeout(Duration::from_secs(60))
             .build()
             .expect("a plain http client builds");
-        Arc::new(Self {
-            store,
-            head,
-            client,
-            metrics,
-            mode,
-            running: Mutex::new(BTreeMap::new()),
-        })
+        Arc::new(Self { store, head, client, metrics, mode, running: Mutex::new(BTreeMap::new()) })
     }
 
     /// Makes the running workers match `new`.
     pub async fn apply(&self, new: BTreeMap<String, Route>) {
         let mut running = self.running.lock().await;
-        let old: BTreeMap<String, Route> = running
-            .iter()
-            .map(|(k, r)| (k.clone(), r.route.clone()))
-            .collect();
+        let old: BTreeMap<String, Route> = running.iter().map(|(k, r)| (k.clone(), r.route.clone())).collect();
         let d = routes::diff(&old, &new);
         for name in d.removed.iter().chain(d.changed.iter()) {
             if let Some(r) = running.remove(name) {
@@ -80,15 +65,7 @@ impl Supervisor {
                 mode: self.mode,
             };
             let task = tokio::spawn(worker.run());
-            running.insert(
-                name.clone(),
-                Running {
-                    route,
-                    stop,
-                    redrive,
-                    task,
-                },
-            );
+            running.insert(name.clone(), Running { route, stop, redrive, task });
         }
         if d.added.len() + d.changed.len() + d.removed.len() > 0 {
             tracing::info!(added = ?d.added, changed = ?d.changed, removed = ?d.removed, "routes applied");
@@ -106,12 +83,7 @@ impl Supervisor {
     }
 
     pub async fn routes(&self) -> Vec<Route> {
-        self.running
-            .lock()
-            .await
-            .values()
-            .map(|r| r.route.clone())
-            .collect()
+        self.running.lock().await.values().map(|r| r.route.clone()).collect()
     }
 
     pub async fn shutdown(&self) {
@@ -155,8 +127,7 @@ pub async fn watch_routes(
         match busbar::spec::parse_manifest(&text) {
             Ok(bus) => {
                 tracing::info!(path = %path.display(), "routes file changed; reloading");
-                sup.apply(routes::routes_from_spec(&bus.spec, &template))
-                    .await;
+                sup.apply(routes::routes_from_spec(&bus.spec, &template)).await;
             }
             Err(e) => {
                 tracing::error!(path = %path.display(), error = %e, "routes file is invalid; keeping the current routes")

@@ -24,11 +24,7 @@ impl HttpTransport {
             .pool_idle_timeout(Duration::from_secs(60))
             .build()
             .expect("a plain http client builds");
-        Self {
-            client,
-            publish_url: format!("{}/events", bus_url.trim_end_matches('/')),
-            token,
-        }
+        Self { client, publish_url: format!("{}/events", bus_url.trim_end_matches('/')), token }
     }
 }
 
@@ -61,16 +57,9 @@ impl Transport for HttpTransport {
             .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
             .unwrap_or(body);
         if status.is_server_error() {
-            Err(TransportError::Unavailable {
-                transport: "http",
-                reason: format!("{status}: {reason}"),
-            })
+            Err(TransportError::Unavailable { transport: "http", reason: format!("{status}: {reason}") })
         } else {
-            Err(TransportError::Rejected {
-                transport: "http",
-                status: status.as_u16(),
-                reason,
-            })
+            Err(TransportError::Rejected { transport: "http", status: status.as_u16(), reason })
         }
     }
 }

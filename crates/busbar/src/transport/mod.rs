@@ -11,17 +11,10 @@ use crate::envelope::CloudEvent;
 pub enum TransportError {
     /// The bus could not be reached or did not answer in time; retrying may help.
     #[error("{transport} bus unreachable: {reason}")]
-    Unavailable {
-        transport: &'static str,
-        reason: String,
-    },
+    Unavailable { transport: &'static str, reason: String },
     /// The bus answered and refused the events; it says why.
     #[error("{transport} bus refused the events ({status}): {reason}")]
-    Rejected {
-        transport: &'static str,
-        status: u16,
-        reason: String,
-    },
+    Rejected { transport: &'static str, status: u16, reason: String },
 }
 
 #[async_trait]
