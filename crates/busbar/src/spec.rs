@@ -184,7 +184,11 @@ pub fn parse_manifest(text: &str) -> Result<ServiceBus, SpecError> {
         other => return Err(SpecError::Kind(other.unwrap_or("<missing>").into())),
     }
     let spec = m.spec.ok_or(SpecError::NoSpec)?;
-    let spec: ServiceBusSpec = serde_yaml_ng::from_value(spec).map_err(|e| SpecError::Shape(e.to_string()))?;
+    // serde_path_to_error names the offending field, e.g. `services[1].port`.
+    let spec: ServiceBusSpec = serde_path_to_error::deserialize(spec).map_err(|e| {
+        let path = e.path().to_string();
+        SpecError::Shape(if path == "." { e.into_inner().to_string() } else { format!("{path}: {}", e.into_inner()) })
+    })?;
     let problems = validate(&spec);
     if !problems.is_empty() {
         return Err(SpecError::Invalid(problems));
@@ -361,7 +365,10 @@ spec:
                 "apiVersion: busbar.dev/v1alpha1\nkind: ServiceBus\nspec: {services: [{name: a, subscribe: []}]}",
                 "unknown field `subscribe`",
             ),
-            ("apiVersion: busbar.dev/v1alpha1\nkind: ServiceBus\nspec: {services: [{name: a, port: 99999}]}", "port"),
+            (
+                "apiVersion: busbar.dev/v1alpha1\nkind: ServiceBus\nspec: {services: [{name: a, port: 99999}]}",
+                "services[0].port: invalid value",
+            ),
             ("apiVersion: busbar.dev/v1alpha1\nkind: ServiceBus\nspec: {services: []}", "at least one service"),
             (
                 "apiVersion: busbar.dev/v1alpha1\nkind: ServiceBus\nspec: {services: [{name: a}, {name: a}]}",

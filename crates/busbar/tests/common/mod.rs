@@ -1,0 +1,88 @@
+//! Shared by the SDK's integration tests: a transport that records what it is asked to
+//! publish, a sample event type, and databases on both backends.
+
+#![allow(dead_code)]
+
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use busbar::{CloudEvent, Db, DbOptions, Transport, TransportError};
+use serde::{Deserialize, Serialize};
+
+#[derive(Default)]
+pub struct Recording {
+    pub published: Mutex<Vec<CloudEvent>>,
+    pub failing: Mutex<bool>,
+}
+
+#[async_trait]
+impl Transport for Recording {
+    fn name(&self) -> &'static str {
+        "recording"
+    }
+    async fn publish(&self, events: &[CloudEvent]) -> Result<(), TransportError> {
+        if *self.failing.lock().unwrap() {
+            return Err(TransportError::Unavailable { transport: "recording", reason: "told to fail".into() });
+        }
+        self.published.lock().unwrap().extend_from_slice(events);
+        Ok(())
+    }
+}
+
+impl Recording {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+    pub fn ids(&self) -> Vec<String> {
+        use busbar::AttributesReader;
+        self.published.lock().unwrap().iter().map(|e| e.id().to_owned()).collect()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NoteWritten {
+    pub id: String,
+    pub text: String,
+}
+
+impl busbar::Event for NoteWritten {
+    const TYPE: &'static str = "NoteWritten";
+    fn aggregate_id(&self) -> String {
+        self.id.clone()
+    }
+}
+
+/// A database on the named backend, plus whatever keeps it alive.
+pub enum Keep {
+    Dir(tempfile::TempDir),
+    Pg(testkit::pg::TempDb),
+}
+
+pub async fn database(backend: &str) -> (String, Keep) {
+    match backend {
+        "sqlite" => {
+            let dir = testkit::temp_dir();
+            (format!("sqlite://{}/svc.db", dir.path().display()), Keep::Dir(dir))
+        }
+        "postgres" => {
+            let db = testkit::pg::TempDb::create().await;
+            (db.url.clone(), Keep::Pg(db))
+        }
+        other => panic!("unknown backend {other}"),
+    }
+}
+
+/// Connects as service `notes` and creates its one table.
+pub async fn notes_db(url: &str) -> Db {
+    let db = Db::connect("notes", url, DbOptions::default()).await.unwrap();
+    sqlx::query("CREATE TABLE IF NOT EXISTS notes (id TEXT PRIMARY KEY, text TEXT NOT NULL)")
+        .execute(db.pool())
+        .await
+        .unwrap();
+    db
+}
+
+pub async fn count(db: &Db, sql: &'static str) -> i64 {
+    use sqlx::Row;
+    sqlx::query(sql).fetch_one(db.pool()).await.unwrap().get(0)
+}

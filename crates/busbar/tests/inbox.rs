@@ -1,0 +1,156 @@
+//! The idempotent inbox and per-aggregate ordering, on SQLite and PostgreSQL, directly and
+//! through the `POST /events` receiver on a real loopback server.
+
+mod common;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use busbar::{AttributesReader, CloudEvent, Consumer, Handler, HandlerError, Outcome, Tx, envelope};
+use common::{NoteWritten, count, database, notes_db};
+use sqlx::Row;
+
+/// Records each applied event in `applied`, in application order. Fails on text "boom".
+struct Recorder;
+
+#[async_trait]
+impl Handler for Recorder {
+    async fn handle(&self, tx: &mut Tx, ev: &CloudEvent) -> Result<(), HandlerError> {
+        let note: NoteWritten = envelope::data(ev)?;
+        if note.text == "boom" {
+            return Err("the handler refuses boom".into());
+        }
+        let n: i64 = sqlx::query("SELECT COUNT(*) FROM applied").fetch_one(&mut **tx).await?.get(0);
+        sqlx::query("INSERT INTO applied (pos, event_id, version) VALUES ($1, $2, $3)")
+            .bind(n)
+            .bind(ev.id().to_owned())
+            .bind(envelope::aggregate_version(ev).unwrap_or(0))
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+}
+
+async fn consumer(url: &str) -> Consumer {
+    let db = notes_db(url).await;
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS applied (pos BIGINT PRIMARY KEY, event_id TEXT NOT NULL, version BIGINT NOT NULL)",
+    )
+    .execute(db.pool())
+    .await
+    .unwrap();
+    Consumer::new(db, Arc::new(Recorder))
+}
+
+fn note(agg: &str, version: i64, text: &str) -> CloudEvent {
+    envelope::build("writer", &NoteWritten { id: agg.into(), text: text.into() }, version)
+}
+
+async fn applied_versions(c: &Consumer) -> Vec<i64> {
+    sqlx::query("SELECT version FROM applied ORDER BY pos")
+        .fetch_all(c.db().pool())
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+async fn duplicates_apply_once_and_gaps_wait(backend: &str) {
+    let (url, _keep) = database(backend).await;
+    let c = consumer(&url).await;
+
+    let v1 = note("a", 1, "x");
+    assert_eq!(c.receive(&v1).await.unwrap(), Outcome::Applied { drained: 0 });
+    assert_eq!(c.receive(&v1).await.unwrap(), Outcome::Duplicate);
+    assert_eq!(applied_versions(&c).await, vec![1], "the duplicate had no effect");
+
+    // Versions 3 then 2 arrive: 3 waits for 2, then both apply, in order.
+    let v2 = note("a", 2, "x");
+    let v3 = note("a", 3, "x");
+    assert_eq!(c.receive(&v3).await.unwrap(), Outcome::Deferred { waiting_for: 2 });
+    assert_eq!(c.receive(&v3).await.unwrap(), Outcome::Duplicate, "a parked event is already in the inbox");
+    assert_eq!(applied_versions(&c).await, vec![1], "3 is not applied before 2");
+    assert_eq!(busbar::consumer::deferred_count(c.db()).await.unwrap(), 1);
+    assert_eq!(c.receive(&v2).await.unwrap(), Outcome::Applied { drained: 1 });
+    assert_eq!(applied_versions(&c).await, vec![1, 2, 3]);
+    assert_eq!(busbar::consumer::deferred_count(c.db()).await.unwrap(), 0);
+
+    // A different event id carrying an already-applied version is stale: ignored.
+    assert_eq!(c.receive(&note("a", 2, "x")).await.unwrap(), Outcome::Stale);
+    // Aggregates are independent.
+    assert_eq!(c.receive(&note("b", 1, "x")).await.unwrap(), Outcome::Applied { drained: 0 });
+    assert_eq!(applied_versions(&c).await, vec![1, 2, 3, 1]);
+}
+
+#[tokio::test]
+async fn inbox_and_ordering_on_sqlite() {
+    duplicates_apply_once_and_gaps_wait("sqlite").await;
+}
+
+#[tokio::test]
+async fn inbox_and_ordering_on_postgres() {
+    duplicates_apply_once_and_gaps_wait("postgres").await;
+}
+
+async fn a_failing_handler_leaves_no_trace(backend: &str) {
+    let (url, _keep) = database(backend).await;
+    let c = consumer(&url).await;
+    let bad = note("a", 1, "boom");
+    let err = c.receive(&bad).await.unwrap_err().to_string();
+    assert!(err.contains("the handler refuses boom") && err.contains(bad.id()), "{err}");
+    // Not recorded in the inbox: a redelivery is handled again, not dropped as a duplicate.
+    assert_eq!(count(c.db(), "SELECT COUNT(*) FROM busbar_inbox").await, 0);
+    assert!(c.receive(&bad).await.is_err());
+    assert_eq!(applied_versions(&c).await, Vec::<i64>::new());
+}
+
+#[tokio::test]
+async fn failing_handler_rolls_back_on_sqlite() {
+    a_failing_handler_leaves_no_trace("sqlite").await;
+}
+
+#[tokio::test]
+async fn failing_handler_rolls_back_on_postgres() {
+    a_failing_handler_leaves_no_trace("postgres").await;
+}
+
+#[tokio::test]
+async fn receiver_answers_2xx_after_commit_and_reports_partial_progress() {
+    let (url, _keep) = database("sqlite").await;
+    let c = consumer(&url).await;
+    let app = busbar::receive::router(c.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let client = reqwest::Client::new();
+    let post = |body: String| {
+        let client = client.clone();
+        async move {
+            let r = client.post(format!("http://{addr}/events")).body(body).send().await.unwrap();
+            (r.status().as_u16(), r.json::<serde_json::Value>().await.unwrap())
+        }
+    };
+
+    let (v1, v2, v3) = (note("a", 1, "x"), note("a", 2, "x"), note("a", 3, "x"));
+    let batch = serde_json::to_string(&vec![v1.clone(), v3.clone(), v2.clone(), v1.clone()]).unwrap();
+    let (status, receipt) = post(batch).await;
+    assert_eq!(status, 200);
+    assert_eq!(receipt, serde_json::json!({"handled": 4, "applied": 3, "duplicates": 1, "deferred": 1, "stale": 0}));
+    assert_eq!(applied_versions(&c).await, vec![1, 2, 3], "committed before the 200");
+
+    // A single bare event is accepted as well.
+    let (status, _) = post(serde_json::to_string(&note("b", 1, "x")).unwrap()).await;
+    assert_eq!(status, 200);
+
+    // A failure mid-batch says how many leading events committed.
+    let batch = serde_json::to_string(&vec![note("c", 1, "x"), note("d", 1, "boom"), note("e", 1, "x")]).unwrap();
+    let (status, body) = post(batch).await;
+    assert_eq!(status, 500);
+    assert_eq!(body["handled"], 1);
+    assert!(body["error"].as_str().unwrap().contains("boom"));
+
+    let (status, body) = post("{\"specversion\":\"1.0\"}".into()).await;
+    assert_eq!(status, 400);
+    assert!(body["error"].as_str().unwrap().contains("missing required attribute `id`"), "{body}");
+}

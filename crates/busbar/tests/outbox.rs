@@ -1,0 +1,99 @@
+//! The transactional outbox on SQLite and PostgreSQL: state and events commit together
+//! or not at all, and the relay publishes committed events in order, promptly.
+
+mod common;
+
+use std::time::Duration;
+
+use busbar::outbox::{RelayOptions, spawn_relay};
+use common::{NoteWritten, Recording, count, database, notes_db};
+use tokio_util::sync::CancellationToken;
+
+const T: Duration = Duration::from_secs(20);
+
+/// A relay that would not poll again for an hour, so anything published promptly was
+/// woken by the commit.
+fn lazy() -> RelayOptions {
+    RelayOptions { idle_poll: Duration::from_secs(3600), ..RelayOptions::default() }
+}
+
+async fn write_note(db: &busbar::Db, id: &str, commit: bool) -> String {
+    use busbar::AttributesReader;
+    let mut tx = db.begin().await.unwrap();
+    sqlx::query("INSERT INTO notes (id, text) VALUES ($1, $2)").bind(id).bind("hi").execute(&mut *tx).await.unwrap();
+    let ev = tx.emit(&NoteWritten { id: id.into(), text: "hi".into() }, 1).await.unwrap();
+    if commit {
+        tx.commit().await.unwrap()
+    } else {
+        tx.rollback().await.unwrap()
+    }
+    ev.id().to_owned()
+}
+
+async fn rolled_back_never_publishes_and_committed_publishes_promptly(backend: &str) {
+    let (url, _keep) = database(backend).await;
+    let db = notes_db(&url).await;
+    let transport = Recording::new();
+    let stop = CancellationToken::new();
+    let relay = spawn_relay(db.clone(), transport.clone(), lazy(), stop.clone());
+    // Let the relay go idle first, so the next publication must come from a wake-up.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let rolled_back = write_note(&db, "n1", false).await;
+    let committed = write_note(&db, "n2", true).await;
+    testkit::wait_until(T, "the committed event to be published", || async {
+        (transport.ids().contains(&committed)).then_some(())
+    })
+    .await;
+    assert_eq!(transport.ids(), vec![committed.clone()], "only the committed event, never {rolled_back}");
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM notes").await, 1, "the rolled-back state change is gone too");
+    testkit::wait_until(T, "the row to be marked sent", || async {
+        (busbar::outbox::backlog(&db).await.unwrap() == 0).then_some(())
+    })
+    .await;
+    stop.cancel();
+    relay.await.unwrap();
+}
+
+#[tokio::test]
+async fn outbox_atomicity_on_sqlite() {
+    rolled_back_never_publishes_and_committed_publishes_promptly("sqlite").await;
+}
+
+#[tokio::test]
+async fn outbox_atomicity_on_postgres() {
+    rolled_back_never_publishes_and_committed_publishes_promptly("postgres").await;
+}
+
+async fn publishes_in_commit_order_and_survives_a_bus_outage(backend: &str) {
+    let (url, _keep) = database(backend).await;
+    let db = notes_db(&url).await;
+    let transport = Recording::new();
+    *transport.failing.lock().unwrap() = true;
+    let stop = CancellationToken::new();
+    let relay = spawn_relay(db.clone(), transport.clone(), RelayOptions { batch: 7, ..lazy() }, stop.clone());
+
+    let mut ids = vec![];
+    for i in 0..40 {
+        ids.push(write_note(&db, &format!("n{i}"), true).await);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(transport.ids().is_empty(), "nothing gets through while the bus is down");
+    assert_eq!(busbar::outbox::backlog(&db).await.unwrap(), 40, "the events wait in the outbox");
+
+    *transport.failing.lock().unwrap() = false;
+    testkit::wait_until(T, "all 40 events", || async { (transport.ids().len() >= 40).then_some(()) }).await;
+    assert_eq!(transport.ids(), ids, "in commit order, each once");
+    stop.cancel();
+    relay.await.unwrap();
+}
+
+#[tokio::test]
+async fn relay_order_and_outage_on_sqlite() {
+    publishes_in_commit_order_and_survives_a_bus_outage("sqlite").await;
+}
+
+#[tokio::test]
+async fn relay_order_and_outage_on_postgres() {
+    publishes_in_commit_order_and_survives_a_bus_outage("postgres").await;
+}
