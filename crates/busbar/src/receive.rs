@@ -7,6 +7,7 @@
 
 use axum::{Json, Router, extract::State, routing::post};
 use cloudevents::AttributesReader;
+use prometheus_client::{metrics::counter::Counter, registry::Registry};
 use serde::Serialize;
 
 use crate::{
@@ -24,12 +25,49 @@ pub struct Receipt {
     pub stale: usize,
 }
 
+/// Counts of received events by outcome, for `/metrics`.
+#[derive(Clone, Debug, Default)]
+pub struct ReceiveStats {
+    pub applied: Counter,
+    pub duplicates: Counter,
+    pub deferred: Counter,
+    pub stale: Counter,
+    pub failed: Counter,
+}
+
+impl ReceiveStats {
+    pub fn register(&self, r: &mut Registry) {
+        r.register("events_applied", "Events applied by this service's handler", self.applied.clone());
+        r.register(
+            "events_duplicate",
+            "Redelivered events recognised by the inbox and ignored",
+            self.duplicates.clone(),
+        );
+        r.register("events_deferred", "Events parked until a missing earlier version arrives", self.deferred.clone());
+        r.register("events_stale", "Events older than the version already applied, ignored", self.stale.clone());
+        r.register("events_failed", "Events whose handler failed (they are redelivered)", self.failed.clone());
+    }
+
+    pub fn record(&self, outcome: &Outcome) {
+        match outcome {
+            Outcome::Applied { drained } => self.applied.inc_by(1 + *drained as u64),
+            Outcome::Duplicate => self.duplicates.inc(),
+            Outcome::Deferred { .. } => self.deferred.inc(),
+            Outcome::Stale => self.stale.inc(),
+        };
+    }
+}
+
 pub fn router(consumer: Consumer) -> Router {
-    Router::new().route("/events", post(receive)).with_state(consumer)
+    router_with_stats(consumer, ReceiveStats::default())
+}
+
+pub fn router_with_stats(consumer: Consumer, stats: ReceiveStats) -> Router {
+    Router::new().route("/events", post(receive)).with_state((consumer, stats))
 }
 
 async fn receive(
-    State(consumer): State<Consumer>,
+    State((consumer, stats)): State<(Consumer, ReceiveStats)>,
     Body(body): Body,
 ) -> Result<Json<Receipt>, axum::response::Response> {
     use axum::response::IntoResponse;
@@ -38,6 +76,7 @@ async fn receive(
     for ev in &events {
         match consumer.receive(ev).await {
             Ok(outcome) => {
+                stats.record(&outcome);
                 receipt.handled += 1;
                 match outcome {
                     Outcome::Applied { drained } => receipt.applied += 1 + drained,
@@ -47,6 +86,7 @@ async fn receive(
                 }
             }
             Err(e) => {
+                stats.failed.inc();
                 tracing::warn!(event_id = ev.id(), event_type = ev.ty(), error = %e, "event handling failed; the bus will redeliver");
                 let body =
                     serde_json::json!({ "error": e.to_string(), "handled": receipt.handled, "event_id": ev.id() });

@@ -50,6 +50,19 @@ impl From<BytesRejection> for ApiError {
     }
 }
 
+impl From<crate::db::DbError> for ApiError {
+    fn from(e: crate::db::DbError) -> Self {
+        tracing::error!(error = %e, "database error while serving a request");
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("database error: {e}"))
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        crate::db::DbError::from(e).into()
+    }
+}
+
 /// The raw request body, with a JSON error (413 for oversize) instead of axum's plain text.
 pub struct Body(pub Bytes);
 

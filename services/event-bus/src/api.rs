@@ -1,7 +1,7 @@
 //! The bus's HTTP API.
 //!
 //! - `POST /events`: publish one CloudEvent or an array; 200 once durable.
-//! - `GET /events?after=<seq>&limit=<n>&type=<T>`: replay, oldest first. Plain
+//! - `GET /events?after=<seq>&limit=<n>&type=<T>[,<T2>...]`: replay, oldest first. Plain
 //!   `GET /events` returns the first page (1000 events). The response is a JSON array;
 //!   `X-Busbar-Next-After` holds the sequence to pass as `after` for the next page, and
 //!   `Link: <...>; rel="next"` is set while more may follow.
@@ -113,7 +113,9 @@ async fn replay(
     if !(1..=MAX_PAGE).contains(&limit) {
         return Err(ApiError::bad_request(format!("`limit` must be between 1 and {MAX_PAGE}")));
     }
-    let types: Vec<String> = q.ty.into_iter().collect();
+    // `type=A,B` selects several types (a comma cannot occur in an event type).
+    let types: Vec<String> =
+        q.ty.iter().flat_map(|t| t.split(',')).map(str::trim).filter(|t| !t.is_empty()).map(str::to_owned).collect();
     let head = *s.head.borrow();
     let rows = s.store.read(after, head, &types, limit).await.map_err(|e| ApiError::internal(e.to_string()))?;
     let next = if (rows.len() as i64) < limit { head.max(after) } else { rows.last().map(|r| r.seq).unwrap_or(after) };

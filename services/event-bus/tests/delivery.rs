@@ -162,6 +162,8 @@ async fn replays_from_any_sequence_with_paging() {
 
     let (_, _, only_b) = bus.get("/events?type=B").await;
     assert_eq!(ns(only_b.as_array().unwrap()), vec![0, 5, 10, 15, 20]);
+    let (_, _, both) = bus.get("/events?type=B,A&limit=3").await;
+    assert_eq!(ns(both.as_array().unwrap()), vec![0, 1, 2]);
 
     for bad in ["/events?after=-1", "/events?limit=0", "/events?limit=x", "/events?bogus=1"] {
         let (status, _, body) = bus.get(bad).await;

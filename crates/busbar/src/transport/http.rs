@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::{Transport, TransportError};
+use super::{ReplayPage, Transport, TransportError};
 use crate::envelope::{self, CloudEvent};
 
 #[derive(Clone, Debug)]
@@ -61,5 +61,33 @@ impl Transport for HttpTransport {
         } else {
             Err(TransportError::Rejected { transport: "http", status: status.as_u16(), reason })
         }
+    }
+
+    async fn replay(&self, after: u64, limit: usize, types: &[&str]) -> Result<ReplayPage, TransportError> {
+        let unavailable = |reason: String| TransportError::Unavailable { transport: "http", reason };
+        let mut req = self.client.get(&self.publish_url).query(&[
+            ("after", after.to_string()),
+            ("limit", limit.to_string()),
+            ("type", types.join(",")),
+        ]);
+        if let Some(token) = &self.token {
+            req = req.bearer_auth(token);
+        }
+        let resp = req.send().await.map_err(|e| unavailable(format!("GET {}: {e}", self.publish_url)))?;
+        let status = resp.status();
+        if !status.is_success() {
+            let reason = resp.text().await.unwrap_or_default();
+            return Err(TransportError::Rejected { transport: "http", status: status.as_u16(), reason });
+        }
+        let next = resp
+            .headers()
+            .get("x-busbar-next-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| unavailable("the bus's replay answer lacks X-Busbar-Next-After".into()))?;
+        let body = resp.bytes().await.map_err(|e| unavailable(e.to_string()))?;
+        let events = envelope::decode_batch(&body).map_err(|e| unavailable(format!("bad replay page: {e}")))?;
+        let done = events.len() < limit;
+        Ok(ReplayPage { events, next, done })
     }
 }

@@ -26,4 +26,18 @@ pub trait Transport: Send + Sync + 'static {
     /// error means some or all may not be stored, and the caller publishes them again
     /// (the bus drops duplicates by event id).
     async fn publish(&self, events: &[CloudEvent]) -> Result<(), TransportError>;
+
+    /// Reads history: up to `limit` events of `types` stored after position `after`, oldest
+    /// first. A service on a fresh database backfills its copy with this.
+    async fn replay(&self, after: u64, limit: usize, types: &[&str]) -> Result<ReplayPage, TransportError>;
+}
+
+/// One page of history.
+#[derive(Debug, Clone)]
+pub struct ReplayPage {
+    pub events: Vec<CloudEvent>,
+    /// Position to pass as `after` for the next page.
+    pub next: u64,
+    /// True when this page reached the end of the history as of the call.
+    pub done: bool,
 }

@@ -27,6 +27,17 @@ impl Transport for Recording {
         self.published.lock().unwrap().extend_from_slice(events);
         Ok(())
     }
+    async fn replay(
+        &self,
+        after: u64,
+        limit: usize,
+        _types: &[&str],
+    ) -> Result<busbar::transport::ReplayPage, TransportError> {
+        let all = self.published.lock().unwrap();
+        let events: Vec<CloudEvent> = all.iter().skip(after as usize).take(limit).cloned().collect();
+        let next = after + events.len() as u64;
+        Ok(busbar::transport::ReplayPage { done: events.len() < limit, events, next })
+    }
 }
 
 impl Recording {

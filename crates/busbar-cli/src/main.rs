@@ -1,0 +1,152 @@
+//! The `busbar` command.
+
+mod plan;
+mod up;
+
+use std::{path::PathBuf, process::ExitCode};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+/// busbar: event-driven, database-per-service microservices.
+///
+/// A ServiceBus manifest declares which services publish and which subscribe to which
+/// event types. `busbar up` runs it on this machine with the built-in event bus; in a
+/// cluster, the busbar operator wires the same manifest.
+#[derive(Parser)]
+#[command(name = "busbar", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run every service of a ServiceBus locally, plus the built-in bus.
+    ///
+    /// Each service runs as its own process with its own SQLite database in the data
+    /// directory, wired to the bus by the spec. busbar waits until all are ready, prints
+    /// their URLs, streams their logs with a prefix, and stops them all on Ctrl-C. Data
+    /// is kept across runs. The blog's services are built in; any other service needs a
+    /// program named after it next to busbar or on PATH.
+    Up {
+        /// The ServiceBus manifest. Default: ./servicebus.yaml, else ./k8s/base/servicebus.yaml.
+        #[arg(short = 'f', long = "file")]
+        file: Option<PathBuf>,
+        /// Where the databases live.
+        #[arg(long, default_value = ".busbar")]
+        data_dir: PathBuf,
+        /// Port of the built-in bus.
+        #[arg(long, default_value_t = 4005)]
+        bus_port: u16,
+    },
+    /// Validate a ServiceBus manifest and print its event graph and warnings.
+    Graph {
+        /// The ServiceBus manifest (same default as `up`).
+        #[arg(short = 'f', long = "file")]
+        file: Option<PathBuf>,
+    },
+    /// Run one built-in service in this process (used by `busbar up`).
+    #[command(name = "__serve", hide = true)]
+    Serve {
+        name: String,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Cmd::Serve { name, args } => return serve(&name, args),
+        Cmd::Up { file, data_dir, bus_port } => up(file, data_dir, bus_port),
+        Cmd::Graph { file } => graph(file),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("busbar: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(name: &str, args: Vec<std::ffi::OsString>) -> ExitCode {
+    match name {
+        "event-bus" => event_bus::main_with_args(std::iter::once("event-bus".into()).chain(args)),
+        "posts" => busbar::service::main("posts", posts::run),
+        "comments" => busbar::service::main("comments", comments::run),
+        "moderation" => busbar::service::main("moderation", moderation::run),
+        "query" => busbar::service::main("query", query::run),
+        other => {
+            eprintln!("busbar: `{other}` is not a built-in service ({})", plan::BUILTIN.join(", "));
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn spec_path(file: Option<PathBuf>) -> Result<PathBuf> {
+    if let Some(f) = file {
+        return Ok(f);
+    }
+    let candidates = [PathBuf::from("servicebus.yaml"), PathBuf::from("k8s/base/servicebus.yaml")];
+    match candidates.iter().find(|p| p.exists()) {
+        Some(p) => Ok(p.clone()),
+        None => bail!(
+            "no ServiceBus manifest found (looked for ./servicebus.yaml and ./k8s/base/servicebus.yaml); pass one with -f"
+        ),
+    }
+}
+
+fn load(file: Option<PathBuf>) -> Result<(PathBuf, busbar::spec::ServiceBus)> {
+    let path = spec_path(file)?;
+    let bus = busbar::spec::load_manifest(&path).map_err(anyhow::Error::msg)?;
+    Ok((path, bus))
+}
+
+fn graph(file: Option<PathBuf>) -> Result<()> {
+    let (path, bus) = load(file)?;
+    let g = busbar::graph::analyze(&bus.spec);
+    println!(
+        "ServiceBus {} ({}): {} services, {} routes",
+        bus.name,
+        path.display(),
+        bus.spec.services.len(),
+        g.edges.len()
+    );
+    for e in &g.edges {
+        println!("  {} --{}--> {}", e.publisher, e.event_type, e.subscriber);
+    }
+    for w in &g.warnings {
+        println!("warning: {w}");
+    }
+    Ok(())
+}
+
+fn up(file: Option<PathBuf>, data_dir: PathBuf, bus_port: u16) -> Result<()> {
+    let (path, bus) = load(file)?;
+    for w in busbar::graph::analyze(&bus.spec).warnings {
+        eprintln!("busbar: warning: {w}");
+    }
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
+    // Absolute paths: the children may resolve them from anywhere.
+    let opts = plan::Options {
+        spec_path: std::fs::canonicalize(&path)?,
+        data_dir: std::fs::canonicalize(&data_dir)?,
+        bus_port,
+    };
+    let exe_dir = std::env::current_exe().ok().and_then(|e| e.parent().map(PathBuf::from));
+    let procs = plan::plan(&bus, &opts, |name| find_program(name, exe_dir.as_deref()))
+        .map_err(|problems| anyhow::anyhow!("cannot run {}:\n  - {}", path.display(), problems.join("\n  - ")))?;
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(up::run(procs))
+}
+
+fn find_program(name: &str, exe_dir: Option<&std::path::Path>) -> Option<PathBuf> {
+    let beside = exe_dir.map(|d| d.join(name)).filter(|p| p.is_file());
+    beside.or_else(|| {
+        std::env::var_os("PATH")
+            .and_then(|paths| std::env::split_paths(&paths).map(|d| d.join(name)).find(|p| p.is_file()))
+    })
+}

@@ -1,0 +1,171 @@
+//! What `busbar up` will start, decided purely from the spec and options: one process
+//! for the bus and one per service, with their ports, data files and `BUSBAR_*` wiring.
+
+use std::path::{Path, PathBuf};
+
+use busbar::spec::{ServiceBus, TransportKind};
+
+/// Services this binary can run itself (`busbar __serve NAME`).
+pub const BUILTIN: &[&str] = &["event-bus", "posts", "comments", "moderation", "query"];
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub spec_path: PathBuf,
+    pub data_dir: PathBuf,
+    pub bus_port: u16,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Program {
+    /// Run by this binary: `busbar __serve <name>`.
+    Builtin(String),
+    /// A program named after the service, found next to `busbar` or on PATH.
+    External(PathBuf),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Proc {
+    pub name: String,
+    pub program: Program,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub port: u16,
+    pub publishes: Vec<String>,
+    pub subscribes: Vec<String>,
+}
+
+impl Proc {
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+/// The bus first, then the services in spec order. Every problem is reported at once.
+pub fn plan(
+    bus: &ServiceBus,
+    opts: &Options,
+    find: impl Fn(&str) -> Option<PathBuf>,
+) -> Result<Vec<Proc>, Vec<String>> {
+    let mut problems = vec![];
+    if bus.spec.transport.kind() == TransportKind::JetStream {
+        problems.push("this spec uses the jetstream transport; `busbar up` runs the built-in bus (set `transport: {builtin: {}}`)".into());
+    }
+    let sqlite = |name: &str| format!("sqlite://{}", opts.data_dir.join(format!("{name}.db")).display());
+    let bus_url = format!("http://127.0.0.1:{}", opts.bus_port);
+    let mut procs = vec![Proc {
+        name: "event-bus".into(),
+        program: Program::Builtin("event-bus".into()),
+        args: vec![
+            "--listen".into(),
+            format!("127.0.0.1:{}", opts.bus_port),
+            "--database-url".into(),
+            sqlite("event-bus"),
+            "--routes".into(),
+            path_str(&opts.spec_path),
+            "--endpoint-template".into(),
+            "http://127.0.0.1:{port}/events".into(),
+        ],
+        env: vec![],
+        port: opts.bus_port,
+        publishes: vec![],
+        subscribes: vec![],
+    }];
+    for s in &bus.spec.services {
+        let Some(port) = s.port else {
+            problems.push(format!("service {} has no `port` in the spec; busbar up needs one to run it", s.name));
+            continue;
+        };
+        if let Some(other) = procs.iter().find(|p| p.port == port) {
+            problems.push(format!("services {} and {} both use port {port}", other.name, s.name));
+            continue;
+        }
+        let program_name = s.deployment.clone().unwrap_or_else(|| s.name.clone());
+        let program = if BUILTIN.contains(&program_name.as_str()) && program_name != "event-bus" {
+            Program::Builtin(program_name)
+        } else if let Some(path) = find(&program_name) {
+            Program::External(path)
+        } else {
+            problems.push(format!(
+                "no program for service {}: busbar up runs the blog services built in ({}), or a program named `{program_name}` next to busbar or on PATH",
+                s.name,
+                BUILTIN[1..].join(", ")
+            ));
+            continue;
+        };
+        procs.push(Proc {
+            name: s.name.clone(),
+            program,
+            args: vec![],
+            env: vec![
+                ("HOST".into(), "127.0.0.1".into()),
+                ("PORT".into(), port.to_string()),
+                ("DATABASE_URL".into(), sqlite(&s.name)),
+                ("BUSBAR_SERVICE".into(), s.name.clone()),
+                ("BUSBAR_TRANSPORT".into(), "http".into()),
+                ("BUSBAR_URL".into(), bus_url.clone()),
+            ],
+            port,
+            publishes: s.publishes.clone(),
+            subscribes: s.subscribed_types().into_iter().map(str::to_owned).collect(),
+        });
+    }
+    if problems.is_empty() { Ok(procs) } else { Err(problems) }
+}
+
+fn path_str(p: &Path) -> String {
+    p.display().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use busbar::spec::parse_manifest;
+
+    const BLOG: &str = include_str!("../../../k8s/base/servicebus.yaml");
+
+    fn opts() -> Options {
+        Options { spec_path: "sb.yaml".into(), data_dir: "/d".into(), bus_port: 4005 }
+    }
+
+    #[test]
+    fn the_blog_runs_built_in_and_wired_to_the_local_bus() {
+        let bus = parse_manifest(BLOG).unwrap();
+        let procs = plan(&bus, &opts(), |_| None).unwrap();
+        let names: Vec<&str> = procs.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["event-bus", "posts", "comments", "moderation", "query"]);
+        assert!(procs[0].args.windows(2).any(|w| w == ["--database-url", "sqlite:///d/event-bus.db"]));
+        let comments = &procs[2];
+        assert_eq!(comments.program, Program::Builtin("comments".into()));
+        assert_eq!(comments.port, 4001);
+        let env: std::collections::HashMap<_, _> = comments.env.iter().cloned().collect();
+        assert_eq!(env["BUSBAR_URL"], "http://127.0.0.1:4005");
+        assert_eq!(env["DATABASE_URL"], "sqlite:///d/comments.db");
+        assert_eq!(env["BUSBAR_SERVICE"], "comments");
+        assert_eq!(comments.subscribes, ["CommentModerated", "PostCreated"]);
+    }
+
+    #[test]
+    fn problems_are_all_reported() {
+        let bus = parse_manifest(
+            "apiVersion: busbar.dev/v1alpha1\nkind: ServiceBus\nspec:\n  transport: {jetstream: {url: 'nats://x:4222'}}\n  services: [{name: nop}, {name: billing, port: 4005}, {name: shipping, port: 5000}]\n",
+        )
+        .unwrap();
+        let problems = plan(&bus, &opts(), |n| (n == "shipping").then(|| PathBuf::from("/bin/shipping"))).unwrap_err();
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert!(problems[0].contains("jetstream"));
+        assert!(problems[1].contains("nop has no `port`"));
+        assert!(problems[2].contains("event-bus and billing both use port 4005"));
+    }
+
+    #[test]
+    fn unknown_services_need_a_program() {
+        let bus = parse_manifest(
+            "apiVersion: busbar.dev/v1alpha1\nkind: ServiceBus\nspec: {services: [{name: billing, port: 5000}]}\n",
+        )
+        .unwrap();
+        let problems = plan(&bus, &opts(), |_| None).unwrap_err();
+        assert!(problems[0].contains("no program for service billing"), "{problems:?}");
+        let procs = plan(&bus, &opts(), |_| Some("/opt/billing".into())).unwrap();
+        assert_eq!(procs[1].program, Program::External("/opt/billing".into()));
+    }
+}

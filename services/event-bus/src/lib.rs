@@ -1,0 +1,179 @@
+//! busbar's built-in event bus: a durable log with ordered push delivery, retries,
+//! dead letters and replay. See `api.rs` for the HTTP API.
+//!
+//! A library so that `busbar up` can run it from its own binary; `main.rs` is the
+//! container entry point.
+
+mod api;
+mod delivery;
+mod ingest;
+mod metrics;
+mod retry;
+mod routes;
+mod store;
+mod supervisor;
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{Arc, atomic::AtomicBool},
+    time::Duration,
+};
+
+use anyhow::Context;
+use busbar::{
+    Db, DbOptions,
+    db::{SqliteSync, redact},
+};
+use clap::{Parser, ValueEnum};
+use tokio_util::sync::CancellationToken;
+
+/// busbar's built-in event bus.
+///
+/// Stores every published CloudEvent durably, then pushes it, in order, to each
+/// subscriber listed in the ServiceBus spec (`--routes`), retrying with backoff and moving
+/// events that keep failing to a dead-letter store. The spec file is re-read while
+/// running, so routes change without a restart.
+#[derive(Parser, Debug)]
+#[command(name = "event-bus", version)]
+struct Args {
+    /// Address to serve the HTTP API on.
+    #[arg(long, env = "BUSBAR_LISTEN", default_value = "0.0.0.0:4005")]
+    listen: SocketAddr,
+
+    /// The bus's own database: sqlite://FILE (created if missing) or postgres://...
+    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://data/event-bus.db")]
+    database_url: String,
+
+    /// ServiceBus manifest (YAML) naming the subscribers. Without it the bus stores and
+    /// replays events but pushes nothing.
+    #[arg(long, env = "BUSBAR_ROUTES")]
+    routes: Option<PathBuf>,
+
+    /// Where a subscriber's events are pushed; `{name}` and `{port}` come from the spec.
+    #[arg(long, env = "BUSBAR_ENDPOINT_TEMPLATE", default_value = "http://{name}:{port}/events")]
+    endpoint_template: String,
+
+    /// How often to check the routes file for changes.
+    #[arg(long, env = "BUSBAR_RELOAD_INTERVAL", default_value = "1s", value_parser = humantime_arg)]
+    reload_interval: Duration,
+
+    /// Largest accepted request body, in bytes.
+    #[arg(long, env = "BUSBAR_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    max_body_bytes: usize,
+
+    /// Most events pushed to a subscriber in one request.
+    #[arg(long, env = "BUSBAR_PUSH_BATCH", default_value_t = 256, value_parser = clap::value_parser!(u16).range(1..=10000))]
+    push_batch: u16,
+
+    /// With --push-batch 1, push each event as a bare JSON object rather than a
+    /// one-element array (for subscribers that expect the course's single-event body).
+    #[arg(long, env = "BUSBAR_PUSH_BARE")]
+    push_bare: bool,
+
+    /// SQLite durability: `full` fsyncs every commit (survives power loss); `normal`
+    /// survives a killed process but may lose the last commits on power loss.
+    #[arg(long, env = "BUSBAR_SQLITE_SYNC", value_enum, default_value = "full")]
+    sqlite_sync: SyncArg,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum SyncArg {
+    Full,
+    Normal,
+}
+
+fn humantime_arg(s: &str) -> Result<Duration, String> {
+    busbar::spec::parse_duration(s)
+}
+
+/// Runs the bus with command-line `args` (the first is the program name).
+pub fn main_with_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> std::process::ExitCode {
+    let args = Args::parse_from(args);
+    busbar::web::init_tracing();
+    let rt = tokio::runtime::Runtime::new().expect("start the async runtime");
+    match rt.block_on(run(args)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("event-bus: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let initial_routes = match &args.routes {
+        Some(path) => {
+            let text =
+                std::fs::read_to_string(path).with_context(|| format!("cannot read routes file {}", path.display()))?;
+            let bus = busbar::spec::parse_manifest(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            Some((text, routes::routes_from_spec(&bus.spec, &args.endpoint_template)))
+        }
+        None => None,
+    };
+
+    let opts = DbOptions {
+        sqlite_sync: match args.sqlite_sync {
+            SyncArg::Full => SqliteSync::Full,
+            SyncArg::Normal => SqliteSync::Normal,
+        },
+        sdk_tables: false,
+        ..DbOptions::default()
+    };
+    let db = Db::connect("event-bus", &args.database_url, opts).await?;
+    let store = store::Store::open(db).await?;
+    let head_now = store.head().await?;
+    let (head_tx, head_rx) = tokio::sync::watch::channel(head_now);
+    let metrics = metrics::Metrics::new();
+    metrics.head.set(head_now);
+    let (ingest, ingest_task) = ingest::Ingest::spawn(store.clone(), head_tx, metrics.clone());
+    let mode =
+        delivery::PushMode { batch: args.push_batch as usize, bare_single: args.push_bare && args.push_batch == 1 };
+    let sup = supervisor::Supervisor::new(store.clone(), head_rx.clone(), metrics.clone(), mode);
+    let stop = CancellationToken::new();
+    let mut watcher = None;
+    if let (Some(path), Some((text, routes))) = (&args.routes, initial_routes) {
+        sup.apply(routes).await;
+        watcher = Some(tokio::spawn(supervisor::watch_routes(
+            sup.clone(),
+            path.clone(),
+            args.endpoint_template.clone(),
+            args.reload_interval,
+            text,
+            stop.clone(),
+        )));
+    }
+
+    let ready = Arc::new(AtomicBool::new(false));
+    let state = api::AppState {
+        store: store.clone(),
+        ingest,
+        head: head_rx,
+        supervisor: sup.clone(),
+        metrics,
+        ready: ready.clone(),
+    };
+    let app = api::router(state, args.max_body_bytes).layer(tower_http::trace::TraceLayer::new_for_http());
+    let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| {
+        format!("cannot listen on {}: is another process using that port? (set --listen)", args.listen)
+    })?;
+    ready.store(true, std::sync::atomic::Ordering::Relaxed);
+    tracing::info!(listen = %listener.local_addr()?, database = %redact(&args.database_url), head = head_now,
+        subscribers = ?sup.routes().await.iter().map(|r| r.subscriber.clone()).collect::<Vec<_>>(), "event-bus ready");
+
+    axum::serve(listener, app).with_graceful_shutdown(busbar::web::shutdown_signal()).await?;
+
+    // The server has stopped taking requests; the writer finishes what it was handed,
+    // then delivery stops where it is (cursors are saved after each batch).
+    ready.store(false, std::sync::atomic::Ordering::Relaxed);
+    let _ = ingest_task.await;
+    stop.cancel();
+    if let Some(w) = watcher {
+        let _ = w.await;
+    }
+    sup.shutdown().await;
+    store.db().close().await;
+    tracing::info!("event-bus stopped");
+    Ok(())
+}

@@ -1,0 +1,16 @@
+//! posts: owns the blog's posts. Emits `PostCreated`; consumes nothing.
+
+mod routes;
+mod store;
+
+use busbar::service::{Service, ServiceError};
+
+pub const NAME: &str = "posts";
+pub const PORT: u16 = 4000;
+
+pub async fn run() -> Result<(), ServiceError> {
+    let migrations = sqlx::migrate!("./migrations");
+    let service = Service::start(NAME, PORT, &migrations, &migrations).await?;
+    let routes = routes::router(service.db().clone());
+    service.serve(routes, None).await
+}

@@ -1,0 +1,27 @@
+use blog_events::PostCreated;
+use busbar::{Db, db::DbError};
+use sqlx::Row;
+
+/// Creates a post and its `PostCreated` event in one transaction.
+pub async fn create(db: &Db, title: &str) -> Result<PostCreated, DbError> {
+    let post = PostCreated { id: uuid::Uuid::now_v7().to_string(), title: title.to_owned() };
+    let mut tx = db.begin().await?;
+    sqlx::query("INSERT INTO posts (id, title, created_at) VALUES ($1, $2, $3)")
+        .bind(&post.id)
+        .bind(&post.title)
+        .bind(chrono_millis())
+        .execute(&mut *tx)
+        .await?;
+    tx.emit(&post, 1).await?;
+    tx.commit().await?;
+    Ok(post)
+}
+
+pub async fn all(db: &Db) -> Result<Vec<PostCreated>, DbError> {
+    let rows = sqlx::query("SELECT id, title FROM posts ORDER BY id").fetch_all(db.pool()).await?;
+    Ok(rows.into_iter().map(|r| PostCreated { id: r.get(0), title: r.get(1) }).collect())
+}
+
+fn chrono_millis() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}

@@ -1,0 +1,22 @@
+//! query: the aggregated view `{postId: {id, title, comments: [...]}}`, built only from
+//! `PostCreated`, `CommentCreated` and `CommentUpdated`. On an empty database it
+//! backfills from the bus's history.
+
+mod events;
+mod routes;
+mod store;
+
+use std::sync::Arc;
+
+use busbar::service::{Service, ServiceError, Subscription};
+
+pub const NAME: &str = "query";
+pub const PORT: u16 = 4002;
+
+pub async fn run() -> Result<(), ServiceError> {
+    let migrations = sqlx::migrate!("./migrations");
+    let service = Service::start(NAME, PORT, &migrations, &migrations).await?;
+    let routes = routes::router(service.db().clone());
+    let subscription = Subscription { handler: Arc::new(events::Events), backfill: events::TYPES };
+    service.serve(routes, Some(subscription)).await
+}
