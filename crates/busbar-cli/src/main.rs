@@ -39,6 +39,11 @@ enum Cmd {
         /// Port of the built-in bus.
         #[arg(long, default_value_t = 4005)]
         bus_port: u16,
+        /// Use these databases instead of SQLite files, e.g.
+        /// `postgres://user@host/blog_{name}`; `{name}` is each service's name (and
+        /// `event_bus` for the bus). The databases must exist.
+        #[arg(long, value_name = "URL")]
+        database_url_template: Option<String>,
     },
     /// Validate a ServiceBus manifest and print its event graph and warnings.
     Graph {
@@ -59,7 +64,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Cmd::Serve { name, args } => return serve(&name, args),
-        Cmd::Up { file, data_dir, bus_port } => up(file, data_dir, bus_port),
+        Cmd::Up { file, data_dir, bus_port, database_url_template } => {
+            up(file, data_dir, bus_port, database_url_template)
+        }
         Cmd::Graph { file } => graph(file),
     };
     match result {
@@ -123,7 +130,7 @@ fn graph(file: Option<PathBuf>) -> Result<()> {
     Ok(())
 }
 
-fn up(file: Option<PathBuf>, data_dir: PathBuf, bus_port: u16) -> Result<()> {
+fn up(file: Option<PathBuf>, data_dir: PathBuf, bus_port: u16, database_url_template: Option<String>) -> Result<()> {
     let (path, bus) = load(file)?;
     for w in busbar::graph::analyze(&bus.spec).warnings {
         eprintln!("busbar: warning: {w}");
@@ -135,6 +142,7 @@ fn up(file: Option<PathBuf>, data_dir: PathBuf, bus_port: u16) -> Result<()> {
         spec_path: std::fs::canonicalize(&path)?,
         data_dir: std::fs::canonicalize(&data_dir)?,
         bus_port,
+        database_url_template,
     };
     let exe_dir = std::env::current_exe().ok().and_then(|e| e.parent().map(PathBuf::from));
     let procs = plan::plan(&bus, &opts, |name| find_program(name, exe_dir.as_deref()))

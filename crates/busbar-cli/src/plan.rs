@@ -13,6 +13,9 @@ pub struct Options {
     pub spec_path: PathBuf,
     pub data_dir: PathBuf,
     pub bus_port: u16,
+    /// Database URL per process; `{name}` becomes the service name with `-` as `_`.
+    /// `None`: a SQLite file per process in `data_dir`.
+    pub database_url_template: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -50,7 +53,10 @@ pub fn plan(
     if bus.spec.transport.kind() == TransportKind::JetStream {
         problems.push("this spec uses the jetstream transport; `busbar up` runs the built-in bus (set `transport: {builtin: {}}`)".into());
     }
-    let sqlite = |name: &str| format!("sqlite://{}", opts.data_dir.join(format!("{name}.db")).display());
+    let sqlite = |name: &str| match &opts.database_url_template {
+        Some(t) => t.replace("{name}", &name.replace('-', "_")),
+        None => format!("sqlite://{}", opts.data_dir.join(format!("{name}.db")).display()),
+    };
     let bus_url = format!("http://127.0.0.1:{}", opts.bus_port);
     let mut procs = vec![Proc {
         name: "event-bus".into(),
@@ -124,7 +130,16 @@ mod tests {
     const BLOG: &str = include_str!("../../../k8s/base/servicebus.yaml");
 
     fn opts() -> Options {
-        Options { spec_path: "sb.yaml".into(), data_dir: "/d".into(), bus_port: 4005 }
+        Options { spec_path: "sb.yaml".into(), data_dir: "/d".into(), bus_port: 4005, database_url_template: None }
+    }
+
+    #[test]
+    fn a_url_template_gives_each_process_its_own_database() {
+        let bus = parse_manifest(BLOG).unwrap();
+        let o = Options { database_url_template: Some("postgres://u@h/blog_{name}".into()), ..opts() };
+        let procs = plan(&bus, &o, |_| None).unwrap();
+        assert!(procs[0].args.contains(&"postgres://u@h/blog_event_bus".to_owned()));
+        assert!(procs[4].env.contains(&("DATABASE_URL".into(), "postgres://u@h/blog_query".into())));
     }
 
     #[test]

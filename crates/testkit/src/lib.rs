@@ -36,6 +36,8 @@ pub fn free_port() -> u16 {
 }
 
 /// A unique temporary directory, removed when dropped.
-pub fn temp_dir() -> tempfile::TempDir {
+pub use tempfile::TempDir;
+
+pub fn temp_dir() -> TempDir {
     tempfile::Builder::new().prefix("busbar-test-").tempdir().expect("create a temp dir")
 }

@@ -8,6 +8,12 @@ pub fn admin_url() -> String {
     std::env::var("BUSBAR_TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
+/// The server's URL without a database name, e.g. `postgres://postgres@127.0.0.1:5432`.
+pub fn server_url() -> String {
+    let admin = admin_url();
+    admin.rsplit_once('/').map(|(b, _)| b.to_owned()).unwrap_or(admin)
+}
+
 /// A database created for one test and dropped (with FORCE) when this is dropped.
 pub struct TempDb {
     pub name: String,
@@ -16,15 +22,19 @@ pub struct TempDb {
 
 impl TempDb {
     pub async fn create() -> TempDb {
+        Self::create_named(&format!("busbar_test_{}", uuid::Uuid::now_v7().simple())).await
+    }
+
+    /// A database with a chosen name (lower-case letters, digits and `_`).
+    pub async fn create_named(name: &str) -> TempDb {
         let admin = admin_url();
-        let name = format!("busbar_test_{}", uuid::Uuid::now_v7().simple());
+        let name = name.to_owned();
         let mut conn = PgConnection::connect(&admin).await.unwrap_or_else(|e| {
             panic!("PostgreSQL is required for this test and is not reachable at {admin}: {e}. Run the suite with `cargo xtask test`, which starts one, or set BUSBAR_TEST_PG_URL.")
         });
         conn.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).await.expect("create test database");
         let _ = conn.close().await;
-        let base = admin.rsplit_once('/').map(|(b, _)| b.to_owned()).unwrap_or(admin);
-        TempDb { url: format!("{base}/{name}"), name }
+        TempDb { url: format!("{}/{name}", server_url()), name }
     }
 }
 

@@ -1,0 +1,163 @@
+//! The blog across real processes, for end-to-end tests: either `busbar up` as a user
+//! runs it, or each service as its own `busbar __serve` process so a test can kill and
+//! restart one of them.
+
+#![allow(dead_code)]
+
+use std::{collections::HashMap, path::PathBuf, process::Command, time::Duration};
+
+use serde_json::{Value, json};
+use testkit::{pg::TempDb, process::Proc};
+
+pub const SERVICES: [&str; 4] = ["posts", "comments", "moderation", "query"];
+pub const T: Duration = Duration::from_secs(30);
+
+/// Ports for the bus and each service, free at the time of asking.
+pub fn ports() -> HashMap<&'static str, u16> {
+    ["event-bus", "posts", "comments", "moderation", "query"].into_iter().map(|n| (n, testkit::free_port())).collect()
+}
+
+/// The repository's blog manifest with the given ports, and fast retries.
+pub fn blog_spec(ports: &HashMap<&str, u16>) -> String {
+    let mut s = include_str!("../../../../k8s/base/servicebus.yaml").to_owned();
+    for (name, default) in [("posts", 4000), ("comments", 4001), ("query", 4002), ("moderation", 4003)] {
+        s = s.replace(&format!("port: {default}"), &format!("port: {}", ports[name]));
+    }
+    s.replace("backoff: [1s, 5s, 30s]", "backoff: [50ms, 200ms]")
+}
+
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Each service as its own process, started and killed individually.
+pub struct Blog {
+    pub dir: testkit::TempDir,
+    pub ports: HashMap<&'static str, u16>,
+    pub procs: HashMap<String, Proc>,
+    pub db_urls: HashMap<String, String>,
+    _dbs: Vec<TempDb>,
+}
+
+impl Blog {
+    pub async fn start(backend: Backend) -> Blog {
+        let dir = testkit::temp_dir();
+        let ports = ports();
+        std::fs::write(dir.path().join("servicebus.yaml"), blog_spec(&ports)).unwrap();
+        let mut dbs = vec![];
+        let mut db_urls = HashMap::new();
+        for name in ["event-bus", "posts", "comments", "moderation", "query"] {
+            let url = match backend {
+                Backend::Sqlite => format!("sqlite://{}/{name}.db", dir.path().display()),
+                Backend::Postgres => {
+                    let db = TempDb::create().await;
+                    let url = db.url.clone();
+                    dbs.push(db);
+                    url
+                }
+            };
+            db_urls.insert(name.to_owned(), url);
+        }
+        let mut blog = Blog { dir, ports, procs: HashMap::new(), db_urls, _dbs: dbs };
+        blog.start_process("event-bus").await;
+        for s in SERVICES {
+            blog.start_process(s).await;
+        }
+        blog
+    }
+
+    pub fn url(&self, name: &str) -> String {
+        format!("http://127.0.0.1:{}", self.ports[name])
+    }
+
+    pub async fn start_process(&mut self, name: &str) {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_busbar"));
+        cmd.args(["__serve", name]);
+        if name == "event-bus" {
+            cmd.args(["--listen", &format!("127.0.0.1:{}", self.ports[name]), "--database-url", &self.db_urls[name]])
+                .arg("--routes")
+                .arg(self.dir.path().join("servicebus.yaml"))
+                .args(["--endpoint-template", "http://127.0.0.1:{port}/events"]);
+        } else {
+            cmd.env("HOST", "127.0.0.1")
+                .env("PORT", self.ports[name].to_string())
+                .env("DATABASE_URL", &self.db_urls[name])
+                .env("BUSBAR_SERVICE", name)
+                .env("BUSBAR_URL", self.url("event-bus"));
+        }
+        let mut p = Proc::spawn(name, cmd, &self.dir.path().join(format!("{name}.log")));
+        p.wait_ready(&format!("{}/readyz", self.url(name)), T).await;
+        self.procs.insert(name.to_owned(), p);
+    }
+
+    pub fn kill9(&mut self, name: &str) {
+        self.procs.get_mut(name).expect("running").kill9();
+    }
+
+    pub fn sqlite_file(&self, name: &str) -> PathBuf {
+        self.dir.path().join(format!("{name}.db"))
+    }
+}
+
+pub async fn create_post(base: &str, title: &str) -> String {
+    let r = reqwest::Client::new().post(format!("{base}/posts")).json(&json!({"title": title})).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["title"], title);
+    v["id"].as_str().unwrap().to_owned()
+}
+
+/// Posts a comment, retrying while comments has not yet heard of the post (404).
+pub async fn create_comment(base: &str, post_id: &str, content: &str) -> Value {
+    let client = reqwest::Client::new();
+    testkit::wait_until(T, "comments to know the post", || async {
+        let r = client
+            .post(format!("{base}/posts/{post_id}/comments"))
+            .json(&json!({"content": content}))
+            .send()
+            .await
+            .ok()?;
+        match r.status().as_u16() {
+            201 => Some(r.json::<Value>().await.unwrap()),
+            404 => None,
+            other => panic!("unexpected {other}: {}", r.text().await.unwrap_or_default()),
+        }
+    })
+    .await
+}
+
+pub async fn get(url: &str) -> Value {
+    reqwest::get(url).await.unwrap().json().await.unwrap()
+}
+
+/// The course scenario: a post, an approved and a rejected comment, seen alike by query
+/// and comments.
+pub async fn blog_scenario(posts: &str, comments: &str, query: &str) {
+    let post = create_post(posts, "Hello world").await;
+    let after_first = create_comment(comments, &post, "hello").await;
+    assert_eq!(after_first.as_array().unwrap().len(), 1);
+    assert_eq!(after_first[0]["status"], "pending");
+    let all = create_comment(comments, &post, "I like orange").await;
+    assert_eq!(all.as_array().unwrap().len(), 2, "201 carries the post's whole comment array");
+
+    let view = testkit::wait_until(T, "query to show both comments moderated", || async {
+        let v = get(&format!("{query}/posts")).await;
+        let c = v[&post]["comments"].as_array()?.clone();
+        (c.len() == 2 && c.iter().all(|c| c["status"] != "pending")).then_some(v)
+    })
+    .await;
+    let p = &view[&post];
+    assert_eq!(p["id"], post.as_str());
+    assert_eq!(p["title"], "Hello world");
+    let statuses: Vec<(&str, &str)> = p["comments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["content"].as_str().unwrap(), c["status"].as_str().unwrap()))
+        .collect();
+    assert_eq!(statuses, [("hello", "approved"), ("I like orange", "rejected")]);
+
+    let from_comments = get(&format!("{comments}/posts/{post}/comments")).await;
+    assert_eq!(from_comments, p["comments"], "comments and query agree");
+}
