@@ -1,0 +1,256 @@
+//! Load generators that publish benchmark events to the bus's `POST /events`.
+//!
+//! - closed loop: K publishers, each sending its next batch as soon as the previous one
+//!   is acknowledged: the most the bus accepts;
+//! - open loop: events offered on a fixed schedule whatever the bus does, so queueing in
+//!   the bus shows up as latency instead of slowing the publisher down.
+
+use std::{
+    fmt::Write,
+    ops::Range,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::bail;
+use reqwest::header::CONTENT_TYPE;
+use tokio::{sync::Semaphore, task::JoinSet};
+
+use crate::clock;
+
+/// What a publishing run got acknowledged.
+#[derive(Debug, Default)]
+pub struct Published {
+    /// When publishing started (`clock::now_ns`).
+    pub first_ns: u64,
+    /// When the last acknowledgement arrived.
+    pub last_ack_ns: u64,
+    /// Open loop: when the schedule ends. Rates are taken over at least this span, or the
+    /// last event (sent at (N-1)/rate) would make the achieved rate exceed the offered one.
+    pub scheduled_end_ns: u64,
+    /// Event numbers the bus acknowledged; sorted and merged.
+    pub accepted: Vec<Range<u64>>,
+    pub accepted_count: u64,
+    /// Publish requests that failed with 5xx or a transport error.
+    pub errors: u64,
+    /// Per acknowledged request: publish stamp to acknowledgement, in ns. Set against the
+    /// delivery latency it tells whether time went into storing or into pushing.
+    pub ack_ns: Vec<u64>,
+}
+
+impl Published {
+    fn absorb(&mut self, other: Published) {
+        self.last_ack_ns = self.last_ack_ns.max(other.last_ack_ns);
+        self.accepted.extend(other.accepted);
+        self.accepted_count += other.accepted_count;
+        self.errors += other.errors;
+        self.ack_ns.extend(other.ack_ns);
+    }
+
+    /// Records that `events`, stamped `sent_ns`, were acknowledged at `ack_ns`.
+    fn accept(&mut self, events: Range<u64>, sent_ns: u64, ack_ns: u64) {
+        self.last_ack_ns = self.last_ack_ns.max(ack_ns);
+        self.ack_ns.push(ack_ns.saturating_sub(sent_ns));
+        self.accepted_count += events.end - events.start;
+        self.accepted.push(events);
+    }
+
+    /// Sorts and merges the accepted ranges, so checking delivery walks few of them.
+    fn normalize(&mut self) {
+        self.accepted.sort_by_key(|r| r.start);
+        let mut merged: Vec<Range<u64>> = Vec::with_capacity(self.accepted.len());
+        for r in self.accepted.drain(..) {
+            match merged.last_mut() {
+                Some(last) if last.end == r.start => last.end = r.end,
+                _ => merged.push(r),
+            }
+        }
+        self.accepted = merged;
+    }
+}
+
+/// Appends benchmark event `n` of `phase` as CloudEvents JSON. Written by hand rather
+/// than through `busbar::envelope::build` because the generator shares the CPU with the
+/// bus: the cheaper it is, the more of the machine the figures describe the bus.
+pub fn event_json(out: &mut String, phase: u32, n: u64, sent_ns: u64) {
+    write!(
+        out,
+        r#"{{"specversion":"1.0","id":"{}","source":"pub","type":"BenchEvent","datacontenttype":"application/json","data":{{"phase":{phase},"n":{n},"sentNs":{sent_ns}}}}}"#,
+        uuid::Uuid::now_v7()
+    )
+    .expect("writing to a String cannot fail");
+}
+
+/// POSTs one publish request. `Ok(true)` when acknowledged, `Ok(false)` when it failed in
+/// a way a real publisher would retry; an error when the bus refused the events themselves
+/// (4xx), which means this program is wrong and no figure would mean anything.
+async fn post(client: &reqwest::Client, url: &str, body: String, batch: bool) -> anyhow::Result<bool> {
+    let content_type = if batch { "application/cloudevents-batch+json" } else { "application/cloudevents+json" };
+    match client.post(url).header(CONTENT_TYPE, content_type).body(body).send().await {
+        Ok(r) if r.status().is_client_error() => {
+            let status = r.status();
+            bail!("the bus refused a publish with HTTP {status}: {}", r.text().await.unwrap_or_default());
+        }
+        // Read the answer to the end so the connection goes back to the pool.
+        Ok(r) => {
+            let ok = r.status().is_success();
+            Ok(r.bytes().await.is_ok() && ok)
+        }
+        Err(_) => Ok(false),
+    }
+}
+
+/// Closed loop: `publishers` tasks send batches of `batch` events until `duration` has
+/// passed or `max_events` were handed out.
+pub async fn closed_loop(
+    client: &reqwest::Client,
+    url: &str,
+    phase: u32,
+    publishers: usize,
+    batch: u64,
+    duration: Duration,
+    max_events: u64,
+) -> anyhow::Result<Published> {
+    let next = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + duration;
+    let mut out = Published { first_ns: clock::now_ns(), ..Published::default() };
+    let mut tasks = JoinSet::new();
+    for _ in 0..publishers {
+        let (client, url, next) = (client.clone(), url.to_owned(), next.clone());
+        tasks.spawn(async move {
+            let mut mine = Published::default();
+            let mut body = String::new();
+            while Instant::now() < deadline {
+                let first = next.fetch_add(batch, Ordering::Relaxed);
+                if first >= max_events {
+                    break;
+                }
+                let events = first..(first + batch).min(max_events);
+                let sent_ns = clock::now_ns();
+                body.clear();
+                body.push('[');
+                for n in events.clone() {
+                    if n > first {
+                        body.push(',');
+                    }
+                    event_json(&mut body, phase, n, sent_ns);
+                }
+                body.push(']');
+                if post(&client, &url, body.clone(), true).await? {
+                    mine.accept(events, sent_ns, clock::now_ns());
+                } else {
+                    mine.errors += 1;
+                    // Do not spin against a bus that is failing.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+            anyhow::Ok(mine)
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        out.absorb(r??);
+    }
+    out.normalize();
+    Ok(out)
+}
+
+/// Open loop: `rate` events/s for `duration`, each event its own request, at most
+/// `max_in_flight` requests outstanding. Each event is stamped with the time it was
+/// *scheduled* for, not when it got sent: if the generator or the bus falls behind, the
+/// delay counts as latency rather than being hidden (no coordinated omission).
+pub async fn open_loop(
+    client: &reqwest::Client,
+    url: &str,
+    phase: u32,
+    rate: f64,
+    duration: Duration,
+    max_in_flight: usize,
+) -> anyhow::Result<Published> {
+    let total = (rate * duration.as_secs_f64()).round().max(1.0) as u64;
+    let period_ns = 1e9 / rate;
+    let due_at = |start: u64, i: u64| start + (i as f64 * period_ns) as u64;
+    let slots = Arc::new(Semaphore::new(max_in_flight));
+    let start = clock::now_ns();
+    let mut out = Published { first_ns: start, scheduled_end_ns: due_at(start, total), ..Published::default() };
+    let mut tasks: JoinSet<anyhow::Result<Sent>> = JoinSet::new();
+    let mut i = 0;
+    while i < total {
+        let elapsed = clock::now_ns().saturating_sub(start);
+        let due = ((elapsed as f64 / period_ns) as u64 + 1).min(total);
+        while i < due {
+            let slot = slots.clone().acquire_owned().await?;
+            let mut body = String::with_capacity(320);
+            let sent_ns = due_at(start, i);
+            event_json(&mut body, phase, i, sent_ns);
+            let (client, url, n) = (client.clone(), url.to_owned(), i);
+            tasks.spawn(async move {
+                let ok = post(&client, &url, body, false).await?;
+                drop(slot);
+                // Read the clock here: the generator collects results only between ticks.
+                Ok(Sent { n, sent_ns, ack_ns: clock::now_ns(), ok })
+            });
+            i += 1;
+        }
+        while let Some(r) = tasks.try_join_next() {
+            absorb(&mut out, r?)?;
+        }
+        if i < total {
+            tokio::time::sleep_until(clock::instant_at(due_at(start, i)).into()).await;
+        }
+    }
+    while let Some(r) = tasks.join_next().await {
+        absorb(&mut out, r?)?;
+    }
+    out.normalize();
+    Ok(out)
+}
+
+/// One open-loop request's outcome.
+struct Sent {
+    n: u64,
+    sent_ns: u64,
+    ack_ns: u64,
+    ok: bool,
+}
+
+fn absorb(out: &mut Published, r: anyhow::Result<Sent>) -> anyhow::Result<()> {
+    let sent = r?;
+    if sent.ok {
+        out.accept(sent.n..sent.n + 1, sent.sent_ns, sent.ack_ns);
+    } else {
+        out.errors += 1;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_are_valid_cloudevents_with_the_stamp() {
+        let mut s = String::new();
+        event_json(&mut s, 3, 42, 1234);
+        let ev = busbar::envelope::decode_one(&s).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&s).unwrap();
+        assert_eq!(v["data"]["n"], 42);
+        assert_eq!(v["data"]["sentNs"], 1234);
+        assert_eq!(v["data"]["phase"], 3);
+        use busbar::AttributesReader;
+        assert_eq!(ev.ty(), "BenchEvent");
+    }
+
+    #[test]
+    fn accepted_ranges_merge() {
+        let mut p = Published::default();
+        for r in [4..6, 0..2, 2..4, 8..9] {
+            p.accept(r, 0, 0);
+        }
+        p.normalize();
+        assert_eq!(p.accepted, vec![0..6, 8..9]);
+        assert_eq!(p.accepted_count, 7);
+    }
+}
