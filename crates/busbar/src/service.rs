@@ -292,6 +292,31 @@ async fn render_metrics(db: Db, m: Arc<ServiceMetrics>) -> impl axum::response::
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], out)
 }
 
+/// The whole `main` of a service binary: logging, a runtime, `run`, and a clear message
+/// and non-zero exit status if it fails.
+pub fn main<F, Fut>(name: &str, run: F) -> std::process::ExitCode
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<(), ServiceError>>,
+{
+    web::init_tracing();
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("{name}: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("{name}: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -318,30 +343,5 @@ mod tests {
             assert!(err.starts_with(&format!("{var}=`{value}` is invalid")), "{err}");
         }
         assert_eq!(settings(&[("PORT", "4100"), ("HOST", "127.0.0.1")]).unwrap().port, 4100);
-    }
-}
-
-/// The whole `main` of a service binary: logging, a runtime, `run`, and a clear message
-/// and non-zero exit status if it fails.
-pub fn main<F, Fut>(name: &str, run: F) -> std::process::ExitCode
-where
-    F: FnOnce() -> Fut,
-    Fut: Future<Output = Result<(), ServiceError>>,
-{
-    web::init_tracing();
-    let rt = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("{name}: cannot start the async runtime: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    match rt.block_on(run()) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e}");
-            eprintln!("{name}: {e}");
-            std::process::ExitCode::FAILURE
-        }
     }
 }
