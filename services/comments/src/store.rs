@@ -35,7 +35,7 @@ pub async fn for_post(conn: &mut AnyConnection, post_id: &str) -> Result<Vec<Com
 /// Returns `None` if the post is unknown here.
 pub async fn create(db: &Db, post_id: &str, content: &str) -> Result<Option<Vec<Comment>>, DbError> {
     let mut tx = db.begin().await?;
-    if !post_exists(&mut *tx, post_id).await? {
+    if !post_exists(&mut tx, post_id).await? {
         tx.rollback().await?;
         return Ok(None);
     }
@@ -53,7 +53,7 @@ pub async fn create(db: &Db, post_id: &str, content: &str) -> Result<Option<Vec<
         .execute(&mut *tx)
         .await?;
     tx.emit(&c, 1).await?;
-    let all = for_post(&mut *tx, post_id).await?;
+    let all = for_post(&mut tx, post_id).await?;
     tx.commit().await?;
     Ok(Some(all))
 }
