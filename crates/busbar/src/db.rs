@@ -66,6 +66,10 @@ pub struct Db {
     backend: Backend,
     service: Arc<str>,
     relay_wake: Arc<Notify>,
+    /// SQLite allows one writer at a time. Queueing writers here, in the process, wakes
+    /// the next one the moment the lock is free; left to SQLite, a waiting writer polls
+    /// with sleeps of up to 100 ms (its busy handler), which dominates latency under load.
+    write_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Db {
@@ -102,7 +106,13 @@ impl Db {
             .connect_with(connect_opts)
             .await
             .map_err(|source| DbError::Connect { url: redact(&url), source })?;
-        let db = Db { pool, backend, service: service.into(), relay_wake: Arc::new(Notify::new()) };
+        let db = Db {
+            pool,
+            backend,
+            service: service.into(),
+            relay_wake: Arc::new(Notify::new()),
+            write_lock: Default::default(),
+        };
         if !opts.sdk_tables {
             return Ok(db);
         }
@@ -141,15 +151,19 @@ impl Db {
         self.relay_wake.clone()
     }
 
-    /// Begins a write transaction. On SQLite it takes the write lock up front
-    /// (`BEGIN IMMEDIATE`): a read-then-write transaction that upgrades later can fail with
-    /// SQLITE_BUSY when another writer got in between, which no busy timeout can cure.
+    /// Begins a write transaction; every write in this process should go through one.
+    /// On SQLite it first queues on the process's write lock, then takes SQLite's lock up
+    /// front (`BEGIN IMMEDIATE`): a read-then-write transaction that upgrades later can fail
+    /// with SQLITE_BUSY when another writer got in between, which no busy timeout can cure.
     pub async fn begin(&self) -> Result<Tx, DbError> {
-        let inner = match self.backend {
-            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
-            Backend::Postgres => self.pool.begin().await?,
+        let (inner, guard) = match self.backend {
+            Backend::Sqlite => {
+                let guard = self.write_lock.clone().lock_owned().await;
+                (self.pool.begin_with("BEGIN IMMEDIATE").await?, Some(guard))
+            }
+            Backend::Postgres => (self.pool.begin().await?, None),
         };
-        Ok(Tx { inner, db: self.clone(), emitted: false })
+        Ok(Tx { inner, db: self.clone(), emitted: false, _write_lock: guard })
     }
 
     pub async fn close(&self) {
@@ -162,6 +176,8 @@ pub struct Tx {
     inner: sqlx::Transaction<'static, Any>,
     db: Db,
     emitted: bool,
+    /// Held until commit, rollback or drop (SQLite only).
+    _write_lock: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
 impl Tx {

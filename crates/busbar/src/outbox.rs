@@ -151,16 +151,20 @@ async fn mark_published(db: &Db, seqs: &[i64]) -> Result<(), RelayError> {
     for seq in seqs {
         q = q.bind(*seq);
     }
-    q.execute(db.pool()).await?;
+    let mut tx = db.begin().await?;
+    q.execute(&mut *tx).await?;
+    tx.commit().await?;
     Ok(())
 }
 
 async fn prune(db: &Db, retain: Duration) -> Result<(), RelayError> {
+    let mut tx = db.begin().await?;
     let cutoff = now_millis() - retain.as_millis() as i64;
     sqlx::query("DELETE FROM busbar_outbox WHERE published_at IS NOT NULL AND published_at < $1")
         .bind(cutoff)
-        .execute(db.pool())
+        .execute(&mut *tx)
         .await?;
+    tx.commit().await?;
     Ok(())
 }
 

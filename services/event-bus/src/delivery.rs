@@ -25,6 +25,8 @@ pub struct PushMode {
     pub bare_single: bool,
 }
 
+const CURSOR_SAVE_EVERY: Duration = Duration::from_millis(200);
+
 pub struct Worker {
     pub store: Store,
     pub route: Route,
@@ -59,6 +61,7 @@ impl Worker {
         };
         tracing::info!(subscriber = %name, endpoint = %self.route.endpoint, types = ?self.route.types, position = cur.position, "delivery started");
         let mut redrive_pending = true;
+        let (mut last_save, mut dirty) = (tokio::time::Instant::now(), false);
         let lag = self.metrics.lag.get_or_create(&Metrics::sub(&name)).clone();
         loop {
             if self.stop.is_cancelled() {
@@ -72,6 +75,11 @@ impl Worker {
             let upto = *self.head.borrow_and_update();
             lag.set(upto - cur.position);
             if cur.position >= upto {
+                // Caught up: persist the position before waiting.
+                if dirty {
+                    self.save(&cur).await;
+                    dirty = false;
+                }
                 tokio::select! {
                     r = self.head.changed() => if r.is_err() { break },
                     _ = self.redrive.notified() => redrive_pending = true,
@@ -89,7 +97,7 @@ impl Worker {
             let Some(last) = batch.last() else {
                 // Nothing for this subscriber up to `upto`: skip the whole range at once.
                 cur.position = upto;
-                self.save(&cur).await;
+                self.save_throttled(&cur, &mut last_save, &mut dirty).await;
                 continue;
             };
             let full = batch.len() as i64 == limit;
@@ -100,7 +108,7 @@ impl Worker {
                     cur.position = if full { last_seq } else { upto };
                     cur.attempts = 0;
                     cur.last_error = None;
-                    self.save(&cur).await;
+                    self.save_throttled(&cur, &mut last_save, &mut dirty).await;
                 }
                 Pushed::Failed { handled, error } => {
                     self.metrics.delivered.get_or_create(&Metrics::sub(&name)).inc_by(handled as u64);
@@ -138,6 +146,9 @@ impl Worker {
                     }
                 }
             }
+        }
+        if dirty {
+            self.save(&cur).await;
         }
         tracing::info!(subscriber = %name, position = cur.position, "delivery stopped");
     }
@@ -187,6 +198,20 @@ impl Worker {
 
     async fn push(&self, batch: &[Stored]) -> Pushed {
         push(&self.client, &self.route.endpoint, batch, self.mode, self.route.policy.ack_wait).await
+    }
+
+    /// Saves the cursor at most every [`CURSOR_SAVE_EVERY`] while events stream. Each save
+    /// is a write that contends with ingest for SQLite's single write lock; after a crash,
+    /// the events since the last save are delivered again, and the subscriber's inbox
+    /// absorbs them.
+    async fn save_throttled(&self, cur: &Cursor, last_save: &mut tokio::time::Instant, dirty: &mut bool) {
+        if last_save.elapsed() >= CURSOR_SAVE_EVERY {
+            self.save(cur).await;
+            *last_save = tokio::time::Instant::now();
+            *dirty = false;
+        } else {
+            *dirty = true;
+        }
     }
 
     async fn save(&self, cur: &Cursor) {

@@ -46,8 +46,9 @@ pub struct DeadLetter {
     pub payload: String,
 }
 
-/// Rows per multi-row INSERT: well under SQLite's bound-parameter limit.
-const INSERT_CHUNK: usize = 200;
+/// Rows per multi-row INSERT. Kept small: SQLite resolves each `$N` placeholder by name
+/// with a scan of all of them, so a statement's cost grows with the square of its size.
+const INSERT_CHUNK: usize = 32;
 
 #[derive(Clone)]
 pub struct Store {
@@ -115,11 +116,13 @@ impl Store {
 
     /// The subscriber's cursor, created at `initial` if it has none yet.
     pub async fn cursor(&self, subscriber: &str, initial: i64) -> Result<Cursor, DbError> {
+        let mut tx = self.db.begin().await?;
         sqlx::query("INSERT INTO bus_cursors (subscriber, position, attempts) VALUES ($1, $2, 0) ON CONFLICT (subscriber) DO NOTHING")
             .bind(subscriber)
             .bind(initial)
-            .execute(self.db.pool())
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         let r = sqlx::query("SELECT position, attempts, last_error FROM bus_cursors WHERE subscriber = $1")
             .bind(subscriber)
             .fetch_one(self.db.pool())
@@ -140,13 +143,15 @@ impl Store {
     }
 
     pub async fn save_cursor(&self, subscriber: &str, c: &Cursor) -> Result<(), DbError> {
+        let mut tx = self.db.begin().await?;
         sqlx::query("UPDATE bus_cursors SET position = $1, attempts = $2, last_error = $3 WHERE subscriber = $4")
             .bind(c.position)
             .bind(c.attempts as i64)
             .bind(c.last_error.clone())
             .bind(subscriber)
-            .execute(self.db.pool())
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -200,18 +205,20 @@ impl Store {
         id: Option<i64>,
         subscriber: Option<&str>,
     ) -> Result<(usize, Vec<String>), DbError> {
+        let mut tx = self.db.begin().await?;
         let rows = sqlx::query(
             "UPDATE bus_dead_letters SET state = 'redriving' \
              WHERE state = 'dead' AND ($1 IS NULL OR id = $1) AND ($2 IS NULL OR subscriber = $2) RETURNING subscriber",
         )
         .bind(id)
         .bind(subscriber.map(str::to_owned))
-        .fetch_all(self.db.pool())
+        .fetch_all(&mut *tx)
         .await?;
         let mut subs: Vec<String> = rows.into_iter().map(|r| r.try_get(0)).collect::<Result<_, _>>()?;
         let count = subs.len();
         subs.sort();
         subs.dedup();
+        tx.commit().await?;
         Ok((count, subs))
     }
 
@@ -227,18 +234,22 @@ impl Store {
     }
 
     pub async fn redrive_done(&self, id: i64) -> Result<(), DbError> {
-        sqlx::query("DELETE FROM bus_dead_letters WHERE id = $1").bind(id).execute(self.db.pool()).await?;
+        let mut tx = self.db.begin().await?;
+        sqlx::query("DELETE FROM bus_dead_letters WHERE id = $1").bind(id).execute(&mut *tx).await?;
+        tx.commit().await?;
         Ok(())
     }
 
     pub async fn redrive_failed(&self, id: i64, attempts: u32, error: &str) -> Result<(), DbError> {
+        let mut tx = self.db.begin().await?;
         sqlx::query("UPDATE bus_dead_letters SET state = 'dead', attempts = attempts + $1, last_error = $2, dead_at = $3 WHERE id = $4")
             .bind(attempts as i64)
             .bind(error)
             .bind(chrono_now())
             .bind(id)
-            .execute(self.db.pool())
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(())
     }
 
