@@ -245,7 +245,8 @@ pub fn row_placeholders(from: usize, rows: usize, cols: usize) -> String {
     (0..rows).map(|r| format!("({})", placeholders(from + r * cols, cols))).collect::<Vec<_>>().join(", ")
 }
 
-pub(crate) fn now_millis() -> i64 {
+/// Milliseconds since the Unix epoch, as the SDK and services store timestamps.
+pub fn now_millis() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 

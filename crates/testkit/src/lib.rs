@@ -41,3 +41,24 @@ pub use tempfile::TempDir;
 pub fn temp_dir() -> TempDir {
     tempfile::Builder::new().prefix("busbar-test-").tempdir().expect("create a temp dir")
 }
+
+/// Sends `body` as JSON with `method` to `url` and asserts a `want_status` answer whose
+/// JSON `error` message contains `want_msg`. Uses a fresh connection: a server may close
+/// the connection after refusing an oversize body.
+pub async fn expect_json_error(method: &str, url: &str, body: &str, want_status: u16, want_msg: &str) {
+    let client = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+    let r = client
+        .request(method.parse().unwrap(), url)
+        .header("content-type", "application/json")
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+    let status = r.status().as_u16();
+    let ct = r.headers().get("content-type").map(|v| v.to_str().unwrap_or_default().to_owned()).unwrap_or_default();
+    let v: serde_json::Value = r.json().await.unwrap_or_default();
+    assert_eq!(status, want_status, "{method} {url} {body:.60}: {v}");
+    assert!(ct.starts_with("application/json"), "{method} {url}: content-type {ct}");
+    let msg = v["error"].as_str().unwrap_or_else(|| panic!("{method} {url}: no error message in {v}"));
+    assert!(msg.contains(want_msg), "{method} {url}: {msg:?} lacks {want_msg:?}");
+}

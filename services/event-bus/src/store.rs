@@ -2,7 +2,7 @@
 
 use busbar::{
     Db,
-    db::{DbError, placeholders, row_placeholders},
+    db::{DbError, now_millis, placeholders, row_placeholders},
 };
 use sqlx::{AssertSqlSafe, Row};
 
@@ -69,7 +69,7 @@ impl Store {
     /// Returns (number newly stored, head seq after commit).
     pub async fn append(&self, events: &[NewEvent]) -> Result<(u64, i64), DbError> {
         let mut tx = self.db.begin().await?;
-        let now = chrono_now();
+        let now = now_millis();
         let mut stored = 0;
         for chunk in events.chunks(INSERT_CHUNK) {
             let sql = format!(
@@ -175,7 +175,7 @@ impl Store {
         .bind(event.payload.clone())
         .bind(attempts as i64)
         .bind(error)
-        .bind(chrono_now())
+        .bind(now_millis())
         .execute(&mut *tx)
         .await?;
         sqlx::query("UPDATE bus_cursors SET position = $1, attempts = 0, last_error = NULL WHERE subscriber = $2")
@@ -245,7 +245,7 @@ impl Store {
         sqlx::query("UPDATE bus_dead_letters SET state = 'dead', attempts = attempts + $1, last_error = $2, dead_at = $3 WHERE id = $4")
             .bind(attempts as i64)
             .bind(error)
-            .bind(chrono_now())
+            .bind(now_millis())
             .bind(id)
             .execute(&mut *tx)
             .await?;
@@ -275,8 +275,4 @@ fn dead_letter_row(r: sqlx::any::AnyRow) -> Result<DeadLetter, sqlx::Error> {
         state: r.try_get(8)?,
         payload: r.try_get(9)?,
     })
-}
-
-fn chrono_now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }

@@ -24,7 +24,7 @@ impl Handler for Events {
         )
         .bind(&c.id)
         .bind(status.as_str())
-        .bind(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0))
+        .bind(busbar::db::now_millis())
         .execute(&mut **tx)
         .await?
         .rows_affected();

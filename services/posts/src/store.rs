@@ -9,7 +9,7 @@ pub async fn create(db: &Db, title: &str) -> Result<PostCreated, DbError> {
     sqlx::query("INSERT INTO posts (id, title, created_at) VALUES ($1, $2, $3)")
         .bind(&post.id)
         .bind(&post.title)
-        .bind(chrono_millis())
+        .bind(busbar::db::now_millis())
         .execute(&mut *tx)
         .await?;
     tx.emit(&post, 1).await?;
@@ -20,8 +20,4 @@ pub async fn create(db: &Db, title: &str) -> Result<PostCreated, DbError> {
 pub async fn all(db: &Db) -> Result<Vec<PostCreated>, DbError> {
     let rows = sqlx::query("SELECT id, title FROM posts ORDER BY id").fetch_all(db.pool()).await?;
     Ok(rows.into_iter().map(|r| PostCreated { id: r.get(0), title: r.get(1) }).collect())
-}
-
-fn chrono_millis() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
