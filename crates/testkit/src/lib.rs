@@ -62,3 +62,9 @@ pub async fn expect_json_error(method: &str, url: &str, body: &str, want_status:
     let msg = v["error"].as_str().unwrap_or_else(|| panic!("{method} {url}: no error message in {v}"));
     assert!(msg.contains(want_msg), "{method} {url}: {msg:?} lacks {want_msg:?}");
 }
+
+/// The NATS server for tests: `BUSBAR_TEST_NATS_URL`, default `nats://127.0.0.1:4222`
+/// (`cargo xtask test` starts one if none is running).
+pub fn nats_url() -> String {
+    std::env::var("BUSBAR_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}

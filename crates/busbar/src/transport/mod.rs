@@ -2,6 +2,7 @@
 //! receiving is transport-specific (the http transport mounts `POST /events`).
 
 pub mod http;
+pub mod jetstream;
 
 use async_trait::async_trait;
 

@@ -1,0 +1,431 @@
+//! The JetStream transport: the same SDK on NATS JetStream, for users who outgrow one
+//! machine.
+//!
+//! - One stream per ServiceBus (`BUSBAR_<BUS>`), subjects `busbar.<bus>.<EventType>`.
+//! - Publish sets `Nats-Msg-Id` to the event id, so JetStream drops duplicates within its
+//!   duplicate window.
+//! - Each subscribing service has one durable pull consumer, filtered to its event types,
+//!   with explicit ack, `ack_wait`, `max_deliver` and backoff from the spec.
+//! - When the last allowed delivery fails, the subscriber copies the event, with the
+//!   error, to the dead-letter stream `BUSBAR_<BUS>_DLQ` and terminates it.
+
+use std::time::Duration;
+
+use async_nats::{
+    HeaderMap,
+    jetstream::{
+        self, AckKind,
+        consumer::{AckPolicy, DeliverPolicy, pull},
+        stream,
+    },
+};
+use async_trait::async_trait;
+use cloudevents::AttributesReader;
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use super::{ReplayPage, Transport, TransportError};
+use crate::{
+    consumer::Consumer,
+    envelope::{self, CloudEvent},
+    spec::StartFrom,
+};
+
+/// How long JetStream remembers message ids to drop duplicate publishes.
+const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+
+pub fn stream_name(bus: &str) -> String {
+    format!("BUSBAR_{}", token(bus).to_uppercase())
+}
+
+pub fn dead_letter_stream_name(bus: &str) -> String {
+    format!("{}_DLQ", stream_name(bus))
+}
+
+pub fn subject(bus: &str, event_type: &str) -> String {
+    format!("busbar.{}.{event_type}", token(bus))
+}
+
+fn dead_letter_subject(bus: &str, durable: &str) -> String {
+    format!("busbar-dlq.{}.{}", token(bus), token(durable))
+}
+
+/// Stream names and subject tokens allow no `.`, `*`, `>` or spaces.
+fn token(s: &str) -> String {
+    s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect()
+}
+
+fn unavailable(reason: impl std::fmt::Display) -> TransportError {
+    TransportError::Unavailable { transport: "jetstream", reason: reason.to_string() }
+}
+
+#[derive(Clone, Debug)]
+pub struct JetStreamTransport {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    bus: String,
+}
+
+impl JetStreamTransport {
+    /// Connects to `url` and makes sure the bus's stream and dead-letter stream exist. If
+    /// NATS is not reachable yet the client keeps retrying in the background, and calls
+    /// fail (and are retried by their callers) until it is.
+    pub async fn connect(url: &str, bus: &str) -> Result<Self, TransportError> {
+        let client = async_nats::ConnectOptions::new()
+            .name(format!("busbar {bus}"))
+            .retry_on_initial_connect()
+            .event_callback(|event| async move {
+                match event {
+                    async_nats::Event::Connected => tracing::info!("connected to NATS"),
+                    async_nats::Event::Disconnected => tracing::warn!("disconnected from NATS; reconnecting"),
+                    other => tracing::debug!(event = %other, "NATS client event"),
+                }
+            })
+            .connect(url)
+            .await
+            .map_err(|e| unavailable(format!("cannot connect to {url}: {e}")))?;
+        let t = JetStreamTransport { js: jetstream::new(client.clone()), client, bus: bus.to_owned() };
+        Ok(t)
+    }
+
+    /// Whether the server filters a consumer on several subjects (NATS 2.10 and later).
+    fn multi_filter(&self) -> bool {
+        let version = self.client.server_info().version;
+        let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+        (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) >= (2, 10)
+    }
+
+    pub fn bus(&self) -> &str {
+        &self.bus
+    }
+
+    pub fn context(&self) -> &jetstream::Context {
+        &self.js
+    }
+
+    /// Creates the event stream and the dead-letter stream if they do not exist.
+    pub async fn ensure_streams(&self) -> Result<(), TransportError> {
+        self.js
+            .get_or_create_stream(stream::Config {
+                name: stream_name(&self.bus),
+                subjects: vec![format!("busbar.{}.>", token(&self.bus))],
+                storage: stream::StorageType::File,
+                duplicate_window: DUPLICATE_WINDOW,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| unavailable(format!("cannot create stream {}: {e}", stream_name(&self.bus))))?;
+        self.js
+            .get_or_create_stream(stream::Config {
+                name: dead_letter_stream_name(&self.bus),
+                subjects: vec![format!("busbar-dlq.{}.>", token(&self.bus))],
+                storage: stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| unavailable(format!("cannot create stream {}: {e}", dead_letter_stream_name(&self.bus))))?;
+        Ok(())
+    }
+
+    /// Dead letters recorded for `durable`: the event and the last error, oldest first.
+    pub async fn dead_letters(&self, durable: &str, limit: usize) -> Result<Vec<(CloudEvent, String)>, TransportError> {
+        let stream = self.js.get_stream(dead_letter_stream_name(&self.bus)).await.map_err(unavailable)?;
+        let consumer = stream
+            .create_consumer(pull::Config {
+                filter_subject: dead_letter_subject(&self.bus, durable),
+                ack_policy: AckPolicy::None,
+                inactive_threshold: Duration::from_secs(30),
+                ..Default::default()
+            })
+            .await
+            .map_err(unavailable)?;
+        let mut batch = consumer
+            .fetch()
+            .max_messages(limit)
+            .expires(Duration::from_millis(300))
+            .messages()
+            .await
+            .map_err(unavailable)?;
+        let mut out = vec![];
+        while let Some(msg) = batch.next().await {
+            let msg = msg.map_err(unavailable)?;
+            let reason =
+                msg.headers.as_ref().and_then(|h| h.get("Busbar-Error")).map(|v| v.to_string()).unwrap_or_default();
+            let ev =
+                envelope::decode_one(std::str::from_utf8(&msg.payload).unwrap_or_default()).map_err(unavailable)?;
+            out.push((ev, reason));
+        }
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl Transport for JetStreamTransport {
+    fn name(&self) -> &'static str {
+        "jetstream"
+    }
+
+    async fn publish(&self, events: &[CloudEvent]) -> Result<(), TransportError> {
+        // Pipelined: send all, then wait for every acknowledgement.
+        let mut acks = Vec::with_capacity(events.len());
+        for ev in events {
+            let mut headers = HeaderMap::new();
+            headers.insert("Nats-Msg-Id", ev.id());
+            let payload = serde_json::to_vec(ev).expect("CloudEvents serialize");
+            let ack = self
+                .js
+                .publish_with_headers(subject(&self.bus, ev.ty()), headers, payload.into())
+                .await
+                .map_err(|e| unavailable(format!("publish {}: {e}", ev.id())))?;
+            acks.push(ack);
+        }
+        for ack in acks {
+            ack.await.map_err(|e| unavailable(format!("JetStream did not store the event: {e}")))?;
+        }
+        Ok(())
+    }
+
+    async fn replay(&self, after: u64, limit: usize, types: &[&str]) -> Result<ReplayPage, TransportError> {
+        let stream = self.js.get_stream(stream_name(&self.bus)).await.map_err(unavailable)?;
+        let consumer = stream
+            .create_consumer(pull::Config {
+                deliver_policy: DeliverPolicy::ByStartSequence { start_sequence: after + 1 },
+                ack_policy: AckPolicy::None,
+                filter_subjects: types.iter().map(|t| subject(&self.bus, t)).collect(),
+                inactive_threshold: Duration::from_secs(30),
+                ..Default::default()
+            })
+            .await
+            .map_err(unavailable)?;
+        let mut batch = consumer
+            .fetch()
+            .max_messages(limit)
+            .expires(Duration::from_millis(500))
+            .messages()
+            .await
+            .map_err(unavailable)?;
+        let (mut events, mut next) = (vec![], after);
+        while let Some(msg) = batch.next().await {
+            let msg = msg.map_err(unavailable)?;
+            next = msg.info().map_err(unavailable)?.stream_sequence;
+            let text = std::str::from_utf8(&msg.payload).map_err(unavailable)?;
+            events.push(envelope::decode_one(text).map_err(unavailable)?);
+        }
+        let done = events.len() < limit;
+        Ok(ReplayPage { events, next, done })
+    }
+}
+
+/// A durable subscription's settings, from the spec.
+#[derive(Debug, Clone)]
+pub struct SubscribeOptions {
+    /// The consumer's durable name: the subscribing service.
+    pub durable: String,
+    pub types: Vec<String>,
+    pub start_from: StartFrom,
+    pub max_deliver: u32,
+    pub ack_wait: Duration,
+    pub backoff: Vec<Duration>,
+}
+
+impl SubscribeOptions {
+    /// The consumer configuration. JetStream requires `max_deliver` to exceed the number
+    /// of backoff steps, so the schedule is cut to fit. Several event types need a server
+    /// that filters on several subjects (NATS 2.10+); on older servers the consumer takes
+    /// the whole bus and the subscriber skips other types (`multi_filter = false`).
+    pub fn consumer_config(&self, bus: &str, multi_filter: bool) -> pull::Config {
+        let max_deliver = self.max_deliver.max(1) as i64;
+        let mut backoff = self.backoff.clone();
+        backoff.truncate((max_deliver - 1) as usize);
+        pull::Config {
+            durable_name: Some(token(&self.durable)),
+            deliver_policy: match self.start_from {
+                StartFrom::Beginning => DeliverPolicy::All,
+                StartFrom::Now => DeliverPolicy::New,
+            },
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: self.ack_wait,
+            max_deliver,
+            backoff,
+            filter_subject: match self.types.as_slice() {
+                [one] => subject(bus, one),
+                _ if multi_filter => String::new(),
+                _ => format!("busbar.{}.>", token(bus)),
+            },
+            filter_subjects: if self.types.len() > 1 && multi_filter {
+                self.types.iter().map(|t| subject(bus, t)).collect()
+            } else {
+                vec![]
+            },
+            ..Default::default()
+        }
+    }
+
+    fn retry_delay(&self, delivered: i64) -> Duration {
+        let i = (delivered.max(1) as usize - 1).min(self.backoff.len().saturating_sub(1));
+        self.backoff.get(i).copied().unwrap_or(Duration::from_secs(1))
+    }
+}
+
+/// Runs a durable subscription until `stop`: each message goes through `consumer` (inbox
+/// and ordering) and is acknowledged only after its transaction commits. NATS outages are
+/// logged and retried with backoff; nothing is acknowledged that was not applied.
+pub async fn run_subscriber(
+    t: JetStreamTransport,
+    opts: SubscribeOptions,
+    consumer: Consumer,
+    stop: CancellationToken,
+) {
+    let mut failures = 0u32;
+    loop {
+        let result = tokio::select! {
+            r = subscribe_once(&t, &opts, &consumer, &stop) => r,
+            _ = stop.cancelled() => return,
+        };
+        if stop.is_cancelled() {
+            return;
+        }
+        failures += 1;
+        let wait = Duration::from_millis(100).saturating_mul(1 << failures.min(6)).min(Duration::from_secs(5));
+        match result {
+            Ok(()) => tracing::warn!(durable = %opts.durable, "JetStream message stream ended; resubscribing"),
+            Err(e) => tracing::warn!(durable = %opts.durable, error = %e, retry_in_ms = wait.as_millis() as u64,
+                "JetStream subscription failed; retrying"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+}
+
+async fn subscribe_once(
+    t: &JetStreamTransport,
+    opts: &SubscribeOptions,
+    consumer: &Consumer,
+    stop: &CancellationToken,
+) -> Result<(), String> {
+    t.ensure_streams().await.map_err(|e| e.to_string())?;
+    let stream = t.js.get_stream(stream_name(&t.bus)).await.map_err(|e| e.to_string())?;
+    let multi = t.multi_filter();
+    if !multi && opts.types.len() > 1 {
+        tracing::warn!(server = %t.client.server_info().version,
+            "this NATS server filters consumers on one subject only (2.10+ filters on several); subscribing to the whole bus and skipping other event types");
+    }
+    let config = opts.consumer_config(&t.bus, multi);
+    let durable = config.durable_name.clone().unwrap_or_default();
+    // create_consumer creates the durable, or updates it when only updatable fields changed.
+    let js_consumer =
+        stream.create_consumer(config).await.map_err(|e| format!("cannot create or update consumer {durable}: {e}"))?;
+    let mut messages = js_consumer.messages().await.map_err(|e| e.to_string())?;
+    tracing::info!(%durable, types = ?opts.types, "JetStream subscription active");
+    while let Some(msg) = messages.next().await {
+        if stop.is_cancelled() {
+            return Ok(());
+        }
+        let msg = msg.map_err(|e| e.to_string())?;
+        let delivered = msg.info().map(|i| i.delivered).unwrap_or(1);
+        let decoded = std::str::from_utf8(&msg.payload)
+            .map_err(|e| e.to_string())
+            .and_then(|text| envelope::decode_one(text).map_err(|e| format!("not a valid CloudEvent: {e}")));
+        if let Ok(ev) = &decoded
+            && !opts.types.iter().any(|t| t == ev.ty())
+        {
+            // Only on servers that cannot filter on several subjects.
+            msg.ack().await.map_err(|e| format!("ack failed: {e}"))?;
+            continue;
+        }
+        // Failures are retried here, holding this subscriber's stream, rather than NAKed:
+        // a NAK lets later messages overtake the failed one. JetStream's own redelivery
+        // (after ack_wait, up to max_deliver) still covers a subscriber that dies.
+        let mut attempts = delivered.max(1);
+        loop {
+            let outcome = match &decoded {
+                Ok(ev) => consumer.receive(ev).await.map(|_| ()).map_err(|e| e.to_string()),
+                Err(e) => Err(e.clone()),
+            };
+            let error = match outcome {
+                Ok(()) => {
+                    msg.double_ack().await.map_err(|e| format!("ack failed: {e}"))?;
+                    break;
+                }
+                Err(error) => error,
+            };
+            if attempts >= opts.max_deliver.max(1) as i64 || decoded.is_err() {
+                dead_letter(t, &durable, &msg, attempts, &error).await?;
+                break;
+            }
+            let delay = opts.retry_delay(attempts);
+            tracing::info!(%durable, attempt = attempts, max_deliver = opts.max_deliver, retry_in_ms = delay.as_millis() as u64,
+                %error, "handling failed; will retry");
+            // Keeps the message ours while we wait.
+            let _ = msg.ack_with(AckKind::Progress).await;
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = stop.cancelled() => return Ok(()),
+            }
+            attempts += 1;
+        }
+    }
+    Ok(())
+}
+
+/// Copies the message, with the error, to the dead-letter stream, then terminates it.
+async fn dead_letter(
+    t: &JetStreamTransport,
+    durable: &str,
+    msg: &jetstream::Message,
+    attempts: i64,
+    error: &str,
+) -> Result<(), String> {
+    let mut headers = HeaderMap::new();
+    headers.insert("Busbar-Error", error);
+    headers.insert("Busbar-Attempts", attempts.to_string().as_str());
+    if let Ok(info) = msg.info() {
+        headers.insert("Busbar-Stream-Sequence", info.stream_sequence.to_string().as_str());
+    }
+    t.js.publish_with_headers(dead_letter_subject(&t.bus, durable), headers, msg.payload.clone())
+        .await
+        .map_err(|e| format!("dead-letter publish failed: {e}"))?
+        .await
+        .map_err(|e| format!("dead-letter store failed: {e}"))?;
+    tracing::warn!(%durable, attempts, %error, "giving up on event: moved to the dead-letter stream");
+    msg.ack_with(AckKind::Term).await.map_err(|e| format!("term failed: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_valid_nats_tokens() {
+        assert_eq!(stream_name("blog"), "BUSBAR_BLOG");
+        assert_eq!(stream_name("my.bus"), "BUSBAR_MY_BUS");
+        assert_eq!(subject("blog", "PostCreated"), "busbar.blog.PostCreated");
+        assert_eq!(dead_letter_stream_name("blog"), "BUSBAR_BLOG_DLQ");
+    }
+
+    #[test]
+    fn consumer_config_follows_the_spec_and_fits_jetstream_rules() {
+        let o = SubscribeOptions {
+            durable: "query".into(),
+            types: vec!["A".into(), "B".into()],
+            start_from: StartFrom::Now,
+            max_deliver: 3,
+            ack_wait: Duration::from_secs(30),
+            backoff: vec![Duration::from_secs(1), Duration::from_secs(5), Duration::from_secs(30)],
+        };
+        let c = o.consumer_config("blog", true);
+        assert_eq!(c.durable_name.as_deref(), Some("query"));
+        assert_eq!(c.filter_subjects, ["busbar.blog.A", "busbar.blog.B"]);
+        let old_server = o.consumer_config("blog", false);
+        assert_eq!((old_server.filter_subject.as_str(), old_server.filter_subjects.len()), ("busbar.blog.>", 0));
+        let one = SubscribeOptions { types: vec!["A".into()], ..o.clone() }.consumer_config("blog", false);
+        assert_eq!(one.filter_subject, "busbar.blog.A");
+        assert_eq!(c.deliver_policy, DeliverPolicy::New);
+        assert_eq!(c.max_deliver, 3);
+        assert_eq!(c.backoff.len(), 2, "max_deliver must exceed the number of backoff steps");
+        assert_eq!(o.retry_delay(1), Duration::from_secs(1));
+        assert_eq!(o.retry_delay(9), Duration::from_secs(30));
+    }
+}
