@@ -6,7 +6,7 @@ mod up;
 use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::{Context, Result, bail};
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 
 /// busbar: event-driven, database-per-service microservices.
 ///
@@ -44,6 +44,14 @@ enum Cmd {
         /// `event_bus` for the bus). The databases must exist.
         #[arg(long, value_name = "URL")]
         database_url_template: Option<String>,
+        /// Carry events on `builtin` (the built-in bus, started by busbar) or `jetstream`
+        /// (an existing NATS server). Default: what the spec says.
+        #[arg(long, value_enum)]
+        transport: Option<TransportArg>,
+        /// NATS server for `--transport jetstream`. Default: the spec's URL, else
+        /// nats://127.0.0.1:4222.
+        #[arg(long, value_name = "URL")]
+        nats_url: Option<String>,
     },
     /// Validate a ServiceBus manifest and print its event graph and warnings.
     Graph {
@@ -60,12 +68,30 @@ enum Cmd {
     },
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum TransportArg {
+    Builtin,
+    Jetstream,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Cmd::Serve { name, args } => return serve(&name, args),
-        Cmd::Up { file, data_dir, bus_port, database_url_template } => {
-            up(file, data_dir, bus_port, database_url_template)
+        Cmd::Up { file, data_dir, bus_port, database_url_template, transport, nats_url } => {
+            let transport = transport.map(|t| match t {
+                TransportArg::Builtin => busbar::spec::TransportKind::Builtin,
+                TransportArg::Jetstream => busbar::spec::TransportKind::JetStream,
+            });
+            let opts = plan::Options {
+                spec_path: PathBuf::new(),
+                data_dir,
+                bus_port,
+                database_url_template,
+                transport,
+                nats_url,
+            };
+            up(file, opts)
         }
         Cmd::Graph { file } => graph(file),
     };
@@ -130,20 +156,16 @@ fn graph(file: Option<PathBuf>) -> Result<()> {
     Ok(())
 }
 
-fn up(file: Option<PathBuf>, data_dir: PathBuf, bus_port: u16, database_url_template: Option<String>) -> Result<()> {
+fn up(file: Option<PathBuf>, mut opts: plan::Options) -> Result<()> {
     let (path, bus) = load(file)?;
     for w in busbar::graph::analyze(&bus.spec).warnings {
         eprintln!("busbar: warning: {w}");
     }
-    std::fs::create_dir_all(&data_dir)
-        .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
+    std::fs::create_dir_all(&opts.data_dir)
+        .with_context(|| format!("cannot create data directory {}", opts.data_dir.display()))?;
     // Absolute paths: the children may resolve them from anywhere.
-    let opts = plan::Options {
-        spec_path: std::fs::canonicalize(&path)?,
-        data_dir: std::fs::canonicalize(&data_dir)?,
-        bus_port,
-        database_url_template,
-    };
+    opts.spec_path = std::fs::canonicalize(&path)?;
+    opts.data_dir = std::fs::canonicalize(&opts.data_dir)?;
     let exe_dir = std::env::current_exe().ok().and_then(|e| e.parent().map(PathBuf::from));
     let procs = plan::plan(&bus, &opts, |name| find_program(name, exe_dir.as_deref()))
         .map_err(|problems| anyhow::anyhow!("cannot run {}:\n  - {}", path.display(), problems.join("\n  - ")))?;

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use busbar::spec::{ServiceBus, TransportKind};
+use busbar::spec::{ServiceBus, StartFrom, TransportKind};
 
 /// Services this binary can run itself (`busbar __serve NAME`).
 pub const BUILTIN: &[&str] = &["event-bus", "posts", "comments", "moderation", "query"];
@@ -16,6 +16,10 @@ pub struct Options {
     /// Database URL per process; `{name}` becomes the service name with `-` as `_`.
     /// `None`: a SQLite file per process in `data_dir`.
     pub database_url_template: Option<String>,
+    /// Overrides the spec's transport.
+    pub transport: Option<TransportKind>,
+    /// NATS for the jetstream transport; default: the spec's URL, else nats://127.0.0.1:4222.
+    pub nats_url: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -50,32 +54,40 @@ pub fn plan(
     find: impl Fn(&str) -> Option<PathBuf>,
 ) -> Result<Vec<Proc>, Vec<String>> {
     let mut problems = vec![];
-    if bus.spec.transport.kind() == TransportKind::JetStream {
-        problems.push("this spec uses the jetstream transport; `busbar up` runs the built-in bus (set `transport: {builtin: {}}`)".into());
-    }
+    let transport = opts.transport.unwrap_or(bus.spec.transport.kind());
     let sqlite = |name: &str| match &opts.database_url_template {
         Some(t) => t.replace("{name}", &name.replace('-', "_")),
         None => format!("sqlite://{}", opts.data_dir.join(format!("{name}.db")).display()),
     };
-    let bus_url = format!("http://127.0.0.1:{}", opts.bus_port);
-    let mut procs = vec![Proc {
-        name: "event-bus".into(),
-        program: Program::Builtin("event-bus".into()),
-        args: vec![
-            "--listen".into(),
-            format!("127.0.0.1:{}", opts.bus_port),
-            "--database-url".into(),
-            sqlite("event-bus"),
-            "--routes".into(),
-            path_str(&opts.spec_path),
-            "--endpoint-template".into(),
-            "http://127.0.0.1:{port}/events".into(),
-        ],
-        env: vec![],
-        port: opts.bus_port,
-        publishes: vec![],
-        subscribes: vec![],
-    }];
+    let (transport_env, bus_url) = match transport {
+        TransportKind::Builtin => ("http", format!("http://127.0.0.1:{}", opts.bus_port)),
+        TransportKind::JetStream => {
+            let url = opts.nats_url.clone().or_else(|| bus.spec.transport.jetstream.as_ref().map(|j| j.url.clone()));
+            ("jetstream", url.unwrap_or_else(|| "nats://127.0.0.1:4222".into()))
+        }
+    };
+    let mut procs = vec![];
+    if transport == TransportKind::Builtin {
+        procs.push(Proc {
+            name: "event-bus".into(),
+            program: Program::Builtin("event-bus".into()),
+            args: vec![
+                "--listen".into(),
+                format!("127.0.0.1:{}", opts.bus_port),
+                "--database-url".into(),
+                sqlite("event-bus"),
+                "--routes".into(),
+                path_str(&opts.spec_path),
+                "--endpoint-template".into(),
+                "http://127.0.0.1:{port}/events".into(),
+            ],
+            env: vec![],
+            port: opts.bus_port,
+            publishes: vec![],
+            subscribes: vec![],
+        });
+    }
+    let delivery = &bus.spec.delivery;
     for s in &bus.spec.services {
         let Some(port) = s.port else {
             problems.push(format!("service {} has no `port` in the spec; busbar up needs one to run it", s.name));
@@ -107,8 +119,14 @@ pub fn plan(
                 ("PORT".into(), port.to_string()),
                 ("DATABASE_URL".into(), sqlite(&s.name)),
                 ("BUSBAR_SERVICE".into(), s.name.clone()),
-                ("BUSBAR_TRANSPORT".into(), "http".into()),
+                ("BUSBAR_TRANSPORT".into(), transport_env.into()),
                 ("BUSBAR_URL".into(), bus_url.clone()),
+                ("BUSBAR_BUS".into(), bus.name.clone()),
+                ("BUSBAR_SUBSCRIBES".into(), s.subscribed_types().into_iter().collect::<Vec<_>>().join(",")),
+                ("BUSBAR_START_FROM".into(), if s.start_from() == StartFrom::Now { "now" } else { "beginning" }.into()),
+                ("BUSBAR_MAX_DELIVER".into(), delivery.max_deliver.to_string()),
+                ("BUSBAR_ACK_WAIT".into(), delivery.ack_wait.clone()),
+                ("BUSBAR_BACKOFF".into(), delivery.backoff.join(",")),
             ],
             port,
             publishes: s.publishes.clone(),
@@ -130,7 +148,14 @@ mod tests {
     const BLOG: &str = include_str!("../../../k8s/base/servicebus.yaml");
 
     fn opts() -> Options {
-        Options { spec_path: "sb.yaml".into(), data_dir: "/d".into(), bus_port: 4005, database_url_template: None }
+        Options {
+            spec_path: "sb.yaml".into(),
+            data_dir: "/d".into(),
+            bus_port: 4005,
+            database_url_template: None,
+            transport: None,
+            nats_url: None,
+        }
     }
 
     #[test]
@@ -165,11 +190,33 @@ mod tests {
             "apiVersion: busbar.dev/v1alpha1\nkind: ServiceBus\nspec:\n  transport: {jetstream: {url: 'nats://x:4222'}}\n  services: [{name: nop}, {name: billing, port: 4005}, {name: shipping, port: 5000}]\n",
         )
         .unwrap();
-        let problems = plan(&bus, &opts(), |n| (n == "shipping").then(|| PathBuf::from("/bin/shipping"))).unwrap_err();
-        assert_eq!(problems.len(), 3, "{problems:?}");
-        assert!(problems[0].contains("jetstream"));
-        assert!(problems[1].contains("nop has no `port`"));
-        assert!(problems[2].contains("event-bus and billing both use port 4005"));
+        let find = |n: &str| Some(PathBuf::from(format!("/bin/{n}")));
+        let problems = plan(&bus, &opts(), find).unwrap_err();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].contains("nop has no `port`"));
+        // On the built-in bus, its port is taken too.
+        let builtin = Options { transport: Some(TransportKind::Builtin), ..opts() };
+        let problems = plan(&bus, &builtin, find).unwrap_err();
+        assert!(problems[1].contains("event-bus and billing both use port 4005"), "{problems:?}");
+    }
+
+    #[test]
+    fn on_jetstream_there_is_no_bus_process_and_services_get_the_nats_wiring() {
+        let bus = parse_manifest(BLOG).unwrap();
+        let o = Options {
+            transport: Some(TransportKind::JetStream),
+            nats_url: Some("nats://127.0.0.1:5222".into()),
+            ..opts()
+        };
+        let procs = plan(&bus, &o, |_| None).unwrap();
+        assert!(procs.iter().all(|p| p.name != "event-bus"));
+        let env: std::collections::HashMap<_, _> = procs[3].env.iter().cloned().collect();
+        assert_eq!(procs[3].name, "query");
+        assert_eq!(env["BUSBAR_TRANSPORT"], "jetstream");
+        assert_eq!(env["BUSBAR_URL"], "nats://127.0.0.1:5222");
+        assert_eq!(env["BUSBAR_BUS"], "blog");
+        assert_eq!(env["BUSBAR_SUBSCRIBES"], "CommentCreated,CommentUpdated,PostCreated");
+        assert_eq!((env["BUSBAR_MAX_DELIVER"].as_str(), env["BUSBAR_BACKOFF"].as_str()), ("10", "1s,5s,30s"));
     }
 
     #[test]

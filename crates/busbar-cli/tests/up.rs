@@ -9,8 +9,19 @@ use common::{T, blog_scenario, blog_spec, get, ports};
 use testkit::process::Proc;
 
 async fn up(dir: &std::path::Path, extra: &[String]) -> (Proc, std::collections::HashMap<&'static str, u16>) {
+    up_named(dir, extra, "blog").await
+}
+
+/// `busbar up` on the blog manifest renamed to `bus` (on JetStream the name picks the stream).
+async fn up_named(
+    dir: &std::path::Path,
+    extra: &[String],
+    bus: &str,
+) -> (Proc, std::collections::HashMap<&'static str, u16>) {
     let ports = ports();
-    std::fs::write(dir.join("servicebus.yaml"), blog_spec(&ports)).unwrap();
+    let spec = blog_spec(&ports).replace("metadata:\n  name: blog\n", &format!("metadata:\n  name: {bus}\n"));
+    assert!(spec.contains(&format!("name: {bus}")));
+    std::fs::write(dir.join("servicebus.yaml"), spec).unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_busbar"));
     cmd.arg("up").arg("-f").arg(dir.join("servicebus.yaml")).arg("--data-dir").arg(dir.join("data"));
     cmd.args(["--bus-port", &ports["event-bus"].to_string()]).args(extra);
@@ -69,6 +80,32 @@ async fn blog_end_to_end_on_postgres() {
     blog_scenario(&url(&ports, "posts"), &url(&ports, "comments"), &url(&ports, "query")).await;
     assert!(!dir.path().join("data/posts.db").exists(), "no SQLite file when PostgreSQL is used");
     p.terminate(std::time::Duration::from_secs(20));
+}
+
+#[tokio::test]
+async fn blog_end_to_end_on_jetstream() {
+    use busbar::transport::jetstream::{JetStreamTransport, dead_letter_stream_name, stream_name};
+    let dir = testkit::temp_dir();
+    let bus = format!("blog-{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
+    let nats = testkit::nats_url();
+    let (mut p, ports) =
+        up_named(dir.path(), &["--transport".into(), "jetstream".into(), "--nats-url".into(), nats.clone()], &bus)
+            .await;
+    assert!(!p.log().contains("event-bus |"), "no built-in bus on JetStream");
+    blog_scenario(&url(&ports, "posts"), &url(&ports, "comments"), &url(&ports, "query")).await;
+    assert_eq!(p.terminate(std::time::Duration::from_secs(20)), Some(0), "{}", p.log_tail());
+
+    let js = JetStreamTransport::connect(&nats, &bus).await.unwrap();
+    let stream = js.context().get_stream(stream_name(&bus)).await.expect("the bus's stream exists");
+    let consumers: Vec<String> = {
+        use futures::StreamExt;
+        stream.consumer_names().collect::<Vec<_>>().await.into_iter().map(|n| n.unwrap()).collect()
+    };
+    let mut consumers = consumers;
+    consumers.sort();
+    assert_eq!(consumers, ["comments", "moderation", "query"], "one durable consumer per subscriber");
+    js.context().delete_stream(stream_name(&bus)).await.unwrap();
+    js.context().delete_stream(dead_letter_stream_name(&bus)).await.unwrap();
 }
 
 #[test]

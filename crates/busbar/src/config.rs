@@ -1,7 +1,9 @@
 //! A service's busbar settings, from `BUSBAR_*` environment variables. The operator and
 //! `busbar up` set them; the errors say what to set when one is missing or wrong.
 
-use std::fmt;
+use std::{fmt, time::Duration};
+
+use crate::spec::StartFrom;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TransportChoice {
@@ -28,6 +30,19 @@ pub struct BusbarConfig {
     pub url: String,
     /// `BUSBAR_TOKEN`: credential presented to the bus, if it requires one.
     pub token: Option<String>,
+    /// `BUSBAR_BUS`: the ServiceBus's name; on JetStream it names the stream.
+    pub bus: String,
+    /// `BUSBAR_SUBSCRIBES`: comma-separated event types to receive; unset means the
+    /// types the service's handler declares.
+    pub subscribes: Option<Vec<String>>,
+    /// `BUSBAR_START_FROM`: `beginning` (default) or `now`, for a new subscription.
+    pub start_from: StartFrom,
+    /// `BUSBAR_MAX_DELIVER` (default 10), `BUSBAR_ACK_WAIT` (default 30s) and
+    /// `BUSBAR_BACKOFF` (comma-separated, default `1s,5s,30s`): the spec's delivery policy,
+    /// applied by the subscriber on JetStream.
+    pub max_deliver: u32,
+    pub ack_wait: Duration,
+    pub backoff: Vec<Duration>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -86,7 +101,66 @@ impl BusbarConfig {
                 },
             });
         }
-        Ok(Self { service, transport, url, token: get("BUSBAR_TOKEN") })
+        let invalid =
+            |var: &'static str, value: String, hint: &str| ConfigError::Invalid { var, value, hint: hint.into() };
+        let bus = get("BUSBAR_BUS").unwrap_or_else(|| "default".into());
+        if !crate::spec::valid_service_name(&bus) {
+            return Err(invalid("BUSBAR_BUS", bus, "use the ServiceBus's name (a lower-case DNS label)"));
+        }
+        let subscribes = match get("BUSBAR_SUBSCRIBES") {
+            None => None,
+            Some(v) => {
+                let types: Vec<String> = v.split(',').map(|t| t.trim().to_owned()).filter(|t| !t.is_empty()).collect();
+                if types.iter().any(|t| !crate::spec::valid_event_type(t)) {
+                    return Err(invalid(
+                        "BUSBAR_SUBSCRIBES",
+                        v,
+                        "use comma-separated event types, e.g. PostCreated,CommentModerated",
+                    ));
+                }
+                Some(types)
+            }
+        };
+        let start_from = match get("BUSBAR_START_FROM").as_deref() {
+            None | Some("beginning") => StartFrom::Beginning,
+            Some("now") => StartFrom::Now,
+            Some(other) => return Err(invalid("BUSBAR_START_FROM", other.into(), "use `beginning` or `now`")),
+        };
+        let max_deliver = match get("BUSBAR_MAX_DELIVER") {
+            None => 10,
+            Some(v) => v
+                .trim()
+                .parse()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| invalid("BUSBAR_MAX_DELIVER", v, "use a number of attempts, 1 or more"))?,
+        };
+        let duration =
+            |var: &'static str, v: &str| crate::spec::parse_duration(v.trim()).map_err(|e| invalid(var, v.into(), &e));
+        let ack_wait = match get("BUSBAR_ACK_WAIT") {
+            None => Duration::from_secs(30),
+            Some(v) => duration("BUSBAR_ACK_WAIT", &v)?,
+        };
+        let backoff = match get("BUSBAR_BACKOFF") {
+            None => vec![Duration::from_secs(1), Duration::from_secs(5), Duration::from_secs(30)],
+            Some(v) => v
+                .split(',')
+                .map(|d| crate::spec::parse_duration(d.trim()))
+                .collect::<Result<_, _>>()
+                .map_err(|e| invalid("BUSBAR_BACKOFF", v.clone(), &format!("use comma-separated durations: {e}")))?,
+        };
+        Ok(Self {
+            service,
+            transport,
+            url,
+            token: get("BUSBAR_TOKEN"),
+            bus,
+            subscribes,
+            start_from,
+            max_deliver,
+            ack_wait,
+            backoff,
+        })
     }
 }
 
@@ -134,5 +208,35 @@ mod tests {
         assert!(e.contains("NATS URL"), "{e}");
         let e = cfg(&[("BUSBAR_SERVICE", "Posts!")]).unwrap_err().to_string();
         assert!(e.contains("BUSBAR_SERVICE"), "{e}");
+        for (var, value) in [
+            ("BUSBAR_SUBSCRIBES", "A,b c"),
+            ("BUSBAR_START_FROM", "later"),
+            ("BUSBAR_MAX_DELIVER", "0"),
+            ("BUSBAR_ACK_WAIT", "soon"),
+            ("BUSBAR_BACKOFF", "1s,x"),
+            ("BUSBAR_BUS", "My Bus"),
+        ] {
+            let e = cfg(&[(var, value)]).unwrap_err().to_string();
+            assert!(e.starts_with(&format!("{var}=`{value}` is invalid")), "{e}");
+        }
+    }
+
+    #[test]
+    fn delivery_settings_parse() {
+        let c = cfg(&[
+            ("BUSBAR_BUS", "blog"),
+            ("BUSBAR_SUBSCRIBES", "PostCreated, CommentModerated"),
+            ("BUSBAR_START_FROM", "now"),
+            ("BUSBAR_MAX_DELIVER", "4"),
+            ("BUSBAR_ACK_WAIT", "2s"),
+            ("BUSBAR_BACKOFF", "100ms,1s"),
+        ])
+        .unwrap();
+        assert_eq!(c.bus, "blog");
+        assert_eq!(c.subscribes, Some(vec!["PostCreated".to_owned(), "CommentModerated".to_owned()]));
+        assert_eq!((c.start_from, c.max_deliver, c.ack_wait), (StartFrom::Now, 4, Duration::from_secs(2)));
+        assert_eq!(c.backoff, vec![Duration::from_millis(100), Duration::from_secs(1)]);
+        let d = cfg(&[]).unwrap();
+        assert_eq!((d.bus.as_str(), d.subscribes.clone(), d.max_deliver), ("default", None, 10));
     }
 }

@@ -28,7 +28,11 @@ use crate::{
     db::{Db, DbError, DbOptions, redact},
     outbox::{self, RelayOptions},
     receive::{self, ReceiveStats},
-    transport::{Transport, http::HttpTransport},
+    transport::{
+        Transport,
+        http::HttpTransport,
+        jetstream::{self, JetStreamTransport, SubscribeOptions},
+    },
     web::{self, ApiError},
 };
 
@@ -42,8 +46,8 @@ pub enum ServiceError {
     Setting { var: &'static str, value: String, hint: &'static str },
     #[error("cannot listen on {addr}: {source}. Is another process using the port? Set PORT to choose another.")]
     Listen { addr: SocketAddr, source: std::io::Error },
-    #[error("the {0} transport is not available in this build")]
-    Transport(TransportChoice),
+    #[error("NATS: {0}")]
+    Nats(String),
     #[error("serving HTTP failed: {0}")]
     Serve(std::io::Error),
 }
@@ -104,6 +108,8 @@ impl Settings {
 /// when it starts on an empty database (none: it starts from what is pushed to it).
 pub struct Subscription {
     pub handler: Arc<dyn Handler>,
+    /// The event types the handler applies (`BUSBAR_SUBSCRIBES` may narrow them).
+    pub types: &'static [&'static str],
     pub backfill: &'static [&'static str],
 }
 
@@ -111,6 +117,7 @@ pub struct Service {
     pub settings: Settings,
     db: Db,
     transport: Arc<dyn Transport>,
+    jetstream: Option<JetStreamTransport>,
     stop: CancellationToken,
     relay: tokio::task::JoinHandle<()>,
 }
@@ -124,9 +131,16 @@ impl Service {
         postgres: &Migrator,
     ) -> Result<Service, ServiceError> {
         let settings = Settings::from_env(default_name, default_port)?;
-        let transport: Arc<dyn Transport> = match settings.busbar.transport {
-            TransportChoice::Http => Arc::new(HttpTransport::new(&settings.busbar.url, settings.busbar.token.clone())),
-            other => return Err(ServiceError::Transport(other)),
+        let (transport, jetstream): (Arc<dyn Transport>, _) = match settings.busbar.transport {
+            TransportChoice::Http => {
+                (Arc::new(HttpTransport::new(&settings.busbar.url, settings.busbar.token.clone())), None)
+            }
+            TransportChoice::JetStream => {
+                let js = JetStreamTransport::connect(&settings.busbar.url, &settings.busbar.bus)
+                    .await
+                    .map_err(|e| ServiceError::Nats(e.to_string()))?;
+                (Arc::new(js.clone()), Some(js))
+            }
         };
         let db = Db::connect(&settings.busbar.service, &settings.database_url, DbOptions::default()).await?;
         db.migrate(sqlite, postgres).await?;
@@ -134,7 +148,7 @@ impl Service {
         let relay = outbox::spawn_relay(db.clone(), transport.clone(), RelayOptions::default(), stop.clone());
         tracing::info!(service = %settings.busbar.service, database = %redact(&settings.database_url),
             transport = %settings.busbar.transport, bus = %settings.busbar.url, "started");
-        Ok(Service { settings, db, transport, stop, relay })
+        Ok(Service { settings, db, transport, jetstream, stop, relay })
     }
 
     pub fn db(&self) -> &Db {
@@ -147,9 +161,29 @@ impl Service {
         let ready = Arc::new(AtomicBool::new(true));
         let mut app = routes;
         let mut backfill = None;
+        let mut pull = None;
         if let Some(sub) = subscription {
             let consumer = Consumer::new(self.db.clone(), sub.handler);
+            // POST /events stays mounted on JetStream too: it is harmless and lets an
+            // operator push a single event by hand.
             app = app.merge(receive::router_with_stats(consumer.clone(), stats.clone()));
+            if let Some(js) = &self.jetstream {
+                let b = &self.settings.busbar;
+                let opts = SubscribeOptions {
+                    durable: b.service.clone(),
+                    types: b.subscribes.clone().unwrap_or_else(|| sub.types.iter().map(|t| t.to_string()).collect()),
+                    start_from: b.start_from,
+                    max_deliver: b.max_deliver,
+                    ack_wait: b.ack_wait,
+                    backoff: b.backoff.clone(),
+                };
+                pull = Some(tokio::spawn(jetstream::run_subscriber(
+                    js.clone(),
+                    opts,
+                    consumer.clone(),
+                    self.stop.clone(),
+                )));
+            }
             if !sub.backfill.is_empty() && inbox_is_empty(&self.db).await? {
                 ready.store(false, Ordering::Relaxed);
                 backfill = Some(tokio::spawn(backfill_from_history(
@@ -181,8 +215,8 @@ impl Service {
         tracing::info!(service = %self.settings.busbar.service, %addr, "listening");
         let served = axum::serve(listener, app).with_graceful_shutdown(web::shutdown_signal()).await;
         self.stop.cancel();
-        if let Some(b) = backfill {
-            let _ = b.await;
+        for task in [backfill, pull].into_iter().flatten() {
+            let _ = task.await;
         }
         let _ = self.relay.await;
         self.db.close().await;

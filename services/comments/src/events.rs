@@ -6,6 +6,9 @@ use busbar::{AttributesReader, CloudEvent, Event, Handler, HandlerError, Tx, env
 
 use crate::store;
 
+/// What comments subscribes to.
+pub const TYPES: &[&str] = &[PostCreated::TYPE, CommentModerated::TYPE];
+
 pub struct Events;
 
 #[async_trait]

@@ -17,6 +17,7 @@ pub async fn run() -> Result<(), ServiceError> {
     let service = Service::start(NAME, PORT, &migrations, &migrations).await?;
     let routes = routes::router(service.db().clone());
     // Only the posts copy can be rebuilt from history; the comments are this service's own.
-    let subscription = Subscription { handler: Arc::new(events::Events), backfill: &["PostCreated"] };
+    let subscription =
+        Subscription { handler: Arc::new(events::Events), types: events::TYPES, backfill: &["PostCreated"] };
     service.serve(routes, Some(subscription)).await
 }

@@ -19,6 +19,7 @@ pub async fn run() -> Result<(), ServiceError> {
     let migrations = sqlx::migrate!("./migrations");
     let service = Service::start(NAME, PORT, &migrations, &migrations).await?;
     // No backfill: old comments were decided by the moderation that saw them.
-    let subscription = Subscription { handler: Arc::new(events::Events { words }), backfill: &[] };
+    let subscription =
+        Subscription { handler: Arc::new(events::Events { words }), types: &["CommentCreated"], backfill: &[] };
     service.serve(axum::Router::new(), Some(subscription)).await
 }

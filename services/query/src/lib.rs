@@ -17,6 +17,7 @@ pub async fn run() -> Result<(), ServiceError> {
     let migrations = sqlx::migrate!("./migrations");
     let service = Service::start(NAME, PORT, &migrations, &migrations).await?;
     let routes = routes::router(service.db().clone());
-    let subscription = Subscription { handler: Arc::new(events::Events), backfill: events::TYPES };
+    let subscription =
+        Subscription { handler: Arc::new(events::Events), types: events::TYPES, backfill: events::TYPES };
     service.serve(routes, Some(subscription)).await
 }

@@ -61,6 +61,8 @@ fn unavailable(reason: impl std::fmt::Display) -> TransportError {
 
 #[derive(Clone, Debug)]
 pub struct JetStreamTransport {
+    /// Set once the streams are known to exist, so publishing checks only once.
+    streams_ready: std::sync::Arc<tokio::sync::OnceCell<()>>,
     client: async_nats::Client,
     js: jetstream::Context,
     bus: String,
@@ -84,7 +86,12 @@ impl JetStreamTransport {
             .connect(url)
             .await
             .map_err(|e| unavailable(format!("cannot connect to {url}: {e}")))?;
-        let t = JetStreamTransport { js: jetstream::new(client.clone()), client, bus: bus.to_owned() };
+        let t = JetStreamTransport {
+            streams_ready: Default::default(),
+            js: jetstream::new(client.clone()),
+            client,
+            bus: bus.to_owned(),
+        };
         Ok(t)
     }
 
@@ -155,6 +162,7 @@ impl JetStreamTransport {
                 envelope::decode_one(std::str::from_utf8(&msg.payload).unwrap_or_default()).map_err(unavailable)?;
             out.push((ev, reason));
         }
+        let _ = stream.delete_consumer(&consumer.cached_info().name).await;
         Ok(out)
     }
 }
@@ -166,6 +174,7 @@ impl Transport for JetStreamTransport {
     }
 
     async fn publish(&self, events: &[CloudEvent]) -> Result<(), TransportError> {
+        self.streams_ready.get_or_try_init(|| self.ensure_streams()).await?;
         // Pipelined: send all, then wait for every acknowledgement.
         let mut acks = Vec::with_capacity(events.len());
         for ev in events {
@@ -211,6 +220,8 @@ impl Transport for JetStreamTransport {
             let text = std::str::from_utf8(&msg.payload).map_err(unavailable)?;
             events.push(envelope::decode_one(text).map_err(unavailable)?);
         }
+        // Ephemeral consumers expire on their own; deleting it now keeps listings clean.
+        let _ = stream.delete_consumer(&consumer.cached_info().name).await;
         let done = events.len() < limit;
         Ok(ReplayPage { events, next, done })
     }
