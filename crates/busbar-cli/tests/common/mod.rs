@@ -38,6 +38,8 @@ pub struct Blog {
     pub procs: HashMap<String, Proc>,
     pub db_urls: HashMap<String, String>,
     _dbs: Vec<TempDb>,
+    /// (NATS URL, bus name) when on JetStream.
+    nats: Option<(String, String)>,
 }
 
 impl Blog {
@@ -59,7 +61,7 @@ impl Blog {
             };
             db_urls.insert(name.to_owned(), url);
         }
-        let mut blog = Blog { dir, ports, procs: HashMap::new(), db_urls, _dbs: dbs };
+        let mut blog = Blog { dir, ports, procs: HashMap::new(), db_urls, _dbs: dbs, nats: None };
         blog.start_process("event-bus").await;
         for s in SERVICES {
             blog.start_process(s).await;
@@ -67,11 +69,46 @@ impl Blog {
         blog
     }
 
+    /// The blog on JetStream at `nats_url` (bus `bus`), SQLite per service. The services
+    /// are started but not waited for: NATS may not be up yet.
+    pub fn start_on_jetstream(nats_url: &str, bus: &str) -> Blog {
+        let dir = testkit::temp_dir();
+        let ports = ports();
+        let db_urls =
+            SERVICES.iter().map(|n| (n.to_string(), format!("sqlite://{}/{n}.db", dir.path().display()))).collect();
+        let mut blog = Blog {
+            dir,
+            ports,
+            procs: HashMap::new(),
+            db_urls,
+            _dbs: vec![],
+            nats: Some((nats_url.into(), bus.into())),
+        };
+        for s in SERVICES {
+            let p = blog.spawn(s);
+            blog.procs.insert(s.to_owned(), p);
+        }
+        blog
+    }
+
+    pub async fn wait_all_ready(&mut self) {
+        for s in SERVICES {
+            let url = format!("{}/readyz", self.url(s));
+            self.procs.get_mut(s).unwrap().wait_ready(&url, T).await;
+        }
+    }
+
     pub fn url(&self, name: &str) -> String {
         format!("http://127.0.0.1:{}", self.ports[name])
     }
 
     pub async fn start_process(&mut self, name: &str) {
+        let mut p = self.spawn(name);
+        p.wait_ready(&format!("{}/readyz", self.url(name)), T).await;
+        self.procs.insert(name.to_owned(), p);
+    }
+
+    fn spawn(&self, name: &str) -> Proc {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_busbar"));
         cmd.args(["__serve", name]);
         if name == "event-bus" {
@@ -84,11 +121,16 @@ impl Blog {
                 .env("PORT", self.ports[name].to_string())
                 .env("DATABASE_URL", &self.db_urls[name])
                 .env("BUSBAR_SERVICE", name)
-                .env("BUSBAR_URL", self.url("event-bus"));
+                .env("BUSBAR_BACKOFF", "50ms,200ms")
+                .env("BUSBAR_ACK_WAIT", "2s");
+            match &self.nats {
+                None => cmd.env("BUSBAR_URL", self.url("event-bus")),
+                Some((url, bus)) => {
+                    cmd.env("BUSBAR_TRANSPORT", "jetstream").env("BUSBAR_URL", url).env("BUSBAR_BUS", bus)
+                }
+            };
         }
-        let mut p = Proc::spawn(name, cmd, &self.dir.path().join(format!("{name}.log")));
-        p.wait_ready(&format!("{}/readyz", self.url(name)), T).await;
-        self.procs.insert(name.to_owned(), p);
+        Proc::spawn(name, cmd, &self.dir.path().join(format!("{name}.log")))
     }
 
     pub fn kill9(&mut self, name: &str) {

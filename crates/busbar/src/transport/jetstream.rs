@@ -240,14 +240,15 @@ pub struct SubscribeOptions {
 }
 
 impl SubscribeOptions {
-    /// The consumer configuration. JetStream requires `max_deliver` to exceed the number
-    /// of backoff steps, so the schedule is cut to fit. Several event types need a server
+    /// The consumer configuration. `max_deliver` and the backoff are applied by the
+    /// subscriber (which retries in place and dead-letters with the reason), not by the
+    /// server: a server that reaches its own max_deliver drops the message with only an
+    /// advisory, and deliveries to pull requests left over from a lost connection count
+    /// towards it, so messages were lost across NATS restarts. The server redelivers an
+    /// unacknowledged message after `ack_wait`, without limit. Several event types need a server
     /// that filters on several subjects (NATS 2.10+); on older servers the consumer takes
     /// the whole bus and the subscriber skips other types (`multi_filter = false`).
     pub fn consumer_config(&self, bus: &str, multi_filter: bool) -> pull::Config {
-        let max_deliver = self.max_deliver.max(1) as i64;
-        let mut backoff = self.backoff.clone();
-        backoff.truncate((max_deliver - 1) as usize);
         pull::Config {
             durable_name: Some(token(&self.durable)),
             deliver_policy: match self.start_from {
@@ -256,8 +257,7 @@ impl SubscribeOptions {
             },
             ack_policy: AckPolicy::Explicit,
             ack_wait: self.ack_wait,
-            max_deliver,
-            backoff,
+            max_deliver: -1,
             filter_subject: match self.types.as_slice() {
                 [one] => subject(bus, one),
                 _ if multi_filter => String::new(),
@@ -335,7 +335,6 @@ async fn subscribe_once(
             return Ok(());
         }
         let msg = msg.map_err(|e| e.to_string())?;
-        let delivered = msg.info().map(|i| i.delivered).unwrap_or(1);
         let decoded = std::str::from_utf8(&msg.payload)
             .map_err(|e| e.to_string())
             .and_then(|text| envelope::decode_one(text).map_err(|e| format!("not a valid CloudEvent: {e}")));
@@ -349,7 +348,9 @@ async fn subscribe_once(
         // Failures are retried here, holding this subscriber's stream, rather than NAKed:
         // a NAK lets later messages overtake the failed one. JetStream's own redelivery
         // (after ack_wait, up to max_deliver) still covers a subscriber that dies.
-        let mut attempts = delivered.max(1);
+        // Counted per receipt: redeliveries after a lost connection say nothing about
+        // whether the handler can apply the event.
+        let mut attempts: i64 = 1;
         loop {
             let outcome = match &decoded {
                 Ok(ev) => consumer.receive(ev).await.map(|_| ()).map_err(|e| e.to_string()),
@@ -434,8 +435,9 @@ mod tests {
         let one = SubscribeOptions { types: vec!["A".into()], ..o.clone() }.consumer_config("blog", false);
         assert_eq!(one.filter_subject, "busbar.blog.A");
         assert_eq!(c.deliver_policy, DeliverPolicy::New);
-        assert_eq!(c.max_deliver, 3);
-        assert_eq!(c.backoff.len(), 2, "max_deliver must exceed the number of backoff steps");
+        assert_eq!(c.max_deliver, -1, "the subscriber enforces max_deliver, so the server never drops silently");
+        assert!(c.backoff.is_empty());
+        assert_eq!(c.ack_wait, Duration::from_secs(30));
         assert_eq!(o.retry_delay(1), Duration::from_secs(1));
         assert_eq!(o.retry_delay(9), Duration::from_secs(30));
     }
