@@ -1,4 +1,5 @@
-//! Load generators that publish benchmark events to the bus's `POST /events`.
+//! Load generators that publish benchmark events: to the built-in bus's `POST /events`,
+//! or to JetStream through the SDK's own `Transport::publish`.
 //!
 //! - closed loop: K publishers, each sending its next batch as soon as the previous one
 //!   is acknowledged: the most the bus accepts;
@@ -15,7 +16,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::bail;
+use anyhow::{Context, bail};
+use busbar::{Transport, transport::jetstream::JetStreamTransport};
 use reqwest::header::CONTENT_TYPE;
 use tokio::{sync::Semaphore, task::JoinSet};
 
@@ -36,6 +38,8 @@ pub struct Published {
     pub accepted_count: u64,
     /// Publish requests that failed with 5xx or a transport error.
     pub errors: u64,
+    /// Why the first failed request failed.
+    pub first_error: Option<String>,
     /// Per acknowledged request: publish stamp to acknowledgement, in ns. Set against the
     /// delivery latency it tells whether time went into storing or into pushing.
     pub ack_ns: Vec<u64>,
@@ -47,7 +51,13 @@ impl Published {
         self.accepted.extend(other.accepted);
         self.accepted_count += other.accepted_count;
         self.errors += other.errors;
+        self.first_error = self.first_error.take().or(other.first_error);
         self.ack_ns.extend(other.ack_ns);
+    }
+
+    fn fail(&mut self, why: String) {
+        self.errors += 1;
+        self.first_error.get_or_insert(why);
     }
 
     /// Records that `events`, stamped `sent_ns`, were acknowledged at `ack_ns`.
@@ -84,10 +94,58 @@ pub fn event_json(out: &mut String, phase: u32, n: u64, sent_ns: u64) {
     .expect("writing to a String cannot fail");
 }
 
-/// POSTs one publish request. `Ok(true)` when acknowledged, `Ok(false)` when it failed in
-/// a way a real publisher would retry; an error when the bus refused the events themselves
-/// (4xx), which means this program is wrong and no figure would mean anything.
-async fn post(client: &reqwest::Client, url: &str, body: String, batch: bool) -> anyhow::Result<bool> {
+/// Where the events go.
+#[derive(Clone)]
+pub enum Target {
+    /// The built-in bus: `POST` to `url`.
+    Http { client: reqwest::Client, url: String },
+    /// JetStream, through the SDK's transport (one connection, shared by all publishers).
+    JetStream(Arc<JetStreamTransport>),
+}
+
+/// What one publish request got: `Ok` when acknowledged, `Err(why)` when it failed in a
+/// way a real publisher would retry.
+type Outcome = Result<(), String>;
+
+impl Target {
+    /// Publishes events `events` of `phase`, stamped `sent_ns`: one request, a batch when
+    /// `batch` (closed loop) or a single event (open loop). An error when the bus refused
+    /// the events themselves, which means this program is wrong and no figure would mean
+    /// anything.
+    async fn send(&self, phase: u32, events: Range<u64>, sent_ns: u64, batch: bool) -> anyhow::Result<Outcome> {
+        match self {
+            Target::Http { client, url } => {
+                let mut body = String::with_capacity(320 * (events.end - events.start) as usize + 2);
+                if batch {
+                    body.push('[');
+                }
+                for n in events.clone() {
+                    if n > events.start {
+                        body.push(',');
+                    }
+                    event_json(&mut body, phase, n, sent_ns);
+                }
+                if batch {
+                    body.push(']');
+                }
+                post(client, url, body, batch).await
+            }
+            Target::JetStream(t) => {
+                let mut json = String::with_capacity(320);
+                let mut batch = Vec::with_capacity((events.end - events.start) as usize);
+                for n in events {
+                    json.clear();
+                    event_json(&mut json, phase, n, sent_ns);
+                    batch.push(busbar::envelope::decode_one(&json).context("a benchmark event is not a CloudEvent")?);
+                }
+                Ok(t.publish(&batch).await.map_err(|e| e.to_string()))
+            }
+        }
+    }
+}
+
+/// POSTs one publish request.
+async fn post(client: &reqwest::Client, url: &str, body: String, batch: bool) -> anyhow::Result<Outcome> {
     let content_type = if batch { "application/cloudevents-batch+json" } else { "application/cloudevents+json" };
     match client.post(url).header(CONTENT_TYPE, content_type).body(body).send().await {
         Ok(r) if r.status().is_client_error() => {
@@ -96,18 +154,21 @@ async fn post(client: &reqwest::Client, url: &str, body: String, batch: bool) ->
         }
         // Read the answer to the end so the connection goes back to the pool.
         Ok(r) => {
-            let ok = r.status().is_success();
-            Ok(r.bytes().await.is_ok() && ok)
+            let status = r.status();
+            match r.bytes().await {
+                Ok(_) if status.is_success() => Ok(Ok(())),
+                Ok(_) => Ok(Err(format!("HTTP {status}"))),
+                Err(e) => Ok(Err(e.to_string())),
+            }
         }
-        Err(_) => Ok(false),
+        Err(e) => Ok(Err(e.to_string())),
     }
 }
 
 /// Closed loop: `publishers` tasks send batches of `batch` events until `duration` has
 /// passed or `max_events` were handed out.
 pub async fn closed_loop(
-    client: &reqwest::Client,
-    url: &str,
+    target: &Target,
     phase: u32,
     publishers: usize,
     batch: u64,
@@ -119,10 +180,9 @@ pub async fn closed_loop(
     let mut out = Published { first_ns: clock::now_ns(), ..Published::default() };
     let mut tasks = JoinSet::new();
     for _ in 0..publishers {
-        let (client, url, next) = (client.clone(), url.to_owned(), next.clone());
+        let (target, next) = (target.clone(), next.clone());
         tasks.spawn(async move {
             let mut mine = Published::default();
-            let mut body = String::new();
             while Instant::now() < deadline {
                 let first = next.fetch_add(batch, Ordering::Relaxed);
                 if first >= max_events {
@@ -130,21 +190,13 @@ pub async fn closed_loop(
                 }
                 let events = first..(first + batch).min(max_events);
                 let sent_ns = clock::now_ns();
-                body.clear();
-                body.push('[');
-                for n in events.clone() {
-                    if n > first {
-                        body.push(',');
+                match target.send(phase, events.clone(), sent_ns, true).await? {
+                    Ok(()) => mine.accept(events, sent_ns, clock::now_ns()),
+                    Err(why) => {
+                        mine.fail(why);
+                        // Do not spin against a bus that is failing.
+                        tokio::time::sleep(Duration::from_millis(10)).await;
                     }
-                    event_json(&mut body, phase, n, sent_ns);
-                }
-                body.push(']');
-                if post(&client, &url, body.clone(), true).await? {
-                    mine.accept(events, sent_ns, clock::now_ns());
-                } else {
-                    mine.errors += 1;
-                    // Do not spin against a bus that is failing.
-                    tokio::time::sleep(Duration::from_millis(10)).await;
                 }
             }
             anyhow::Ok(mine)
@@ -162,8 +214,7 @@ pub async fn closed_loop(
 /// *scheduled* for, not when it got sent: if the generator or the bus falls behind, the
 /// delay counts as latency rather than being hidden (no coordinated omission).
 pub async fn open_loop(
-    client: &reqwest::Client,
-    url: &str,
+    target: &Target,
     phase: u32,
     rate: f64,
     duration: Duration,
@@ -182,15 +233,13 @@ pub async fn open_loop(
         let due = ((elapsed as f64 / period_ns) as u64 + 1).min(total);
         while i < due {
             let slot = slots.clone().acquire_owned().await?;
-            let mut body = String::with_capacity(320);
             let sent_ns = due_at(start, i);
-            event_json(&mut body, phase, i, sent_ns);
-            let (client, url, n) = (client.clone(), url.to_owned(), i);
+            let (target, n) = (target.clone(), i);
             tasks.spawn(async move {
-                let ok = post(&client, &url, body, false).await?;
+                let outcome = target.send(phase, n..n + 1, sent_ns, false).await?;
                 drop(slot);
                 // Read the clock here: the generator collects results only between ticks.
-                Ok(Sent { n, sent_ns, ack_ns: clock::now_ns(), ok })
+                Ok(Sent { n, sent_ns, ack_ns: clock::now_ns(), outcome })
             });
             i += 1;
         }
@@ -213,15 +262,14 @@ struct Sent {
     n: u64,
     sent_ns: u64,
     ack_ns: u64,
-    ok: bool,
+    outcome: Outcome,
 }
 
 fn absorb(out: &mut Published, r: anyhow::Result<Sent>) -> anyhow::Result<()> {
     let sent = r?;
-    if sent.ok {
-        out.accept(sent.n..sent.n + 1, sent.sent_ns, sent.ack_ns);
-    } else {
-        out.errors += 1;
+    match sent.outcome {
+        Ok(()) => out.accept(sent.n..sent.n + 1, sent.sent_ns, sent.ack_ns),
+        Err(why) => out.fail(why),
     }
     Ok(())
 }

@@ -7,6 +7,7 @@
 mod bus_raw;
 mod clock;
 mod load;
+mod nats;
 mod proc;
 mod report;
 mod stats;
@@ -34,12 +35,14 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Scenario {
-    /// The built-in bus alone: publishers POST CloudEvents over loopback HTTP, the bus
-    /// (a child process, SQLite in a temp dir) pushes them to in-process subscribers that
-    /// only acknowledge. Reports the most the bus accepts and delivers (closed loop) and
-    /// publish-to-delivery latency at fixed offered rates (open loop). Each subscriber
-    /// count gets a fresh bus. Exits 1 only if an acknowledged event did not reach every
-    /// subscriber; timings are reported, never judged.
+    /// The bus alone, per transport side by side. builtin: publishers POST CloudEvents
+    /// over loopback HTTP, the bus (a child process, SQLite in a temp dir) pushes them to
+    /// in-process subscribers that only acknowledge. jetstream: publishers use the SDK's
+    /// JetStream transport, in-process durable pull consumers only acknowledge. Reports
+    /// the most the bus accepts and delivers (closed loop) and publish-to-delivery latency
+    /// at fixed offered rates (open loop). Each subscriber count gets a fresh bus (a fresh
+    /// stream). Exits 1 only if an acknowledged event did not reach every subscriber;
+    /// timings are reported, never judged.
     BusRaw(bus_raw::Args),
 }
 
@@ -53,11 +56,13 @@ async fn main() -> ExitCode {
         }
     };
     // On Ctrl-C, dropping the run stops the bus (kill_on_drop) and removes the temp dir;
-    // dying to the signal instead would leave both behind.
+    // dying to the signal instead would leave both behind. JetStream streams on a server
+    // we do not own are deleted here.
     let summary = tokio::select! {
         s = run => s,
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
     };
+    nats::delete_leftovers().await;
     let summary = match summary {
         Ok(s) => s,
         Err(e) => {

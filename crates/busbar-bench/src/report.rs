@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use crate::stats::Latency;
+use crate::{nats::NatsInfo, stats::Latency};
 
 /// Facts that make figures comparable (or not) across machines.
 #[derive(Debug, Serialize)]
@@ -37,18 +37,21 @@ impl Machine {
     }
 }
 
-/// One measured run: a scenario, a subscriber count and a load mode.
+/// One measured run: a scenario, a transport, a subscriber count and a load mode.
 #[derive(Debug, Serialize)]
 pub struct Row {
     pub scenario: &'static str,
+    /// `builtin` (the event-bus process) or `jetstream` (NATS JetStream).
+    pub transport: &'static str,
     pub subscribers: usize,
     /// `closed` (as fast as it goes) or `open` (fixed offered rate).
     pub mode: &'static str,
     /// Human description of the load, e.g. `8x100` or `2000/s`.
     pub load: String,
-    /// Events the bus acknowledged (HTTP 200).
+    /// Events the bus acknowledged (HTTP 200; JetStream: a publish ack for each).
     pub accepted: u64,
-    /// Publish requests that failed (5xx or transport error); their events are not counted.
+    /// Publish requests that failed (5xx, publish-ack error or transport error); their
+    /// events are not counted.
     pub publish_errors: u64,
     /// Offered rate for open-loop runs.
     pub target_per_s: Option<f64>,
@@ -60,7 +63,8 @@ pub struct Row {
     pub latency: Option<Latency>,
     /// Publish stamp to the bus's acknowledgement (durably stored), per request.
     pub ack_latency: Option<Latency>,
-    /// Bus CPU time over the run's wall time (100% = one core).
+    /// Bus CPU time over the run's wall time (100% = one core): the event-bus process, or
+    /// nats-server for JetStream when its process could be found.
     pub bus_cpu_pct: Option<f64>,
     /// This program's CPU time over the run's wall time: it shares the machine.
     pub bench_cpu_pct: Option<f64>,
@@ -73,8 +77,12 @@ pub struct Row {
 #[derive(Debug, Serialize)]
 pub struct Summary {
     pub machine: Machine,
-    pub bus_bin: String,
+    pub transports: Vec<&'static str>,
+    /// The event-bus binary, when the built-in bus was measured.
+    pub bus_bin: Option<String>,
     pub bus_args: Vec<String>,
+    /// The NATS server, when JetStream was measured.
+    pub nats: Option<NatsInfo>,
     /// Size of one benchmark event as published, in bytes.
     pub event_bytes: usize,
     pub rows: Vec<Row>,
@@ -85,11 +93,23 @@ pub struct Summary {
 pub fn print_table(s: &Summary) {
     let m = &s.machine;
     println!("# busbar-bench  {}  |  {} CPUs, {}  |  {}", m.date, m.cpus, m.cpu_model, m.os);
-    let bus_args = if s.bus_args.is_empty() { "(bus defaults)".to_owned() } else { s.bus_args.join(" ") };
-    println!("# bus: {} {bus_args}  |  event {} B", s.bus_bin, s.event_bytes);
+    println!("# event {} B", s.event_bytes);
+    if let Some(bin) = &s.bus_bin {
+        let bus_args = if s.bus_args.is_empty() { "(bus defaults)".to_owned() } else { s.bus_args.join(" ") };
+        println!("# builtin: {bin} {bus_args}");
+    }
+    if let Some(n) = &s.nats {
+        let pid = n.pid.map_or("pid not found: no bus cpu%".to_owned(), |p| format!("pid {p}"));
+        let own = if n.throwaway { ", throwaway" } else { "" };
+        println!(
+            "# jetstream: {} (nats-server {}, {pid}{own})  |  file stream per subscriber count, durable pull consumers, explicit ack",
+            n.url, n.server_version
+        );
+    }
     println!(
-        "{:<8} {:>4} {:<6} {:>8} {:>9} {:>10} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6} {:>7} {:>5}",
+        "{:<8} {:<9} {:>4} {:<6} {:>8} {:>9} {:>10} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6} {:>7} {:>5}",
         "scenario",
+        "transport",
         "subs",
         "mode",
         "load",
@@ -114,8 +134,9 @@ pub fn print_table(s: &Summary) {
         let lat = |l: &Option<Latency>, f: fn(&Latency) -> f64| l.as_ref().map_or("-".into(), |l| ms(f(l)));
         let pct = |p: Option<f64>| p.map_or("-".into(), |p| format!("{p:.0}"));
         println!(
-            "{:<8} {:>4} {:<6} {:>8} {:>9} {:>10.0} {:>10.0} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6} {:>7} {:>5}",
+            "{:<8} {:<9} {:>4} {:<6} {:>8} {:>9} {:>10.0} {:>10.0} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6} {:>7} {:>5}",
             r.scenario,
+            r.transport,
             r.subscribers,
             r.mode,
             r.load,
@@ -137,7 +158,8 @@ pub fn print_table(s: &Summary) {
     }
     println!(
         "# p50..max: publish -> subscriber receipt; ack: publish -> acknowledged by the bus (stored). \
-         deliver/s: the slowest subscriber's (--json has each). cpu%: 100 = one core."
+         deliver/s: the slowest subscriber's (--json has each). cpu%: 100 = one core; \
+         bus cpu% is event-bus, or nats-server for jetstream."
     );
 }
 

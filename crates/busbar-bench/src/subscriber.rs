@@ -1,6 +1,11 @@
-//! In-process subscriber: an HTTP server on a loopback port that takes the bus's pushes
-//! (`POST /events`, a JSON array of CloudEvents), notes when each event arrived and
-//! answers 200. Running it in the benchmark's process lets it share the publishers' clock.
+//! In-process subscribers that note when each event arrived and acknowledge it, nothing
+//! else. Running them in the benchmark's process lets them share the publishers' clock.
+//!
+//! - built-in bus: an HTTP server on a loopback port that takes the bus's pushes
+//!   (`POST /events`, a JSON array of CloudEvents) and answers 200;
+//! - JetStream: a durable pull consumer on its own NATS connection, acknowledging each
+//!   message as it arrives (a plain ack: waiting for the server to confirm every ack
+//!   would make the subscriber, not the server, the limit).
 
 use std::{
     net::{Ipv4Addr, SocketAddr},
@@ -8,6 +13,7 @@ use std::{
 };
 
 use anyhow::Context;
+use async_nats::jetstream::{self, consumer::pull};
 use axum::{
     Router,
     body::Bytes,
@@ -16,6 +22,7 @@ use axum::{
     response::IntoResponse,
     routing::post,
 };
+use futures::StreamExt;
 use serde::Deserialize;
 
 use crate::clock;
@@ -32,8 +39,11 @@ pub struct Recorder {
     pub duplicates: u64,
     /// Events from an earlier phase (late redeliveries).
     pub stray: u64,
-    /// Push bodies that were not the expected JSON (answered 400).
+    /// Push bodies (JetStream: messages) that were not the expected JSON (answered 400;
+    /// JetStream: acknowledged and skipped).
     pub malformed: u64,
+    /// JetStream: errors from the message stream or from sending an ack.
+    pub receive_errors: u64,
     /// Receive time minus publish stamp of each first delivery, in ns.
     pub latencies_ns: Vec<u64>,
     /// When the most recent first delivery arrived (`clock::now_ns`).
@@ -82,13 +92,14 @@ pub struct Stamp {
 }
 
 pub struct Subscriber {
-    pub port: u16,
     rec: Arc<Mutex<Recorder>>,
-    server: tokio::task::JoinHandle<()>,
+    /// The HTTP server or the JetStream receive loop; stopped when dropped.
+    task: tokio::task::JoinHandle<()>,
 }
 
 impl Subscriber {
-    pub async fn start() -> anyhow::Result<Subscriber> {
+    /// An HTTP subscriber for the built-in bus, and the loopback port it listens on.
+    pub async fn http() -> anyhow::Result<(Subscriber, u16)> {
         let listener = tokio::net::TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
             .await
             .context("cannot bind a loopback port for a subscriber")?;
@@ -99,10 +110,47 @@ impl Subscriber {
             // The bus's push batch size is configurable; never let a large one be refused.
             .layer(DefaultBodyLimit::max(256 << 20))
             .with_state(rec.clone());
-        let server = tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        Ok(Subscriber { port, rec, server })
+        Ok((Subscriber { rec, task }, port))
+    }
+
+    /// A JetStream subscriber: creates the durable pull consumer `config` on `stream`
+    /// over its own connection to `url` (as a separate service would have), and starts
+    /// receiving.
+    pub async fn jetstream(url: &str, stream: &str, config: pull::Config) -> anyhow::Result<Subscriber> {
+        let durable = config.durable_name.clone().unwrap_or_default();
+        let client = crate::nats::connect(url, &format!("busbar-bench {durable}")).await?;
+        let js = jetstream::new(client);
+        let stream = js.get_stream(stream).await.with_context(|| format!("cannot open stream {stream}"))?;
+        let consumer =
+            stream.create_consumer(config).await.with_context(|| format!("cannot create the consumer {durable}"))?;
+        let mut messages = consumer.messages().await.with_context(|| format!("cannot pull from {durable}"))?;
+        let rec = Arc::new(Mutex::new(Recorder::default()));
+        let mine = rec.clone();
+        let task = tokio::spawn(async move {
+            while let Some(msg) = messages.next().await {
+                let now = clock::now_ns();
+                let msg = match msg {
+                    Ok(m) => m,
+                    Err(e) => {
+                        // Missed heartbeats and the like; the stream carries on.
+                        note_error(&mine, &durable, &e);
+                        continue;
+                    }
+                };
+                match serde_json::from_slice::<Pushed>(&msg.payload) {
+                    Ok(ev) => mine.lock().expect("recorder lock poisoned").record(&ev.data, now),
+                    Err(_) => mine.lock().expect("recorder lock poisoned").malformed += 1,
+                }
+                if let Err(e) = msg.ack().await {
+                    note_error(&mine, &durable, &e);
+                }
+            }
+            eprintln!("[jetstream] the message stream of consumer {durable} ended");
+        });
+        Ok(Subscriber { rec, task })
     }
 
     /// Forgets everything and starts counting events of `phase`.
@@ -117,7 +165,16 @@ impl Subscriber {
 
 impl Drop for Subscriber {
     fn drop(&mut self) {
-        self.server.abort();
+        self.task.abort();
+    }
+}
+
+/// Counts a receive error, printing the first few so a broken run says why.
+fn note_error(rec: &Mutex<Recorder>, durable: &str, e: &dyn std::fmt::Display) {
+    let mut r = rec.lock().expect("recorder lock poisoned");
+    r.receive_errors += 1;
+    if r.receive_errors <= 3 {
+        eprintln!("[jetstream] consumer {durable}: {e}");
     }
 }
 
