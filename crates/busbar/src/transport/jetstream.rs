@@ -136,31 +136,40 @@ impl JetStreamTransport {
 
     /// Dead letters recorded for `durable`: the event and the last error, oldest first.
     pub async fn dead_letters(&self, durable: &str, limit: usize) -> Result<Vec<(CloudEvent, String)>, TransportError> {
-        let stream = self.js.get_stream(dead_letter_stream_name(&self.bus)).await.map_err(unavailable)?;
-        let consumer = stream
-            .create_consumer(pull::Config {
-                filter_subject: dead_letter_subject(&self.bus, durable),
-                ack_policy: AckPolicy::None,
-                inactive_threshold: Duration::from_secs(30),
-                ..Default::default()
-            })
-            .await
-            .map_err(unavailable)?;
-        let mut batch = consumer
-            .fetch()
-            .max_messages(limit)
-            .expires(Duration::from_millis(300))
-            .messages()
-            .await
-            .map_err(unavailable)?;
+        let config = pull::Config { filter_subject: dead_letter_subject(&self.bus, durable), ..Default::default() };
         let mut out = vec![];
-        while let Some(msg) = batch.next().await {
-            let msg = msg.map_err(unavailable)?;
+        for msg in self.read_once(&dead_letter_stream_name(&self.bus), config, limit).await? {
             let reason =
                 msg.headers.as_ref().and_then(|h| h.get("Busbar-Error")).map(|v| v.to_string()).unwrap_or_default();
             let ev =
                 envelope::decode_one(std::str::from_utf8(&msg.payload).unwrap_or_default()).map_err(unavailable)?;
             out.push((ev, reason));
+        }
+        Ok(out)
+    }
+
+    /// Reads up to `limit` messages from `stream` through a short-lived consumer built from
+    /// `config` (no acks), then deletes the consumer so listings stay clean.
+    async fn read_once(
+        &self,
+        stream: &str,
+        config: pull::Config,
+        limit: usize,
+    ) -> Result<Vec<jetstream::Message>, TransportError> {
+        let stream = self.js.get_stream(stream).await.map_err(unavailable)?;
+        let config =
+            pull::Config { ack_policy: AckPolicy::None, inactive_threshold: Duration::from_secs(30), ..config };
+        let consumer = stream.create_consumer(config).await.map_err(unavailable)?;
+        let mut batch = consumer
+            .fetch()
+            .max_messages(limit)
+            .expires(Duration::from_millis(500))
+            .messages()
+            .await
+            .map_err(unavailable)?;
+        let mut out = vec![];
+        while let Some(msg) = batch.next().await {
+            out.push(msg.map_err(unavailable)?);
         }
         let _ = stream.delete_consumer(&consumer.cached_info().name).await;
         Ok(out)
@@ -195,34 +204,30 @@ impl Transport for JetStreamTransport {
     }
 
     async fn replay(&self, after: u64, limit: usize, types: &[&str]) -> Result<ReplayPage, TransportError> {
-        let stream = self.js.get_stream(stream_name(&self.bus)).await.map_err(unavailable)?;
-        let consumer = stream
-            .create_consumer(pull::Config {
-                deliver_policy: DeliverPolicy::ByStartSequence { start_sequence: after + 1 },
-                ack_policy: AckPolicy::None,
-                filter_subjects: types.iter().map(|t| subject(&self.bus, t)).collect(),
-                inactive_threshold: Duration::from_secs(30),
-                ..Default::default()
-            })
-            .await
-            .map_err(unavailable)?;
-        let mut batch = consumer
-            .fetch()
-            .max_messages(limit)
-            .expires(Duration::from_millis(500))
-            .messages()
-            .await
-            .map_err(unavailable)?;
+        let subjects: Vec<String> = types.iter().map(|t| subject(&self.bus, t)).collect();
+        let (filter_subject, filter_subjects) = match subjects.as_slice() {
+            [one] => (one.clone(), vec![]),
+            _ if self.multi_filter() => (String::new(), subjects),
+            _ => (String::new(), vec![]),
+        };
+        let config = pull::Config {
+            deliver_policy: DeliverPolicy::ByStartSequence { start_sequence: after + 1 },
+            filter_subject,
+            filter_subjects,
+            ..Default::default()
+        };
+        let messages = self.read_once(&stream_name(&self.bus), config, limit).await?;
+        let done = messages.len() < limit;
         let (mut events, mut next) = (vec![], after);
-        while let Some(msg) = batch.next().await {
-            let msg = msg.map_err(unavailable)?;
+        for msg in messages {
             next = msg.info().map_err(unavailable)?.stream_sequence;
             let text = std::str::from_utf8(&msg.payload).map_err(unavailable)?;
-            events.push(envelope::decode_one(text).map_err(unavailable)?);
+            let ev = envelope::decode_one(text).map_err(unavailable)?;
+            // Servers before 2.10 cannot filter on several subjects: filter here too.
+            if types.is_empty() || types.contains(&ev.ty()) {
+                events.push(ev);
+            }
         }
-        // Ephemeral consumers expire on their own; deleting it now keeps listings clean.
-        let _ = stream.delete_consumer(&consumer.cached_info().name).await;
-        let done = events.len() < limit;
         Ok(ReplayPage { events, next, done })
     }
 }
