@@ -31,6 +31,11 @@ use crate::{
     spec::StartFrom,
 };
 
+/// Publishes in flight per call, well under async-nats' limit of pending acks.
+const PUBLISH_WINDOW: usize = 256;
+/// Longest wait for one window's acknowledgements before the caller retries.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// How long JetStream remembers message ids to drop duplicate publishes.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 
@@ -184,21 +189,31 @@ impl Transport for JetStreamTransport {
 
     async fn publish(&self, events: &[CloudEvent]) -> Result<(), TransportError> {
         self.streams_ready.get_or_try_init(|| self.ensure_streams()).await?;
-        // Pipelined: send all, then wait for every acknowledgement.
-        let mut acks = Vec::with_capacity(events.len());
-        for ev in events {
-            let mut headers = HeaderMap::new();
-            headers.insert("Nats-Msg-Id", ev.id());
-            let payload = serde_json::to_vec(ev).expect("CloudEvents serialize");
-            let ack = self
-                .js
-                .publish_with_headers(subject(&self.bus, ev.ty()), headers, payload.into())
+        // Pipelined in windows: send a window, then wait for its acknowledgements. async-nats
+        // admits a bounded number of publishes awaiting acks (5000) and waits for a free slot
+        // without a time limit, so unbounded batches from concurrent callers could deadlock.
+        for window in events.chunks(PUBLISH_WINDOW) {
+            let step = async {
+                let mut acks = Vec::with_capacity(window.len());
+                for ev in window {
+                    let mut headers = HeaderMap::new();
+                    headers.insert("Nats-Msg-Id", ev.id());
+                    let payload = serde_json::to_vec(ev).expect("CloudEvents serialize");
+                    let ack = self
+                        .js
+                        .publish_with_headers(subject(&self.bus, ev.ty()), headers, payload.into())
+                        .await
+                        .map_err(|e| unavailable(format!("publish {}: {e}", ev.id())))?;
+                    acks.push(ack);
+                }
+                for ack in acks {
+                    ack.await.map_err(|e| unavailable(format!("JetStream did not store the event: {e}")))?;
+                }
+                Ok::<_, TransportError>(())
+            };
+            tokio::time::timeout(PUBLISH_TIMEOUT, step)
                 .await
-                .map_err(|e| unavailable(format!("publish {}: {e}", ev.id())))?;
-            acks.push(ack);
-        }
-        for ack in acks {
-            ack.await.map_err(|e| unavailable(format!("JetStream did not store the event: {e}")))?;
+                .map_err(|_| unavailable(format!("JetStream did not acknowledge within {PUBLISH_TIMEOUT:?}")))??;
         }
         Ok(())
     }
