@@ -154,6 +154,16 @@ pub async fn run(mut args: Args) -> anyhow::Result<Summary> {
             transports.push(t);
         }
     }
+    let in_flight = args.concurrency as usize * args.batch as usize;
+    if transports.contains(&TransportKind::Jetstream) && in_flight > nats::MAX_ACK_INFLIGHT {
+        bail!(
+            "--concurrency x --batch = {in_flight} events in flight exceeds the {} publish acks async-nats \
+             allows in flight: JetStreamTransport::publish sends a whole batch before awaiting its acks, so \
+             concurrent publishers can deadlock; keep the product at or below {}",
+            nats::MAX_ACK_INFLIGHT,
+            nats::MAX_ACK_INFLIGHT
+        );
+    }
     let bin = match transports.contains(&TransportKind::Builtin) {
         true => Some(proc::locate_bus(&args.bus)?),
         false => None,
@@ -208,7 +218,7 @@ fn http_client(max_in_flight: usize) -> anyhow::Result<reqwest::Client> {
         .no_proxy()
         .tcp_nodelay(true)
         .pool_max_idle_per_host(max_in_flight)
-        .timeout(Duration::from_secs(30))
+        .timeout(load::PUBLISH_TIMEOUT)
         .build()
         .context("cannot build the HTTP client")
 }

@@ -94,6 +94,9 @@ pub fn event_json(out: &mut String, phase: u32, n: u64, sent_ns: u64) {
     .expect("writing to a String cannot fail");
 }
 
+/// The longest one publish request may take (HTTP or JetStream) before it counts as failed.
+pub const PUBLISH_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Where the events go.
 #[derive(Clone)]
 pub enum Target {
@@ -138,7 +141,12 @@ impl Target {
                     event_json(&mut json, phase, n, sent_ns);
                     batch.push(busbar::envelope::decode_one(&json).context("a benchmark event is not a CloudEvent")?);
                 }
-                Ok(t.publish(&batch).await.map_err(|e| e.to_string()))
+                // Bounded like the HTTP client's requests: a publish whose acks never come
+                // must fail the request, not hang the run.
+                match tokio::time::timeout(PUBLISH_TIMEOUT, t.publish(&batch)).await {
+                    Ok(r) => Ok(r.map_err(|e| e.to_string())),
+                    Err(_) => Ok(Err(format!("not acknowledged within {} s", PUBLISH_TIMEOUT.as_secs()))),
+                }
             }
         }
     }

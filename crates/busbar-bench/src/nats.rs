@@ -18,6 +18,10 @@ use tokio::process::{Child, Command};
 
 use crate::proc::{self, TempDir};
 
+/// Publish acks async-nats lets a JetStream context have outstanding (its default
+/// `max_ack_inflight`); publishing waits for a free one.
+pub const MAX_ACK_INFLIGHT: usize = 5_000;
+
 /// Used when neither `--nats-url` nor `BUSBAR_TEST_NATS_URL` names a server.
 pub const DEFAULT_URL: &str = "nats://127.0.0.1:4222";
 
@@ -234,13 +238,32 @@ pub fn register(js: &jetstream::Context, streams: &[String]) {
     left.extend(streams.iter().map(|s| (js.clone(), s.clone())));
 }
 
-/// Deletes `streams` (and with them their consumers), warning about any that stay.
+/// Deletes `streams` (and with them their consumers), warning about any that stay. A
+/// server still busy with a large stream can take longer than one request's timeout, so
+/// each gets a few attempts.
 pub async fn delete_streams(js: &jetstream::Context, streams: &[String]) {
     for name in streams {
-        match tokio::time::timeout(Duration::from_secs(10), js.delete_stream(name)).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => eprintln!("[nats] could not delete stream {name}: {e}; delete it by hand"),
-            Err(_) => eprintln!("[nats] deleting stream {name} timed out; delete it by hand"),
+        let mut last_error = String::new();
+        for attempt in 0..4 {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            match tokio::time::timeout(Duration::from_secs(10), js.delete_stream(name)).await {
+                Ok(Ok(_)) => {
+                    last_error.clear();
+                    break;
+                }
+                Ok(Err(e)) if matches!(e.kind(), jetstream::context::DeleteStreamErrorKind::JetStream(_)) => {
+                    // The server answered: retrying will not help (e.g. it is already gone).
+                    last_error = e.to_string();
+                    break;
+                }
+                Ok(Err(e)) => last_error = e.to_string(),
+                Err(_) => last_error = "timed out".into(),
+            }
+        }
+        if !last_error.is_empty() {
+            eprintln!("[nats] could not delete stream {name} ({last_error}); delete it by hand");
         }
         LEFT.lock().expect("stream list lock poisoned").retain(|(_, s)| s != name);
     }
