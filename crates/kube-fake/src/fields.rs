@@ -412,9 +412,33 @@ pub(crate) fn same_ownership(a: &[Entry], b: &[Entry]) -> bool {
 /// A field another manager owns with a different value.
 #[derive(Debug, Clone)]
 pub(crate) struct Conflict {
+    /// The manager as the real server prints it: `"name"` for an Apply manager,
+    /// `"name" using <apiVersion> at <time>` for an Update manager.
     pub manager: String,
-    pub api_version: String,
     pub path: Path,
+}
+
+fn print_manager(e: &Entry) -> String {
+    match e.operation {
+        Operation::Apply => format!("{:?}", e.manager),
+        Operation::Update => format!("{:?} using {} at {}", e.manager, e.api_version, e.time),
+    }
+}
+
+/// The message of a 409 for failed applies, worded like the real server's.
+pub(crate) fn conflict_message(conflicts: &[Conflict]) -> String {
+    if let [c] = conflicts {
+        return format!("Apply failed with 1 conflict: conflict with {}: {}", c.manager, display(&c.path));
+    }
+    let mut managers: Vec<&str> = conflicts.iter().map(|c| c.manager.as_str()).collect();
+    managers.sort();
+    managers.dedup();
+    let mut lines = Vec::new();
+    for m in managers {
+        lines.push(format!("conflicts with {m}:"));
+        lines.extend(conflicts.iter().filter(|c| c.manager == m).map(|c| format!("- {}", display(&c.path))));
+    }
+    format!("Apply failed with {} conflicts: {}", conflicts.len(), lines.join("\n"))
 }
 
 /// Remove `null`s (apply treats them as "not set") and the fields no manager may own.
@@ -476,11 +500,7 @@ pub(crate) fn apply(input: ApplyInput<'_>) -> Result<(Value, Vec<Entry>), Vec<Co
     for e in entries.iter().filter(|e| !is_mine(e)) {
         for p in applied.intersection(&e.fields) {
             if !is_node(p) && get_at(live, p) != get_at(config, p) {
-                conflicts.push(Conflict {
-                    manager: e.manager.clone(),
-                    api_version: e.api_version.clone(),
-                    path: p.clone(),
-                });
+                conflicts.push(Conflict { manager: print_manager(e), path: p.clone() });
             }
         }
     }

@@ -613,31 +613,18 @@ impl State {
             now: &now,
         });
         let (merged, new_entries) = result.map_err(|conflicts| {
-            let n = conflicts.len();
-            let lines: Vec<String> = conflicts
-                .iter()
-                .map(|c| {
-                    format!("conflict with \"{}\" using {}: {}", c.manager, c.api_version, fields::display(&c.path))
-                })
-                .collect();
             let causes: Vec<Value> = conflicts
                 .iter()
                 .map(|c| {
                     json!({
                         "reason": "FieldManagerConflict",
-                        "message": format!("conflict with \"{}\" using {}", c.manager, c.api_version),
+                        "message": format!("conflict with {}", c.manager),
                         "field": fields::display(&c.path),
                     })
                 })
                 .collect();
-            let message = if n == 1 {
-                format!("Apply failed with 1 conflict: {}", lines[0])
-            } else {
-                format!("Apply failed with {n} conflicts: {}", lines.join("\n"))
-            };
-            ApiError::new(409, "Conflict", message).with_details(json!({
-                "name": name, "group": rt.group, "kind": rt.plural, "causes": causes
-            }))
+            ApiError::new(409, "Conflict", fields::conflict_message(&conflicts))
+                .with_details(json!({"name": name, "group": rt.group, "kind": rt.plural, "causes": causes}))
         })?;
         if old.is_none() && rt.group == "apiextensions.k8s.io" && rt.plural == "customresourcedefinitions" {
             registry::from_crd(&merged).map_err(|e| {

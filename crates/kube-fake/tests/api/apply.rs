@@ -173,3 +173,26 @@ async fn writes_are_counted_per_field_manager() {
     assert_eq!(api.write_counts_by_verb()["patch"], 3);
     assert_eq!(api.request_count(), 4);
 }
+
+#[tokio::test]
+async fn a_lease_held_through_apply_is_taken_only_after_its_holder_releases_it() {
+    // The pattern of kube-lease-manager: take a lease by applying holderIdentity without force
+    // (a conflict means someone else holds it), release it with a patch that nulls the fields.
+    use k8s_openapi::api::coordination::v1::Lease;
+    let api = FakeApiServer::start().await;
+    let leases: Api<Lease> = Api::namespaced(api.client(), "busbar-system");
+    let take = |who: &str| {
+        json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": "leader"},
+               "spec": {"holderIdentity": who, "leaseDurationSeconds": 15}})
+    };
+    leases.patch("leader", &apply_as("lease-a"), &Patch::Apply(take("a"))).await.unwrap();
+    let status = api_error(leases.patch("leader", &apply_as("lease-b"), &Patch::Apply(take("b"))).await);
+    assert_eq!(status.code, 409);
+    assert!(status.message.contains(".spec.holderIdentity"), "{}", status.message);
+
+    let release = json!({"spec": {"holderIdentity": null, "leaseDurationSeconds": null}});
+    let params = PatchParams { field_manager: Some("lease-a".into()), ..Default::default() };
+    leases.patch("leader", &params, &Patch::Strategic(release)).await.unwrap();
+    let l = leases.patch("leader", &apply_as("lease-b"), &Patch::Apply(take("b"))).await.unwrap();
+    assert_eq!(l.spec.unwrap().holder_identity.as_deref(), Some("b"));
+}

@@ -3,7 +3,7 @@
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube_fake::FakeApiServer;
 use serde_json::json;
 
@@ -279,4 +279,72 @@ async fn strategic_merge_works_for_builtins_and_is_refused_for_custom_resources(
     let status =
         api_error(widgets.patch("w", &PatchParams::default(), &Patch::Strategic(json!({"spec": {"size": 2}}))).await);
     assert_eq!(status.code, 415);
+}
+
+#[tokio::test]
+async fn generate_name_dry_run_and_delete_collection() {
+    let api = FakeApiServer::start().await;
+    let cms: Api<ConfigMap> = Api::namespaced(api.client(), "default");
+    let mut cm = config_map("", &[]);
+    cm.metadata.name = None;
+    cm.metadata.generate_name = Some("job-".into());
+    let a = cms.create(&PostParams::default(), &cm).await.unwrap();
+    let b = cms.create(&PostParams::default(), &cm).await.unwrap();
+    let (a, b) = (a.metadata.name.unwrap(), b.metadata.name.unwrap());
+    assert!(a.starts_with("job-") && a.len() == "job-".len() + 5 && a != b, "{a} {b}");
+
+    // A dry run answers as if it wrote, and writes nothing.
+    let before = api.resource_version();
+    let dry = PostParams { dry_run: true, ..Default::default() };
+    cms.create(&dry, &config_map("ghost", &[])).await.unwrap();
+    let dry_delete = DeleteParams { dry_run: true, ..Default::default() };
+    cms.delete(&a, &dry_delete).await.unwrap();
+    assert_eq!(api.resource_version(), before);
+    assert!(api.get("configmaps", "default", "ghost").is_none() && api.get("configmaps", "default", &a).is_some());
+
+    // Delete a collection by label.
+    let mut keep = config_map("keep", &[]);
+    keep.metadata.labels = Some([("keep".to_string(), "yes".to_string())].into());
+    cms.create(&PostParams::default(), &keep).await.unwrap();
+    cms.delete_collection(&DeleteParams::default(), &ListParams::default().labels("!keep")).await.unwrap();
+    let left: Vec<String> =
+        api.list("configmaps", Some("default")).iter().map(|c| c["metadata"]["name"].to_string()).collect();
+    assert_eq!(left, ["\"keep\""]);
+}
+
+#[tokio::test]
+async fn delete_preconditions_and_an_update_of_a_missing_lease_creates_it() {
+    let api = FakeApiServer::start().await;
+    let cms: Api<ConfigMap> = Api::namespaced(api.client(), "default");
+    let c = cms.create(&PostParams::default(), &config_map("c", &[])).await.unwrap();
+    cms.patch("c", &PatchParams::default(), &Patch::Merge(json!({"data": {"x": "1"}}))).await.unwrap();
+    let stale = DeleteParams {
+        preconditions: Some(kube::api::Preconditions {
+            resource_version: c.metadata.resource_version.clone(),
+            uid: None,
+        }),
+        ..Default::default()
+    };
+    assert_eq!(api_error(cms.delete("c", &stale).await).code, 409);
+    assert!(api.get("configmaps", "default", "c").is_some());
+
+    // Leader election code may PUT a Lease that does not exist yet: the real server creates it.
+    let leases: Api<Lease> = Api::namespaced(api.client(), "default");
+    let lease: Lease =
+        serde_json::from_value(json!({"metadata": {"name": "l"}, "spec": {"holderIdentity": "a"}})).unwrap();
+    leases.replace("l", &PostParams::default(), &lease).await.unwrap();
+    // ...but not a ConfigMap.
+    assert_eq!(api_error(cms.replace("nope", &PostParams::default(), &config_map("nope", &[])).await).code, 404);
+}
+
+#[tokio::test]
+async fn metadata_only_reads_return_partial_objects() {
+    let api = FakeApiServer::start().await;
+    let deployments: Api<Deployment> = Api::namespaced(api.client(), "default");
+    deployments.create(&PostParams::default(), &deployment("web").label("team", "blog").build()).await.unwrap();
+    let meta = deployments.get_metadata("web").await.unwrap();
+    assert_eq!(meta.metadata.labels.unwrap()["team"], "blog");
+    assert_eq!(meta.types.unwrap().kind, "PartialObjectMetadata");
+    let list = deployments.list_metadata(&ListParams::default()).await.unwrap();
+    assert_eq!(list.items.len(), 1);
 }

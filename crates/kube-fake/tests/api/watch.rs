@@ -195,3 +195,18 @@ async fn a_streaming_list_watcher_gets_the_initial_state_then_changes() {
     let ev = within(5, "the new object", stream.try_next()).await.unwrap().unwrap();
     assert!(matches!(ev, watcher::Event::Apply(cm) if cm.metadata.name.as_deref() == Some("new")));
 }
+
+#[tokio::test]
+async fn a_metadata_watcher_follows_changes() {
+    let api = FakeApiServer::start().await;
+    let cms: Api<kube::core::PartialObjectMeta<ConfigMap>> = Api::all(api.client());
+    let mut stream = watcher(cms, watcher::Config::default()).boxed();
+    assert!(matches!(within(5, "init", stream.try_next()).await.unwrap(), Some(watcher::Event::Init)));
+    assert!(matches!(within(5, "init done", stream.try_next()).await.unwrap(), Some(watcher::Event::InitDone)));
+    let ns: Api<ConfigMap> = Api::namespaced(api.client(), "x");
+    ns.create(&PostParams::default(), &config_map("m", &[("big", "payload")])).await.unwrap();
+    match within(5, "the change", stream.try_next()).await.unwrap() {
+        Some(watcher::Event::Apply(meta)) => assert_eq!(meta.metadata.name.as_deref(), Some("m")),
+        other => panic!("expected the new object's metadata, got {other:?}"),
+    }
+}
