@@ -62,9 +62,11 @@
 //!   goes at once. Preconditions (uid, resourceVersion) → 409 when they fail. Garbage
 //!   collection runs in the background after each removal: dependents whose
 //!   `ownerReferences` name the removed owner's uid are deleted (cascading, honouring their
-//!   own finalizers), or just lose the reference if another owner still lives or the
-//!   owner was deleted with `propagationPolicy: Orphan`. Deleting a namespace deletes its
-//!   objects.
+//!   own finalizers), or just lose the reference if another owner still lives.
+//!   `propagationPolicy: Orphan` leaves dependents without the reference (through the
+//!   `orphan` finalizer when the owner has other finalizers); `Foreground` keeps the owner
+//!   (finalizer `foregroundDeletion`) until its dependents are gone. Deleting a namespace
+//!   deletes its objects.
 //! - Patches: JSON merge patch (RFC 7386), JSON patch (RFC 6902, all or nothing, failed
 //!   `test` → 422; a `test` for `null` passes on a missing path like on the real server),
 //!   strategic merge patch for builtin kinds (simplified, see below; custom resources answer
@@ -90,6 +92,23 @@
 //!   `kube::runtime::events::Recorder` works (create, then merge patches of the series).
 //! - `dryRun=All` is honoured for writes.
 //!
+//! # Test helpers
+//!
+//! Besides the HTTP API, the handle reads and writes the store directly, for setup and
+//! assertions: [`FakeApiServer::get`] / [`get_as`](FakeApiServer::get_as) /
+//! [`list`](FakeApiServer::list) / [`list_as`](FakeApiServer::list_as) /
+//! [`events`](FakeApiServer::events); [`create`](FakeApiServer::create),
+//! [`merge_patch`](FakeApiServer::merge_patch), [`patch_status`](FakeApiServer::patch_status)
+//! (e.g. a Deployment's readiness) and [`delete`](FakeApiServer::delete), which follow the
+//! same rules as the API and notify watches; [`expire_history`](FakeApiServer::expire_history);
+//! and the request log: [`requests`](FakeApiServer::requests) (method, verb, resource,
+//! namespace, name, `fieldManager`, `User-Agent`, patch type, answer code of every request),
+//! [`writes_by_field_manager`](FakeApiServer::writes_by_field_manager),
+//! [`writes_by_user_agent`](FakeApiServer::writes_by_user_agent),
+//! [`write_counts_by_verb`](FakeApiServer::write_counts_by_verb),
+//! [`count_requests`](FakeApiServer::count_requests) and
+//! [`clear_requests`](FakeApiServer::clear_requests).
+//!
 //! # Simplifications (nothing an operator should depend on)
 //!
 //! - No authentication, RBAC, admission (webhooks, quotas, limit ranges), defaulting, or
@@ -102,8 +121,10 @@
 //!   a change twice, which watchers tolerate).
 //! - A watch or list with a resourceVersion newer than the server's is served as "from now";
 //!   `resourceVersionMatch` is accepted and ignored (every read is the latest state).
-//! - `propagationPolicy: Foreground` deletes like Background. Garbage collection reacts to
-//!   removals; it does not delete objects created with references to owners that never existed.
+//! - Garbage collection reacts to removals; it does not delete objects created with
+//!   references to owners that never existed. Foreground deletion waits for all dependents
+//!   (not only those with `blockOwnerDeletion`) and deletes them with background propagation.
+//!   Deleting a namespace removes its objects at once (no `Terminating` phase).
 //! - Strategic merge patch knows only the merge keys listed above and ignores
 //!   `$setElementOrder`/`$retainKeys`; `$patch: delete|replace` and `$deleteFromPrimitiveList`
 //!   work.

@@ -97,6 +97,22 @@ impl Default for DeleteOpts {
     }
 }
 
+/// What the garbage collector does with the dependents of an owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum GcMode {
+    /// The owner is gone: delete dependents that have no other living owner.
+    Removed,
+    /// The owner was deleted with `Orphan`: dependents lose the reference (then the owner's
+    /// `orphan` finalizer goes, if it has one).
+    Orphan,
+    /// The owner is being deleted with `Foreground`: delete its dependents; the owner's
+    /// `foregroundDeletion` finalizer goes once none is left.
+    Foreground,
+}
+
+const FOREGROUND_FINALIZER: &str = "foregroundDeletion";
+const ORPHAN_FINALIZER: &str = "orphan";
+
 /// How ownership of a write is decided.
 enum Ownership {
     /// A non-apply write: the writer takes the fields it changed.
@@ -134,8 +150,8 @@ pub(crate) struct State {
     /// Bumped by `expire_history`: open watches end with a 410 ERROR event.
     pub expire_epoch: u64,
     pub requests: Vec<RequestRecord>,
-    /// Owners removed since the last garbage collection: (uid, orphan dependents).
-    gc_queue: Vec<(String, bool)>,
+    /// Work for the garbage collector: owners whose dependents need attention.
+    gc_queue: Vec<(String, GcMode)>,
     /// Namespaces removed since the last garbage collection.
     ns_queue: Vec<String>,
 }
@@ -848,7 +864,7 @@ impl State {
         self.objects.get_mut(&rt.qualified()).map(|m| m.remove(&(Self::ns_key(rt, ns), name.to_string())));
         self.record(ChangeType::Deleted, rt, ns, obj, prev_labels);
         if let Some(uid) = meta_str(obj, "uid") {
-            self.gc_queue.push((uid.to_string(), orphan));
+            self.gc_queue.push((uid.to_string(), if orphan { GcMode::Orphan } else { GcMode::Removed }));
         }
         if rt.group.is_empty() && rt.plural == "namespaces" {
             self.ns_queue.push(name.to_string());
@@ -896,17 +912,36 @@ impl State {
             return Err(ApiError::precondition(rt, name, "ResourceVersion", rv, actual_rv));
         }
         let prev_labels = meta(&old.obj).and_then(|m| m.get("labels")).cloned();
-        if !finalizers(&old.obj).is_empty() {
-            if meta(&old.obj).is_some_and(|m| m.contains_key("deletionTimestamp")) {
+        let uid = actual_uid.to_string();
+        let mut fins = finalizers(&old.obj);
+        // Foreground and Orphan work through finalizers the garbage collector removes, as on
+        // the real server: foreground only when there are dependents, orphan only when the
+        // object waits for other finalizers anyway.
+        let mode = match opts.propagation {
+            Propagation::Foreground if self.has_dependents(&uid) => Some((GcMode::Foreground, FOREGROUND_FINALIZER)),
+            Propagation::Orphan if !fins.is_empty() => Some((GcMode::Orphan, ORPHAN_FINALIZER)),
+            _ => None,
+        };
+        if let Some((_, f)) = mode
+            && !fins.iter().any(|x| x == f)
+        {
+            fins.push(f.to_string());
+        }
+        if !fins.is_empty() {
+            let deleting = meta(&old.obj).is_some_and(|m| m.contains_key("deletionTimestamp"));
+            if deleting && fins == finalizers(&old.obj) {
                 return Ok((old.obj, false));
             }
             let mut obj = old.obj.clone();
             let next_rv = self.rv + 1;
             let m = meta_mut(&mut obj);
-            m.insert("deletionTimestamp".into(), json!(now()));
-            m.insert("deletionGracePeriodSeconds".into(), json!(0));
-            let g = m.get("generation").and_then(Value::as_i64).unwrap_or(1);
-            m.insert("generation".into(), json!(g + 1));
+            if !deleting {
+                m.insert("deletionTimestamp".into(), json!(now()));
+                m.insert("deletionGracePeriodSeconds".into(), json!(0));
+                let g = m.get("generation").and_then(Value::as_i64).unwrap_or(1);
+                m.insert("generation".into(), json!(g + 1));
+            }
+            m.insert("finalizers".into(), json!(fins));
             m.insert("resourceVersion".into(), json!(next_rv.to_string()));
             if opts.dry_run {
                 return Ok((obj, false));
@@ -917,6 +952,9 @@ impl State {
                 .entry(rt.qualified())
                 .or_default()
                 .insert((Self::ns_key(rt, ns), name.to_string()), Stored { obj: obj.clone(), entries: old.entries });
+            if let Some((gc, _)) = mode {
+                self.gc_queue.push((uid, gc));
+            }
             return Ok((obj, false));
         }
         let mut obj = old.obj.clone();
@@ -957,10 +995,30 @@ impl State {
         Ok(out)
     }
 
+    fn has_dependents(&self, uid: &str) -> bool {
+        self.objects.values().flat_map(|m| m.values()).any(|s| owner_uids(&s.obj).iter().any(|u| u == uid))
+    }
+
+    fn resource_type(&self, qualified: &str) -> Option<ResourceType> {
+        self.registry.all().iter().find(|k| k.qualified() == qualified).cloned()
+    }
+
+    /// Remove one finalizer as the garbage collector (which may complete a deletion).
+    fn drop_finalizer(&mut self, rt: &ResourceType, ns: &str, name: &str, finalizer: &str) {
+        let Some(old) = self.get(rt, ns, name).cloned() else { return };
+        let mut obj = old.obj.clone();
+        if let Some(f) = meta_mut(&mut obj).get_mut("finalizers").and_then(Value::as_array_mut) {
+            f.retain(|x| x != finalizer);
+        }
+        let ctx = WriteCtx::internal(GC_MANAGER, rt);
+        let _ = self.commit(rt, ns, name, Some(old), obj, Ownership::Update, &ctx);
+    }
+
     /// Garbage collection, as the real controller does in the background: dependents of
     /// removed owners are deleted (honouring their finalizers; cascading), or lose the
     /// reference when they still have a living owner or the owner was deleted with
-    /// `propagationPolicy: Orphan`. Objects of removed namespaces are deleted.
+    /// `propagationPolicy: Orphan`; owners deleted with `Foreground` go once their dependents
+    /// are gone. Objects of removed namespaces are deleted.
     pub(crate) fn run_gc(&mut self) {
         loop {
             if let Some(ns) = self.ns_queue.pop() {
@@ -974,7 +1032,12 @@ impl State {
                 }
                 continue;
             }
-            let Some((uid, orphan)) = self.gc_queue.pop() else { break };
+            let Some((uid, mode)) = self.gc_queue.pop() else {
+                if self.finish_foreground_deletions() {
+                    continue;
+                }
+                break;
+            };
             let live: HashSet<String> = self
                 .objects
                 .values()
@@ -982,16 +1045,24 @@ impl State {
                 .filter_map(|s| meta_str(&s.obj, "uid").map(String::from))
                 .collect();
             let mut dependents = Vec::new();
+            let mut owner = None;
             for (res, map) in &self.objects {
                 for ((ons, oname), s) in map {
+                    if meta_str(&s.obj, "uid") == Some(uid.as_str()) {
+                        owner = Some((res.clone(), ons.clone(), oname.clone()));
+                    }
                     if owner_uids(&s.obj).contains(&uid) {
-                        let still_owned = owner_uids(&s.obj).iter().any(|u| *u != uid && live.contains(u));
-                        dependents.push((res.clone(), ons.clone(), oname.clone(), orphan || still_owned));
+                        let keep = match mode {
+                            GcMode::Orphan => true,
+                            GcMode::Foreground => false,
+                            GcMode::Removed => owner_uids(&s.obj).iter().any(|u| *u != uid && live.contains(u)),
+                        };
+                        dependents.push((res.clone(), ons.clone(), oname.clone(), keep));
                     }
                 }
             }
             for (res, ons, oname, keep) in dependents {
-                let Some(rt) = self.registry.all().iter().find(|k| k.qualified() == res).cloned() else { continue };
+                let Some(rt) = self.resource_type(&res) else { continue };
                 if keep {
                     let Some(old) = self.get(&rt, &ons, &oname).cloned() else { continue };
                     let mut obj = old.obj.clone();
@@ -1004,7 +1075,41 @@ impl State {
                     let _ = self.delete(&rt, &ons, &oname, &DeleteOpts::default());
                 }
             }
+            if mode == GcMode::Orphan
+                && let Some((res, ons, oname)) = owner
+                && let Some(rt) = self.resource_type(&res)
+            {
+                self.drop_finalizer(&rt, &ons, &oname, ORPHAN_FINALIZER);
+            }
         }
+    }
+
+    /// Owners waiting in foreground deletion whose dependents are all gone lose their
+    /// `foregroundDeletion` finalizer. Returns whether any did.
+    fn finish_foreground_deletions(&mut self) -> bool {
+        let waiting: Vec<(String, String, String, String)> = self
+            .objects
+            .iter()
+            .flat_map(|(res, m)| m.iter().map(move |((ons, oname), s)| (res, ons, oname, s)))
+            .filter(|(_, _, _, s)| {
+                finalizers(&s.obj).iter().any(|f| f == FOREGROUND_FINALIZER)
+                    && meta(&s.obj).is_some_and(|m| m.contains_key("deletionTimestamp"))
+            })
+            .map(|(res, ons, oname, s)| {
+                (res.clone(), ons.clone(), oname.clone(), meta_str(&s.obj, "uid").unwrap_or_default().to_string())
+            })
+            .collect();
+        let mut progress = false;
+        for (res, ons, oname, uid) in waiting {
+            if self.has_dependents(&uid) {
+                continue;
+            }
+            if let Some(rt) = self.resource_type(&res) {
+                self.drop_finalizer(&rt, &ons, &oname, FOREGROUND_FINALIZER);
+                progress = true;
+            }
+        }
+        progress
     }
 }
 

@@ -168,3 +168,56 @@ async fn deleting_an_owner_collects_what_it_owns_honouring_finalizers() {
     eventually("the grandchild is collected", || api.get("configmaps", "default", "grandchild").is_none()).await;
     assert!(api.get("configmaps", "default", "shared").is_some());
 }
+
+/// A Widget owning one ConfigMap (`<name>-config`, with the given finalizers).
+async fn owner_with_config(api: &FakeApiServer, name: &str, finalizers: &[&str]) -> Widget {
+    let widgets: Api<Widget> = Api::namespaced(api.client(), "default");
+    let owner = widgets.create(&PostParams::default(), &widget(name, 1)).await.unwrap();
+    let mut cm = config_map(&format!("{name}-config"), &[]);
+    cm.metadata.owner_references = Some(serde_json::from_value(owned_by(&owner)).unwrap());
+    cm.metadata.finalizers = Some(finalizers.iter().map(|f| f.to_string()).collect());
+    Api::<ConfigMap>::namespaced(api.client(), "default").create(&PostParams::default(), &cm).await.unwrap();
+    owner
+}
+
+#[tokio::test]
+async fn orphan_and_foreground_propagation() {
+    let api = server_with_widgets().await;
+    let widgets: Api<Widget> = Api::namespaced(api.client(), "default");
+
+    // Orphan: the owner goes, the dependent stays without the reference.
+    owner_with_config(&api, "o", &[]).await;
+    widgets.delete("o", &DeleteParams::orphan()).await.unwrap();
+    eventually("the orphan loses its owner reference", || {
+        api.get("configmaps", "default", "o-config").is_some_and(|c| c["metadata"]["ownerReferences"].is_null())
+    })
+    .await;
+
+    // Foreground: the owner waits (foregroundDeletion finalizer) until its dependents are gone.
+    owner_with_config(&api, "f", &["example.dev/hold"]).await;
+    let answer = widgets.delete("f", &DeleteParams::foreground()).await.unwrap();
+    assert_eq!(answer.left().unwrap().finalizers(), ["foregroundDeletion"]);
+    eventually("the dependent is being deleted", || {
+        api.get("configmaps", "default", "f-config").is_some_and(|c| c["metadata"]["deletionTimestamp"].is_string())
+    })
+    .await;
+    assert!(api.get("widgets.example.dev", "default", "f").is_some(), "the owner waits for its dependents");
+    api.merge_patch("configmaps", "default", "f-config", json!({"metadata": {"finalizers": null}})).unwrap();
+    eventually("the owner goes after its dependent", || api.get("widgets.example.dev", "default", "f").is_none()).await;
+}
+
+#[tokio::test]
+async fn deleting_a_namespace_deletes_what_is_in_it() {
+    let api = FakeApiServer::start().await;
+    api.create(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "tmp"}})).unwrap();
+    let cms: Api<ConfigMap> = Api::namespaced(api.client(), "tmp");
+    cms.create(&PostParams::default(), &config_map("a", &[])).await.unwrap();
+    Api::<ConfigMap>::namespaced(api.client(), "other")
+        .create(&PostParams::default(), &config_map("b", &[]))
+        .await
+        .unwrap();
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(api.client());
+    namespaces.delete("tmp", &DeleteParams::default()).await.unwrap();
+    eventually("the namespace's objects are gone", || api.list("configmaps", Some("tmp")).is_empty()).await;
+    assert!(api.get("configmaps", "other", "b").is_some());
+}
