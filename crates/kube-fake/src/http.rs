@@ -552,7 +552,7 @@ async fn run_watch(shared: Arc<Shared>, spec: WatchSpec, tx: mpsc::Sender<Bytes>
                 st.rv
             }
         };
-        (cursor, st.expire_epoch)
+        (cursor, st.epoch_for(&resource))
     };
     if spec.initial_events && spec.bookmarks {
         out.push(bookmark(&spec, cursor, true));
@@ -563,11 +563,12 @@ async fn run_watch(shared: Arc<Shared>, spec: WatchSpec, tx: mpsc::Sender<Bytes>
         let mut gone = None;
         {
             let st = shared.lock();
-            if st.expire_epoch != epoch {
-                gone = Some(format!("too old resource version: {cursor} ({})", st.compacted));
+            let too_old = || format!("too old resource version: {cursor} ({})", st.compacted_for(&resource));
+            if st.epoch_for(&resource) != epoch {
+                gone = Some(too_old());
             } else {
-                match st.changes_after(cursor) {
-                    Err(()) => gone = Some(format!("too old resource version: {cursor} ({})", st.compacted)),
+                match st.changes_after(cursor, &resource) {
+                    Err(()) => gone = Some(too_old()),
                     Ok(changes) => {
                         for c in changes {
                             if c.resource != resource || spec.ns.as_ref().is_some_and(|n| *n != c.ns) {

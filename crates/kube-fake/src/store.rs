@@ -148,7 +148,10 @@ pub(crate) struct State {
     /// Watches and continue tokens from before this version are gone (410).
     pub compacted: u64,
     /// Bumped by `expire_history`: open watches end with a 410 ERROR event.
-    pub expire_epoch: u64,
+    expire_epoch: u64,
+    /// Per resource (`expire_history_of`): the oldest version one may still watch from, and
+    /// an epoch that ends open watches of that resource.
+    expired: HashMap<String, (u64, u64)>,
     pub requests: Vec<RequestRecord>,
     /// Work for the garbage collector: owners whose dependents need attention.
     gc_queue: Vec<(String, GcMode)>,
@@ -245,11 +248,13 @@ impl State {
         State {
             registry: Registry::new(kinds),
             objects: HashMap::new(),
-            rv: 0,
+            // Like etcd, versions start above 0: "0" means "any version" to list and watch.
+            rv: 1,
             history: VecDeque::new(),
             history_limit: history_limit.max(1),
             compacted: 0,
             expire_epoch: 0,
+            expired: HashMap::new(),
             requests: Vec::new(),
             gc_queue: Vec::new(),
             ns_queue: Vec::new(),
@@ -290,6 +295,25 @@ impl State {
         self.expire_epoch += 1;
     }
 
+    /// Like [`State::expire_history`], for one resource only.
+    pub(crate) fn expire_history_of(&mut self, rt: &ResourceType) {
+        self.rv += 1;
+        let rv = self.rv;
+        let e = self.expired.entry(rt.qualified()).or_insert((0, 0));
+        e.0 = rv;
+        e.1 += 1;
+    }
+
+    /// Watches of `resource` from before this version get 410.
+    pub(crate) fn compacted_for(&self, resource: &str) -> u64 {
+        self.compacted.max(self.expired.get(resource).map_or(0, |e| e.0))
+    }
+
+    /// Changes when open watches of `resource` must end with 410.
+    pub(crate) fn epoch_for(&self, resource: &str) -> (u64, u64) {
+        (self.expire_epoch, self.expired.get(resource).map_or(0, |e| e.1))
+    }
+
     fn record(&mut self, kind: ChangeType, rt: &ResourceType, ns: &str, obj: &Value, prev_labels: Option<Value>) {
         self.history.push_back(Change {
             rv: self.rv,
@@ -307,8 +331,8 @@ impl State {
     }
 
     /// Changes with resourceVersion after `rv`, or `Err` if some of them are no longer kept.
-    pub(crate) fn changes_after(&self, rv: u64) -> Result<impl Iterator<Item = &Change>, ()> {
-        if rv < self.compacted {
+    pub(crate) fn changes_after(&self, rv: u64, resource: &str) -> Result<impl Iterator<Item = &Change>, ()> {
+        if rv < self.compacted_for(resource) {
             return Err(());
         }
         let start = self.history.partition_point(|c| c.rv <= rv);
@@ -337,7 +361,7 @@ impl State {
                 let Some((rv, key)) = parsed else {
                     return Err(ApiError::bad_request(format!("invalid continue token {token:?}")));
                 };
-                if rv < self.compacted {
+                if rv < self.compacted_for(&rt.qualified()) {
                     return Err(ApiError::gone(
                         "The provided continue parameter is too old to display a consistent list result. You can \
                          start a new list without the continue parameter.",

@@ -210,3 +210,27 @@ async fn a_metadata_watcher_follows_changes() {
         other => panic!("expected the new object's metadata, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn expiring_one_resource_makes_only_its_watchers_list_again() {
+    let api = FakeApiServer::start().await;
+    let cms: Api<ConfigMap> = Api::all(api.client());
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> = Api::all(api.client());
+    let mut cm_events = watcher(cms, watcher::Config::default()).boxed();
+    let mut d_events = watcher(deployments, watcher::Config::default()).boxed();
+    assert!(matches!(within(5, "init", cm_events.next()).await, Some(Ok(watcher::Event::Init))));
+    assert!(matches!(within(5, "init done", cm_events.next()).await, Some(Ok(watcher::Event::InitDone))));
+    assert!(matches!(within(5, "init", d_events.next()).await, Some(Ok(watcher::Event::Init))));
+    assert!(matches!(within(5, "init done", d_events.next()).await, Some(Ok(watcher::Event::InitDone))));
+    // Let both watchers open their watch.
+    assert!(tokio::time::timeout(Duration::from_millis(200), cm_events.next()).await.is_err());
+    assert!(tokio::time::timeout(Duration::from_millis(200), d_events.next()).await.is_err());
+
+    api.expire_history_of("configmaps").unwrap();
+    let err = within(5, "the configmap watcher's 410", cm_events.next()).await;
+    assert!(matches!(err, Some(Err(watcher::Error::WatchError(s))) if s.code == 410));
+    assert!(matches!(within(5, "re-list", cm_events.next()).await, Some(Ok(watcher::Event::Init))));
+    let d_next = tokio::time::timeout(Duration::from_millis(200), d_events.next()).await;
+    assert!(d_next.is_err(), "deployments are unaffected");
+    assert_eq!(api.count_requests(|r| r.verb == "list" && r.resource == "deployments"), 1);
+}
