@@ -3,7 +3,10 @@
 
 use std::path::{Path, PathBuf};
 
-use busbar::spec::{ServiceBus, StartFrom, TransportKind};
+use busbar::{
+    spec::{ServiceBus, TransportKind},
+    wiring::{self, Endpoint},
+};
 
 /// Services this binary can run itself (`busbar __serve NAME`).
 pub const BUILTIN: &[&str] = &["event-bus", "posts", "comments", "moderation", "query"];
@@ -59,12 +62,16 @@ pub fn plan(
         Some(t) => t.replace("{name}", &name.replace('-', "_")),
         None => format!("sqlite://{}", opts.data_dir.join(format!("{name}.db")).display()),
     };
-    let (transport_env, bus_url) = match transport {
-        TransportKind::Builtin => ("http", format!("http://127.0.0.1:{}", opts.bus_port)),
-        TransportKind::JetStream => {
-            let url = opts.nats_url.clone().or_else(|| bus.spec.transport.jetstream.as_ref().map(|j| j.url.clone()));
-            ("jetstream", url.unwrap_or_else(|| "nats://127.0.0.1:4222".into()))
-        }
+    let endpoint = Endpoint {
+        kind: transport,
+        url: match transport {
+            TransportKind::Builtin => format!("http://127.0.0.1:{}", opts.bus_port),
+            TransportKind::JetStream => opts
+                .nats_url
+                .clone()
+                .or_else(|| bus.spec.transport.jetstream.as_ref().map(|j| j.url.clone()))
+                .unwrap_or_else(|| "nats://127.0.0.1:4222".into()),
+        },
     };
     let mut procs = vec![];
     if transport == TransportKind::Builtin {
@@ -87,7 +94,6 @@ pub fn plan(
             subscribes: vec![],
         });
     }
-    let delivery = &bus.spec.delivery;
     for s in &bus.spec.services {
         let Some(port) = s.port else {
             problems.push(format!("service {} has no `port` in the spec; busbar up needs one to run it", s.name));
@@ -114,20 +120,14 @@ pub fn plan(
             name: s.name.clone(),
             program,
             args: vec![],
-            env: vec![
+            env: [
                 ("HOST".into(), "127.0.0.1".into()),
                 ("PORT".into(), port.to_string()),
                 ("DATABASE_URL".into(), sqlite(&s.name)),
-                ("BUSBAR_SERVICE".into(), s.name.clone()),
-                ("BUSBAR_TRANSPORT".into(), transport_env.into()),
-                ("BUSBAR_URL".into(), bus_url.clone()),
-                ("BUSBAR_BUS".into(), bus.name.clone()),
-                ("BUSBAR_SUBSCRIBES".into(), s.subscribed_types().into_iter().collect::<Vec<_>>().join(",")),
-                ("BUSBAR_START_FROM".into(), if s.start_from() == StartFrom::Now { "now" } else { "beginning" }.into()),
-                ("BUSBAR_MAX_DELIVER".into(), delivery.max_deliver.to_string()),
-                ("BUSBAR_ACK_WAIT".into(), delivery.ack_wait.clone()),
-                ("BUSBAR_BACKOFF".into(), delivery.backoff.join(",")),
-            ],
+            ]
+            .into_iter()
+            .chain(wiring::service_env(&bus.name, &bus.spec, s, &endpoint))
+            .collect(),
             port,
             publishes: s.publishes.clone(),
             subscribes: s.subscribed_types().into_iter().map(str::to_owned).collect(),

@@ -6,7 +6,8 @@
 //! - [`consumer`]: the idempotent inbox and per-aggregate ordering around a handler;
 //! - [`transport`]: the [`Transport`] trait and its implementations;
 //! - [`receive`]: `POST /events` for services pushed to by the built-in bus;
-//! - [`spec`]: the ServiceBus resource, shared with the bus, the CLI and the operator.
+//! - [`spec`]: the ServiceBus resource, shared with the bus, the CLI and the operator;
+//! - [`wiring`]: the `BUSBAR_*` environment a ServiceBus gives each service.
 
 pub mod config;
 pub mod consumer;
@@ -20,6 +21,7 @@ pub mod service;
 pub mod spec;
 pub mod transport;
 pub mod web;
+pub mod wiring;
 
 pub use cloudevents::{AttributesReader, AttributesWriter};
 pub use consumer::{Consumer, Handler, HandlerError, Outcome};

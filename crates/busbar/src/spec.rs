@@ -11,6 +11,13 @@ use serde::{Deserialize, Serialize};
 pub const API_VERSION: &str = "busbar.dev/v1alpha1";
 pub const KIND: &str = "ServiceBus";
 
+/// The CRD's schema patterns. They match what `validate` accepts (tests hold the two
+/// together), so the API server refuses at `kubectl apply` what the operator would refuse.
+pub const EVENT_TYPE_PATTERN: &str = r"^[A-Za-z][A-Za-z0-9._-]{0,127}$";
+pub const SERVICE_NAME_PATTERN: &str = r"^[a-z]([-a-z0-9]*[a-z0-9])?$";
+/// Go-style durations without fractions (`500ms`, `5s`, `1m30s`), the form Kubernetes users know.
+pub const DURATION_PATTERN: &str = r"^([0-9]+(ns|us|ms|s|m|h))+$";
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ServiceBusSpec {
@@ -20,12 +27,20 @@ pub struct ServiceBusSpec {
     /// Delivery policy for every subscriber.
     #[serde(default)]
     pub delivery: DeliverySpec,
-    /// The services on this bus.
+    /// The services on this bus. Names are unique (the API server enforces it: a list map
+    /// keyed by `name`).
+    #[schemars(length(min = 1), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub services: Vec<ServiceSpec>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+// Two optional members plus a CEL rule, not an enum: an externally tagged enum becomes a
+// `oneOf` that a structural CRD schema cannot express.
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "!(has(self.builtin) && has(self.jetstream))",
+    "message": "choose one transport: builtin or jetstream, not both"
+}]))]
 pub struct TransportSpec {
     /// The built-in bus (the default when neither is given).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -35,14 +50,26 @@ pub struct TransportSpec {
     pub jetstream: Option<JetStreamTransport>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BuiltinTransport {}
+
+// By hand: the derive says `additionalProperties: false`, which a structural CRD schema
+// must not carry; an object with no properties prunes unknown fields anyway.
+impl JsonSchema for BuiltinTransport {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "BuiltinTransport".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({ "type": "object", "description": "The built-in event bus; it has no settings." })
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct JetStreamTransport {
     /// NATS server URL, e.g. `nats://nats:4222`.
+    #[schemars(regex(pattern = r"^(nats|tls)://.+$"))]
     pub url: String,
 }
 
@@ -63,12 +90,15 @@ impl TransportSpec {
 pub struct DeliverySpec {
     /// Attempts before an event goes to the dead-letter store.
     #[serde(default = "default_max_deliver")]
+    #[schemars(range(min = 1))]
     pub max_deliver: u32,
     /// Waits between attempts, e.g. `[1s, 5s, 30s]`; the last repeats. Jitter is added.
     #[serde(default = "default_backoff")]
+    #[schemars(inner(regex(pattern = DURATION_PATTERN)))]
     pub backoff: Vec<String>,
     /// How long a subscriber has to acknowledge one delivery.
     #[serde(default = "default_ack_wait")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
     pub ack_wait: String,
 }
 
@@ -90,23 +120,34 @@ impl Default for DeliverySpec {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "!has(self.subscribes) || size(self.subscribes) == 0 || has(self.port)",
+    "message": "a service that subscribes to events needs a `port` to receive them on"
+}]))]
 pub struct ServiceSpec {
-    /// Service name; also its CloudEvents `source`.
+    /// Service name (a DNS label); also its CloudEvents `source`, and the Kubernetes
+    /// Service the built-in bus pushes to.
+    #[schemars(length(min = 1, max = 63), regex(pattern = SERVICE_NAME_PATTERN))]
     pub name: String,
     /// Deployment to wire; defaults to the service name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
     pub deployment: Option<String>,
     /// Port the service listens on; events are pushed to `POST /events` there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
     pub port: Option<u16>,
     /// Event types this service emits.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "set"), inner(regex(pattern = EVENT_TYPE_PATTERN)))]
     pub publishes: Vec<String>,
     /// Event types this service receives.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub subscribes: Vec<Subscription>,
     /// Where a new subscriber starts: `beginning` (backfill history, the default) or `now`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "StartFrom")]
     pub start_from: Option<StartFrom>,
 }
 
@@ -124,6 +165,7 @@ impl ServiceSpec {
 pub struct Subscription {
     /// The event type, e.g. `PostCreated`.
     #[serde(rename = "type")]
+    #[schemars(regex(pattern = EVENT_TYPE_PATTERN))]
     pub ty: String,
 }
 
@@ -221,8 +263,32 @@ pub fn valid_service_name(n: &str) -> bool {
         && n.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }
 
+/// Parses a Go-style duration (`DURATION_PATTERN`): digits and a unit, repeated.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("`{s}` is not a duration like 500ms, 5s or 1m: {e}"))
+    let bad = || format!("`{s}` is not a duration like 500ms, 5s or 1m30s");
+    let mut total = Duration::ZERO;
+    let mut rest = s;
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let part = match &rest[..unit_len] {
+            "ns" => Duration::from_nanos(n),
+            "us" => Duration::from_micros(n),
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n.saturating_mul(60)),
+            "h" => Duration::from_secs(n.saturating_mul(3600)),
+            _ => return Err(bad()),
+        };
+        total = total.saturating_add(part);
+        rest = &rest[unit_len..];
+    }
+    Ok(total)
 }
 
 /// Every problem that makes the spec unusable, as readable sentences. Empty means valid.
@@ -414,6 +480,28 @@ spec:
         let err = parse_manifest("apiVersion: busbar.dev/v1alpha1\nkind: ServiceBus\nspec: {delivery: {maxDeliver: 0}, services: [{name: a}, {name: a}]}").unwrap_err();
         let SpecError::Invalid(problems) = err else { panic!("expected Invalid, got {err:?}") };
         assert_eq!(problems.len(), 2, "{problems:?}");
+    }
+
+    #[test]
+    fn durations_are_go_style() {
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        for bad in ["", "5", "s", "1.5s", "5 s", "1min", "-1s", "1m30"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    proptest::proptest! {
+        // The CRD's patterns and `validate` must agree, or the API server would accept a
+        // spec the operator then refuses (or the other way round).
+        #[test]
+        fn schema_patterns_agree_with_validation(s in "[A-Za-z0-9._ *>-]{0,12}|[0-9]{1,4}(ns|us|ms|s|m|h|x){1,3}") {
+            let re = |p: &str| regex::Regex::new(p).unwrap();
+            proptest::prop_assert_eq!(re(EVENT_TYPE_PATTERN).is_match(&s), valid_event_type(&s));
+            proptest::prop_assert_eq!(re(SERVICE_NAME_PATTERN).is_match(&s) && s.len() <= 63, valid_service_name(&s));
+            proptest::prop_assert_eq!(re(DURATION_PATTERN).is_match(&s), parse_duration(&s).is_ok());
+        }
     }
 
     #[test]

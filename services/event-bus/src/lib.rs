@@ -55,7 +55,7 @@ struct Args {
     endpoint_template: String,
 
     /// How often to check the routes file for changes.
-    #[arg(long, env = "BUSBAR_RELOAD_INTERVAL", default_value = "1s", value_parser = humantime_arg)]
+    #[arg(long, env = "BUSBAR_RELOAD_INTERVAL", default_value = "1s", value_parser = duration_arg)]
     reload_interval: Duration,
 
     /// Largest accepted request body, in bytes.
@@ -83,7 +83,7 @@ enum SyncArg {
     Normal,
 }
 
-fn humantime_arg(s: &str) -> Result<Duration, String> {
+fn duration_arg(s: &str) -> Result<Duration, String> {
     busbar::spec::parse_duration(s)
 }
 

@@ -51,7 +51,7 @@ pub fn subject(bus: &str, event_type: &str) -> String {
     format!("busbar.{}.{event_type}", token(bus))
 }
 
-fn dead_letter_subject(bus: &str, durable: &str) -> String {
+pub fn dead_letter_subject(bus: &str, durable: &str) -> String {
     format!("busbar-dlq.{}.{}", token(bus), token(durable))
 }
 
@@ -101,7 +101,7 @@ impl JetStreamTransport {
     }
 
     /// Whether the server filters a consumer on several subjects (NATS 2.10 and later).
-    fn multi_filter(&self) -> bool {
+    pub fn multi_filter(&self) -> bool {
         let version = self.client.server_info().version;
         let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
         (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) >= (2, 10)
