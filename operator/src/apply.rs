@@ -1,0 +1,107 @@
+//! The thin shell between the plan and the API server: server-side apply with the
+//! operator's field manager, status writes, and reading the built-in bus's figures.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use k8s_openapi::api::{
+    apps::v1::{Deployment, StatefulSet},
+    core::v1::{ConfigMap, Service},
+};
+use kube::{
+    Api, Client, Resource,
+    api::{Patch, PatchParams},
+};
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+use crate::{
+    crd::{ServiceBus, ServiceBusStatus},
+    plan::{self, BuiltinObjects, BusRef, FIELD_MANAGER, SubscriberStats, Wiring},
+};
+
+fn apply_params() -> PatchParams {
+    // `force`: the operator is the authority for the fields it manages; a hand edit of a
+    // wired variable is drift to repair, not a conflict to stop at.
+    PatchParams::apply(FIELD_MANAGER).force()
+}
+
+async fn apply_one<K>(client: &Client, namespace: &str, body: &Value) -> Result<K, kube::Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    let name = body["metadata"]["name"].as_str().unwrap_or_default();
+    Api::<K>::namespaced(client.clone(), namespace).patch(name, &apply_params(), &Patch::Apply(body)).await
+}
+
+/// Applies the built-in bus's objects; returns the StatefulSet's ready replicas.
+pub async fn ensure_builtin(client: &Client, bus: &BusRef, objs: &BuiltinObjects) -> Result<Option<i32>, kube::Error> {
+    apply_one::<ConfigMap>(client, &bus.namespace, &objs.config_map).await?;
+    apply_one::<Service>(client, &bus.namespace, &objs.service).await?;
+    let sts: StatefulSet = apply_one(client, &bus.namespace, &objs.stateful_set).await?;
+    Ok(sts.status.and_then(|s| s.ready_replicas))
+}
+
+pub async fn wire(client: &Client, bus: &BusRef, w: &Wiring) -> Result<(), kube::Error> {
+    apply_one::<Deployment>(client, &bus.namespace, &plan::wire_patch(bus, w)).await.map(drop)
+}
+
+/// Removes everything the operator applied to a Deployment. A Deployment that is gone
+/// (404), or that the API server would have to create from the empty body (422), needs
+/// nothing removed.
+pub async fn unwire(client: &Client, namespace: &str, deployment: &str) -> Result<(), kube::Error> {
+    let api = Api::<Deployment>::namespaced(client.clone(), namespace);
+    if api.get_opt(deployment).await?.is_none() {
+        return Ok(());
+    }
+    match api.patch(deployment, &apply_params(), &Patch::Apply(plan::unwire_patch(namespace, deployment))).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 422 => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Writes status through the status subresource, only when it changed.
+pub async fn write_status(client: &Client, sb: &ServiceBus, status: &ServiceBusStatus) -> Result<bool, kube::Error> {
+    if sb.status.as_ref() == Some(status) {
+        return Ok(false);
+    }
+    let api = Api::<ServiceBus>::namespaced(client.clone(), sb.metadata.namespace.as_deref().unwrap_or("default"));
+    let name = sb.metadata.name.as_deref().unwrap_or_default();
+    api.patch_status(name, &PatchParams::default(), &Patch::Merge(json!({ "status": status }))).await?;
+    Ok(true)
+}
+
+/// The built-in bus's per-subscriber figures from `GET /subscribers`; empty when the bus
+/// does not answer (it may still be starting; status then omits the figures).
+pub async fn builtin_stats(http: &reqwest::Client, bus_url: &str) -> BTreeMap<String, SubscriberStats> {
+    let got = async {
+        let rows: Vec<Value> = http
+            .get(format!("{bus_url}/subscribers"))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        Ok::<_, reqwest::Error>(rows)
+    };
+    match got.await {
+        Ok(rows) => rows
+            .iter()
+            .filter_map(|r| {
+                let n = |k: &str| r[k].as_u64();
+                Some((
+                    r["name"].as_str()?.to_owned(),
+                    SubscriberStats { pending: n("lag"), redelivered: n("attempts"), dead_lettered: n("deadLetters") },
+                ))
+            })
+            .collect(),
+        Err(e) => {
+            tracing::debug!(error = %e, "the event bus did not report subscriber figures");
+            BTreeMap::new()
+        }
+    }
+}
