@@ -105,3 +105,32 @@ pub async fn builtin_stats(http: &reqwest::Client, bus_url: &str) -> BTreeMap<St
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shape `services/event-bus` answers on `GET /subscribers` (see its api.rs).
+    #[tokio::test]
+    async fn the_bus_figures_become_per_service_stats() {
+        let body = json!([
+            { "name": "query", "endpoint": "http://query:4002/events", "types": ["PostCreated"], "position": 7,
+              "lag": 3, "attempts": 2, "lastError": "HTTP 500", "deadLetters": 1 },
+            { "name": "comments", "endpoint": "http://comments:4001/events", "types": ["PostCreated"], "position": 10,
+              "lag": 0, "attempts": 0, "lastError": null, "deadLetters": 0 },
+        ]);
+        let app =
+            axum::Router::new().route("/subscribers", axum::routing::get(move || async move { axum::Json(body) }));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+
+        let stats = builtin_stats(&reqwest::Client::new(), &url).await;
+        assert_eq!(stats["query"], SubscriberStats { pending: Some(3), redelivered: Some(2), dead_lettered: Some(1) });
+        assert_eq!(stats["comments"].pending, Some(0));
+
+        // A bus that does not answer leaves the figures out instead of failing the reconcile.
+        let closed = format!("http://127.0.0.1:{}", testkit::free_port());
+        assert!(builtin_stats(&reqwest::Client::new(), &closed).await.is_empty());
+    }
+}

@@ -132,11 +132,7 @@ impl Replica {
 
 /// Waits (at most 10 s) until `check` holds.
 async fn eventually<F: Future<Output = bool>>(what: &str, check: impl Fn() -> F) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !check().await {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    testkit::wait_until(Duration::from_secs(10), what, || async { check().await.then_some(()) }).await
 }
 
 fn blog() -> ServiceBus {

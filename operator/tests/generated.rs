@@ -15,7 +15,9 @@ fn repo_file(path: &str) -> String {
 }
 
 const REGENERATE: &str = "regenerate with: cargo run -p busbar-operator --bin crdgen > k8s/base/operator/crd.yaml && \
-                          cargo run -p busbar-operator --bin crdgen -- rbac > k8s/base/operator/rbac.yaml";
+                          cp k8s/base/operator/crd.yaml helm/busbar/crds/servicebus.yaml && \
+                          cargo run -p busbar-operator --bin crdgen -- rbac > k8s/base/operator/rbac.yaml && \
+                          cargo run -p busbar-operator --bin crdgen -- rbac-rules > helm/busbar/files/rbac-rules.yaml";
 
 #[test]
 fn the_committed_crd_is_the_generated_one() {
@@ -30,6 +32,20 @@ fn the_committed_rbac_is_the_generated_one() {
     assert!(
         repo_file("k8s/base/operator/rbac.yaml") == rbac::manifest_yaml("busbar-system"),
         "k8s/base/operator/rbac.yaml is stale; {REGENERATE}"
+    );
+}
+
+// Helm installs `crds/` only on first install and the chart's RBAC templates read the rules
+// file, so a stale copy there would ship silently.
+#[test]
+fn the_chart_carries_the_generated_crd_and_rules() {
+    assert!(
+        repo_file("helm/busbar/crds/servicebus.yaml") == crd::crd_yaml(),
+        "helm/busbar/crds/servicebus.yaml is stale; {REGENERATE}"
+    );
+    assert!(
+        repo_file("helm/busbar/files/rbac-rules.yaml") == rbac::rules_yaml(),
+        "helm/busbar/files/rbac-rules.yaml is stale; {REGENERATE}"
     );
 }
 

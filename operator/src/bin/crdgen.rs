@@ -1,7 +1,8 @@
 //! Prints the operator's generated manifests:
 //! - `crdgen` (or `crdgen crd`): the ServiceBus CustomResourceDefinition;
 //! - `crdgen rbac [NAMESPACE]`: the operator's ClusterRole, Role and bindings
-//!   (namespace default `busbar-system`).
+//!   (namespace default `busbar-system`);
+//! - `crdgen rbac-rules`: only those rules, for the Helm chart.
 
 use std::process::ExitCode;
 
@@ -11,8 +12,9 @@ fn main() -> ExitCode {
         [] | ["crd"] => print!("{}", busbar_operator::crd::crd_yaml()),
         ["rbac"] => print!("{}", busbar_operator::rbac::manifest_yaml("busbar-system")),
         ["rbac", ns] => print!("{}", busbar_operator::rbac::manifest_yaml(ns)),
+        ["rbac-rules"] => print!("{}", busbar_operator::rbac::rules_yaml()),
         _ => {
-            eprintln!("usage: crdgen [crd | rbac [NAMESPACE]]");
+            eprintln!("usage: crdgen [crd | rbac [NAMESPACE] | rbac-rules]");
             return ExitCode::from(2);
         }
     }
