@@ -3,14 +3,19 @@
 //!
 //!     cargo run --release -p busbar-operator --example reconcile_bench [-- --sizes 10,100,1000]
 //!
-//! Each size runs in its own child process, so each peak RSS (VmHWM) is that size's own.
-//! The process holds the fake API server too: "fake only" is its peak RSS once the
-//! Deployments are created and before the operator starts; the operator's share is the
-//! difference. "wired" is the time from creating the ServiceBus until every Deployment
-//! carries its wiring and status says Wired; "settled" adds the status write after it.
-//! A benchmark, not a test: it prints figures and asserts no timings.
+//! The fake API server runs in this process; the operator runs in a child process of its
+//! own (this program with `--operator URL`), so its peak RSS (VmHWM) is the operator's
+//! alone, one child per size. "wired" is the time from creating the ServiceBus until every
+//! Deployment carries its wiring and status says Wired; "settled" is when the API server
+//! saw its last write (nothing more for a second). A benchmark, not a test: it prints
+//! figures and asserts no timings.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    io::{BufRead, BufReader, Read},
+    process::{Command, Stdio},
+    sync::Arc,
+    time::Duration,
+};
 
 use busbar_operator::{
     controller::{self, RunConfig},
@@ -39,10 +44,9 @@ fn peak_rss_kib() -> u64 {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if let Some(n) = args.iter().position(|a| a == "--one").and_then(|i| args.get(i + 1)) {
-        let n: usize = n.parse().expect("--one N");
-        let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
-        rt.block_on(one(n));
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    if let Some(url) = args.iter().position(|a| a == "--operator").and_then(|i| args.get(i + 1)) {
+        rt.block_on(operator(url));
         return;
     }
     let sizes: Vec<usize> = args
@@ -54,17 +58,11 @@ fn main() {
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     println!("reconcile one ServiceBus against the fake API server ({cpus} CPUs; {})", load());
     println!(
-        "{:>8} {:>10} {:>11} {:>9} {:>9} {:>14} {:>14}",
-        "services", "wired ms", "settled ms", "requests", "writes", "peak RSS MiB", "fake only MiB"
+        "{:>8} {:>10} {:>11} {:>9} {:>9} {:>22}",
+        "services", "wired ms", "settled ms", "requests", "writes", "operator peak RSS MiB"
     );
-    let exe = std::env::current_exe().unwrap();
     for n in sizes {
-        let out = std::process::Command::new(&exe).args(["--one", &n.to_string()]).output().expect("run a child");
-        if !out.status.success() {
-            eprintln!("size {n} failed:\n{}", String::from_utf8_lossy(&out.stderr));
-            std::process::exit(1);
-        }
-        print!("{}", String::from_utf8_lossy(&out.stdout));
+        rt.block_on(one(n));
     }
 }
 
@@ -73,22 +71,43 @@ fn load() -> String {
     format!("load average {}", l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
 }
 
+/// The child: runs the operator against `url` until its stdin closes, then prints its peak RSS.
+async fn operator(url: &str) {
+    let client = kube::Client::try_from(kube::Config::new(url.parse().expect("a URL"))).unwrap();
+    let stop = CancellationToken::new();
+    let on_eof = stop.clone();
+    std::thread::spawn(move || {
+        let _ = std::io::stdin().read_to_end(&mut Vec::new());
+        on_eof.cancel();
+    });
+    let cfg = RunConfig {
+        settings: Settings { bus_stats: false, ..Settings::default() },
+        identity: "bench".into(),
+        lease: None,
+    };
+    println!("started");
+    controller::run(client, cfg, Arc::new(Metrics::default()), stop).await;
+    println!("{}", peak_rss_kib());
+}
+
 async fn one(n: usize) {
     let api = FakeApiServer::start().await;
     api.install_crd(busbar_operator::crd::crd_yaml()).unwrap();
     for i in 0..n {
         api.create(serde_json::to_value(deployment(NS, &format!("svc-{i}"))).unwrap()).unwrap();
     }
-    let fake_only = peak_rss_kib();
-    let stop = CancellationToken::new();
-    let cfg = RunConfig {
-        settings: Settings { bus_stats: false, ..Settings::default() },
-        identity: "bench".into(),
-        lease: None,
-    };
-    let op = tokio::spawn(controller::run(api.client(), cfg, Arc::new(Metrics::default()), stop.clone()));
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--operator", &api.url()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the operator process");
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "started", "the operator process did not start");
     // Let the operator's watches list the Deployments before the clock starts.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     api.clear_requests();
     let started = tokio::time::Instant::now();
     let sb: ServiceBus = service_bus(NS, "bench", chain_spec(n));
@@ -131,15 +150,16 @@ async fn one(n: usize) {
             settled = started.elapsed();
         }
     }
+    let (requests, writes) = (api.request_count(), api.write_count());
+    drop(child.stdin.take()); // the operator stops and reports
+    let mut rest = String::new();
+    out.read_to_string(&mut rest).unwrap();
+    let _ = child.wait();
+    let rss_kib: f64 = rest.trim().parse().unwrap_or(f64::NAN);
     println!(
-        "{n:>8} {:>10.1} {:>11.1} {:>9} {:>9} {:>14.1} {:>14.1}",
+        "{n:>8} {:>10.1} {:>11.1} {requests:>9} {writes:>9} {:>22.1}",
         wired.as_secs_f64() * 1e3,
         settled.as_secs_f64() * 1e3,
-        api.request_count(),
-        api.write_count(),
-        peak_rss_kib() as f64 / 1024.0,
-        fake_only as f64 / 1024.0
+        rss_kib / 1024.0
     );
-    stop.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(10), op).await;
 }
