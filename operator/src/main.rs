@@ -60,7 +60,8 @@ async fn main() -> std::process::ExitCode {
     let args = Args::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| "info,kube_runtime=warn,kube_client=warn".into());
-    let fmt = tracing_subscriber::fmt().with_env_filter(filter);
+    // Logs go to stderr, with the final error, so stdout stays clean.
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if args.log_json {
         fmt.json().init()
     } else {
@@ -69,8 +70,11 @@ async fn main() -> std::process::ExitCode {
     match run(args).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("busbar-operator: {e:#}");
+            // The context says what failed and what to do; kube's errors repeat their whole
+            // chain in Display, so only the root cause is added.
+            let cause = e.root_cause().to_string();
+            let msg = if e.to_string().contains(&cause) { e.to_string() } else { format!("{e}: {cause}") };
+            eprintln!("busbar-operator: {msg}");
             std::process::ExitCode::FAILURE
         }
     }
@@ -79,7 +83,7 @@ async fn main() -> std::process::ExitCode {
 async fn run(args: Args) -> anyhow::Result<()> {
     let client = kube::Client::try_default()
         .await
-        .context("cannot configure a Kubernetes client (no in-cluster service account and no usable kubeconfig)")?;
+        .context("cannot configure a Kubernetes client: no in-cluster service account, and no usable kubeconfig (set KUBECONFIG or run inside the cluster)")?;
     controller::check_crd(&client).await?;
     let identity = args.identity.clone().unwrap_or_else(|| {
         std::env::var("HOSTNAME").unwrap_or_else(|_| format!("busbar-operator-{}", std::process::id()))
