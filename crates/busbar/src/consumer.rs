@@ -7,7 +7,8 @@
 //!    if a version in between is missing; ignore it if it is older than what was applied;
 //! 3. after applying, apply any parked successors that are now next in line.
 //!
-//! The caller acknowledges the event (e.g. answers 2xx) only after this commits.
+//! The caller acknowledges the event (e.g. answers 2xx) only after this commits. A batch
+//! of events can share one transaction ([`Consumer::receive_all`]).
 
 use std::sync::Arc;
 
@@ -74,26 +75,82 @@ impl Consumer {
         &self.db
     }
 
-    /// Handles one event with inbox and ordering; see the module docs.
+    /// Handles one event with inbox and ordering, in its own transaction; see the module
+    /// docs.
     pub async fn receive(&self, event: &CloudEvent) -> Result<Outcome, ConsumeError> {
         let mut tx = self.db.begin().await?;
+        let outcome = self.receive_in(&mut tx, event).await?;
+        match outcome {
+            // Nothing was written; releasing the transaction is all that is left.
+            Outcome::Duplicate => tx.rollback().await?,
+            _ => tx.commit().await?,
+        }
+        Ok(outcome)
+    }
+
+    /// Handles `events` in order, in one transaction: one commit (and on SQLite one turn
+    /// of the write lock) for the lot instead of one per event. `Ok` means every event is
+    /// committed. If one fails, the events before it are still committed, exactly once, and
+    /// the error comes with their outcomes (`handled` = its length); nothing from the
+    /// failing event on is. Each handler runs once per call, as with [`Self::receive`].
+    pub async fn receive_all(&self, events: &[CloudEvent]) -> Result<Vec<Outcome>, (Vec<Outcome>, ConsumeError)> {
+        if let [one] = events {
+            return self.receive(one).await.map(|o| vec![o]).map_err(|e| (vec![], e));
+        }
+        let mut tx = self.db.begin().await.map_err(|e| (vec![], e.into()))?;
+        let mut outcomes = Vec::with_capacity(events.len());
+        for (i, ev) in events.iter().enumerate() {
+            let step = async {
+                if i > 0 {
+                    // Marks where this event's writes start, so a failure undoes only them.
+                    sqlx::query("SAVEPOINT busbar_event").execute(&mut *tx).await?;
+                }
+                self.receive_in(&mut tx, ev).await
+            };
+            match step.await {
+                Ok(o) => outcomes.push(o),
+                Err(e) if i == 0 => {
+                    let _ = tx.rollback().await;
+                    return Err((vec![], e));
+                }
+                Err(e) => {
+                    let kept = async {
+                        sqlx::query("ROLLBACK TO SAVEPOINT busbar_event").execute(&mut *tx).await?;
+                        tx.commit().await?;
+                        Ok::<_, ConsumeError>(())
+                    };
+                    return match kept.await {
+                        Ok(()) => Err((outcomes, e)),
+                        // Nothing is committed; the transaction is dropped (rolled back).
+                        Err(_) => Err((vec![], e)),
+                    };
+                }
+            }
+        }
+        match tx.commit().await {
+            Ok(()) => Ok(outcomes),
+            Err(e) => Err((vec![], e.into())),
+        }
+    }
+
+    /// Inbox, ordering and the handler for one event inside `tx`, which the caller
+    /// commits. A duplicate writes nothing.
+    async fn receive_in(&self, tx: &mut Tx, event: &CloudEvent) -> Result<Outcome, ConsumeError> {
         let fresh = sqlx::query(
             "INSERT INTO busbar_inbox (event_id, handled_at) VALUES ($1, $2) ON CONFLICT (event_id) DO NOTHING",
         )
         .bind(event.id())
         .bind(now_millis())
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?
         .rows_affected()
             == 1;
         if !fresh {
-            tx.rollback().await?;
             return Ok(Outcome::Duplicate);
         }
 
         let (Some(subject), Some(version)) = (event.subject(), envelope::aggregate_version(event)) else {
-            self.apply(&mut tx, event).await?;
-            tx.commit().await?;
+            self.apply(tx, event).await?;
             return Ok(Outcome::Applied { drained: 0 });
         };
         let source = event.source().to_string();
@@ -103,25 +160,25 @@ impl Consumer {
             // SQLite needs nothing: BEGIN IMMEDIATE already serialises writers.
             sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
                 .bind(format!("{source}\u{1f}{subject}"))
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await?;
         }
         let last: Option<i64> =
             sqlx::query("SELECT version FROM busbar_aggregate_versions WHERE source = $1 AND subject = $2")
                 .bind(&source)
                 .bind(subject)
-                .fetch_optional(&mut *tx)
+                .fetch_optional(&mut **tx)
                 .await?
                 .map(|r| r.try_get(0))
                 .transpose()?;
 
         let outcome = match ordering::decide(last, version) {
             Decision::Apply => {
-                self.apply(&mut tx, event).await?;
+                self.apply(tx, event).await?;
                 let mut applied = version;
                 let mut drained = 0;
-                while let Some(next) = take_parked(&mut tx, &source, subject, applied + 1).await? {
-                    self.apply(&mut tx, &next).await?;
+                while let Some(next) = take_parked(tx, &source, subject, applied + 1).await? {
+                    self.apply(tx, &next).await?;
                     applied += 1;
                     drained += 1;
                 }
@@ -132,7 +189,7 @@ impl Consumer {
                 .bind(&source)
                 .bind(subject)
                 .bind(applied)
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await?;
                 Outcome::Applied { drained }
             }
@@ -147,7 +204,7 @@ impl Consumer {
                 .bind(event.id())
                 .bind(serde_json::to_string(event).expect("CloudEvents serialize"))
                 .bind(now_millis())
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await?;
                 tracing::debug!(event_id = event.id(), %source, subject, version, waiting_for, "deferred out-of-order event");
                 Outcome::Deferred { waiting_for }
@@ -157,7 +214,6 @@ impl Consumer {
                 Outcome::Stale
             }
         };
-        tx.commit().await?;
         Ok(outcome)
     }
 

@@ -1,6 +1,6 @@
 //! `POST /events` for services on the http transport: the bus pushes one CloudEvent or a
-//! batch; each is handled through the [`Consumer`] in order, and the answer is 2xx only
-//! after every handler transaction has committed.
+//! batch; the batch is handled through the [`Consumer`] in order, in one transaction, and
+//! the answer is 2xx only after it has committed.
 //!
 //! On a failure the answer is 500 with `handled`, the number of leading events that did
 //! commit, so the bus can resume from the first one that did not.
@@ -73,26 +73,26 @@ async fn receive(
     use axum::response::IntoResponse;
     let events = envelope::decode_batch(&body).map_err(|e| ApiError::bad_request(e.to_string()).into_response())?;
     let mut receipt = Receipt::default();
-    for ev in &events {
-        match consumer.receive(ev).await {
-            Ok(outcome) => {
-                stats.record(&outcome);
-                receipt.handled += 1;
-                match outcome {
-                    Outcome::Applied { drained } => receipt.applied += 1 + drained,
-                    Outcome::Duplicate => receipt.duplicates += 1,
-                    Outcome::Deferred { .. } => receipt.deferred += 1,
-                    Outcome::Stale => receipt.stale += 1,
-                }
-            }
-            Err(e) => {
-                stats.failed.inc();
-                tracing::warn!(event_id = ev.id(), event_type = ev.ty(), error = %e, "event handling failed; the bus will redeliver");
-                let body =
-                    serde_json::json!({ "error": e.to_string(), "handled": receipt.handled, "event_id": ev.id() });
-                return Err((axum::http::StatusCode::INTERNAL_SERVER_ERROR, Json(body)).into_response());
-            }
+    let (outcomes, failure) = match consumer.receive_all(&events).await {
+        Ok(outcomes) => (outcomes, None),
+        Err((outcomes, e)) => (outcomes, Some(e)),
+    };
+    for outcome in outcomes {
+        stats.record(&outcome);
+        receipt.handled += 1;
+        match outcome {
+            Outcome::Applied { drained } => receipt.applied += 1 + drained,
+            Outcome::Duplicate => receipt.duplicates += 1,
+            Outcome::Deferred { .. } => receipt.deferred += 1,
+            Outcome::Stale => receipt.stale += 1,
         }
+    }
+    if let Some(e) = failure {
+        let ev = &events[receipt.handled];
+        stats.failed.inc();
+        tracing::warn!(event_id = ev.id(), event_type = ev.ty(), error = %e, "event handling failed; the bus will redeliver");
+        let body = serde_json::json!({ "error": e.to_string(), "handled": receipt.handled, "event_id": ev.id() });
+        return Err((axum::http::StatusCode::INTERNAL_SERVER_ERROR, Json(body)).into_response());
     }
     Ok(Json(receipt))
 }

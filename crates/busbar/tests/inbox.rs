@@ -115,6 +115,42 @@ async fn failing_handler_rolls_back_on_postgres() {
     a_failing_handler_leaves_no_trace("postgres").await;
 }
 
+/// A batch shares one transaction; when an event in it fails, the events before it are
+/// committed once, and the failing one and everything after it leave no trace.
+async fn a_batch_commits_up_to_the_failing_event(backend: &str) {
+    let (url, _keep) = database(backend).await;
+    let c = consumer(&url).await;
+    // Out of order within the batch: 2 parks, 1 applies and drains it.
+    let batch = [note("a", 2, "x"), note("a", 1, "x"), note("b", 1, "x"), note("b", 2, "boom"), note("b", 3, "x")];
+    let (done, err) = c.receive_all(&batch).await.unwrap_err();
+    assert_eq!(
+        done,
+        [Outcome::Deferred { waiting_for: 1 }, Outcome::Applied { drained: 1 }, Outcome::Applied { drained: 0 }]
+    );
+    assert!(err.to_string().contains("refuses boom"), "{err}");
+    assert_eq!(applied_versions(&c).await, vec![1, 2, 1], "a1, a2, b1: each once");
+    assert_eq!(
+        count(c.db(), "SELECT COUNT(*) FROM busbar_inbox").await,
+        3,
+        "the failing event and the one after it are not in the inbox"
+    );
+    // Redelivered from the failure on, with the problem fixed: the rest applies.
+    let rest = [note("b", 2, "fixed"), batch[4].clone(), batch[0].clone()];
+    let outcomes = c.receive_all(&rest).await.unwrap();
+    assert_eq!(outcomes, [Outcome::Applied { drained: 0 }, Outcome::Applied { drained: 0 }, Outcome::Duplicate]);
+    assert_eq!(applied_versions(&c).await, vec![1, 2, 1, 2, 3]);
+}
+
+#[tokio::test]
+async fn batches_on_sqlite() {
+    a_batch_commits_up_to_the_failing_event("sqlite").await;
+}
+
+#[tokio::test]
+async fn batches_on_postgres() {
+    a_batch_commits_up_to_the_failing_event("postgres").await;
+}
+
 #[tokio::test]
 async fn receiver_answers_2xx_after_commit_and_reports_partial_progress() {
     let (url, _keep) = database("sqlite").await;

@@ -9,7 +9,7 @@
 //! - When the last allowed delivery fails, the subscriber copies the event, with the
 //!   error, to the dead-letter stream `BUSBAR_<BUS>_DLQ` and terminates it.
 
-use std::time::Duration;
+use std::{collections::VecDeque, time::Duration};
 
 use async_nats::{
     HeaderMap,
@@ -21,13 +21,14 @@ use async_nats::{
 };
 use async_trait::async_trait;
 use cloudevents::AttributesReader;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use tokio_util::sync::CancellationToken;
 
 use super::{ReplayPage, Transport, TransportError};
 use crate::{
     consumer::Consumer,
     envelope::{self, CloudEvent},
+    receive::ReceiveStats,
     spec::StartFrom,
 };
 
@@ -35,6 +36,13 @@ use crate::{
 const PUBLISH_WINDOW: usize = 256;
 /// Longest wait for one window's acknowledgements before the caller retries.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Longest one replay or dead-letter read waits for its messages.
+const READ_EXPIRES: Duration = Duration::from_secs(5);
+/// Messages a subscriber asks the server for per pull request.
+const PULL_BATCH: usize = 500;
+/// Most messages applied in one transaction.
+const APPLY_BATCH: usize = 256;
 
 /// How long JetStream remembers message ids to drop duplicate publishes.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
@@ -143,7 +151,7 @@ impl JetStreamTransport {
     pub async fn dead_letters(&self, durable: &str, limit: usize) -> Result<Vec<(CloudEvent, String)>, TransportError> {
         let config = pull::Config { filter_subject: dead_letter_subject(&self.bus, durable), ..Default::default() };
         let mut out = vec![];
-        for msg in self.read_once(&dead_letter_stream_name(&self.bus), config, limit).await? {
+        for msg in self.read_once(&dead_letter_stream_name(&self.bus), config, limit).await?.0 {
             let reason =
                 msg.headers.as_ref().and_then(|h| h.get("Busbar-Error")).map(|v| v.to_string()).unwrap_or_default();
             let ev =
@@ -154,30 +162,32 @@ impl JetStreamTransport {
     }
 
     /// Reads up to `limit` messages from `stream` through a short-lived consumer built from
-    /// `config` (no acks), then deletes the consumer so listings stay clean.
+    /// `config` (no acks), then deletes the consumer so listings stay clean. Also returns
+    /// how many messages the consumer had pending when it was created.
     async fn read_once(
         &self,
         stream: &str,
         config: pull::Config,
         limit: usize,
-    ) -> Result<Vec<jetstream::Message>, TransportError> {
+    ) -> Result<(Vec<jetstream::Message>, u64), TransportError> {
         let stream = self.js.get_stream(stream).await.map_err(unavailable)?;
         let config =
             pull::Config { ack_policy: AckPolicy::None, inactive_threshold: Duration::from_secs(30), ..config };
         let consumer = stream.create_consumer(config).await.map_err(unavailable)?;
-        let mut batch = consumer
-            .fetch()
-            .max_messages(limit)
-            .expires(Duration::from_millis(500))
-            .messages()
-            .await
-            .map_err(unavailable)?;
-        let mut out = vec![];
-        while let Some(msg) = batch.next().await {
-            out.push(msg.map_err(unavailable)?);
+        let pending = consumer.cached_info().num_pending;
+        // Asking for no more than is there means the fetch ends when they have arrived,
+        // instead of waiting out its expiry (e.g. a service starting on an empty stream).
+        let want = limit.min(pending as usize);
+        let mut out = Vec::with_capacity(want);
+        if want > 0 {
+            let mut batch =
+                consumer.fetch().max_messages(want).expires(READ_EXPIRES).messages().await.map_err(unavailable)?;
+            while let Some(msg) = batch.next().await {
+                out.push(msg.map_err(unavailable)?);
+            }
         }
         let _ = stream.delete_consumer(&consumer.cached_info().name).await;
-        Ok(out)
+        Ok((out, pending))
     }
 }
 
@@ -231,8 +241,10 @@ impl Transport for JetStreamTransport {
             filter_subjects,
             ..Default::default()
         };
-        let messages = self.read_once(&stream_name(&self.bus), config, limit).await?;
-        let done = messages.len() < limit;
+        let (messages, pending) = self.read_once(&stream_name(&self.bus), config, limit).await?;
+        // Judged by what was pending, not by a short page: a fetch that ran out of time
+        // early must not end a backfill.
+        let done = messages.len() as u64 >= pending;
         let (mut events, mut next) = (vec![], after);
         for msg in messages {
             next = msg.info().map_err(unavailable)?.stream_sequence;
@@ -307,10 +319,22 @@ pub async fn run_subscriber(
     consumer: Consumer,
     stop: CancellationToken,
 ) {
+    run_subscriber_with_stats(t, opts, consumer, ReceiveStats::default(), stop).await
+}
+
+/// [`run_subscriber`], counting every outcome in `stats` (the service's `/metrics`), as
+/// the http transport's receiver does.
+pub async fn run_subscriber_with_stats(
+    t: JetStreamTransport,
+    opts: SubscribeOptions,
+    consumer: Consumer,
+    stats: ReceiveStats,
+    stop: CancellationToken,
+) {
     let mut failures = 0u32;
     loop {
         let result = tokio::select! {
-            r = subscribe_once(&t, &opts, &consumer, &stop) => r,
+            r = subscribe_once(&t, &opts, &consumer, &stats, &stop) => r,
             _ = stop.cancelled() => return,
         };
         if stop.is_cancelled() {
@@ -334,6 +358,7 @@ async fn subscribe_once(
     t: &JetStreamTransport,
     opts: &SubscribeOptions,
     consumer: &Consumer,
+    stats: &ReceiveStats,
     stop: &CancellationToken,
 ) -> Result<(), String> {
     t.ensure_streams().await.map_err(|e| e.to_string())?;
@@ -348,58 +373,130 @@ async fn subscribe_once(
     // create_consumer creates the durable, or updates it when only updatable fields changed.
     let js_consumer =
         stream.create_consumer(config).await.map_err(|e| format!("cannot create or update consumer {durable}: {e}"))?;
-    let mut messages = js_consumer.messages().await.map_err(|e| e.to_string())?;
+    let mut messages = js_consumer
+        .stream()
+        .max_messages_per_batch(PULL_BATCH)
+        .heartbeat(Duration::from_secs(15))
+        .messages()
+        .await
+        .map_err(|e| e.to_string())?;
     tracing::info!(%durable, types = ?opts.types, "JetStream subscription active");
-    while let Some(msg) = messages.next().await {
+    while let Some(first) = messages.next().await {
         if stop.is_cancelled() {
             return Ok(());
         }
-        let msg = msg.map_err(|e| e.to_string())?;
-        let decoded = std::str::from_utf8(&msg.payload)
-            .map_err(|e| e.to_string())
-            .and_then(|text| envelope::decode_one(text).map_err(|e| format!("not a valid CloudEvent: {e}")));
-        if let Ok(ev) = &decoded
-            && !opts.types.iter().any(|t| t == ev.ty())
-        {
-            // Only on servers that cannot filter on several subjects.
-            msg.ack().await.map_err(|e| format!("ack failed: {e}"))?;
-            continue;
+        // Whatever else has already arrived joins this batch; nothing waits for more.
+        let mut batch = vec![first.map_err(|e| e.to_string())?];
+        while batch.len() < APPLY_BATCH {
+            match messages.next().now_or_never() {
+                Some(Some(msg)) => batch.push(msg.map_err(|e| e.to_string())?),
+                _ => break,
+            }
         }
-        // Failures are retried here, holding this subscriber's stream, rather than NAKed:
-        // a NAK lets later messages overtake the failed one. JetStream's own redelivery
-        // (after ack_wait, up to max_deliver) still covers a subscriber that dies.
-        // Counted per receipt: redeliveries after a lost connection say nothing about
-        // whether the handler can apply the event.
-        let mut attempts: i64 = 1;
-        loop {
-            let outcome = match &decoded {
-                Ok(ev) => consumer.receive(ev).await.map(|_| ()).map_err(|e| e.to_string()),
-                Err(e) => Err(e.clone()),
-            };
-            let error = match outcome {
-                Ok(()) => {
-                    msg.double_ack().await.map_err(|e| format!("ack failed: {e}"))?;
-                    break;
+        let mut queue: VecDeque<(jetstream::Message, Result<CloudEvent, String>)> =
+            VecDeque::with_capacity(batch.len());
+        for msg in batch {
+            let decoded = std::str::from_utf8(&msg.payload)
+                .map_err(|e| e.to_string())
+                .and_then(|text| envelope::decode_one(text).map_err(|e| format!("not a valid CloudEvent: {e}")));
+            if let Ok(ev) = &decoded
+                && !opts.types.iter().any(|t| t == ev.ty())
+            {
+                // Only on servers that cannot filter on several subjects.
+                msg.ack().await.map_err(|e| format!("ack failed: {e}"))?;
+                continue;
+            }
+            queue.push_back((msg, decoded));
+        }
+        let mut batch = queue;
+        while !batch.is_empty() {
+            // The run of decodable events at the front goes through one transaction.
+            let run = batch.iter().take_while(|(_, d)| d.is_ok()).count();
+            if run == 0 {
+                let (msg, decoded) = batch.pop_front().expect("not empty");
+                if !handle_one(t, opts, consumer, stats, &durable, &msg, &decoded, stop).await? {
+                    return Ok(());
                 }
-                Err(error) => error,
+                continue;
+            }
+            let events: Vec<CloudEvent> =
+                batch.iter().take(run).filter_map(|(_, d)| d.as_ref().ok().cloned()).collect();
+            let outcomes = match consumer.receive_all(&events).await {
+                Ok(outcomes) => outcomes,
+                Err((done, _)) => done,
             };
-            if attempts >= opts.max_deliver.max(1) as i64 || decoded.is_err() {
-                dead_letter(t, &durable, &msg, attempts, &error).await?;
-                break;
+            for o in &outcomes {
+                stats.record(o);
             }
-            let delay = opts.retry_delay(attempts);
-            tracing::info!(%durable, attempt = attempts, max_deliver = opts.max_deliver, retry_in_ms = delay.as_millis() as u64,
-                %error, "handling failed; will retry");
-            // Keeps the message ours while we wait.
-            let _ = msg.ack_with(AckKind::Progress).await;
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                _ = stop.cancelled() => return Ok(()),
+            let handled = outcomes.len();
+            // Acknowledged only now that their transaction has committed. A plain ack is a
+            // fire-and-forget publish, so a batch costs no round trips; if one is lost the
+            // server redelivers after ack_wait and the inbox drops the duplicate.
+            for (msg, _) in batch.drain(..handled) {
+                msg.ack().await.map_err(|e| format!("ack failed: {e}"))?;
             }
-            attempts += 1;
+            if handled < run {
+                let (msg, decoded) = batch.pop_front().expect("the failing message");
+                if !handle_one(t, opts, consumer, stats, &durable, &msg, &decoded, stop).await? {
+                    return Ok(());
+                }
+            }
         }
     }
     Ok(())
+}
+
+/// Handles one message on its own, retrying in place with the spec's backoff until it
+/// commits or runs out of attempts (then it is dead-lettered). Returns `false` when
+/// `stop` interrupted it (the message is left unacknowledged).
+#[allow(clippy::too_many_arguments)]
+async fn handle_one(
+    t: &JetStreamTransport,
+    opts: &SubscribeOptions,
+    consumer: &Consumer,
+    stats: &ReceiveStats,
+    durable: &str,
+    msg: &jetstream::Message,
+    decoded: &Result<CloudEvent, String>,
+    stop: &CancellationToken,
+) -> Result<bool, String> {
+    // Failures are retried here, holding this subscriber's stream, rather than NAKed:
+    // a NAK lets later messages overtake the failed one. JetStream's own redelivery
+    // (after ack_wait) still covers a subscriber that dies. Counted per receipt:
+    // redeliveries after a lost connection say nothing about whether the handler can
+    // apply the event.
+    let mut attempts: i64 = 1;
+    loop {
+        let outcome = match decoded {
+            Ok(ev) => consumer.receive(ev).await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.clone()),
+        };
+        let error = match outcome {
+            Ok(o) => {
+                stats.record(&o);
+                msg.ack().await.map_err(|e| format!("ack failed: {e}"))?;
+                return Ok(true);
+            }
+            Err(error) => {
+                stats.failed.inc();
+                error
+            }
+        };
+        if attempts >= opts.max_deliver.max(1) as i64 || decoded.is_err() {
+            dead_letter(t, durable, msg, attempts, &error).await?;
+            return Ok(true);
+        }
+        let delay = opts.retry_delay(attempts);
+        tracing::info!(%durable, attempt = attempts, max_deliver = opts.max_deliver, retry_in_ms = delay.as_millis() as u64,
+            %error, "handling failed; will retry");
+        // Keeps the message ours while we wait.
+        let _ = msg.ack_with(AckKind::Progress).await;
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stop.cancelled() => return Ok(false),
+        }
+        attempts += 1;
+    }
 }
 
 /// Copies the message, with the error, to the dead-letter stream, then terminates it.
