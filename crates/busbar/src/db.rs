@@ -63,6 +63,8 @@ impl Default for DbOptions {
 #[derive(Clone, Debug)]
 pub struct Db {
     pool: AnyPool,
+    /// Where transactions run: on SQLite a pool of one connection, on PostgreSQL `pool`.
+    writer: AnyPool,
     backend: Backend,
     service: Arc<str>,
     relay_wake: Arc<Notify>,
@@ -89,7 +91,9 @@ impl Db {
             })
             .acquire_timeout(Duration::from_secs(30));
         if backend == Backend::Sqlite {
-            pool_opts = pool_opts.after_connect(move |conn, _meta| {
+            // A connection to a local file does not go stale; pinging it before every use
+            // would cost a round trip to its worker thread per transaction.
+            pool_opts = pool_opts.test_before_acquire(false).after_connect(move |conn, _meta| {
                 Box::pin(async move {
                     conn.execute("PRAGMA journal_mode = WAL").await?;
                     conn.execute("PRAGMA busy_timeout = 10000").await?;
@@ -102,12 +106,25 @@ impl Db {
                 })
             });
         }
+        let writer_opts = pool_opts.clone().max_connections(1);
         let pool = pool_opts
-            .connect_with(connect_opts)
+            .connect_with(connect_opts.clone())
             .await
             .map_err(|source| DbError::Connect { url: redact(&url), source })?;
+        let writer = match backend {
+            // Every write on one connection. SQLite empties a connection's page cache
+            // whenever another connection has written since its last transaction, so writes
+            // taking turns over the pool's connections would each start by re-reading their
+            // pages.
+            Backend::Sqlite => writer_opts
+                .connect_with(connect_opts)
+                .await
+                .map_err(|source| DbError::Connect { url: redact(&url), source })?,
+            Backend::Postgres => pool.clone(),
+        };
         let db = Db {
             pool,
+            writer,
             backend,
             service: service.into(),
             relay_wake: Arc::new(Notify::new()),
@@ -159,14 +176,15 @@ impl Db {
         let (inner, guard) = match self.backend {
             Backend::Sqlite => {
                 let guard = self.write_lock.clone().lock_owned().await;
-                (self.pool.begin_with("BEGIN IMMEDIATE").await?, Some(guard))
+                (self.writer.begin_with("BEGIN IMMEDIATE").await?, Some(guard))
             }
-            Backend::Postgres => (self.pool.begin().await?, None),
+            Backend::Postgres => (self.writer.begin().await?, None),
         };
         Ok(Tx { inner, db: self.clone(), emitted: false, _write_lock: guard })
     }
 
     pub async fn close(&self) {
+        self.writer.close().await;
         self.pool.close().await;
     }
 }
