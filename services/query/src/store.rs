@@ -40,13 +40,44 @@ pub struct PostView {
     pub comments: Vec<CommentView>,
 }
 
-/// Every post with its comments, oldest first. Two queries, joined in memory.
-pub async fn view(db: &Db) -> Result<Vec<PostView>, DbError> {
+/// A slice of the view: posts whose ids sort after `after`, at most `limit` of them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page {
+    pub after: String,
+    pub limit: i64,
+}
+
+/// Every post (or one page of them) with its comments, oldest first. Two queries, joined
+/// in memory.
+pub async fn view(db: &Db, page: Option<&Page>) -> Result<Vec<PostView>, DbError> {
     let mut conn = db.pool().acquire().await?;
-    let posts = sqlx::query("SELECT id, title FROM posts ORDER BY id").fetch_all(&mut *conn).await?;
-    let comments = sqlx::query("SELECT id, post_id, content, status FROM comments ORDER BY post_id, id")
-        .fetch_all(&mut *conn)
-        .await?;
+    let (posts, comments) = match page {
+        None => {
+            let posts = sqlx::query("SELECT id, title FROM posts ORDER BY id").fetch_all(&mut *conn).await?;
+            let comments = sqlx::query("SELECT id, post_id, content, status FROM comments ORDER BY post_id, id")
+                .fetch_all(&mut *conn)
+                .await?;
+            (posts, comments)
+        }
+        Some(p) => {
+            let posts = sqlx::query("SELECT id, title FROM posts WHERE id > $1 ORDER BY id LIMIT $2")
+                .bind(&p.after)
+                .bind(p.limit)
+                .fetch_all(&mut *conn)
+                .await?;
+            let Some(last) = posts.last().map(|r| r.get::<String, _>(0)) else { return Ok(vec![]) };
+            // The page's posts are exactly the ids in (after, last]: one indexed range.
+            let comments = sqlx::query(
+                "SELECT id, post_id, content, status FROM comments WHERE post_id > $1 AND post_id <= $2 \
+                 ORDER BY post_id, id",
+            )
+            .bind(&p.after)
+            .bind(last)
+            .fetch_all(&mut *conn)
+            .await?;
+            (posts, comments)
+        }
+    };
     let mut by_post: std::collections::HashMap<String, Vec<CommentView>> = std::collections::HashMap::new();
     for r in comments {
         by_post.entry(r.get(1)).or_default().push(CommentView { id: r.get(0), content: r.get(2), status: r.get(3) });
