@@ -1,11 +1,11 @@
 //! The `busbar` command.
 
-mod plan;
 mod up;
 
 use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::{Context, Result, bail};
+use busbar_cli::plan;
 use clap::{Parser, Subcommand, ValueEnum};
 
 /// busbar: event-driven, database-per-service microservices.

@@ -1,0 +1,5 @@
+//! The reusable part of the `busbar` command: [`plan`], what `busbar up` starts for a
+//! ServiceBus. A library so that the benchmark starts the blog exactly as `busbar up`
+//! does instead of keeping its own copy of the wiring.
+
+pub mod plan;
