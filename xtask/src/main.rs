@@ -1,5 +1,8 @@
 //! Project tasks, run as `cargo xtask <task>`.
 //!
+//! `cargo xtask bench [ARGS...]` builds the release binaries and runs every benchmark,
+//! rewriting BENCHMARKS.md (ARGS go to `busbar-bench all`).
+//!
 //! `cargo xtask test [ARGS...]` runs the whole test suite. The integration tests need a
 //! PostgreSQL server and (for the JetStream transport) a NATS server with JetStream. If
 //! none answers on the usual loopback ports, throwaway instances are started in a
@@ -23,6 +26,10 @@ Tasks:
                    Uses PostgreSQL at BUSBAR_TEST_PG_URL (default postgres://postgres@127.0.0.1:5432/postgres)
                    and NATS at BUSBAR_TEST_NATS_URL (default nats://127.0.0.1:4222); starts throwaway
                    servers on free loopback ports when those do not answer.
+  bench [ARGS...]  Build the release binaries and run every benchmark (busbar-bench all), rewriting
+                   BENCHMARKS.md; same servers as `test`. Takes about 10 minutes. ARGS go to
+                   `busbar-bench all`, e.g. `--replay-events 100000`. With --smoke: the debug
+                   build, every scenario for a few seconds, nothing written (what CI runs).
 ";
 
 fn main() -> ExitCode {
@@ -32,6 +39,13 @@ fn main() -> ExitCode {
             Ok(code) => code,
             Err(e) => {
                 eprintln!("xtask test: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Some("bench") => match bench(&args[1..]) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("xtask bench: {e:#}");
                 ExitCode::FAILURE
             }
         },
@@ -57,6 +71,36 @@ fn test(cargo_args: &[String]) -> Result<ExitCode> {
         .args(cargo_args)
         .status()
         .context("running cargo test")?;
+    Ok(if status.success() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn bench(args: &[String]) -> Result<ExitCode> {
+    let _pg = ensure_postgres()?;
+    let _nats = ensure_nats()?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    // The smoke run (CI) proves the benchmark works on the debug build and writes nothing.
+    let smoke = args.iter().any(|a| a == "--smoke");
+    let (profile, build_flag) = if smoke { ("debug", None) } else { ("release", Some("--release")) };
+    // Every program a deployment ships, so the report has their sizes too.
+    let packages = ["busbar-bench", "busbar-cli", "event-bus", "posts", "comments", "moderation", "query"];
+    let status = Command::new(&cargo)
+        .arg("build")
+        .args(build_flag)
+        .args(args.iter().filter(|a| *a == "--locked"))
+        .args(packages.iter().flat_map(|p| ["-p", p]))
+        .status()
+        .context("running cargo build")?;
+    if !status.success() {
+        return Ok(ExitCode::FAILURE);
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("xtask lives in the workspace")?;
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    let mut cmd = Command::new(target.join(profile).join("busbar-bench"));
+    cmd.arg("all").args(args.iter().filter(|a| *a != "--locked"));
+    if !smoke {
+        cmd.arg("--write").arg(root.join("BENCHMARKS.md"));
+    }
+    let status = cmd.status().context("running busbar-bench")?;
     Ok(if status.success() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 

@@ -45,7 +45,7 @@ pub enum TransportKind {
 }
 
 impl TransportKind {
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             TransportKind::Builtin => "builtin",
             TransportKind::Jetstream => "jetstream",
@@ -127,14 +127,14 @@ pub struct Args {
     pub bus: BusOpts,
 }
 
-fn positive_secs(s: &str) -> Result<f64, String> {
+pub fn positive_secs(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if v > 0.0 && v.is_finite() => Ok(v),
         _ => Err(format!("`{s}` is not a positive number of seconds")),
     }
 }
 
-fn positive_rate(s: &str) -> Result<f64, String> {
+pub fn positive_rate(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if v > 0.0 && v.is_finite() => Ok(v),
         _ => Err(format!("`{s}` is not a positive rate in events/s")),
@@ -283,7 +283,7 @@ async fn with_jetstream(args: &Args, nats: &mut Nats, run_id: &str, n: usize) ->
 
 /// What a subscribing service on JetStream would get from the same manifest as the
 /// built-in bus's: one type, from the beginning, the same delivery policy.
-fn subscribe_options(durable: &str) -> SubscribeOptions {
+pub(crate) fn subscribe_options(durable: &str) -> SubscribeOptions {
     SubscribeOptions {
         durable: durable.to_owned(),
         types: vec![EVENT_TYPE.to_owned()],
@@ -449,7 +449,7 @@ fn missing_in(sub: &Subscriber, published: &Published) -> u64 {
 
 /// The ServiceBus manifest: one publisher, and subscribers `sub0..` on `ports`, each
 /// taking every BenchEvent, with the delivery policy above.
-fn routes_yaml(ports: &[u16]) -> String {
+pub(crate) fn routes_yaml(ports: &[u16]) -> String {
     let mut s = format!(
         "apiVersion: busbar.dev/v1alpha1\n\
          kind: ServiceBus\n\

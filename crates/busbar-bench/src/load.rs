@@ -228,41 +228,76 @@ pub async fn open_loop(
     duration: Duration,
     max_in_flight: usize,
 ) -> anyhow::Result<Published> {
+    let paced = paced(rate, duration, max_in_flight, |n, sent_ns| {
+        let target = target.clone();
+        async move {
+            let outcome = target.send(phase, n..n + 1, sent_ns, false).await?;
+            // Read the clock here: the generator collects results only between ticks.
+            Ok(Sent { n, sent_ns, ack_ns: clock::now_ns(), outcome })
+        }
+    })
+    .await?;
+    let mut out =
+        Published { first_ns: paced.start_ns, scheduled_end_ns: paced.scheduled_end_ns, ..Published::default() };
+    for r in paced.results {
+        absorb(&mut out, r)?;
+    }
+    out.normalize();
+    Ok(out)
+}
+
+/// What [`paced`] ran.
+pub struct Paced<T> {
+    /// When the schedule started (`clock::now_ns`).
+    pub start_ns: u64,
+    /// When the schedule ends: the time the event after the last would be due.
+    pub scheduled_end_ns: u64,
+    /// Every operation's result, in completion order.
+    pub results: Vec<T>,
+}
+
+/// Runs `op(i, due_ns)` for i = 0, 1, ... at `rate` per second for `duration`, each as
+/// its own task, at most `max_in_flight` outstanding. `due_ns` is when operation `i` was
+/// scheduled (`clock::now_ns`); when the generator has to wait for a free slot the
+/// operation starts late but keeps its due time, so the wait shows up as latency.
+pub async fn paced<T, F, Fut>(rate: f64, duration: Duration, max_in_flight: usize, op: F) -> anyhow::Result<Paced<T>>
+where
+    T: Send + 'static,
+    F: Fn(u64, u64) -> Fut,
+    Fut: Future<Output = T> + Send + 'static,
+{
     let total = (rate * duration.as_secs_f64()).round().max(1.0) as u64;
     let period_ns = 1e9 / rate;
     let due_at = |start: u64, i: u64| start + (i as f64 * period_ns) as u64;
     let slots = Arc::new(Semaphore::new(max_in_flight));
     let start = clock::now_ns();
-    let mut out = Published { first_ns: start, scheduled_end_ns: due_at(start, total), ..Published::default() };
-    let mut tasks: JoinSet<anyhow::Result<Sent>> = JoinSet::new();
+    let mut results = Vec::with_capacity(total as usize);
+    let mut tasks: JoinSet<T> = JoinSet::new();
     let mut i = 0;
     while i < total {
         let elapsed = clock::now_ns().saturating_sub(start);
         let due = ((elapsed as f64 / period_ns) as u64 + 1).min(total);
         while i < due {
             let slot = slots.clone().acquire_owned().await?;
-            let sent_ns = due_at(start, i);
-            let (target, n) = (target.clone(), i);
+            let fut = op(i, due_at(start, i));
             tasks.spawn(async move {
-                let outcome = target.send(phase, n..n + 1, sent_ns, false).await?;
+                let r = fut.await;
                 drop(slot);
-                // Read the clock here: the generator collects results only between ticks.
-                Ok(Sent { n, sent_ns, ack_ns: clock::now_ns(), outcome })
+                r
             });
             i += 1;
         }
         while let Some(r) = tasks.try_join_next() {
-            absorb(&mut out, r?)?;
+            results.push(r?);
         }
         if i < total {
             tokio::time::sleep_until(clock::instant_at(due_at(start, i)).into()).await;
         }
     }
     while let Some(r) = tasks.join_next().await {
-        absorb(&mut out, r?)?;
+        results.push(r?);
     }
-    out.normalize();
-    Ok(out)
+    Ok(Paced { start_ns: start, scheduled_end_ns: due_at(start, total), results })
 }
 
 /// One open-loop request's outcome.

@@ -178,24 +178,50 @@ impl Bus {
 
     /// SIGTERM, up to 10 s for a graceful exit, then SIGKILL.
     pub async fn stop(mut self) {
-        if matches!(self.child.try_wait(), Ok(Some(_))) {
-            return;
-        }
-        // The `kill` utility sends SIGTERM without adding a libc dependency for one call.
-        let termed = std::process::Command::new("kill")
-            .args(["-TERM", &self.pid.to_string()])
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !termed {
-            let _ = self.child.kill().await;
-            return;
-        }
-        if tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await.is_err() {
-            eprintln!("the bus did not stop within 10 s of SIGTERM; killing it");
-            let _ = self.child.kill().await;
-        }
+        stop_child(&mut self.child, self.pid, "the bus").await;
     }
+}
+
+/// Stops a child the way an operator would: SIGTERM, up to 10 s for a graceful exit,
+/// then SIGKILL.
+pub async fn stop_child(child: &mut Child, pid: u32, what: &str) {
+    if matches!(child.try_wait(), Ok(Some(_))) {
+        return;
+    }
+    // The `kill` utility sends SIGTERM without adding a libc dependency for one call.
+    let termed = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !termed {
+        let _ = child.kill().await;
+        return;
+    }
+    if tokio::time::timeout(Duration::from_secs(10), child.wait()).await.is_err() {
+        eprintln!("{what} did not stop within 10 s of SIGTERM; killing it");
+        let _ = child.kill().await;
+    }
+}
+
+/// Resident memory of a process from `/proc/<pid>/status`, in MiB: (now, peak). `None`
+/// when the process is gone or this is not Linux.
+pub fn rss_mib(pid: u32) -> Option<(f64, f64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<f64>().ok())
+    };
+    Some((kib("VmRSS:")? / 1024.0, kib("VmHWM:")? / 1024.0))
+}
+
+/// The 1, 5 and 15-minute load averages, as `uptime` prints them.
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
 }
 
 /// CPU seconds from a `/proc/<pid>/stat` file (Linux only; `None` elsewhere).

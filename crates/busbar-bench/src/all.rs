@@ -1,0 +1,439 @@
+//! `all`: every scenario in turn, and the Markdown that becomes BENCHMARKS.md. The
+//! scenarios take their usual defaults except where noted; each records the load average
+//! when it ended, because the machine is shared.
+
+use std::{fmt::Write as _, path::PathBuf};
+
+use anyhow::Context;
+use clap::Parser;
+use serde::Serialize;
+
+use crate::{
+    blog::{self, BlogSummary},
+    bus_raw,
+    proc::{self, BusOpts},
+    replay::{self, ReplaySummary},
+    report::{Machine, Summary},
+    stats::Latency,
+};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Also write the results as Markdown to this file (e.g. BENCHMARKS.md).
+    #[arg(long, value_name = "FILE")]
+    pub write: Option<PathBuf>,
+
+    /// Every scenario's smoke mode: proves the program works in about a minute, figures
+    /// meaningless.
+    #[arg(long)]
+    pub smoke: bool,
+
+    /// Events in the log for the replay scenario.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub replay_events: u64,
+
+    /// The NATS server for every jetstream run (see bus-raw).
+    #[arg(long, env = "BUSBAR_TEST_NATS_URL", value_name = "URL")]
+    pub nats_url: Option<String>,
+
+    /// PostgreSQL admin URL for the blog's postgres runs.
+    #[arg(long, env = "BUSBAR_TEST_PG_URL", default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+    pub pg_url: String,
+
+    #[command(flatten)]
+    pub bus: BusOpts,
+}
+
+#[derive(Serialize)]
+pub struct AllSummary {
+    pub machine: Machine,
+    pub command: String,
+    pub load_average_start: String,
+    pub binaries: Vec<(String, Option<u64>)>,
+    pub bus_raw: Summary,
+    pub bus_raw_load: String,
+    pub blog: BlogSummary,
+    pub replay: ReplaySummary,
+    pub replay_load: String,
+}
+
+/// Builds a scenario's arguments the way its command line would, so every default is the
+/// scenario's own.
+fn parse<T: clap::Args>(args: Vec<String>) -> T {
+    #[derive(Parser)]
+    struct Wrap<T: clap::Args> {
+        #[command(flatten)]
+        inner: T,
+    }
+    Wrap::<T>::parse_from(std::iter::once("busbar-bench".to_owned()).chain(args)).inner
+}
+
+pub async fn run(args: Args) -> anyhow::Result<AllSummary> {
+    let load_average_start = proc::load_average();
+    let mut common = vec![];
+    if let Some(url) = &args.nats_url {
+        common.push(format!("--nats-url={url}"));
+    }
+    let mut bus = common.clone();
+    if let Some(bin) = &args.bus.bus_bin {
+        bus.push(format!("--bus-bin={}", bin.display()));
+    }
+    bus.extend(args.bus.bus_args.iter().map(|a| format!("--bus-arg={a}")));
+    let smoke = if args.smoke { vec!["--smoke".to_owned()] } else { vec![] };
+
+    // Scale: 1 to 8 subscribers; the open-loop rates of the targets.
+    let mut raw: Vec<String> =
+        ["--subscribers=1,2,4,8", "--rates=500,1000,2000,5000", "--duration=5", "--rate-duration=3"]
+            .map(str::to_owned)
+            .into();
+    raw.extend(bus.clone());
+    raw.extend(smoke.clone());
+    let bus_raw = bus_raw::run(parse(raw)).await.context("bus-raw")?;
+    let bus_raw_load = proc::load_average();
+
+    let mut b = common.clone();
+    b.push(format!("--pg-url={}", args.pg_url));
+    b.extend(smoke.clone());
+    let blog = blog::run(parse(b)).await.context("blog")?;
+
+    let mut r = bus.clone();
+    r.push(format!("--events={}", args.replay_events));
+    r.extend(smoke);
+    let replay = replay::run(parse(r)).await.context("replay")?;
+    let replay_load = proc::load_average();
+
+    let mut command = "busbar-bench all".to_owned();
+    if args.smoke {
+        command.push_str(" --smoke");
+    }
+    if args.replay_events != 1_000_000 {
+        let _ = write!(command, " --replay-events {}", args.replay_events);
+    }
+    let summary = AllSummary {
+        machine: Machine::detect(),
+        command,
+        load_average_start,
+        binaries: binary_sizes(),
+        bus_raw,
+        bus_raw_load,
+        blog,
+        replay,
+        replay_load,
+    };
+    if let Some(path) = &args.write {
+        std::fs::write(path, markdown(&summary)).with_context(|| format!("cannot write {}", path.display()))?;
+        eprintln!("[all] wrote {}", path.display());
+    }
+    Ok(summary)
+}
+
+/// The programs a deployment ships, from this program's own directory (the profile it
+/// was built with); `None` when one is not built there.
+fn binary_sizes() -> Vec<(String, Option<u64>)> {
+    let dir = std::env::current_exe().ok().and_then(|p| p.parent().map(PathBuf::from));
+    ["busbar", "event-bus", "posts", "comments", "moderation", "query"]
+        .iter()
+        .map(|name| {
+            let size = dir.as_ref().and_then(|d| std::fs::metadata(d.join(name)).ok()).map(|m| m.len());
+            (name.to_string(), size)
+        })
+        .collect()
+}
+
+fn ms(l: &Option<Latency>, f: fn(&Latency) -> f64) -> String {
+    match l {
+        Some(l) => {
+            let v = f(l);
+            if v >= 100.0 { format!("{v:.0}") } else { format!("{v:.1}") }
+        }
+        None => "-".into(),
+    }
+}
+
+fn opt(v: Option<f64>, digits: usize) -> String {
+    v.map_or("-".into(), |v| format!("{v:.digits$}"))
+}
+
+fn rate(v: f64) -> String {
+    format!("{v:.0}")
+}
+
+/// The whole of BENCHMARKS.md.
+pub fn markdown(s: &AllSummary) -> String {
+    let m = &s.machine;
+    let mut out = String::new();
+    let w = &mut out;
+    let _ = writeln!(w, "# Benchmarks\n");
+    let _ = writeln!(
+        w,
+        "Generated by `{}` (regenerate with `cargo xtask bench`, which builds the release binaries and runs \
+         `target/release/busbar-bench all --write BENCHMARKS.md`). These are benchmarks, not tests: nothing here is \
+         asserted; the program fails only if an event or a write was lost.\n",
+        s.command
+    );
+    let _ = writeln!(w, "- **Date:** {}", m.date);
+    let _ = writeln!(w, "- **Machine:** {} CPUs, {}, {}", m.cpus, m.cpu_model, m.os);
+    let _ = writeln!(
+        w,
+        "- **Load average** (1, 5, 15 min): {} at the start; {} after bus-raw; {} after the blog; {} after replay. \
+         The machine is a shared, noisy VM (other jobs compile on it), so compare ratios and medians rather than \
+         single figures.",
+        s.load_average_start,
+        s.bus_raw_load,
+        s.blog.runs.last().map_or("-", |r| r.load_average.as_str()),
+        s.replay_load
+    );
+    if let Some(n) = &s.blog.nats {
+        let own = if n.throwaway { ", started for the run" } else { "" };
+        let _ = writeln!(w, "- **NATS:** {} {}{own}", n.url, n.server_version);
+    }
+    let _ = writeln!(w);
+    let _ = writeln!(w, "{}", METHOD);
+    out.push_str(&targets_markdown(s));
+    out.push_str(&blog_markdown(&s.blog));
+    out.push_str(&bus_raw_markdown(&s.bus_raw));
+    out.push_str(&replay_markdown(&s.replay));
+    let w = &mut out;
+    let _ = writeln!(w, "## Release binaries\n\n| program | size |\n|---|---:|");
+    for (name, size) in &s.binaries {
+        let size = size.map_or("not built".into(), |b| format!("{:.1} MiB", b as f64 / (1 << 20) as f64));
+        let _ = writeln!(w, "| {name} | {size} |");
+    }
+    let _ = writeln!(
+        w,
+        "\n`busbar` holds every service (`busbar __serve NAME`, what `busbar up` and these benchmarks run); the \
+         others are the per-service container images' programs."
+    );
+    out
+}
+
+const METHOD: &str = "## Method
+
+Everything runs on this one machine over loopback, each run bounded in events and time.
+
+- **blog**: the reference app as separate processes, started from the plan `busbar up` uses (the repository's
+  ServiceBus manifest, `busbar __serve NAME` per process, the same `BUSBAR_*` wiring), on fresh databases (a SQLite
+  file per service, or a PostgreSQL database per service on the local server) and a fresh bus (the built-in
+  event bus, or a JetStream stream). Clients use the public API only. *Visible* means present in query's
+  `GET /posts` (for comments: with status `approved`); the benchmark polls it every 2 ms (one page,
+  `?after=<id>&limit=1000`, starting below the oldest write not yet seen), so latencies include up to one poll
+  interval plus one read. Closed loop: 32 clients post as fast as they are answered for 5 s; `visible/s` is posts
+  divided by the time from the first request until query had applied all of them. Open loop: a fixed rate, each
+  write stamped with its scheduled time (queueing in the client counts as latency). Comments: one comment per post
+  on posts comments already knows; the path is comments → bus → moderation → bus → comments → bus → query.
+- **Footprint**: start-to-ready is spawn to the first `/readyz` 200 on a fresh database, each process started and
+  waited for in turn. Idle RSS one second after all are ready; loaded RSS at the end of the closed loop; peak RSS is
+  the process's high-water mark (VmHWM) at the end. CPU is user+system time of each process over the closed loop per
+  10,000 posts. PostgreSQL's and nats-server's own CPU are not in these figures.
+- **bus-raw**: the bus alone with in-process subscribers that only acknowledge: the built-in bus (SQLite, fsync on
+  every commit) and JetStream (file storage). 8 publishers x 100-event batches closed loop for 5 s, then fixed
+  rates, 1 to 8 subscribers each getting every event.
+- **replay**: a log filled with 1,000,000 events, then read back through the SDK's `Transport::replay` in pages of
+  10,000, and by a new subscriber catching up from the beginning.
+";
+
+fn targets_markdown(s: &AllSummary) -> String {
+    let mut out = String::from("## Targets\n\n| target | goal | measured | met |\n|---|---|---|---|\n");
+    let w = &mut out;
+    let sqlite_builtin = s.blog.runs.iter().find(|r| r.backend == "sqlite" && r.transport == "builtin");
+    let mut row = |what: &str, goal: &str, measured: String, met: Option<bool>| {
+        let met = match met {
+            Some(true) => "yes",
+            Some(false) => "no",
+            None => "-",
+        };
+        let _ = writeln!(w, "| {what} | {goal} | {measured} | {met} |");
+    };
+    let best_closed = |backend: &str| {
+        s.blog
+            .runs
+            .iter()
+            .filter(|r| r.backend == backend)
+            .flat_map(|r| r.flows.iter().filter(|f| f.mode == "closed").map(move |f| (r.transport, f.visible_per_s)))
+            .fold(
+                None,
+                |best: Option<(&str, f64)>, (t, v)| if best.is_none_or(|b| v > b.1) { Some((t, v)) } else { best },
+            )
+    };
+    if let Some((t, v)) = best_closed("sqlite") {
+        row(
+            "blog on SQLite, posts visible in query",
+            ">= 5,000 posts/s",
+            format!("{v:.0} posts/s ({t})"),
+            Some(v >= 5000.0),
+        );
+    }
+    if let Some(f) =
+        sqlite_builtin.and_then(|r| r.flows.iter().find(|f| f.flow == "posts" && f.target_per_s == Some(1000.0)))
+    {
+        let p99 = f.latency.map(|l| l.p99_ms);
+        row(
+            "blog on SQLite at 1,000 posts/s, p99 write to visible",
+            "<= 20 ms",
+            format!("{} ms (builtin)", opt(p99, 1)),
+            p99.map(|p| p <= 20.0),
+        );
+    }
+    let closed = |transport: &str| {
+        s.bus_raw
+            .rows
+            .iter()
+            .find(|r| r.transport == transport && r.subscribers == 1 && r.mode == "closed")
+            .map(|r| r.delivered_per_s.iter().copied().fold(f64::INFINITY, f64::min))
+    };
+    if let Some(v) = closed("builtin") {
+        row("built-in bus, one subscriber", ">= 20,000 events/s", format!("{v:.0} events/s"), Some(v >= 20_000.0));
+    }
+    if let Some(v) = closed("jetstream") {
+        row("JetStream, one subscriber", ">= 50,000 events/s", format!("{v:.0} events/s"), Some(v >= 50_000.0));
+    }
+    let procs = s.blog.runs.iter().flat_map(|r| r.procs.iter());
+    let idle = procs.clone().filter_map(|p| p.idle_rss_mib).fold(0.0, f64::max);
+    let loaded = procs.clone().filter_map(|p| p.loaded_rss_mib).fold(0.0, f64::max);
+    let peak = procs.clone().filter_map(|p| p.peak_rss_mib).fold(0.0, f64::max);
+    let ready = procs.clone().map(|p| p.ready_ms).fold(0.0, f64::max);
+    row("RSS per service, idle", "<= 20 MB", format!("{idle:.1} MiB (largest)"), Some(idle <= 20.0));
+    row(
+        "RSS per service under max throughput",
+        "<= 60 MB",
+        format!("{loaded:.1} MiB at the end of the closed loop, {peak:.1} MiB high-water mark (largest)"),
+        Some(peak <= 60.0),
+    );
+    row("start to ready, per process", "<= 200 ms", format!("{ready:.0} ms (slowest)"), Some(ready <= 200.0));
+    for r in &s.replay.rows {
+        let v = r.pages_per_s.max(r.catch_up_per_s);
+        row(
+            &format!("replay, {}", r.transport),
+            ">= 100,000 events/s",
+            format!("{:.0} (pages), {:.0} (new subscriber) events/s", r.pages_per_s, r.catch_up_per_s),
+            Some(v >= 100_000.0),
+        );
+    }
+    out.push('\n');
+    out
+}
+
+/// The blog's tables.
+pub fn blog_markdown(s: &BlogSummary) -> String {
+    let mut out = String::from("## Blog pipeline\n\n");
+    let w = &mut out;
+    let _ = writeln!(
+        w,
+        "| db | transport | flow | load | written | written/s | visible/s | p50 ms | p90 ms | p99 ms | max ms | 201 p50 | 201 p99 | errors | missing |\n\
+         |---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    for r in &s.runs {
+        for f in &r.flows {
+            let _ = writeln!(
+                w,
+                "| {} | {} | {} | {} {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                r.backend,
+                r.transport,
+                f.flow,
+                f.mode,
+                f.load,
+                f.written,
+                rate(f.written_per_s),
+                rate(f.visible_per_s),
+                ms(&f.latency, |l| l.p50_ms),
+                ms(&f.latency, |l| l.p90_ms),
+                ms(&f.latency, |l| l.p99_ms),
+                ms(&f.latency, |l| l.max_ms),
+                ms(&f.write_latency, |l| l.p50_ms),
+                ms(&f.write_latency, |l| l.p99_ms),
+                f.errors,
+                f.missing
+            );
+        }
+    }
+    let _ = writeln!(
+        w,
+        "\np50..max: write (its scheduled time) to visible in query; 201: write to its answer. Load average after \
+         each system: {}.\n",
+        s.runs
+            .iter()
+            .map(|r| format!("{}/{} {}", r.backend, r.transport, r.load_average))
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
+    let _ = writeln!(
+        w,
+        "### Footprint\n\n| db | transport | process | start to ready ms | idle RSS MiB | loaded RSS MiB | peak RSS MiB | CPU s / 10k posts |\n\
+         |---|---|---|---:|---:|---:|---:|---:|"
+    );
+    for r in &s.runs {
+        for p in &r.procs {
+            let _ = writeln!(
+                w,
+                "| {} | {} | {} | {:.0} | {} | {} | {} | {} |",
+                r.backend,
+                r.transport,
+                p.name,
+                p.ready_ms,
+                opt(p.idle_rss_mib, 1),
+                opt(p.loaded_rss_mib, 1),
+                opt(p.peak_rss_mib, 1),
+                opt(p.cpu_s_per_10k_posts, 2)
+            );
+        }
+    }
+    out.push('\n');
+    out
+}
+
+fn bus_raw_markdown(s: &Summary) -> String {
+    let mut out = String::from(
+        "## Bus alone (bus-raw), 1 to 8 subscribers\n\n\
+         | transport | subs | load | events | publish/s | deliver/s (slowest) | p50 ms | p90 ms | p99 ms | max ms | bus cpu % | missing |\n\
+         |---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    let w = &mut out;
+    for r in &s.rows {
+        let slowest = r.delivered_per_s.iter().copied().fold(f64::INFINITY, f64::min);
+        let _ = writeln!(
+            w,
+            "| {} | {} | {} {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            r.transport,
+            r.subscribers,
+            r.mode,
+            r.load,
+            r.accepted,
+            rate(r.published_per_s),
+            rate(if slowest.is_finite() { slowest } else { 0.0 }),
+            ms(&r.latency, |l| l.p50_ms),
+            ms(&r.latency, |l| l.p90_ms),
+            ms(&r.latency, |l| l.p99_ms),
+            ms(&r.latency, |l| l.max_ms),
+            opt(r.bus_cpu_pct, 0),
+            r.missing
+        );
+    }
+    let _ = writeln!(
+        w,
+        "\nEvents of {} bytes. p50..max: publish to receipt by the subscriber. bus cpu: the event-bus process, or \
+         nats-server, 100 = one core.\n",
+        s.event_bytes
+    );
+    out
+}
+
+pub fn replay_markdown(s: &ReplaySummary) -> String {
+    let mut out = String::from(
+        "## Replay\n\n| transport | events in the log | fill events/s | read in pages events/s | new subscriber events/s |\n\
+         |---|---:|---:|---:|---:|\n",
+    );
+    let w = &mut out;
+    for r in &s.rows {
+        let _ = writeln!(
+            w,
+            "| {} | {} | {} | {} | {} |",
+            r.transport,
+            r.events,
+            rate(r.fill_per_s),
+            rate(r.pages_per_s),
+            rate(r.catch_up_per_s)
+        );
+    }
+    let _ = writeln!(w, "\nPages of {} events, decoded into CloudEvents as the SDK's backfill does.\n", s.page);
+    out
+}

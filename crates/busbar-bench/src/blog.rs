@@ -1,0 +1,695 @@
+//! Scenario `blog`: the reference app end to end, as a client sees it. The whole system
+//! runs as separate processes (see [`crate::system`]); the benchmark writes through the
+//! public API (`POST /posts`, `POST /posts/:id/comments`) and reads query's
+//! `GET /posts` to see the writes arrive:
+//!
+//! - posts, closed loop: the most posts/s the pipeline makes visible in query;
+//! - posts, open loop at fixed rates: write-to-visible latency percentiles;
+//! - comments, open loop: `POST` a comment to seeing it `approved` in query (comments,
+//!   the bus, moderation, the bus, comments, the bus, query);
+//! - footprint of every process: start-to-ready, idle and peak RSS, CPU per 10k posts.
+//!
+//! Each (database, transport) pair gets a fresh system.
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::{Context, bail};
+use busbar::spec::TransportKind;
+use serde::Serialize;
+use serde_json::json;
+use tokio::task::JoinSet;
+
+use crate::{
+    bus_raw::TransportKind as Transport,
+    clock, load,
+    nats::{self, Nats},
+    stats::{self, Latency},
+    system::{Backend, System, SystemOpts},
+    watch::{self, Want, Watcher},
+};
+
+const SCENARIO: &str = "blog";
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Databases to measure, comma-separated: `sqlite` (a file per service) and
+    /// `postgres` (a database per service on --pg-url).
+    #[arg(long, value_delimiter = ',', default_value = "sqlite,postgres")]
+    pub backends: Vec<Backend>,
+
+    /// Transports to measure, comma-separated: `builtin` (the event bus) and `jetstream`.
+    #[arg(long, value_delimiter = ',', default_value = "builtin,jetstream")]
+    pub transports: Vec<Transport>,
+
+    /// The NATS server (JetStream enabled) for the jetstream runs; as for bus-raw.
+    #[arg(long, env = "BUSBAR_TEST_NATS_URL", value_name = "URL")]
+    pub nats_url: Option<String>,
+
+    /// PostgreSQL admin URL for the postgres runs; each run creates its own databases
+    /// and drops them at the end.
+    #[arg(long, env = "BUSBAR_TEST_PG_URL", default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+    pub pg_url: String,
+
+    /// The `busbar` binary, which runs every process (`busbar __serve NAME`). Default:
+    /// `busbar` next to this program (`cargo build --release -p busbar-cli`).
+    #[arg(long, value_name = "PATH")]
+    pub busbar_bin: Option<PathBuf>,
+
+    /// Closed loop: concurrent clients, each posting as soon as its previous post was
+    /// answered.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub concurrency: u16,
+
+    /// Closed loop: seconds to post for.
+    #[arg(long, default_value_t = 5.0, value_parser = crate::bus_raw::positive_secs)]
+    pub duration: f64,
+
+    /// Closed loop: stop after this many posts even if time remains.
+    #[arg(long, default_value_t = 200_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_posts: u64,
+
+    /// Open loop: offered post rates (posts/s), comma-separated; one run per rate.
+    #[arg(long, value_delimiter = ',', default_value = "500,1000,2000,5000", value_parser = crate::bus_raw::positive_rate)]
+    pub rates: Vec<f64>,
+
+    /// Open loop: offered comment rates (comments/s), comma-separated; one run per rate.
+    #[arg(long, value_delimiter = ',', default_value = "500,1000", value_parser = crate::bus_raw::positive_rate)]
+    pub comment_rates: Vec<f64>,
+
+    /// Open loop: seconds to offer each rate for.
+    #[arg(long, default_value_t = 4.0, value_parser = crate::bus_raw::positive_secs)]
+    pub rate_duration: f64,
+
+    /// Open loop: most requests outstanding (the generator waits beyond, which shows as
+    /// latency).
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub max_in_flight: u32,
+
+    /// Milliseconds between polls of query's view while writes are awaited: the
+    /// resolution of the write-to-visible latencies.
+    #[arg(long, default_value_t = 2.0, value_parser = crate::bus_raw::positive_secs)]
+    pub poll_ms: f64,
+
+    /// Seconds to wait, after writing stops, for every write to be visible. Any still
+    /// missing then is a failure (exit status 1).
+    #[arg(long, default_value_t = 120.0, value_parser = crate::bus_raw::positive_secs)]
+    pub drain_timeout: f64,
+
+    /// Tiny bounds so CI can prove the scenario works in seconds: --duration 1, one rate
+    /// of 100/s, one comment rate of 50/s, --rate-duration 1 (every backend and transport
+    /// in the lists still runs).
+    #[arg(long)]
+    pub smoke: bool,
+}
+
+/// One process's footprint in one system.
+#[derive(Debug, Serialize)]
+pub struct ProcFigures {
+    pub name: String,
+    /// Spawn to the first `/readyz` 200, on a fresh database.
+    pub ready_ms: f64,
+    /// Resident memory a second after every process was ready.
+    pub idle_rss_mib: Option<f64>,
+    /// Resident memory at the end of the closed-loop (max throughput) run.
+    pub loaded_rss_mib: Option<f64>,
+    /// Highest resident memory over the process's life (VmHWM), at the end.
+    pub peak_rss_mib: Option<f64>,
+    /// CPU seconds over the closed-loop run, per 10,000 posts made visible.
+    pub cpu_s_per_10k_posts: Option<f64>,
+}
+
+/// One measured flow in one system.
+#[derive(Debug, Serialize)]
+pub struct FlowRow {
+    /// `posts` or `comments`.
+    pub flow: &'static str,
+    /// `closed` (as fast as it goes) or `open` (fixed offered rate).
+    pub mode: &'static str,
+    pub load: String,
+    pub target_per_s: Option<f64>,
+    /// Writes answered 201.
+    pub written: u64,
+    /// Writes that failed (not counted, not awaited).
+    pub errors: u64,
+    pub first_error: Option<String>,
+    /// Writes answered per second, first request to last answer.
+    pub written_per_s: f64,
+    /// Writes made visible in query per second, first request to the last one visible.
+    pub visible_per_s: f64,
+    /// Write (its scheduled time) to visible in query; open loop only.
+    pub latency: Option<Latency>,
+    /// Write to its 201.
+    pub write_latency: Option<Latency>,
+    /// Written but not visible within the drain bound.
+    pub missing: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SystemRun {
+    pub backend: &'static str,
+    pub transport: &'static str,
+    pub procs: Vec<ProcFigures>,
+    pub flows: Vec<FlowRow>,
+    pub load_average: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BlogSummary {
+    pub busbar_bin: String,
+    pub nats: Option<nats::NatsInfo>,
+    pub poll_ms: f64,
+    pub runs: Vec<SystemRun>,
+    pub ok: bool,
+}
+
+pub async fn run(mut args: Args) -> anyhow::Result<BlogSummary> {
+    if args.smoke {
+        args.duration = 1.0;
+        args.rates = vec![100.0];
+        args.comment_rates = vec![50.0];
+        args.rate_duration = 1.0;
+        args.drain_timeout = args.drain_timeout.min(60.0);
+    }
+    args.backends.dedup();
+    args.transports.dedup();
+    let bin = locate_busbar(args.busbar_bin.as_ref())?;
+    let nats = match args.transports.contains(&Transport::Jetstream) {
+        true => Some(Nats::prepare(args.nats_url.as_deref()).await?),
+        false => None,
+    };
+    let client = client(args.max_in_flight as usize)?;
+    let mut runs = vec![];
+    let mut result = Ok(());
+    'all: for &backend in &args.backends {
+        for &transport in &args.transports {
+            let run_id = uuid::Uuid::now_v7().simple().to_string()[20..].to_owned();
+            let opts = SystemOpts {
+                busbar_bin: &bin,
+                backend,
+                transport: match transport {
+                    Transport::Builtin => TransportKind::Builtin,
+                    Transport::Jetstream => TransportKind::JetStream,
+                },
+                nats_url: nats.as_ref().map(|n| n.info.url.as_str()),
+                pg_url: &args.pg_url,
+                run_id: &run_id,
+            };
+            eprintln!("[{SCENARIO}] {}, {}: starting the blog", backend.name(), transport_name(transport));
+            match one_system(&args, &opts, &client, nats.as_ref()).await {
+                Ok(r) => runs.push(r),
+                Err(e) => {
+                    result = Err(e.context(format!("{} on {}", backend.name(), transport_name(transport))));
+                    break 'all;
+                }
+            }
+        }
+    }
+    let nats_info = nats.as_ref().map(|n| n.info.clone());
+    if let Some(n) = nats {
+        n.stop().await;
+    }
+    result?;
+    let ok = runs.iter().flat_map(|r| &r.flows).all(|f| f.missing == 0);
+    Ok(BlogSummary { busbar_bin: bin.display().to_string(), nats: nats_info, poll_ms: args.poll_ms, runs, ok })
+}
+
+fn transport_name(t: Transport) -> &'static str {
+    match t {
+        Transport::Builtin => "builtin",
+        Transport::Jetstream => "jetstream",
+    }
+}
+
+fn locate_busbar(explicit: Option<&PathBuf>) -> anyhow::Result<PathBuf> {
+    let path = match explicit {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()
+            .context("cannot find this program's own path to look for busbar beside it")?
+            .with_file_name("busbar"),
+    };
+    if !path.is_file() {
+        bail!(
+            "busbar binary not found at {}: run `cargo build --release -p busbar-cli` (it lands next to \
+             busbar-bench), or pass --busbar-bin PATH",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+pub fn client(max_in_flight: usize) -> anyhow::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .no_proxy()
+        .tcp_nodelay(true)
+        .pool_max_idle_per_host(max_in_flight)
+        .timeout(load::PUBLISH_TIMEOUT)
+        .build()
+        .context("cannot build the HTTP client")
+}
+
+/// Starts one system, measures everything on it, and stops it (also on error).
+async fn one_system(
+    args: &Args,
+    opts: &SystemOpts<'_>,
+    client: &reqwest::Client,
+    nats: Option<&Nats>,
+) -> anyhow::Result<SystemRun> {
+    let mut system = System::start(opts, client).await?;
+    let streams = match opts.transport {
+        TransportKind::JetStream => jetstream_cleanup(&system, nats).await,
+        TransportKind::Builtin => None,
+    };
+    let result = measure_system(args, opts, client, &mut system).await;
+    let result = match (result, system.check_alive()) {
+        (Ok(r), Ok(())) => Ok(r),
+        (Err(e), alive) => Err(match alive {
+            Err(dead) => e.context(format!("{dead:#}")),
+            Ok(()) => e,
+        }),
+        (Ok(_), Err(dead)) => Err(dead),
+    };
+    system.stop().await;
+    if let Some((js, names)) = streams {
+        nats::delete_streams(&js, &names).await;
+    }
+    result
+}
+
+/// The streams the services create for this system's bus, noted for deletion whatever
+/// happens (a server we started is thrown away anyway).
+async fn jetstream_cleanup(
+    system: &System,
+    nats: Option<&Nats>,
+) -> Option<(async_nats::jetstream::Context, Vec<String>)> {
+    use busbar::transport::jetstream;
+    let nats = nats?;
+    let names = vec![jetstream::stream_name(&system.bus), jetstream::dead_letter_stream_name(&system.bus)];
+    match nats::connect(&nats.info.url, "busbar-bench cleanup").await {
+        Ok(c) => {
+            let js = async_nats::jetstream::new(c);
+            if !nats.info.throwaway {
+                nats::register(&js, &names);
+            }
+            Some((js, names))
+        }
+        Err(e) => {
+            eprintln!("[{SCENARIO}] cannot connect to NATS to clean up later ({e:#}); delete {names:?} by hand");
+            None
+        }
+    }
+}
+
+async fn measure_system(
+    args: &Args,
+    opts: &SystemOpts<'_>,
+    client: &reqwest::Client,
+    system: &mut System,
+) -> anyhow::Result<SystemRun> {
+    let who = format!(
+        "[{SCENARIO}] {}, {}",
+        opts.backend.name(),
+        if opts.transport == TransportKind::Builtin { "builtin" } else { "jetstream" }
+    );
+    let mut procs: Vec<ProcFigures> = system
+        .procs
+        .iter()
+        .map(|p| ProcFigures {
+            name: p.name.clone(),
+            ready_ms: p.ready_ms,
+            idle_rss_mib: None,
+            loaded_rss_mib: None,
+            peak_rss_mib: None,
+            cpu_s_per_10k_posts: None,
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for (f, p) in procs.iter_mut().zip(&system.procs) {
+        f.idle_rss_mib = p.rss_mib().map(|r| r.0);
+    }
+    let posts_url = system.get("posts").url("/posts");
+    let query = system.get("query").url("");
+    let mut flows = vec![];
+
+    // Closed loop: as many posts as the pipeline takes.
+    let k = args.concurrency as usize;
+    eprintln!("{who}: posts, closed loop, {k} clients, {} s", args.duration);
+    let applied0 = applied(client, &query).await?;
+    let cpu0 = system.cpu_secs();
+    let written = closed_posts(client, &posts_url, k, Duration::from_secs_f64(args.duration), args.max_posts).await;
+    let visible_at = wait_applied(client, &query, applied0 + written.ids.len() as u64, args.drain_timeout).await?;
+    let cpu1 = system.cpu_secs();
+    let missing = verify_visible(client, &query, &written).await?;
+    let n = written.ids.len() as f64;
+    for (f, (a, b)) in procs.iter_mut().zip(cpu0.iter().zip(&cpu1)) {
+        f.cpu_s_per_10k_posts = match (a, b) {
+            (Some(a), Some(b)) if n > 0.0 => Some((b - a) / n * 1e4),
+            _ => None,
+        };
+    }
+    for (f, p) in procs.iter_mut().zip(&system.procs) {
+        f.loaded_rss_mib = p.rss_mib().map(|r| r.0);
+    }
+    let mut ack = written.ack_ns.clone();
+    flows.push(FlowRow {
+        flow: "posts",
+        mode: "closed",
+        load: format!("{k} clients"),
+        target_per_s: None,
+        written: written.ids.len() as u64,
+        errors: written.errors,
+        first_error: written.first_error.clone(),
+        written_per_s: n / clock::secs_between(written.first_ns, written.last_ack_ns),
+        visible_per_s: visible_at.map_or(0.0, |t| n / clock::secs_between(written.first_ns, t)),
+        latency: None,
+        write_latency: stats::latency(&mut ack),
+        missing,
+    });
+    progress(&who, flows.last());
+    system.check_alive()?;
+
+    let watcher = Watcher::start(client.clone(), query.clone(), Duration::from_secs_f64(args.poll_ms / 1e3));
+    for &rate in &args.rates {
+        eprintln!("{who}: posts, open loop, {rate}/s, {} s", args.rate_duration);
+        flows.push(open_posts(args, client, &posts_url, &watcher, rate).await?);
+        progress(&who, flows.last());
+        system.check_alive()?;
+    }
+
+    if !args.comment_rates.is_empty() {
+        let comments = system.get("comments").url("");
+        let needed: u64 = args.comment_rates.iter().map(|r| (r * args.rate_duration).round().max(1.0) as u64).sum();
+        eprintln!("{who}: comments: creating {needed} posts to comment on");
+        let known0 = applied(client, &comments).await?;
+        let posts = closed_posts(client, &posts_url, k, Duration::from_secs(3600), needed).await;
+        if posts.errors > 0 {
+            bail!("creating posts to comment on failed: {}", posts.first_error.unwrap_or_default());
+        }
+        wait_applied(client, &comments, known0 + needed, args.drain_timeout)
+            .await?
+            .context("comments did not learn of the posts in time")?;
+        let mut ids = posts.ids.into_iter().map(|(id, _)| id).collect::<Vec<_>>();
+        ids.sort();
+        let mut ids = ids.into_iter();
+        for &rate in &args.comment_rates {
+            eprintln!("{who}: comments, open loop, {rate}/s, {} s", args.rate_duration);
+            let n = (rate * args.rate_duration).round().max(1.0) as usize;
+            let targets: Vec<String> = ids.by_ref().take(n).collect();
+            flows.push(open_comments(args, client, &comments, &watcher, rate, targets).await?);
+            progress(&who, flows.last());
+            system.check_alive()?;
+        }
+    }
+    for (f, p) in procs.iter_mut().zip(&system.procs) {
+        f.peak_rss_mib = p.rss_mib().map(|r| r.1);
+    }
+    Ok(SystemRun {
+        backend: opts.backend.name(),
+        transport: if opts.transport == TransportKind::Builtin { "builtin" } else { "jetstream" },
+        procs,
+        flows,
+        load_average: crate::proc::load_average(),
+    })
+}
+
+/// One line per measured flow on stderr, so a long run shows its figures as it goes.
+fn progress(who: &str, row: Option<&FlowRow>) {
+    let Some(r) = row else { return };
+    let p = |f: fn(&Latency) -> f64| r.latency.as_ref().map_or("-".into(), |l| format!("{:.1}", f(l)));
+    eprintln!(
+        "{who}: {} {} {}: {} written ({:.0}/s), {:.0} visible/s, p50 {} p99 {} max {} ms, {} errors, {} missing",
+        r.flow,
+        r.mode,
+        r.load,
+        r.written,
+        r.written_per_s,
+        r.visible_per_s,
+        p(|l| l.p50_ms),
+        p(|l| l.p99_ms),
+        p(|l| l.max_ms),
+        r.errors,
+        r.missing
+    );
+}
+
+/// What a closed loop of posts got answered.
+#[derive(Default)]
+struct Written {
+    first_ns: u64,
+    last_ack_ns: u64,
+    /// Created post ids with their request's wall-clock ms.
+    ids: Vec<(String, u64)>,
+    ack_ns: Vec<u64>,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+/// Creates one post; its id, or why not.
+async fn create_post(client: &reqwest::Client, url: &str, title: &str) -> Result<String, String> {
+    let r = client.post(url).json(&json!({ "title": title })).send().await.map_err(|e| e.to_string())?;
+    let status = r.status();
+    let body = r.bytes().await.map_err(|e| e.to_string())?;
+    if status.as_u16() != 201 {
+        return Err(format!("HTTP {status}: {}", String::from_utf8_lossy(&body)));
+    }
+    let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+    v["id"].as_str().map(str::to_owned).ok_or_else(|| format!("201 without an id: {v}"))
+}
+
+/// `clients` tasks post one after another until `duration` has passed or `max` posts
+/// were started.
+async fn closed_posts(client: &reqwest::Client, url: &str, clients: usize, duration: Duration, max: u64) -> Written {
+    let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let deadline = tokio::time::Instant::now() + duration;
+    let mut out = Written { first_ns: clock::now_ns(), ..Written::default() };
+    let mut tasks = JoinSet::new();
+    for _ in 0..clients {
+        let (client, url, next) = (client.clone(), url.to_owned(), next.clone());
+        tasks.spawn(async move {
+            let mut mine = Written::default();
+            while tokio::time::Instant::now() < deadline {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= max {
+                    break;
+                }
+                let (sent, ms) = (clock::now_ns(), watch::wall_ms());
+                match create_post(&client, &url, &format!("post {i}")).await {
+                    Ok(id) => {
+                        let now = clock::now_ns();
+                        mine.ack_ns.push(now - sent);
+                        mine.last_ack_ns = now;
+                        mine.ids.push((id, ms));
+                    }
+                    Err(e) => {
+                        mine.errors += 1;
+                        mine.first_error.get_or_insert(e);
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+            }
+            mine
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        let Ok(mine) = r else { continue };
+        out.last_ack_ns = out.last_ack_ns.max(mine.last_ack_ns);
+        out.ids.extend(mine.ids);
+        out.ack_ns.extend(mine.ack_ns);
+        out.errors += mine.errors;
+        out.first_error = out.first_error.or(mine.first_error);
+    }
+    out
+}
+
+/// Events a service has applied so far, from its `/metrics`.
+async fn applied(client: &reqwest::Client, base: &str) -> anyhow::Result<u64> {
+    let text = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .with_context(|| format!("GET {base}/metrics"))?
+        .text()
+        .await?;
+    Ok(metric(&text, "busbar_events_applied_total").unwrap_or(0.0) as u64)
+}
+
+/// The value of an unlabelled metric in Prometheus text.
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Waits until the service at `base` has applied `target` events; when (`clock`), or
+/// `None` on timeout.
+async fn wait_applied(client: &reqwest::Client, base: &str, target: u64, timeout: f64) -> anyhow::Result<Option<u64>> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(timeout);
+    loop {
+        if applied(client, base).await? >= target {
+            return Ok(Some(clock::now_ns()));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Ok(None);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Counts written posts that query's view does not show, reading the view from just
+/// below the first write's id floor, page by page.
+async fn verify_visible(client: &reqwest::Client, query: &str, written: &Written) -> anyhow::Result<u64> {
+    let Some(first_ms) = written.ids.iter().map(|(_, ms)| *ms).min() else { return Ok(0) };
+    let mut want: std::collections::HashSet<&str> = written.ids.iter().map(|(id, _)| id.as_str()).collect();
+    let mut after = watch::uuid_v7_floor(first_ms.saturating_sub(1));
+    let page = 10_000;
+    loop {
+        let url = format!("{query}/posts?after={after}&limit={page}");
+        let view: std::collections::BTreeMap<String, serde_json::Value> =
+            client.get(&url).send().await.with_context(|| format!("GET {url}"))?.json().await?;
+        for id in view.keys() {
+            want.remove(id.as_str());
+        }
+        match view.keys().next_back() {
+            Some(last) if view.len() == page => after = last.clone(),
+            _ => break,
+        }
+    }
+    Ok(want.len() as u64)
+}
+
+/// Open loop of posts at `rate`, each awaited in query's view.
+async fn open_posts(
+    args: &Args,
+    client: &reqwest::Client,
+    url: &str,
+    watcher: &Watcher,
+    rate: f64,
+) -> anyhow::Result<FlowRow> {
+    watcher.lock().reset();
+    let state = watcher.shared();
+    let paced =
+        load::paced(rate, Duration::from_secs_f64(args.rate_duration), args.max_in_flight as usize, |i, due_ns| {
+            let (client, url, state) = (client.clone(), url.to_owned(), state.clone());
+            async move {
+                let ms = watch::wall_ms();
+                state.lock().expect("watch lock poisoned").sending(ms);
+                let r = create_post(&client, &url, &format!("open {i}")).await;
+                let ack = clock::now_ns();
+                state.lock().expect("watch lock poisoned").answered(ms, r.as_ref().ok().cloned(), due_ns);
+                (r.map(|_| ()), due_ns, ack)
+            }
+        })
+        .await?;
+    finish_open("posts", args, watcher, rate, paced).await
+}
+
+/// Open loop of comments at `rate`, one on each of `posts` (which comments already
+/// knows), each awaited as `approved` in query's view.
+async fn open_comments(
+    args: &Args,
+    client: &reqwest::Client,
+    comments: &str,
+    watcher: &Watcher,
+    rate: f64,
+    posts: Vec<String>,
+) -> anyhow::Result<FlowRow> {
+    watcher.lock().reset();
+    let state = watcher.shared();
+    let posts = Arc::new(posts);
+    let n = posts.len() as f64;
+    let paced = load::paced(rate, Duration::from_secs_f64(n / rate), args.max_in_flight as usize, |i, due_ns| {
+        let (client, state, posts) = (client.clone(), state.clone(), posts.clone());
+        let comments = comments.to_owned();
+        async move {
+            // The schedule's length is rounded from a float: never index past the posts.
+            let Some(post) = posts.get(i as usize) else {
+                return (Err(format!("no post left for comment {i}")), due_ns, clock::now_ns());
+            };
+            let url = format!("{comments}/posts/{post}/comments");
+            let content = format!("comment {i}");
+            state.lock().expect("watch lock poisoned").expect(
+                post.clone(),
+                Want::Comment { content: content.clone(), status: "approved" },
+                due_ns,
+            );
+            let r = async {
+                let r =
+                    client.post(&url).json(&json!({ "content": content })).send().await.map_err(|e| e.to_string())?;
+                let status = r.status();
+                let body = r.text().await.map_err(|e| e.to_string())?;
+                if status.as_u16() != 201 {
+                    return Err(format!("HTTP {status}: {body}"));
+                }
+                Ok(())
+            }
+            .await;
+            if r.is_err() {
+                state.lock().expect("watch lock poisoned").forget(post);
+            }
+            (r, due_ns, clock::now_ns())
+        }
+    })
+    .await?;
+    finish_open("comments", args, watcher, rate, paced).await
+}
+
+/// Waits for every write of an open-loop run to become visible and makes its row.
+async fn finish_open(
+    flow: &'static str,
+    args: &Args,
+    watcher: &Watcher,
+    rate: f64,
+    paced: load::Paced<(Result<(), String>, u64, u64)>,
+) -> anyhow::Result<FlowRow> {
+    let missing = watcher.drain(Duration::from_secs_f64(args.drain_timeout)).await;
+    let mut ack = vec![];
+    let (mut errors, mut first_error, mut last_ack) = (0, None, 0);
+    for (r, due, ack_ns) in &paced.results {
+        match r {
+            Ok(()) => {
+                ack.push(ack_ns.saturating_sub(*due));
+                last_ack = last_ack.max(*ack_ns);
+            }
+            Err(e) => {
+                errors += 1;
+                first_error.get_or_insert(e.clone());
+            }
+        }
+    }
+    let written = ack.len() as u64;
+    let mut w = watcher.lock();
+    if w.poll_errors > 0 {
+        eprintln!(
+            "[{SCENARIO}] {} polls of query failed; first: {}",
+            w.poll_errors,
+            w.first_error.as_deref().unwrap_or("-")
+        );
+    }
+    let seen = w.latencies_ns.len() as f64;
+    let last_seen = w.last_seen_ns;
+    let row = FlowRow {
+        flow,
+        mode: "open",
+        load: format!("{rate}/s"),
+        target_per_s: Some(rate),
+        written,
+        errors,
+        first_error,
+        written_per_s: written as f64 / clock::secs_between(paced.start_ns, last_ack.max(paced.scheduled_end_ns)),
+        visible_per_s: seen / clock::secs_between(paced.start_ns, last_seen.max(paced.scheduled_end_ns)),
+        latency: stats::latency(&mut w.latencies_ns),
+        write_latency: stats::latency(&mut ack),
+        missing: missing as u64,
+    };
+    w.reset();
+    Ok(row)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_unlabelled_counters() {
+        let text = "# HELP busbar_events_applied Events applied\n# TYPE busbar_events_applied counter\nbusbar_events_applied_total 42\nbusbar_events_applied_total_x 1\n";
+        assert_eq!(metric(text, "busbar_events_applied_total"), Some(42.0));
+        assert_eq!(metric(text, "busbar_events_failed_total"), None);
+    }
+}

@@ -1,0 +1,274 @@
+//! The whole blog as separate processes, started from the plan `busbar up` uses
+//! ([`busbar_cli::plan`]): the repository's ServiceBus manifest, each process a
+//! `busbar __serve NAME`, wired by the same `BUSBAR_*` variables. Only what a benchmark
+//! must own differs: free loopback ports, a throwaway data directory, uniquely named
+//! PostgreSQL databases or JetStream streams, and timing each process from spawn to ready.
+
+use std::{
+    fs::File,
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::Duration,
+};
+
+use anyhow::{Context, bail};
+use busbar::spec::TransportKind;
+use busbar_cli::plan::{self, Options, Program};
+use sqlx::{Connection, Executor, PgConnection};
+use tokio::process::{Child, Command};
+
+use crate::{
+    clock,
+    proc::{self, TempDir},
+};
+
+/// The blog's manifest, as `busbar up` reads it by default.
+const BLOG_MANIFEST: &str = include_str!("../../../k8s/base/servicebus.yaml");
+/// The ports the manifest gives each service, replaced by free ones.
+const MANIFEST_PORTS: [(&str, u16); 4] = [("posts", 4000), ("comments", 4001), ("query", 4002), ("moderation", 4003)];
+/// Longest a process may take from spawn to `/readyz` 200.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Which database every process of the blog uses.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// One SQLite file per process in a temp dir (the embedded default).
+    Sqlite,
+    /// One database per process on the PostgreSQL server at --pg-url.
+    Postgres,
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+}
+
+pub struct SystemOpts<'a> {
+    pub busbar_bin: &'a Path,
+    pub backend: Backend,
+    pub transport: TransportKind,
+    /// NATS for the jetstream transport.
+    pub nats_url: Option<&'a str>,
+    /// PostgreSQL admin URL (a database the bench may connect to in order to create others).
+    pub pg_url: &'a str,
+    /// Unique per run: names databases and the bus (hence the JetStream stream).
+    pub run_id: &'a str,
+}
+
+/// One running process of the blog.
+pub struct Running {
+    pub name: String,
+    pub port: u16,
+    pub pid: u32,
+    child: Child,
+    log: PathBuf,
+    /// Spawn to the first `/readyz` 200, in ms.
+    pub ready_ms: f64,
+}
+
+impl Running {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn cpu_secs(&self) -> Option<f64> {
+        proc::cpu_secs(&format!("/proc/{}/stat", self.pid))
+    }
+
+    /// (now, peak) resident memory in MiB.
+    pub fn rss_mib(&self) -> Option<(f64, f64)> {
+        proc::rss_mib(self.pid)
+    }
+
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+pub struct System {
+    /// In start order: the bus first (on the built-in transport), then the services.
+    pub procs: Vec<Running>,
+    /// The ServiceBus's name (on JetStream, it names the stream).
+    pub bus: String,
+    /// PostgreSQL databases to drop at the end.
+    pg_dbs: Vec<String>,
+    pg_url: String,
+    dir: TempDir,
+}
+
+impl System {
+    /// Starts every process of the blog in plan order, each waited for until ready (so
+    /// each start-to-ready time is its own, not its neighbours').
+    pub async fn start(opts: &SystemOpts<'_>, client: &reqwest::Client) -> anyhow::Result<System> {
+        let dir = TempDir::new("blog")?;
+        let bus_name = format!("bench-{}", opts.run_id);
+        let mut manifest =
+            BLOG_MANIFEST.replace("metadata:\n  name: blog\n", &format!("metadata:\n  name: {bus_name}\n"));
+        for (_, port) in MANIFEST_PORTS {
+            manifest = manifest.replace(&format!("port: {port}\n"), &format!("port: {}\n", proc::free_port()?));
+        }
+        let bus = busbar::spec::parse_manifest(&manifest).map_err(|e| anyhow::anyhow!("the blog manifest: {e}"))?;
+        if bus.name != bus_name {
+            bail!("k8s/base/servicebus.yaml no longer names its bus `blog`; update the benchmark");
+        }
+        let spec_path = dir.path().join("servicebus.yaml");
+        std::fs::write(&spec_path, &manifest).with_context(|| format!("cannot write {}", spec_path.display()))?;
+        let db_prefix = format!("bench_{}_", opts.run_id);
+        let options = Options {
+            spec_path,
+            data_dir: dir.path().to_owned(),
+            bus_port: proc::free_port()?,
+            database_url_template: (opts.backend == Backend::Postgres)
+                .then(|| format!("{}/{db_prefix}{{name}}", server_url(opts.pg_url))),
+            transport: Some(opts.transport),
+            nats_url: opts.nats_url.map(str::to_owned),
+        };
+        let procs = plan::plan(&bus, &options, |_| None)
+            .map_err(|problems| anyhow::anyhow!("cannot plan the blog: {}", problems.join("; ")))?;
+        let mut system = System { procs: vec![], bus: bus_name, pg_dbs: vec![], pg_url: opts.pg_url.to_owned(), dir };
+        if opts.backend == Backend::Postgres {
+            let mut conn = PgConnection::connect(opts.pg_url)
+                .await
+                .with_context(|| format!("PostgreSQL is not reachable at {} (set --pg-url)", opts.pg_url))?;
+            for p in &procs {
+                let name = format!("{db_prefix}{}", p.name.replace('-', "_"));
+                conn.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                    .await
+                    .with_context(|| format!("cannot create database {name}"))?;
+                system.pg_dbs.push(name);
+            }
+            let _ = conn.close().await;
+        }
+        for p in &procs {
+            let log = system.dir.path().join(format!("{}.log", p.name));
+            let out = File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
+            let mut cmd = match &p.program {
+                Program::Builtin(name) => {
+                    let mut c = Command::new(opts.busbar_bin);
+                    c.args(["__serve", name]);
+                    c
+                }
+                Program::External(path) => Command::new(path),
+            };
+            cmd.args(&p.args)
+                .envs(p.env.iter().cloned())
+                // Loopback pushes and publishes must never go through a proxy.
+                .env("NO_PROXY", "*")
+                .env_remove("HTTP_PROXY")
+                .env_remove("http_proxy")
+                .stdin(Stdio::null())
+                .stdout(out.try_clone()?)
+                .stderr(out)
+                .kill_on_drop(true);
+            let t0 = clock::now_ns();
+            let child =
+                cmd.spawn().with_context(|| format!("cannot start {} ({})", p.name, opts.busbar_bin.display()))?;
+            let pid = child.id().context("a process exited at once")?;
+            let mut running = Running { name: p.name.clone(), port: p.port, pid, child, log, ready_ms: 0.0 };
+            let ready = wait_ready(&mut running, client).await;
+            running.ready_ms = clock::secs_between(t0, clock::now_ns()) * 1e3;
+            let tail = running.log_tail(30);
+            system.procs.push(running);
+            if let Err(e) = ready {
+                system.stop().await;
+                bail!("{e:#}\n--- last lines of its log ---\n{tail}");
+            }
+        }
+        Ok(system)
+    }
+
+    pub fn get(&self, name: &str) -> &Running {
+        self.procs.iter().find(|p| p.name == name).unwrap_or_else(|| panic!("the blog has no process {name}"))
+    }
+
+    /// Fails, with the log's tail, if any process has exited.
+    pub fn check_alive(&mut self) -> anyhow::Result<()> {
+        for p in &mut self.procs {
+            if let Some(status) = p.child.try_wait()? {
+                bail!("{} exited unexpectedly ({status})\n--- last lines of its log ---\n{}", p.name, p.log_tail(30));
+            }
+        }
+        Ok(())
+    }
+
+    /// Each process's CPU seconds so far, in `procs` order.
+    pub fn cpu_secs(&self) -> Vec<Option<f64>> {
+        self.procs.iter().map(Running::cpu_secs).collect()
+    }
+
+    /// Stops the services (newest first), then the bus, as `busbar up` does; drops the
+    /// databases.
+    pub async fn stop(&mut self) {
+        for p in self.procs.iter_mut().rev() {
+            let what = p.name.clone();
+            proc::stop_child(&mut p.child, p.pid, &what).await;
+        }
+        if self.pg_dbs.is_empty() {
+            return;
+        }
+        match PgConnection::connect(&self.pg_url).await {
+            Ok(mut conn) => {
+                for name in self.pg_dbs.drain(..) {
+                    let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                    if let Err(e) = conn.execute(sqlx::AssertSqlSafe(sql)).await {
+                        eprintln!("[blog] could not drop database {name} ({e}); drop it by hand");
+                    }
+                }
+                let _ = conn.close().await;
+            }
+            Err(e) => eprintln!("[blog] could not drop databases {:?} ({e}); drop them by hand", self.pg_dbs),
+        }
+    }
+}
+
+async fn wait_ready(p: &mut Running, client: &reqwest::Client) -> anyhow::Result<()> {
+    let url = p.url("/readyz");
+    let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+    loop {
+        if let Some(status) = p.child.try_wait()? {
+            bail!("{} exited during startup ({status})", p.name);
+        }
+        let ok = client.get(&url).timeout(Duration::from_secs(1)).send().await.is_ok_and(|r| r.status().is_success());
+        if ok {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("{} did not answer 200 on {url} within {READY_TIMEOUT:?}", p.name);
+        }
+        // Short: start-to-ready is measured with this resolution.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// `postgres://user@host:port` from an admin URL naming a database.
+fn server_url(admin: &str) -> String {
+    let (scheme, rest) = admin.split_once("://").unwrap_or(("postgres", admin));
+    let authority = rest.split('/').next().unwrap_or(rest);
+    format!("{scheme}://{authority}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_urls_keep_the_server_and_drop_the_database() {
+        assert_eq!(server_url("postgres://postgres@127.0.0.1:5432/postgres"), "postgres://postgres@127.0.0.1:5432");
+        assert_eq!(server_url("postgres://u:p@h/db?sslmode=disable"), "postgres://u:p@h");
+    }
+
+    #[test]
+    fn the_manifest_still_has_the_ports_and_name_the_bench_replaces() {
+        assert!(BLOG_MANIFEST.contains("metadata:\n  name: blog\n"));
+        for (_, port) in MANIFEST_PORTS {
+            assert!(BLOG_MANIFEST.contains(&format!("port: {port}\n")), "port {port}");
+        }
+    }
+}
