@@ -117,6 +117,36 @@ impl Cluster {
     }
 }
 
+/// Every request the operator replicas made is allowed by the RBAC the repository ships
+/// (`rbac.rs`): the fake has no RBAC, so this is where a missing rule would show.
+fn assert_rbac_covers_what_the_operator_did(api: &FakeApiServer) {
+    let rules: Vec<Value> = [busbar_operator::rbac::cluster_rules(), busbar_operator::rbac::lease_rules()]
+        .into_iter()
+        .flat_map(|r| r.as_array().unwrap().clone())
+        .collect();
+    let allowed = |group: &str, resource: &str, verb: &str| {
+        rules.iter().any(|r| {
+            let has = |k: &str, v: &str| r[k].as_array().unwrap().iter().any(|x| x == v);
+            has("apiGroups", group) && has("resources", resource) && has("verbs", verb)
+        })
+    };
+    let mut missing = std::collections::BTreeSet::new();
+    for r in api.requests() {
+        let ua = r.user_agent.as_deref().unwrap_or_default();
+        if !(ua.starts_with("op-") || ua.starts_with("replica-")) || r.verb == "discovery" {
+            continue;
+        }
+        let resource = match &r.subresource {
+            Some(sub) => format!("{}/{sub}", r.resource),
+            None => r.resource.clone(),
+        };
+        if !allowed(&r.group, &resource, &r.verb) {
+            missing.insert(format!("{} {}/{}", r.verb, r.group, resource));
+        }
+    }
+    assert!(missing.is_empty(), "requests the shipped RBAC does not allow: {missing:?}");
+}
+
 struct Replica {
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
@@ -227,6 +257,7 @@ async fn a_spec_change_rewires_and_a_removed_service_is_unwired() {
         c.bus("blog").is_some_and(|b| b["status"]["observedGeneration"] == 2 && b["status"]["wiredServices"] == "3/3")
     })
     .await;
+    assert_rbac_covers_what_the_operator_did(&c.api);
     op.stop().await;
 }
 
@@ -299,6 +330,7 @@ async fn deleting_the_servicebus_removes_what_the_operator_added_and_nothing_els
     })
     .await;
     assert!(c.event_reasons().iter().any(|r| r == "CleanedUp"));
+    assert_rbac_covers_what_the_operator_did(&c.api);
     op.stop().await;
 }
 
@@ -381,6 +413,7 @@ async fn with_two_replicas_only_the_leader_writes() {
     .await;
     assert!(writes_by("replica-b") > 0);
     b.stop().await;
+    assert_rbac_covers_what_the_operator_did(&c.api);
 }
 
 #[tokio::test]
