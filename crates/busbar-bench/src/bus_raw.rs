@@ -11,7 +11,7 @@ use std::{path::Path, sync::Arc, time::Duration};
 use anyhow::{Context, bail};
 use busbar::{
     spec::StartFrom,
-    transport::jetstream::{self, JetStreamTransport, SubscribeOptions},
+    transport::jetstream::{self, SubscribeOptions},
 };
 
 use crate::{
@@ -258,13 +258,7 @@ async fn with_jetstream(args: &Args, nats: &mut Nats, run_id: &str, n: usize) ->
     let bus = format!("bench-{run_id}-{n}");
     let url = nats.info.url.clone();
     eprintln!("[{SCENARIO}] jetstream, {n} subscriber(s): creating stream {}", jetstream::stream_name(&bus));
-    let t = tokio::time::timeout(Duration::from_secs(15), JetStreamTransport::connect(&url, &bus))
-        .await
-        .with_context(|| format!("connecting to NATS at {url} timed out"))??;
-    let streams = [jetstream::stream_name(&bus), jetstream::dead_letter_stream_name(&bus)];
-    if !nats.info.throwaway {
-        nats::register(t.context(), &streams);
-    }
+    let (t, streams) = nats.bus(&bus).await?;
     let result = async {
         tokio::time::timeout(Duration::from_secs(15), t.ensure_streams())
             .await

@@ -232,6 +232,26 @@ fn listening_inode(line: &str, port: u16) -> Option<u64> {
 /// an interrupted run still removes them.
 static LEFT: Mutex<Vec<(jetstream::Context, String)>> = Mutex::new(Vec::new());
 
+impl Nats {
+    /// Connects a transport for `bus` and returns it with the bus's stream names. On a
+    /// server this program does not own, the streams are noted for deletion (see [`register`]).
+    pub async fn bus(
+        &self,
+        bus: &str,
+    ) -> anyhow::Result<(busbar::transport::jetstream::JetStreamTransport, [String; 2])> {
+        use busbar::transport::jetstream::{JetStreamTransport, dead_letter_stream_name, stream_name};
+        let url = &self.info.url;
+        let t = tokio::time::timeout(std::time::Duration::from_secs(15), JetStreamTransport::connect(url, bus))
+            .await
+            .with_context(|| format!("connecting to NATS at {url} timed out"))??;
+        let streams = [stream_name(bus), dead_letter_stream_name(bus)];
+        if !self.info.throwaway {
+            register(t.context(), &streams);
+        }
+        Ok((t, streams))
+    }
+}
+
 /// Notes streams to delete at the end whatever happens.
 pub fn register(js: &jetstream::Context, streams: &[String]) {
     let mut left = LEFT.lock().expect("stream list lock poisoned");

@@ -12,10 +12,7 @@
 use std::{sync::Arc, time::Duration};
 
 use anyhow::{Context, bail};
-use busbar::{
-    HttpTransport, Transport,
-    transport::jetstream::{self, JetStreamTransport},
-};
+use busbar::{HttpTransport, Transport};
 use serde::Serialize;
 
 use crate::{
@@ -143,13 +140,7 @@ async fn on_jetstream(args: &Args) -> anyhow::Result<ReplayRow> {
     let nats = Nats::prepare(args.nats_url.as_deref()).await?;
     let url = nats.info.url.clone();
     let bus = format!("bench-replay-{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
-    let t = tokio::time::timeout(Duration::from_secs(15), JetStreamTransport::connect(&url, &bus))
-        .await
-        .with_context(|| format!("connecting to NATS at {url} timed out"))??;
-    let streams = [jetstream::stream_name(&bus), jetstream::dead_letter_stream_name(&bus)];
-    if !nats.info.throwaway {
-        nats::register(t.context(), &streams);
-    }
+    let (t, streams) = nats.bus(&bus).await?;
     let result = async {
         t.ensure_streams().await?;
         let fill_per_s = fill(args, &Target::JetStream(Arc::new(t.clone()))).await?;
