@@ -7,10 +7,12 @@
 //! - [`transport`]: the [`Transport`] trait and its implementations;
 //! - [`receive`]: `POST /events` for services pushed to by the built-in bus;
 //! - [`spec`]: the ServiceBus resource, shared with the bus, the CLI and the operator;
+//! - [`credentials`]: per-service tokens for the built-in bus, derived from one bus key;
 //! - [`wiring`]: the `BUSBAR_*` environment a ServiceBus gives each service.
 
 pub mod config;
 pub mod consumer;
+pub mod credentials;
 pub mod db;
 pub mod envelope;
 pub mod graph;
