@@ -104,14 +104,24 @@ pub fn decode_one(text: &str) -> Result<CloudEvent, EnvelopeError> {
 
 fn decode_value(value: serde_json::Value, at: &str) -> Result<CloudEvent, EnvelopeError> {
     let invalid = |reason: String| EnvelopeError::Invalid { at: at.to_owned(), reason };
-    let obj = value.as_object().ok_or_else(|| EnvelopeError::NotAnEvent(json_kind(&value)))?;
+    let Some(obj) = value.as_object() else {
+        // Inside a batch, say which element is not an object.
+        return Err(if at.is_empty() {
+            EnvelopeError::NotAnEvent(json_kind(&value))
+        } else {
+            invalid(format!("expected a JSON object, got {}", json_kind(&value)))
+        });
+    };
     // Checked here rather than left to the cloudevents decoder so that the error names the
     // attribute the way the spec does, and so that an empty string counts as missing.
     match obj.get("specversion") {
         None => return Err(invalid("missing required attribute `specversion`".into())),
         Some(serde_json::Value::String(v)) if v == "1.0" => {}
         Some(other) => {
-            return Err(invalid(format!("unsupported specversion {other}; busbar speaks CloudEvents \"1.0\"")));
+            return Err(invalid(format!(
+                "unsupported specversion {}; busbar speaks CloudEvents \"1.0\"",
+                shorten(&other.to_string())
+            )));
         }
     }
     for attr in ["id", "source", "type"] {
@@ -132,6 +142,15 @@ fn decode_value(value: serde_json::Value, at: &str) -> Result<CloudEvent, Envelo
 /// Serialises events as the JSON array that `POST /events` accepts.
 pub fn encode_batch(events: &[CloudEvent]) -> Vec<u8> {
     serde_json::to_vec(events).expect("CloudEvents serialize to JSON")
+}
+
+/// `text`, cut to a length fit for an error message.
+fn shorten(text: &str) -> String {
+    const MAX: usize = 40;
+    match text.char_indices().nth(MAX) {
+        Some((cut, _)) => format!("{}... ({} bytes)", &text[..cut], text.len()),
+        None => text.to_owned(),
+    }
 }
 
 fn json_kind(v: &serde_json::Value) -> &'static str {
