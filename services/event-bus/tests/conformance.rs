@@ -40,7 +40,8 @@ impl Handler for Recorder {
     async fn handle(&self, _tx: &mut Tx, ev: &CloudEvent) -> Result<(), HandlerError> {
         let id = ev.id().to_owned();
         if self.poison.lock().unwrap().contains(&id) {
-            return Err(format!("poison event {id} refused by the handler").into());
+            // Two lines: a NATS header cannot hold a line break, and must not panic on one.
+            return Err(format!("poison event {id} refused by the handler\nsecond line of the error").into());
         }
         if let Some(n) = self.fail_times.lock().unwrap().get_mut(&id)
             && *n > 0
@@ -68,6 +69,7 @@ impl Recorder {
 
 struct Sub {
     recorder: Arc<Recorder>,
+    db: Db,
     _dir: testkit::TempDir,
     _task: tokio::task::JoinHandle<()>,
 }
@@ -131,7 +133,7 @@ impl Harness {
             .await
             .unwrap();
         let recorder = Arc::new(Recorder::default());
-        let consumer = Consumer::new(db, recorder.clone());
+        let consumer = Consumer::new(db.clone(), recorder.clone());
         let task = match self.kind {
             Kind::Http => {
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -175,7 +177,7 @@ impl Harness {
                 task
             }
         };
-        Sub { recorder, _dir: dir, _task: task }
+        Sub { recorder, db, _dir: dir, _task: task }
     }
 
     async fn publish(&self, events: &[CloudEvent]) {
@@ -206,6 +208,20 @@ impl Harness {
         }
     }
 
+    /// Redrives every dead letter of `subscriber`: the bus's HTTP API or the SDK.
+    async fn redrive_all(&self, subscriber: &str) {
+        match self.kind {
+            Kind::Http => {
+                let (status, body) =
+                    self.bus.as_ref().unwrap().post(&format!("/deadletters/redrive?subscriber={subscriber}")).await;
+                assert_eq!(status, 200, "{body}");
+            }
+            Kind::JetStream => {
+                self.js.as_ref().unwrap().redrive_all(Some(subscriber)).await.expect("redrive");
+            }
+        }
+    }
+
     async fn cleanup(self) {
         self.stop.cancel();
         if let Some(js) = &self.js {
@@ -225,6 +241,14 @@ fn routes(subscribers: &[String]) -> String {
 
 fn events(ty: &str, range: std::ops::Range<u64>) -> Vec<CloudEvent> {
     range.map(|n| busbar::envelope::decode_one(&common::event(ty, n).to_string()).unwrap()).collect()
+}
+
+/// Version `v` of aggregate `agg`, as a producer emits it.
+fn versioned(ty: &str, agg: &str, v: i64) -> CloudEvent {
+    let mut ev = common::event(ty, v as u64);
+    ev["subject"] = agg.into();
+    ev["aggversion"] = v.into();
+    busbar::envelope::decode_one(&ev.to_string()).unwrap()
 }
 
 fn ids(events: &[CloudEvent]) -> Vec<String> {
@@ -291,6 +315,63 @@ async fn poison_goes_to_dead_letters_with_the_reason(kind: Kind) {
     h.cleanup().await;
 }
 
+/// Issue 8: a handler that always fails on A v2 dead-letters it after maxDeliver with its
+/// error; B flows on in order; A v3 and v4 wait for v2 (parked, not applied, not lost);
+/// once the handler is fixed, a redrive applies A v2, v3, v4 in order, each once.
+async fn poison_parks_its_aggregate_and_redrive_resumes_it(kind: Kind) {
+    let mut h = Harness::new(kind).await;
+    let sub = h.subscribe("s", &["A", "B"], StartFrom::Beginning).await;
+    let other = h.subscribe("other", &["A"], StartFrom::Beginning).await;
+    let a: Vec<CloudEvent> = (1..=4).map(|v| versioned("A", "agg-a", v)).collect();
+    let b: Vec<CloudEvent> = (1..=3).map(|v| versioned("B", "agg-b", v)).collect();
+    let poison = a[1].id().to_owned();
+    sub.recorder.poison.lock().unwrap().insert(poison.clone());
+    // Interleaved, as producers would emit them: A1 B1 A2 B2 A3 B3 A4.
+    let sent = [&a[0], &b[0], &a[1], &b[1], &a[2], &b[2], &a[3]].map(|e| e.clone());
+    h.publish(&sent).await;
+
+    let dead = testkit::wait_until(T, "the dead letter", || async {
+        let d = h.dead_letters("s").await;
+        (!d.is_empty()).then_some(d)
+    })
+    .await;
+    assert_eq!(dead.len(), 1, "{kind:?}: {dead:?}");
+    assert_eq!(dead[0].0, poison, "{kind:?}: A v2 is the dead letter");
+    assert!(
+        dead[0].1.contains(&format!("poison event {poison} refused by the handler")),
+        "{kind:?}: reason {:?}",
+        dead[0].1
+    );
+    // The rest flows: all of B and A v1; A v3 and v4 are parked behind the missing v2.
+    testkit::wait_until(T, "A v3 and v4 parked", || async {
+        (busbar::consumer::deferred_count(&sub.db).await.unwrap() == 2).then_some(())
+    })
+    .await;
+    let want_before = vec![a[0].id().to_owned(), b[0].id().to_owned(), b[1].id().to_owned(), b[2].id().to_owned()];
+    let got = sub.recorder.wait_for(4).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(sub.recorder.applied(), got, "{kind:?}: nothing more applied while A v2 is dead");
+    assert_eq!(got, want_before, "{kind:?}: A v1 and B in order; A v3, v4 not before v2");
+
+    // The fix, then the redrive.
+    sub.recorder.poison.lock().unwrap().clear();
+    h.redrive_all("s").await;
+    let got = sub.recorder.wait_for(7).await;
+    let mut want = want_before.clone();
+    want.extend(a[1..].iter().map(|e| e.id().to_owned()));
+    assert_eq!(got, want, "{kind:?}: A v2, v3, v4 right after the redrive, in order");
+    testkit::wait_until(T, "an empty dead-letter store", || async {
+        h.dead_letters("s").await.is_empty().then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(sub.recorder.applied(), want, "{kind:?}: each event applied exactly once");
+    assert_eq!(busbar::consumer::deferred_count(&sub.db).await.unwrap(), 0, "{kind:?}: nothing left parked");
+    assert_eq!(other.recorder.wait_for(4).await, ids(&a), "{kind:?}: another subscriber of A is not held up");
+    assert_eq!(other.recorder.applied().len(), 4, "{kind:?}: nor handed the redrive a second time");
+    h.cleanup().await;
+}
+
 async fn new_subscribers_backfill_or_start_from_now(kind: Kind) {
     let mut h = Harness::new(kind).await;
     let history = events("A", 0..10);
@@ -303,6 +384,65 @@ async fn new_subscribers_backfill_or_start_from_now(kind: Kind) {
     assert_eq!(from_now.recorder.wait_for(3).await, ids(&new), "{kind:?}: only what came after");
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(from_now.recorder.applied().len(), 3, "{kind:?}: no history");
+    h.cleanup().await;
+}
+
+/// JetStream only: a redriven copy reaches only the subscriber it is for, replay leaves
+/// it out, a dead letter is redriven once, and unknown ids are refused.
+#[tokio::test]
+async fn jetstream_redrive_targets_one_subscriber() {
+    use busbar::transport::jetstream::dlq::{self, DeadLetterError};
+    let mut h = Harness::new(Kind::JetStream).await;
+    let js = h.js.clone().unwrap();
+    let s = h.subscribe("s", &["A"], StartFrom::Beginning).await;
+    let other = h.subscribe("other", &["A"], StartFrom::Beginning).await;
+    let e = events("A", 0..3);
+    s.recorder.poison.lock().unwrap().insert(e[1].id().to_owned());
+    h.publish(&e).await;
+    assert_eq!(other.recorder.wait_for(3).await, ids(&e));
+    s.recorder.wait_for(2).await;
+    let dead = testkit::wait_until(T, "the dead letter", || async {
+        let d = js.list_dead_letters(Some("s"), 0, 10).await.unwrap();
+        (!d.is_empty()).then_some(d)
+    })
+    .await;
+    let dl = &dead[0];
+    assert_eq!((dl.subscriber.as_str(), dl.event_id.as_deref(), dl.ty.as_deref()), ("s", Some(e[1].id()), Some("A")));
+    assert_eq!(dl.attempts, MAX_DELIVER);
+    assert!(dl.seq.is_some() && dl.dead_at > 0 && dl.event["id"] == e[1].id(), "{dl:?}");
+    assert!(js.list_dead_letters(Some("other"), 0, 10).await.unwrap().is_empty());
+
+    // A copy aimed at `other` with a fresh id: `s` must not apply it.
+    let mut fresh = e[1].clone();
+    busbar::AttributesWriter::set_id(&mut fresh, uuid::Uuid::now_v7().to_string());
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(dlq::REDRIVE_FOR_HEADER, "other");
+    js.context()
+        .publish_with_headers(jetstream::subject(js.bus(), "A"), headers, serde_json::to_vec(&fresh).unwrap().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    other.recorder.wait_for(4).await;
+
+    s.recorder.poison.lock().unwrap().clear();
+    let done = js.redrive(dl.id, Some("s")).await.expect("redrive");
+    assert_eq!(done.event_id.as_deref(), Some(e[1].id()));
+    // Unversioned events: nothing orders e[2] after e[1].
+    let s_want = vec![e[0].id().to_owned(), e[2].id().to_owned(), e[1].id().to_owned()];
+    assert_eq!(s.recorder.wait_for(3).await, s_want, "s gets its dead letter back");
+    assert!(matches!(js.redrive(dl.id, None).await, Err(DeadLetterError::NotFound { .. })), "redriven once");
+    assert!(matches!(js.redrive(999_999, None).await, Err(DeadLetterError::NotFound { .. })));
+    assert!(js.list_dead_letters(None, 0, 10).await.unwrap().is_empty());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(s.recorder.applied(), s_want, "the copy for `other` never reached s");
+    assert_eq!(other.recorder.applied().len(), 4, "other: its three events and the copy for it");
+    let page = h.transport.replay(0, 100, &["A"]).await.unwrap();
+    assert_eq!(ids(&page.events), ids(&e), "replay: history without the copies");
+
+    let missing = JetStreamTransport::connect_now(&testkit::nats_url(), "no-such-bus-7f3a").await.unwrap();
+    let err = missing.list_dead_letters(None, 0, 10).await.unwrap_err();
+    assert!(matches!(err, DeadLetterError::NoStream { .. }), "{err}");
     h.cleanup().await;
 }
 
@@ -322,5 +462,6 @@ both_transports!(
     duplicate_publish_has_one_effect,
     failed_handling_is_retried_in_order,
     poison_goes_to_dead_letters_with_the_reason,
+    poison_parks_its_aggregate_and_redrive_resumes_it,
     new_subscribers_backfill_or_start_from_now
 );

@@ -7,7 +7,8 @@
 //! - Each subscribing service has one durable pull consumer, filtered to its event types,
 //!   with explicit ack, `ack_wait`, `max_deliver` and backoff from the spec.
 //! - When the last allowed delivery fails, the subscriber copies the event, with the
-//!   error, to the dead-letter stream `BUSBAR_<BUS>_DLQ` and terminates it.
+//!   error, to the dead-letter stream `BUSBAR_<BUS>_DLQ` and terminates it. [`dlq`]
+//!   lists those dead letters and redrives them.
 
 use std::{collections::VecDeque, time::Duration};
 
@@ -31,6 +32,8 @@ use crate::{
     receive::ReceiveStats,
     spec::StartFrom,
 };
+
+pub mod dlq;
 
 /// Publishes in flight per call, well under async-nats' limit of pending acks.
 const PUBLISH_WINDOW: usize = 256;
@@ -86,9 +89,23 @@ impl JetStreamTransport {
     /// NATS is not reachable yet the client keeps retrying in the background, and calls
     /// fail (and are retried by their callers) until it is.
     pub async fn connect(url: &str, bus: &str) -> Result<Self, TransportError> {
-        let client = async_nats::ConnectOptions::new()
-            .name(format!("busbar {bus}"))
-            .retry_on_initial_connect()
+        Self::connect_with(url, bus, true).await
+    }
+
+    /// Like [`Self::connect`], but fails at once if NATS cannot be reached now, for a
+    /// command that should say so instead of waiting (e.g. `busbar dlq`).
+    pub async fn connect_now(url: &str, bus: &str) -> Result<Self, TransportError> {
+        Self::connect_with(url, bus, false).await
+    }
+
+    async fn connect_with(url: &str, bus: &str, wait_for_server: bool) -> Result<Self, TransportError> {
+        let mut options = async_nats::ConnectOptions::new().name(format!("busbar {bus}"));
+        if wait_for_server {
+            options = options.retry_on_initial_connect();
+        } else {
+            options = options.connection_timeout(Duration::from_secs(5));
+        }
+        let client = options
             .event_callback(|event| async move {
                 match event {
                     async_nats::Event::Connected => tracing::info!("connected to NATS"),
@@ -153,7 +170,7 @@ impl JetStreamTransport {
         let mut out = vec![];
         for msg in self.read_once(&dead_letter_stream_name(&self.bus), config, limit).await?.0 {
             let reason =
-                msg.headers.as_ref().and_then(|h| h.get("Busbar-Error")).map(|v| v.to_string()).unwrap_or_default();
+                msg.headers.as_ref().and_then(|h| h.get(dlq::ERROR_HEADER)).map(|v| v.to_string()).unwrap_or_default();
             let ev =
                 envelope::decode_one(std::str::from_utf8(&msg.payload).unwrap_or_default()).map_err(unavailable)?;
             out.push((ev, reason));
@@ -248,6 +265,10 @@ impl Transport for JetStreamTransport {
         let (mut events, mut next) = (vec![], after);
         for msg in messages {
             next = msg.info().map_err(unavailable)?.stream_sequence;
+            if dlq::is_redrive(&msg) {
+                // A copy of an earlier event put back for one subscriber: not history.
+                continue;
+            }
             let text = std::str::from_utf8(&msg.payload).map_err(unavailable)?;
             let ev = envelope::decode_one(text).map_err(unavailable)?;
             // Servers before 2.10 cannot filter on several subjects: filter here too.
@@ -399,10 +420,9 @@ async fn subscribe_once(
             let decoded = std::str::from_utf8(&msg.payload)
                 .map_err(|e| e.to_string())
                 .and_then(|text| envelope::decode_one(text).map_err(|e| format!("not a valid CloudEvent: {e}")));
-            if let Ok(ev) = &decoded
-                && !opts.types.iter().any(|t| t == ev.ty())
-            {
-                // Only on servers that cannot filter on several subjects.
+            let other_type = decoded.as_ref().is_ok_and(|ev| !opts.types.iter().any(|t| t == ev.ty()));
+            // Other types reach us only on servers that cannot filter on several subjects.
+            if other_type || !dlq::is_for(&msg, &durable) {
                 msg.ack().await.map_err(|e| format!("ack failed: {e}"))?;
                 continue;
             }
@@ -508,10 +528,11 @@ async fn dead_letter(
     error: &str,
 ) -> Result<(), String> {
     let mut headers = HeaderMap::new();
-    headers.insert("Busbar-Error", error);
-    headers.insert("Busbar-Attempts", attempts.to_string().as_str());
+    headers.insert(dlq::ERROR_HEADER, dlq::header_text(error).as_str());
+    headers.insert(dlq::ATTEMPTS_HEADER, attempts.to_string().as_str());
+    headers.insert(dlq::SUBJECT_HEADER, msg.subject.as_str());
     if let Ok(info) = msg.info() {
-        headers.insert("Busbar-Stream-Sequence", info.stream_sequence.to_string().as_str());
+        headers.insert(dlq::SEQUENCE_HEADER, info.stream_sequence.to_string().as_str());
     }
     t.js.publish_with_headers(dead_letter_subject(&t.bus, durable), headers, msg.payload.clone())
         .await
