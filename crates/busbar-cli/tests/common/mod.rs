@@ -31,6 +31,23 @@ pub enum Backend {
     Postgres,
 }
 
+/// How [`Blog::start_with`] runs the built-in bus; the default is what [`Blog::start`] uses.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Where the bus pushes each subscriber's events (`{name}` and `{port}` come from the
+    /// spec), e.g. a fault-injecting proxy's address.
+    pub endpoint_template: String,
+    /// `maxDeliver` in the spec. With the fast test backoff (50 ms, 200 ms), the default
+    /// 10 attempts give up on a subscriber that is down for about 2 s.
+    pub max_deliver: u32,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { endpoint_template: "http://127.0.0.1:{port}/events".into(), max_deliver: 10 }
+    }
+}
+
 /// Each service as its own process, started and killed individually.
 pub struct Blog {
     pub dir: testkit::TempDir,
@@ -40,13 +57,21 @@ pub struct Blog {
     _dbs: Vec<TempDb>,
     /// (NATS URL, bus name) when on JetStream.
     nats: Option<(String, String)>,
+    endpoint_template: String,
 }
 
 impl Blog {
     pub async fn start(backend: Backend) -> Blog {
+        Blog::start_with(backend, Options::default()).await
+    }
+
+    pub async fn start_with(backend: Backend, options: Options) -> Blog {
         let dir = testkit::temp_dir();
         let ports = ports();
-        std::fs::write(dir.path().join("servicebus.yaml"), blog_spec(&ports)).unwrap();
+        let mut spec = blog_spec(&ports);
+        assert!(spec.contains("maxDeliver: 10"), "the blog manifest's delivery policy changed; update the harness");
+        spec = spec.replace("maxDeliver: 10", &format!("maxDeliver: {}", options.max_deliver));
+        std::fs::write(dir.path().join("servicebus.yaml"), spec).unwrap();
         let mut dbs = vec![];
         let mut db_urls = HashMap::new();
         for name in ["event-bus", "posts", "comments", "moderation", "query"] {
@@ -61,7 +86,15 @@ impl Blog {
             };
             db_urls.insert(name.to_owned(), url);
         }
-        let mut blog = Blog { dir, ports, procs: HashMap::new(), db_urls, _dbs: dbs, nats: None };
+        let mut blog = Blog {
+            dir,
+            ports,
+            procs: HashMap::new(),
+            db_urls,
+            _dbs: dbs,
+            nats: None,
+            endpoint_template: options.endpoint_template,
+        };
         blog.start_process("event-bus").await;
         for s in SERVICES {
             blog.start_process(s).await;
@@ -83,6 +116,7 @@ impl Blog {
             db_urls,
             _dbs: vec![],
             nats: Some((nats_url.into(), bus.into())),
+            endpoint_template: Options::default().endpoint_template,
         };
         for s in SERVICES {
             let p = blog.spawn(s);
@@ -115,7 +149,7 @@ impl Blog {
             cmd.args(["--listen", &format!("127.0.0.1:{}", self.ports[name]), "--database-url", &self.db_urls[name]])
                 .arg("--routes")
                 .arg(self.dir.path().join("servicebus.yaml"))
-                .args(["--endpoint-template", "http://127.0.0.1:{port}/events"]);
+                .args(["--endpoint-template", &self.endpoint_template]);
         } else {
             cmd.env("HOST", "127.0.0.1")
                 .env("PORT", self.ports[name].to_string())
