@@ -3,20 +3,21 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
+use busbar::credentials::BusKey;
 use k8s_openapi::api::{
     apps::v1::{Deployment, StatefulSet},
-    core::v1::{ConfigMap, Service},
+    core::v1::{ConfigMap, Secret, Service},
 };
 use kube::{
     Api, Client, Resource,
-    api::{Patch, PatchParams},
+    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
 };
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use crate::{
     crd::{ServiceBus, ServiceBusStatus},
-    plan::{self, BuiltinObjects, BusRef, FIELD_MANAGER, SubscriberStats, Wiring},
+    plan::{self, BUS_LABEL, BuiltinObjects, BusRef, FIELD_MANAGER, SubscriberStats, TOKEN_FOR_LABEL, Wiring},
 };
 
 fn apply_params() -> PatchParams {
@@ -42,6 +43,60 @@ pub async fn ensure_builtin(client: &Client, bus: &BusRef, objs: &BuiltinObjects
     apply_one::<Service>(client, &bus.namespace, &objs.service).await?;
     let sts: StatefulSet = apply_one(client, &bus.namespace, &objs.stateful_set).await?;
     Ok(sts.status.and_then(|s| s.ready_replicas))
+}
+
+/// The built-in bus's key: read from its Secret, which is created with a random key the
+/// first time. Created, not applied: two operators racing must not both pick a key.
+pub async fn ensure_bus_key(client: &Client, bus: &BusRef) -> Result<BusKey, crate::controller::Error> {
+    let api = Api::<Secret>::namespaced(client.clone(), &bus.namespace);
+    let name = plan::key_secret_name(&bus.name);
+    for _ in 0..2 {
+        if let Some(secret) = api.get_opt(&name).await? {
+            let bytes = secret.data.as_ref().and_then(|d| d.get("key")).map(|b| b.0.clone()).unwrap_or_default();
+            return BusKey::from_hex(&String::from_utf8_lossy(&bytes)).map_err(|e| {
+                crate::controller::Error::BusKey(format!(
+                    "Secret {}/{name} does not hold a bus key ({e}); delete it and the operator makes a new one (services get new tokens)",
+                    bus.namespace
+                ))
+            });
+        }
+        let body: Secret = serde_json::from_value(plan::key_secret(bus, &BusKey::generate())).expect("a Secret");
+        match api.create(&PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() }, &body).await {
+            Ok(_) => tracing::info!(bus = %bus.name, namespace = %bus.namespace, secret = %name, "created the bus key"),
+            Err(kube::Error::Api(e)) if e.code == 409 => {} // someone else created it: read theirs
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(crate::controller::Error::BusKey(format!("Secret {}/{name} vanished while being created", bus.namespace)))
+}
+
+/// This bus's token Secrets, by name, with the token each holds.
+pub async fn token_secrets(client: &Client, bus: &BusRef) -> Result<BTreeMap<String, Option<String>>, kube::Error> {
+    let api = Api::<Secret>::namespaced(client.clone(), &bus.namespace);
+    let lp = ListParams::default().labels(&format!("{BUS_LABEL}={},{TOKEN_FOR_LABEL}", bus.name));
+    Ok(api
+        .list(&lp)
+        .await?
+        .items
+        .into_iter()
+        .map(|s| {
+            let token =
+                s.data.as_ref().and_then(|d| d.get(plan::TOKEN_KEY)).and_then(|b| String::from_utf8(b.0.clone()).ok());
+            (s.metadata.name.unwrap_or_default(), token)
+        })
+        .collect())
+}
+
+pub async fn apply_secret(client: &Client, namespace: &str, body: &Value) -> Result<(), kube::Error> {
+    apply_one::<Secret>(client, namespace, body).await.map(drop)
+}
+
+pub async fn delete_secret(client: &Client, namespace: &str, name: &str) -> Result<(), kube::Error> {
+    match Api::<Secret>::namespaced(client.clone(), namespace).delete(name, &DeleteParams::default()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 pub async fn wire(client: &Client, bus: &BusRef, w: &Wiring) -> Result<(), kube::Error> {
@@ -76,10 +131,15 @@ pub async fn write_status(client: &Client, sb: &ServiceBus, status: &ServiceBusS
 
 /// The built-in bus's per-subscriber figures from `GET /subscribers`; empty when the bus
 /// does not answer (it may still be starting; status then omits the figures).
-pub async fn builtin_stats(http: &reqwest::Client, bus_url: &str) -> BTreeMap<String, SubscriberStats> {
+pub async fn builtin_stats(
+    http: &reqwest::Client,
+    bus_url: &str,
+    admin_token: &str,
+) -> BTreeMap<String, SubscriberStats> {
     let got = async {
         let rows: Vec<Value> = http
             .get(format!("{bus_url}/subscribers"))
+            .bearer_auth(admin_token)
             .timeout(Duration::from_secs(2))
             .send()
             .await?
@@ -125,12 +185,12 @@ mod tests {
         let url = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await });
 
-        let stats = builtin_stats(&reqwest::Client::new(), &url).await;
+        let stats = builtin_stats(&reqwest::Client::new(), &url, "t").await;
         assert_eq!(stats["query"], SubscriberStats { pending: Some(3), redelivered: Some(2), dead_lettered: Some(1) });
         assert_eq!(stats["comments"].pending, Some(0));
 
         // A bus that does not answer leaves the figures out instead of failing the reconcile.
         let closed = format!("http://127.0.0.1:{}", testkit::free_port());
-        assert!(builtin_stats(&reqwest::Client::new(), &closed).await.is_empty());
+        assert!(builtin_stats(&reqwest::Client::new(), &closed, "t").await.is_empty());
     }
 }

@@ -43,6 +43,8 @@ pub enum Error {
     Finalizer(#[source] Box<finalizer::Error<Error>>),
     #[error("JetStream: {0}")]
     JetStream(String),
+    #[error("{0}")]
+    BusKey(String),
 }
 
 pub struct Context {
@@ -104,11 +106,15 @@ async fn apply(sb: &ServiceBus, ctx: &Context) -> Result<Action, Error> {
         let endpoint = plan::endpoint(&bus, spec, &ctx.settings);
         match endpoint.kind {
             TransportKind::Builtin => {
+                let key = apply::ensure_bus_key(&ctx.client, &bus).await?;
+                observed.token_secrets = apply::token_secrets(&ctx.client, &bus).await?;
                 let objs = plan::builtin_objects(&bus, spec, &ctx.settings);
                 let ready = apply::ensure_builtin(&ctx.client, &bus, &objs).await?;
                 if ready.unwrap_or(0) > 0 && ctx.settings.bus_stats {
-                    observed.stats = apply::builtin_stats(&ctx.http, &endpoint.url).await;
+                    let admin = key.token(busbar::credentials::ADMIN);
+                    observed.stats = apply::builtin_stats(&ctx.http, &endpoint.url, &admin).await;
                 }
+                observed.bus_key = Some(key);
                 observed.transport = Some(TransportState::Builtin { ready_replicas: ready });
             }
             TransportKind::JetStream => {
@@ -120,6 +126,13 @@ async fn apply(sb: &ServiceBus, ctx: &Context) -> Result<Action, Error> {
     }
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let plan = plan::plan(&bus, spec, &ctx.settings, &observed, &now);
+    // Secrets first: a Deployment wired to a missing Secret would not start.
+    for body in &plan.token_secrets {
+        apply::apply_secret(&ctx.client, &bus.namespace, body).await?;
+    }
+    for name in &plan.delete_token_secrets {
+        apply::delete_secret(&ctx.client, &bus.namespace, name).await?;
+    }
     // Each wiring is one round trip to the API server; a bounded number run at once so a
     // bus of many services is wired in a fraction of the time without flooding the server.
     let wirings: Vec<_> = plan.wire.iter().map(|w| wire_one(ctx, sb, &bus, w)).collect();

@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use busbar::{
+    credentials::BusKey,
     graph,
     spec::{ServiceBusSpec, ServiceSpec, TransportKind},
     wiring::{self, Endpoint},
@@ -25,6 +26,12 @@ pub const BUS_LABEL: &str = "busbar.dev/bus";
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 /// Where the built-in bus's routes file is mounted.
 pub const ROUTES_PATH: &str = "/etc/busbar/servicebus.yaml";
+/// Where the built-in bus's key Secret is mounted (the file is `key`).
+pub const KEY_DIR: &str = "/etc/busbar-key";
+/// Label on a service's token Secret naming the service.
+pub const TOKEN_FOR_LABEL: &str = "busbar.dev/token-for";
+/// The key in a token Secret.
+pub const TOKEN_KEY: &str = "token";
 
 /// The ServiceBus being reconciled, reduced to what the decisions need.
 #[derive(Debug, Clone, PartialEq)]
@@ -68,6 +75,8 @@ pub struct ObservedDeployment {
     pub containers: Vec<(String, Vec<(String, String)>)>,
     pub pod_annotations: BTreeMap<String, String>,
     pub labels: BTreeMap<String, String>,
+    /// Env vars taken from Secrets: (container, variable) → (Secret, key).
+    pub secret_env: BTreeMap<(String, String), (String, String)>,
 }
 
 impl ObservedDeployment {
@@ -98,7 +107,17 @@ impl ObservedDeployment {
             .into_iter()
             .collect();
         let labels = d.metadata.labels.clone().unwrap_or_default().into_iter().collect();
-        ObservedDeployment { name, containers, pod_annotations, labels }
+        let secret_env = template
+            .and_then(|t| t.spec.as_ref())
+            .into_iter()
+            .flat_map(|s| &s.containers)
+            .flat_map(|c| c.env.iter().flatten().map(move |e| (c, e)))
+            .filter_map(|(c, e)| {
+                let r = e.value_from.as_ref()?.secret_key_ref.as_ref()?;
+                Some(((c.name.clone(), e.name.clone()), (r.name.clone(), r.key.clone())))
+            })
+            .collect();
+        ObservedDeployment { name, containers, pod_annotations, labels, secret_env }
     }
 }
 
@@ -127,6 +146,10 @@ pub struct Observed {
     pub transport: Option<TransportState>,
     pub stats: BTreeMap<String, SubscriberStats>,
     pub previous: Option<ServiceBusStatus>,
+    /// The built-in bus's key, once its Secret exists.
+    pub bus_key: Option<BusKey>,
+    /// This bus's token Secrets, by name, with the token each holds (None: unreadable).
+    pub token_secrets: BTreeMap<String, Option<String>>,
 }
 
 /// The wiring one Deployment should carry.
@@ -136,6 +159,8 @@ pub struct Wiring {
     pub deployment: String,
     pub container: String,
     pub env: Vec<(String, String)>,
+    /// The Secret `BUSBAR_TOKEN` comes from (built-in bus).
+    pub token_secret: Option<String>,
     pub hash: String,
 }
 
@@ -149,6 +174,10 @@ pub struct Plan {
     pub wire: Vec<Wiring>,
     /// Deployments that carry this bus's wiring but are no longer in the spec.
     pub unwire: Vec<String>,
+    /// Token Secrets to apply (missing or changed), before the wiring that uses them.
+    pub token_secrets: Vec<Value>,
+    /// Token Secrets of services no longer in the spec.
+    pub delete_token_secrets: Vec<String>,
     /// Status as it will be once `wire` and `unwire` are done.
     pub status: ServiceBusStatus,
 }
@@ -166,6 +195,16 @@ pub fn endpoint(bus: &BusRef, spec: &ServiceBusSpec, settings: &Settings) -> End
             url: format!("http://{}.{}.svc:{}", bus_object_name(&bus.name), bus.namespace, settings.bus_port),
         },
     }
+}
+
+/// The Secret holding the built-in bus's key.
+pub fn key_secret_name(bus: &str) -> String {
+    format!("{bus}-event-bus-key")
+}
+
+/// The Secret holding one service's bus token.
+pub fn token_secret_name(bus: &str, service: &str) -> String {
+    format!("{bus}-{service}-bus-token")
 }
 
 pub fn deployment_name(s: &ServiceSpec) -> &str {
@@ -192,9 +231,14 @@ fn container_for(service: &ServiceSpec, d: &ObservedDeployment) -> Option<String
 
 fn in_sync(w: &Wiring, d: &ObservedDeployment) -> bool {
     let Some((_, env)) = d.containers.iter().find(|(n, _)| *n == w.container) else { return false };
+    let token_ok = w.token_secret.as_ref().is_none_or(|secret| {
+        d.secret_env.get(&(w.container.clone(), wiring::TOKEN_ENV.to_owned()))
+            == Some(&(secret.clone(), TOKEN_KEY.to_owned()))
+    });
     d.pod_annotations.get(WIRING_HASH_ANNOTATION) == Some(&w.hash)
         && d.labels.get(BUS_LABEL).map(String::as_str) == Some(bus_label_value(w))
         && w.env.iter().all(|pair| env.contains(pair))
+        && token_ok
 }
 
 fn bus_label_value(w: &Wiring) -> &str {
@@ -212,6 +256,25 @@ pub fn plan(bus: &BusRef, spec: &ServiceBusSpec, settings: &Settings, obs: &Obse
     let mut services = vec![];
     let endpoint = endpoint(bus, spec, settings);
     let declared: BTreeSet<&str> = spec.services.iter().map(deployment_name).collect();
+    // On the built-in bus each service gets a token Secret, applied when missing or altered.
+    let key = obs.bus_key.as_ref().filter(|_| transport == TransportKind::Builtin && problems.is_empty());
+    let mut token_secrets = vec![];
+    let mut tokens = BTreeMap::new();
+    if let Some(key) = key {
+        for s in &spec.services {
+            let (name, token) = (token_secret_name(&bus.name, &s.name), key.token(&s.name));
+            if obs.token_secrets.get(&name) != Some(&Some(token.clone())) {
+                token_secrets.push(token_secret(bus, &s.name, &token));
+            }
+            tokens.insert(s.name.clone(), (name, token));
+        }
+    }
+    let wanted: BTreeSet<&String> = tokens.values().map(|(n, _)| n).collect();
+    let delete_token_secrets = if problems.is_empty() {
+        obs.token_secrets.keys().filter(|n| !wanted.contains(n)).cloned().collect()
+    } else {
+        vec![]
+    };
     for s in &spec.services {
         let deployment = deployment_name(s).to_owned();
         let stats = obs.stats.get(&s.name).cloned().unwrap_or_default();
@@ -231,7 +294,24 @@ pub fn plan(bus: &BusRef, spec: &ServiceBusSpec, settings: &Settings, obs: &Obse
                     None => st.message = Some(format!("Deployment {deployment} has no containers")),
                     Some(container) if problems.is_empty() => {
                         let env = wiring::service_env(&bus.name, spec, s, &endpoint);
-                        let w = Wiring { service: s.name.clone(), deployment, container, hash: wiring_hash(&env), env };
+                        let token = tokens.get(&s.name);
+                        // The hash covers the token's fingerprint, so a new key rolls the pods
+                        // (env from a Secret is read only when a container starts).
+                        let mut hashed = env.clone();
+                        if let Some((secret, token)) = token {
+                            hashed.push((
+                                wiring::TOKEN_ENV.into(),
+                                format!("{secret} {}", &wiring_hash(&[(token.clone(), String::new())])),
+                            ));
+                        }
+                        let w = Wiring {
+                            service: s.name.clone(),
+                            deployment,
+                            container,
+                            hash: wiring_hash(&hashed),
+                            env,
+                            token_secret: token.map(|(secret, _)| secret.clone()),
+                        };
                         if !in_sync(&w, d) {
                             wire.push(w);
                         }
@@ -307,7 +387,7 @@ pub fn plan(bus: &BusRef, spec: &ServiceBusSpec, settings: &Settings, obs: &Obse
         services,
         warnings,
     };
-    Plan { problems, transport, wire, unwire, status }
+    Plan { problems, transport, wire, unwire, token_secrets, delete_token_secrets, status }
 }
 
 pub fn transport_name(kind: TransportKind) -> &'static str {
@@ -368,7 +448,10 @@ fn owner_reference(bus: &BusRef) -> Value {
 /// The server-side apply body that wires one Deployment. Applying a later version
 /// without a variable removes it; applying [`unwire_patch`] removes everything.
 pub fn wire_patch(bus: &BusRef, w: &Wiring) -> Value {
-    let env: Vec<Value> = w.env.iter().map(|(k, v)| json!({"name": k, "value": v})).collect();
+    let mut env: Vec<Value> = w.env.iter().map(|(k, v)| json!({"name": k, "value": v})).collect();
+    if let Some(secret) = &w.token_secret {
+        env.push(json!({"name": wiring::TOKEN_ENV, "valueFrom": {"secretKeyRef": {"name": secret, "key": TOKEN_KEY}}}));
+    }
     json!({
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": { "name": w.deployment, "namespace": bus.namespace, "labels": { BUS_LABEL: bus.name } },
@@ -382,6 +465,27 @@ pub fn wire_patch(bus: &BusRef, w: &Wiring) -> Value {
 /// An apply body with no fields: the API server removes every field this manager owned.
 pub fn unwire_patch(namespace: &str, deployment: &str) -> Value {
     json!({ "apiVersion": "apps/v1", "kind": "Deployment", "metadata": { "name": deployment, "namespace": namespace } })
+}
+
+fn secret(bus: &BusRef, name: &str, labels: Value, key: &str, value: &str) -> Value {
+    // ByteString serializes as base64, the form `data` takes.
+    let encoded = serde_json::to_value(k8s_openapi::ByteString(value.as_bytes().to_vec())).expect("bytes serialize");
+    json!({
+        "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+        "metadata": { "name": name, "namespace": bus.namespace, "labels": labels, "ownerReferences": owner_reference(bus) },
+        "data": { key: encoded },
+    })
+}
+
+/// The bus key Secret, created once (the key is random) and owned by the ServiceBus.
+pub fn key_secret(bus: &BusRef, key: &BusKey) -> Value {
+    secret(bus, &key_secret_name(&bus.name), owned_labels(bus), "key", &key.to_hex())
+}
+
+/// One service's token Secret; its Deployment reads `BUSBAR_TOKEN` from it.
+pub fn token_secret(bus: &BusRef, service: &str, token: &str) -> Value {
+    let labels = json!({ MANAGED_BY_LABEL: FIELD_MANAGER, BUS_LABEL: bus.name, TOKEN_FOR_LABEL: service });
+    secret(bus, &token_secret_name(&bus.name, service), labels, TOKEN_KEY, token)
 }
 
 /// The built-in bus's objects, all owned by the ServiceBus (garbage-collected with it).
@@ -426,6 +530,7 @@ pub fn builtin_objects(bus: &BusRef, spec: &ServiceBusSpec, settings: &Settings)
                         "args": ["--listen", format!("0.0.0.0:{}", settings.bus_port),
                                  "--database-url", "sqlite:///data/event-bus.db",
                                  "--routes", ROUTES_PATH,
+                                 "--auth-key-file", format!("{KEY_DIR}/key"),
                                  "--endpoint-template", format!("http://{{name}}.{}.svc:{{port}}/events", bus.namespace)],
                         "ports": [{ "name": "http", "containerPort": settings.bus_port }],
                         "readinessProbe": { "httpGet": { "path": "/readyz", "port": "http" }, "periodSeconds": 5 },
@@ -434,9 +539,11 @@ pub fn builtin_objects(bus: &BusRef, spec: &ServiceBusSpec, settings: &Settings)
                         "securityContext": { "allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
                                              "capabilities": { "drop": ["ALL"] } },
                         "volumeMounts": [ { "name": "data", "mountPath": "/data" },
-                                          { "name": "routes", "mountPath": "/etc/busbar", "readOnly": true } ],
+                                          { "name": "routes", "mountPath": "/etc/busbar", "readOnly": true },
+                                          { "name": "key", "mountPath": KEY_DIR, "readOnly": true } ],
                     }],
-                    "volumes": [ { "name": "routes", "configMap": { "name": format!("{name}-routes") } } ],
+                    "volumes": [ { "name": "routes", "configMap": { "name": format!("{name}-routes") } },
+                                 { "name": "key", "secret": { "secretName": key_secret_name(&bus.name), "defaultMode": 0o440 } } ],
                 }
             },
             "volumeClaimTemplates": [ { "metadata": { "name": "data" }, "spec": pvc_spec } ],
@@ -530,6 +637,55 @@ mod tests {
         obs.deployments.get_mut("query").unwrap().containers[0].1.retain(|(k, _)| k != "BUSBAR_URL");
         let again = plan(&bus(), &blog_spec(), &Settings::default(), &obs, "t2");
         assert_eq!(again.wire.iter().map(|w| w.deployment.as_str()).collect::<Vec<_>>(), ["query"]);
+    }
+
+    #[test]
+    fn with_a_bus_key_each_service_gets_a_token_secret_and_a_new_key_rolls_the_pods() {
+        let key = BusKey::generate();
+        let mut obs = observed(&["posts", "comments", "moderation", "query"]);
+        obs.bus_key = Some(key.clone());
+        let first = plan(&bus(), &blog_spec(), &Settings::default(), &obs, "t0");
+        assert_eq!(first.token_secrets.len(), 4);
+        let query = &first.token_secrets[3];
+        assert_eq!(query["metadata"]["name"], "blog-query-bus-token");
+        assert_eq!(query["metadata"]["labels"][TOKEN_FOR_LABEL], "query");
+        let w = first.wire.iter().find(|w| w.service == "query").unwrap();
+        assert_eq!(w.token_secret.as_deref(), Some("blog-query-bus-token"));
+        let body = wire_patch(&bus(), w);
+        let env = body["spec"]["template"]["spec"]["containers"][0]["env"].as_array().unwrap();
+        assert_eq!(
+            env.last().unwrap()["valueFrom"]["secretKeyRef"],
+            json!({"name": "blog-query-bus-token", "key": "token"})
+        );
+
+        // Once Secrets and wiring are in place, nothing is to do.
+        for w in &first.wire {
+            let d = obs.deployments.get_mut(&w.deployment).unwrap();
+            after_wiring(d, w);
+            d.secret_env.insert(
+                (w.container.clone(), "BUSBAR_TOKEN".into()),
+                (w.token_secret.clone().unwrap(), "token".into()),
+            );
+        }
+        for s in &blog_spec().services {
+            obs.token_secrets.insert(token_secret_name("blog", &s.name), Some(key.token(&s.name)));
+        }
+        let settled = plan(&bus(), &blog_spec(), &Settings::default(), &obs, "t1");
+        assert!(settled.wire.is_empty() && settled.token_secrets.is_empty() && settled.delete_token_secrets.is_empty());
+
+        // A tampered Secret is applied again; a leftover one is deleted.
+        obs.token_secrets.insert(token_secret_name("blog", "posts"), Some("forged".into()));
+        obs.token_secrets.insert(token_secret_name("blog", "billing"), Some("x".into()));
+        let repair = plan(&bus(), &blog_spec(), &Settings::default(), &obs, "t2");
+        assert_eq!(repair.token_secrets.len(), 1);
+        assert_eq!(repair.token_secrets[0]["metadata"]["name"], "blog-posts-bus-token");
+        assert_eq!(repair.delete_token_secrets, ["blog-billing-bus-token"]);
+
+        // A new key (the Secret was deleted and recreated): every pod rolls for its new token.
+        obs.bus_key = Some(BusKey::generate());
+        let rekeyed = plan(&bus(), &blog_spec(), &Settings::default(), &obs, "t3");
+        assert_eq!(rekeyed.wire.len(), 4);
+        assert!(rekeyed.wire.iter().zip(&first.wire).all(|(a, b)| a.hash != b.hash));
     }
 
     #[test]

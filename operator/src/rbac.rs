@@ -18,6 +18,9 @@ pub fn cluster_rules() -> Value {
         // The built-in bus: applied (apply may create) and garbage-collected through owner references.
         { "apiGroups": ["apps"], "resources": ["statefulsets"], "verbs": ["get", "list", "watch", "create", "patch"] },
         { "apiGroups": [""], "resources": ["services", "configmaps"], "verbs": ["get", "list", "watch", "create", "patch"] },
+        // Built-in bus credentials: the key Secret is created once and read; token Secrets
+        // are applied, listed by label, and deleted when their service leaves the spec.
+        { "apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "create", "patch", "delete"] },
         // Kubernetes Events about ServiceBuses.
         { "apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"] },
     ])

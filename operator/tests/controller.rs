@@ -334,6 +334,69 @@ async fn deleting_the_servicebus_removes_what_the_operator_added_and_nothing_els
     op.stop().await;
 }
 
+/// On the built-in bus every service gets its own token: a Secret per service derived
+/// from the bus's key Secret, wired into its Deployment by reference; the bus reads the
+/// key. A tampered token is repaired, a departed service's token is deleted, and all of
+/// it goes with the ServiceBus.
+#[tokio::test]
+async fn each_service_gets_its_own_token_and_the_bus_gets_the_key() {
+    use busbar::credentials::BusKey;
+    use k8s_openapi::api::core::v1::Secret;
+    let c = Cluster::new().await;
+    let op = wired_blog(&c).await;
+    let secret = |name: &str| c.api.get_as::<Secret>(NS, name);
+    let data = |s: &Secret, k: &str| String::from_utf8(s.data.as_ref().unwrap()[k].0.clone()).unwrap();
+    let key_secret = secret("blog-event-bus-key").expect("the key Secret exists");
+    assert_eq!(key_secret.metadata.owner_references.as_ref().unwrap()[0].kind, "ServiceBus");
+    let key = BusKey::from_hex(&data(&key_secret, "key")).unwrap();
+    for svc in BLOG {
+        let name = format!("blog-{svc}-bus-token");
+        eventually(&format!("{name} exists"), || async { secret(&name).is_some() }).await;
+        let token = data(&secret(&name).unwrap(), "token");
+        assert_eq!(key.verify(&token).as_deref(), Some(svc), "{name} holds {svc}'s own token");
+        let d = c.deployment(svc);
+        let env = d.spec.unwrap().template.spec.unwrap().containers[0].env.clone().unwrap();
+        let from = env.iter().find(|e| e.name == "BUSBAR_TOKEN").and_then(|e| e.value_from.clone()).unwrap();
+        let r = from.secret_key_ref.unwrap();
+        assert_eq!((r.name.as_str(), r.key.as_str()), (name.as_str(), "token"), "{svc} reads its token by reference");
+    }
+    let sts = c.api.get("statefulsets", NS, "blog-event-bus").unwrap();
+    let pod = &sts["spec"]["template"]["spec"];
+    let args: Vec<&str> =
+        pod["containers"][0]["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+    assert!(args.windows(2).any(|w| w == ["--auth-key-file", "/etc/busbar-key/key"]), "{args:?}");
+    assert_eq!(pod["volumes"][1]["secret"]["secretName"], "blog-event-bus-key");
+
+    // Someone overwrites posts' token; the next reconcile puts the right one back.
+    let secrets = Api::<Secret>::namespaced(c.user(), NS);
+    let forged = json!({ "data": { "token": "Zm9yZ2Vk" } });
+    secrets.patch("blog-posts-bus-token", &PatchParams::default(), &Patch::Merge(&forged)).await.unwrap();
+    let touch = json!({ "metadata": { "annotations": { "test/touch": "1" } } });
+    Api::<ServiceBus>::namespaced(c.user(), NS)
+        .patch("blog", &PatchParams::default(), &Patch::Merge(&touch))
+        .await
+        .unwrap();
+    eventually("posts' token is repaired", || async {
+        secret("blog-posts-bus-token").is_some_and(|s| key.verify(&data(&s, "token")).as_deref() == Some("posts"))
+    })
+    .await;
+
+    // query leaves the bus: its token goes.
+    let mut spec = blog_spec();
+    spec.services.retain(|s| s.name != "query");
+    c.apply_bus(&service_bus(NS, "blog", spec)).await;
+    eventually("query's token Secret is deleted", || async { secret("blog-query-bus-token").is_none() }).await;
+    assert!(secret("blog-posts-bus-token").is_some());
+    assert_rbac_covers_what_the_operator_did(&c.api);
+
+    Api::<ServiceBus>::namespaced(c.user(), NS).delete("blog", &DeleteParams::default()).await.unwrap();
+    eventually("every Secret goes with the ServiceBus", || async {
+        secret("blog-event-bus-key").is_none() && BLOG.iter().all(|s| secret(&format!("blog-{s}-bus-token")).is_none())
+    })
+    .await;
+    op.stop().await;
+}
+
 #[tokio::test]
 async fn an_invalid_spec_is_reported_and_nothing_is_wired() {
     let c = Cluster::new().await;

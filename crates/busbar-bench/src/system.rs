@@ -129,6 +129,8 @@ impl System {
                 .then(|| format!("{}/{db_prefix}{{name}}", server_url(opts.pg_url))),
             transport: Some(opts.transport),
             nats_url: opts.nats_url.map(str::to_owned),
+            // As `busbar up` runs it: every request carries and is checked for a token.
+            auth: Some(busbar_cli::credentials::ensure(dir.path())?),
         };
         let procs = plan::plan(&bus, &options, |_| None)
             .map_err(|problems| anyhow::anyhow!("cannot plan the blog: {}", problems.join("; ")))?;

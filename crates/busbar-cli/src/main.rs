@@ -29,6 +29,11 @@ enum Cmd {
     /// their URLs, streams their logs with a prefix, and stops them all on Ctrl-C. Data
     /// is kept across runs. The blog's services are built in; any other service needs a
     /// program named after it next to busbar or on PATH.
+    ///
+    /// On the built-in bus each service gets its own token (BUSBAR_TOKEN), derived from a
+    /// bus key kept in the data directory (bus.key): it may publish only what the spec
+    /// says it publishes, and only the bus may push events to it. The admin token, for
+    /// `busbar dlq`, is written to admin.token there.
     Up {
         /// The ServiceBus manifest. Default: ./servicebus.yaml, else ./k8s/base/servicebus.yaml.
         #[arg(short = 'f', long = "file")]
@@ -90,6 +95,7 @@ fn main() -> ExitCode {
                 database_url_template,
                 transport,
                 nats_url,
+                auth: None,
             };
             up(file, opts)
         }
@@ -166,6 +172,7 @@ fn up(file: Option<PathBuf>, mut opts: plan::Options) -> Result<()> {
     // Absolute paths: the children may resolve them from anywhere.
     opts.spec_path = std::fs::canonicalize(&path)?;
     opts.data_dir = std::fs::canonicalize(&opts.data_dir)?;
+    opts.auth = Some(busbar_cli::credentials::ensure(&opts.data_dir)?);
     let exe_dir = std::env::current_exe().ok().and_then(|e| e.parent().map(PathBuf::from));
     let procs = plan::plan(&bus, &opts, |name| find_program(name, exe_dir.as_deref()))
         .map_err(|problems| anyhow::anyhow!("cannot run {}:\n  - {}", path.display(), problems.join("\n  - ")))?;

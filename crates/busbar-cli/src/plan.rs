@@ -8,6 +8,8 @@ use busbar::{
     wiring::{self, Endpoint},
 };
 
+use crate::credentials::LocalAuth;
+
 /// Services this binary can run itself (`busbar __serve NAME`).
 pub const BUILTIN: &[&str] = &["event-bus", "posts", "comments", "moderation", "query"];
 
@@ -23,6 +25,9 @@ pub struct Options {
     pub transport: Option<TransportKind>,
     /// NATS for the jetstream transport; default: the spec's URL, else nats://127.0.0.1:4222.
     pub nats_url: Option<String>,
+    /// The built-in bus's key: the bus checks tokens and each service gets its own.
+    /// `None`: an open bus (anyone on this machine may publish anything).
+    pub auth: Option<LocalAuth>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -74,20 +79,26 @@ pub fn plan(
         },
     };
     let mut procs = vec![];
+    // Tokens are for the built-in bus; JetStream's access is NATS's own configuration.
+    let auth = opts.auth.as_ref().filter(|_| transport == TransportKind::Builtin);
     if transport == TransportKind::Builtin {
+        let mut args = vec![
+            "--listen".into(),
+            format!("127.0.0.1:{}", opts.bus_port),
+            "--database-url".into(),
+            sqlite("event-bus"),
+            "--routes".into(),
+            path_str(&opts.spec_path),
+            "--endpoint-template".into(),
+            "http://127.0.0.1:{port}/events".into(),
+        ];
+        if let Some(a) = auth {
+            args.extend(["--auth-key-file".into(), path_str(&a.key_file)]);
+        }
         procs.push(Proc {
             name: "event-bus".into(),
             program: Program::Builtin("event-bus".into()),
-            args: vec![
-                "--listen".into(),
-                format!("127.0.0.1:{}", opts.bus_port),
-                "--database-url".into(),
-                sqlite("event-bus"),
-                "--routes".into(),
-                path_str(&opts.spec_path),
-                "--endpoint-template".into(),
-                "http://127.0.0.1:{port}/events".into(),
-            ],
+            args,
             env: vec![],
             port: opts.bus_port,
             publishes: vec![],
@@ -127,6 +138,7 @@ pub fn plan(
             ]
             .into_iter()
             .chain(wiring::service_env(&bus.name, &bus.spec, s, &endpoint))
+            .chain(auth.map(|a| (wiring::TOKEN_ENV.to_owned(), a.key.token(&s.name))))
             .collect(),
             port,
             publishes: s.publishes.clone(),
@@ -155,6 +167,7 @@ mod tests {
             database_url_template: None,
             transport: None,
             nats_url: None,
+            auth: None,
         }
     }
 
@@ -182,6 +195,22 @@ mod tests {
         assert_eq!(env["DATABASE_URL"], "sqlite:///d/comments.db");
         assert_eq!(env["BUSBAR_SERVICE"], "comments");
         assert_eq!(comments.subscribes, ["CommentModerated", "PostCreated"]);
+    }
+
+    #[test]
+    fn with_a_key_the_bus_checks_tokens_and_each_service_gets_its_own() {
+        let bus = parse_manifest(BLOG).unwrap();
+        let key = busbar::credentials::BusKey::generate();
+        let o = Options { auth: Some(LocalAuth { key: key.clone(), key_file: "/d/bus.key".into() }), ..opts() };
+        let procs = plan(&bus, &o, |_| None).unwrap();
+        assert!(procs[0].args.windows(2).any(|w| w == ["--auth-key-file", "/d/bus.key"]));
+        for p in &procs[1..] {
+            let token = p.env.iter().find(|(k, _)| k == "BUSBAR_TOKEN").map(|(_, v)| v.as_str());
+            assert_eq!(token.and_then(|t| key.verify(t)).as_deref(), Some(p.name.as_str()));
+        }
+        // JetStream: no bus process, no bus tokens.
+        let js = Options { transport: Some(TransportKind::JetStream), ..o };
+        assert!(plan(&bus, &js, |_| None).unwrap().iter().all(|p| p.env.iter().all(|(k, _)| k != "BUSBAR_TOKEN")));
     }
 
     #[test]

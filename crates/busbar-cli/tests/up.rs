@@ -150,3 +150,112 @@ fn a_bad_spec_or_busy_port_gets_a_clear_message() {
     let help = String::from_utf8_lossy(&help.stdout);
     assert!(help.contains("--data-dir") && help.contains("Ctrl-C"), "{help}");
 }
+
+/// Every service holds its own token: the bus refuses a missing or foreign token, an
+/// undeclared type and a spoofed source, and stores none of them; a service refuses
+/// pushes from anyone but the bus; replay and dead letters follow the spec too.
+#[tokio::test]
+async fn tokens_keep_each_service_to_its_spec() {
+    use busbar::credentials::{ADMIN, BusKey};
+    use serde_json::{Value, json};
+
+    let dir = testkit::temp_dir();
+    let (mut p, ports) = up(dir.path(), &[]).await;
+    let data = dir.path().join("data");
+    let key = BusKey::from_hex(&std::fs::read_to_string(data.join("bus.key")).unwrap()).unwrap();
+    let admin = std::fs::read_to_string(data.join("admin.token")).unwrap().trim().to_owned();
+    assert_eq!(key.verify(&admin).as_deref(), Some(ADMIN));
+    let bus = url(&ports, "event-bus");
+    let client = reqwest::Client::new();
+    let event = |ty: &str, source: &str| {
+        json!({"specversion": "1.0", "id": uuid::Uuid::now_v7().to_string(), "source": source, "type": ty,
+               "subject": uuid::Uuid::now_v7().to_string(), "busbarversion": 1,
+               "data": {"id": "p-forged", "title": "forged", "postId": "p-forged", "content": "x", "status": "approved"}})
+    };
+    let send = |method: reqwest::Method, url: String, token: Option<String>, body: Option<Value>| {
+        let mut r = client.request(method, url);
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        async move {
+            let r = r.send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let post = reqwest::Method::POST;
+    let posts_token = key.token("posts");
+    let foreign = BusKey::generate().token("posts");
+
+    let refused = [
+        (None, event("PostCreated", "posts"), 401, "requires a token"),
+        (Some(foreign.clone()), event("PostCreated", "posts"), 401, "not issued by this bus"),
+        (Some(posts_token.clone()), event("CommentModerated", "posts"), 403, "may not publish CommentModerated"),
+        (Some(posts_token.clone()), event("PostCreated", "comments"), 403, "only as itself"),
+        (Some(key.token("query")), event("PostCreated", "query"), 403, "may not publish PostCreated"),
+        // One undeclared event refuses the whole batch.
+        (
+            Some(posts_token.clone()),
+            json!([event("PostCreated", "posts"), event("CommentCreated", "posts")]),
+            403,
+            "CommentCreated",
+        ),
+    ];
+    let mut refused_ids = vec![];
+    for (token, body, status, msg) in refused {
+        let ids: Vec<String> = match &body {
+            Value::Array(a) => a.iter().map(|e| e["id"].as_str().unwrap().to_owned()).collect(),
+            e => vec![e["id"].as_str().unwrap().to_owned()],
+        };
+        let (got, answer) = send(post.clone(), format!("{bus}/events"), token, Some(body)).await;
+        assert_eq!(got, status, "{answer}");
+        assert!(answer["error"].as_str().unwrap().contains(msg), "{answer}");
+        refused_ids.extend(ids);
+    }
+
+    // A service accepts pushes only with its own token: the forged post never lands.
+    let forged = event("PostCreated", "posts");
+    for token in [None, Some(posts_token.clone()), Some(foreign)] {
+        let (got, answer) =
+            send(post.clone(), format!("{}/events", url(&ports, "comments")), token, Some(forged.clone())).await;
+        assert_eq!(got, 401, "{answer}");
+        assert!(answer["error"].as_str().unwrap().contains("only the event bus"), "{answer}");
+    }
+    let (got, _) = send(
+        post.clone(),
+        format!("{}/posts/p-forged/comments", url(&ports, "comments")),
+        None,
+        Some(json!({"content": "hi"})),
+    )
+    .await;
+    assert_eq!(got, 404, "comments never learned of the forged post");
+
+    // Replay: a service reads only what it subscribes to; dead letters are the admin's.
+    let get = reqwest::Method::GET;
+    let (got, answer) =
+        send(get.clone(), format!("{bus}/events?type=CommentModerated"), Some(key.token("query")), None).await;
+    assert_eq!(got, 403, "{answer}");
+    assert_eq!(send(get.clone(), format!("{bus}/deadletters"), Some(posts_token.clone()), None).await.0, 403);
+    assert_eq!(send(get.clone(), format!("{bus}/deadletters"), Some(admin.clone()), None).await.0, 200);
+    assert_eq!(send(get.clone(), format!("{bus}/subscribers"), None, None).await.0, 401);
+
+    // The real flow still works: pushes carry each subscriber's token.
+    blog_scenario(&url(&ports, "posts"), &url(&ports, "comments"), &url(&ports, "query")).await;
+    let (_, stored) = send(get.clone(), format!("{bus}/events"), Some(admin), None).await;
+    let stored: Vec<&str> = stored.as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(
+        stored.len(),
+        7,
+        "the scenario's 7 events (a post, 2 comments, 2 moderations, 2 updates), nothing refused: {stored:?}"
+    );
+    assert!(refused_ids.iter().all(|id| !stored.contains(&id.as_str())));
+    let (_, query_view) = send(get, format!("{bus}/events"), Some(key.token("query")), None).await;
+    let types: std::collections::BTreeSet<&str> =
+        query_view.as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["CommentCreated", "CommentUpdated", "PostCreated"].into(), "query replays only its types");
+    println!("refused {} forged publishes and 3 forged pushes; stored 7 real events", refused_ids.len());
+    p.terminate(std::time::Duration::from_secs(20));
+}

@@ -4,8 +4,19 @@
 //!
 //! On a failure the answer is 500 with `handled`, the number of leading events that did
 //! commit, so the bus can resume from the first one that did not.
+//!
+//! A service that has a token (`BUSBAR_TOKEN`) accepts pushes only from a caller that
+//! presents that same token: the bus derives it from its key, nobody else knows it. So
+//! nothing but the bus can feed events into the service's copy.
 
-use axum::{Json, Router, extract::State, routing::post};
+use std::sync::Arc;
+
+use axum::{
+    Json, Router,
+    extract::State,
+    http::{HeaderMap, StatusCode, header},
+    routing::post,
+};
 use cloudevents::AttributesReader;
 use prometheus_client::{metrics::counter::Counter, registry::Registry};
 use serde::Serialize;
@@ -59,18 +70,37 @@ impl ReceiveStats {
 }
 
 pub fn router(consumer: Consumer) -> Router {
-    router_with_stats(consumer, ReceiveStats::default())
+    router_with_stats(consumer, ReceiveStats::default(), None)
 }
 
-pub fn router_with_stats(consumer: Consumer, stats: ReceiveStats) -> Router {
-    Router::new().route("/events", post(receive)).with_state((consumer, stats))
+/// `POST /events`; with `token`, only callers presenting it get in.
+pub fn router_with_stats(consumer: Consumer, stats: ReceiveStats, token: Option<String>) -> Router {
+    Router::new().route("/events", post(receive)).with_state(Receiver { consumer, stats, token: token.map(Arc::from) })
+}
+
+#[derive(Clone)]
+struct Receiver {
+    consumer: Consumer,
+    stats: ReceiveStats,
+    token: Option<Arc<str>>,
 }
 
 async fn receive(
-    State((consumer, stats)): State<(Consumer, ReceiveStats)>,
+    State(Receiver { consumer, stats, token }): State<Receiver>,
+    headers: HeaderMap,
     Body(body): Body,
 ) -> Result<Json<Receipt>, axum::response::Response> {
     use axum::response::IntoResponse;
+    if let Some(expected) = &token {
+        let presented = crate::credentials::bearer(headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()));
+        if !presented.is_some_and(|p| crate::credentials::token_matches(p, expected)) {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "only the event bus may push events here: it presents this service's token",
+            )
+            .into_response());
+        }
+    }
     let events = envelope::decode_batch(&body).map_err(|e| ApiError::bad_request(e.to_string()).into_response())?;
     let mut receipt = Receipt::default();
     let (outcomes, failure) = match consumer.receive_all(&events).await {
@@ -92,7 +122,7 @@ async fn receive(
         stats.failed.inc();
         tracing::warn!(event_id = ev.id(), event_type = ev.ty(), error = %e, "event handling failed; the bus will redeliver");
         let body = serde_json::json!({ "error": e.to_string(), "handled": receipt.handled, "event_id": ev.id() });
-        return Err((axum::http::StatusCode::INTERNAL_SERVER_ERROR, Json(body)).into_response());
+        return Err((StatusCode::INTERNAL_SERVER_ERROR, Json(body)).into_response());
     }
     Ok(Json(receipt))
 }

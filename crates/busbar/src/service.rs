@@ -166,7 +166,8 @@ impl Service {
             let consumer = Consumer::new(self.db.clone(), sub.handler);
             // POST /events stays mounted on JetStream too: it is harmless and lets an
             // operator push a single event by hand.
-            app = app.merge(receive::router_with_stats(consumer.clone(), stats.clone()));
+            let token = self.settings.busbar.token.clone();
+            app = app.merge(receive::router_with_stats(consumer.clone(), stats.clone(), token));
             if let Some(js) = &self.jetstream {
                 let b = &self.settings.busbar;
                 let opts = SubscribeOptions {

@@ -4,8 +4,8 @@
 use axum::{
     Json,
     body::Bytes,
-    extract::{FromRequest, Request, rejection::BytesRejection},
-    http::StatusCode,
+    extract::{FromRequest, FromRequestParts, Path, Request, rejection::BytesRejection},
+    http::{StatusCode, request::Parts},
     response::{IntoResponse, Response},
 };
 use serde::de::DeserializeOwned;
@@ -82,6 +82,20 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         let Body(bytes) = Body::from_request(req, state).await?;
         parse_json(&bytes).map(JsonBody)
+    }
+}
+
+/// A path parameter, like axum's `Path`, but refused with a JSON error instead of plain
+/// text when it cannot be read (e.g. `%ff` percent-decodes to invalid UTF-8).
+pub struct PathParam<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for PathParam<T> {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(v)) => Ok(PathParam(v)),
+            Err(r) => Err(ApiError::new(r.status(), r.body_text())),
+        }
     }
 }
 

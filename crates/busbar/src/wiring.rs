@@ -4,6 +4,10 @@
 
 use crate::spec::{ServiceBusSpec, ServiceSpec, StartFrom, TransportKind};
 
+/// The variable holding a service's bus token. Not part of [`service_env`]: `busbar up`
+/// sets it to the token, the operator to a reference to the service's Secret.
+pub const TOKEN_ENV: &str = "BUSBAR_TOKEN";
+
 /// Where a service reaches its transport.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {

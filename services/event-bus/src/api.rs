@@ -9,6 +9,10 @@
 //!   `POST /deadletters/redrive[?subscriber=]`.
 //! - `GET /subscribers`: each subscriber's cursor, lag, retry state and dead letters.
 //! - `/healthz`, `/readyz`, `/metrics`.
+//!
+//! With a bus key, all but the last three need `Authorization: Bearer <token>`; see
+//! `access.rs` for who may do what. 401 means no valid token, 403 a valid token asking
+//! for something its spec does not grant; either way nothing is stored.
 
 use std::sync::{
     Arc,
@@ -17,19 +21,20 @@ use std::sync::{
 
 use axum::{
     Json, Router,
-    extract::{DefaultBodyLimit, Path, Query, State, rejection::QueryRejection},
+    extract::{DefaultBodyLimit, Query, State, rejection::QueryRejection},
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
     routing::{get, post},
 };
 use busbar::{
     AttributesReader, envelope,
-    web::{self, ApiError, Body},
+    web::{self, ApiError, Body, PathParam},
 };
 use serde::Deserialize;
 use tokio::sync::watch;
 
 use crate::{
+    access::{Access, Caller},
     ingest::Ingest,
     metrics::Metrics,
     store::{NewEvent, Store},
@@ -47,6 +52,27 @@ pub struct AppState {
     pub supervisor: Arc<Supervisor>,
     pub metrics: Metrics,
     pub ready: Arc<AtomicBool>,
+    pub access: Arc<std::sync::RwLock<Access>>,
+}
+
+impl AppState {
+    fn caller(&self, headers: &HeaderMap) -> Result<Caller, ApiError> {
+        let auth = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        self.counted(self.access.read().expect("access lock").caller(auth))
+    }
+
+    /// Counts a refusal in the `denied` metric.
+    fn counted<T>(&self, decision: Result<T, ApiError>) -> Result<T, ApiError> {
+        if decision.is_err() {
+            self.metrics.denied.inc();
+        }
+        decision
+    }
+
+    fn admin_only(&self, headers: &HeaderMap, what: &str) -> Result<(), ApiError> {
+        let caller = self.caller(headers)?;
+        self.counted(self.access.read().expect("access lock").admin_only(&caller, what))
+    }
 }
 
 pub fn router(state: AppState, max_body: usize) -> Router {
@@ -67,7 +93,13 @@ pub fn router(state: AppState, max_body: usize) -> Router {
         .with_state(state)
 }
 
-async fn publish(State(s): State<AppState>, Body(body): Body) -> Result<Json<serde_json::Value>, ApiError> {
+async fn publish(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Body(body): Body,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    // Authentication first: an unknown caller learns nothing about what it sent.
+    let caller = s.caller(&headers)?;
     let events = envelope::decode_batch(&body).map_err(|e| {
         s.metrics.rejected.inc();
         ApiError::bad_request(e.to_string())
@@ -75,6 +107,12 @@ async fn publish(State(s): State<AppState>, Body(body): Body) -> Result<Json<ser
     if events.is_empty() {
         s.metrics.rejected.inc();
         return Err(ApiError::bad_request("the batch is empty; send at least one CloudEvent"));
+    }
+    {
+        let access = s.access.read().expect("access lock");
+        for ev in &events {
+            s.counted(access.may_publish(&caller, ev.ty(), ev.source().as_str()))?;
+        }
     }
     let n = events.len();
     let rows = events
@@ -100,8 +138,10 @@ struct ReplayQuery {
 
 async fn replay(
     State(s): State<AppState>,
+    headers: HeaderMap,
     q: Result<Query<ReplayQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
+    let caller = s.caller(&headers)?;
     let Query(q) = q.map_err(|e| {
         ApiError::bad_request(format!("{}; use ?after=<seq>&limit=<1..{MAX_PAGE}>&type=<EventType>", e.body_text()))
     })?;
@@ -114,8 +154,9 @@ async fn replay(
         return Err(ApiError::bad_request(format!("`limit` must be between 1 and {MAX_PAGE}")));
     }
     // `type=A,B` selects several types (a comma cannot occur in an event type).
-    let types: Vec<String> =
+    let requested: Vec<String> =
         q.ty.iter().flat_map(|t| t.split(',')).map(str::trim).filter(|t| !t.is_empty()).map(str::to_owned).collect();
+    let types = s.counted(s.access.read().expect("access lock").readable(&caller, &requested))?.unwrap_or_default();
     let head = *s.head.borrow();
     let rows = s.store.read(after, head, &types, limit).await.map_err(|e| ApiError::internal(e.to_string()))?;
     let next = if (rows.len() as i64) < limit { head.max(after) } else { rows.last().map(|r| r.seq).unwrap_or(after) };
@@ -148,8 +189,10 @@ struct DeadLetterQuery {
 
 async fn list_dead_letters(
     State(s): State<AppState>,
+    headers: HeaderMap,
     q: Result<Query<DeadLetterQuery>, QueryRejection>,
 ) -> Result<Json<Vec<serde_json::Value>>, ApiError> {
+    s.admin_only(&headers, "listing dead letters")?;
     let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let limit = q.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
     let rows =
@@ -173,13 +216,20 @@ struct RedriveQuery {
 
 async fn redrive_many(
     State(s): State<AppState>,
+    headers: HeaderMap,
     q: Result<Query<RedriveQuery>, QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    s.admin_only(&headers, "redriving dead letters")?;
     let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
     redrive(&s, None, q.subscriber.as_deref()).await
 }
 
-async fn redrive_one(State(s): State<AppState>, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn redrive_one(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    PathParam(id): PathParam<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    s.admin_only(&headers, "redriving dead letters")?;
     let id: i64 =
         id.parse().map_err(|_| ApiError::bad_request(format!("`{id}` is not a dead-letter id (a number)")))?;
     let out = redrive(&s, Some(id), None).await?;
@@ -195,7 +245,8 @@ async fn redrive(s: &AppState, id: Option<i64>, subscriber: Option<&str>) -> Res
     Ok(Json(serde_json::json!({ "redriving": count, "subscribers": subs })))
 }
 
-async fn subscribers(State(s): State<AppState>) -> Result<Json<Vec<serde_json::Value>>, ApiError> {
+async fn subscribers(State(s): State<AppState>, headers: HeaderMap) -> Result<Json<Vec<serde_json::Value>>, ApiError> {
+    s.admin_only(&headers, "reading subscriber state")?;
     let head = *s.head.borrow();
     let mut out = vec![];
     for r in s.supervisor.routes().await {

@@ -197,7 +197,8 @@ impl Worker {
     }
 
     async fn push(&self, batch: &[Stored]) -> Pushed {
-        push(&self.client, &self.route.endpoint, batch, self.mode, self.route.policy.ack_wait).await
+        let token = self.route.token.as_ref().map(|t| t.0.as_str());
+        push(&self.client, &self.route.endpoint, token, batch, self.mode, self.route.policy.ack_wait).await
     }
 
     /// Saves the cursor at most every [`CURSOR_SAVE_EVERY`] while events stream. Each save
@@ -248,6 +249,7 @@ impl Worker {
 pub async fn push(
     client: &reqwest::Client,
     endpoint: &str,
+    token: Option<&str>,
     batch: &[Stored],
     mode: PushMode,
     timeout: Duration,
@@ -271,7 +273,11 @@ pub async fn push(
     } else {
         "application/cloudevents-batch+json"
     };
-    let resp = client.post(endpoint).header("content-type", content_type).timeout(timeout).body(body).send().await;
+    let mut req = client.post(endpoint).header("content-type", content_type).timeout(timeout).body(body);
+    if let Some(token) = token {
+        req = req.bearer_auth(token);
+    }
+    let resp = req.send().await;
     let resp = match resp {
         Ok(r) => r,
         Err(e) if e.is_timeout() => {

@@ -4,6 +4,7 @@
 //! A library so that `busbar up` can run it from its own binary; `main.rs` is the
 //! container entry point.
 
+mod access;
 mod api;
 mod delivery;
 mod ingest;
@@ -20,9 +21,11 @@ use std::{
     time::Duration,
 };
 
+use access::Access;
 use anyhow::Context;
 use busbar::{
     Db, DbOptions,
+    credentials::BusKey,
     db::{SqliteSync, redact},
 };
 use clap::{Parser, ValueEnum};
@@ -49,6 +52,13 @@ struct Args {
     /// replays events but pushes nothing.
     #[arg(long, env = "BUSBAR_ROUTES")]
     routes: Option<PathBuf>,
+
+    /// File holding the bus key (64 hex digits). With it, every call needs a token derived
+    /// from the key: a service may publish only the types its spec `publishes` and replay
+    /// only what it `subscribes` to; dead letters need the admin token. Without it the
+    /// bus is open to anyone who can reach it.
+    #[arg(long, env = "BUSBAR_AUTH_KEY_FILE", value_name = "FILE")]
+    auth_key_file: Option<PathBuf>,
 
     /// Where a subscriber's events are pushed; `{name}` and `{port}` come from the spec.
     #[arg(long, env = "BUSBAR_ENDPOINT_TEMPLATE", default_value = "http://{name}:{port}/events")]
@@ -103,15 +113,29 @@ pub fn main_with_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> std
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    let key = match &args.auth_key_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the bus key file {} (--auth-key-file)", path.display()))?;
+            Some(BusKey::from_hex(&text).map_err(|e| anyhow::anyhow!("bus key file {}: {e}", path.display()))?)
+        }
+        None => None,
+    };
+    let mut access = Access::new(key, None);
     let initial_routes = match &args.routes {
         Some(path) => {
             let text =
                 std::fs::read_to_string(path).with_context(|| format!("cannot read routes file {}", path.display()))?;
             let bus = busbar::spec::parse_manifest(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-            Some((text, routes::routes_from_spec(&bus.spec, &args.endpoint_template)))
+            access.set_spec(&bus.spec);
+            Some((text, routes::routes_from_spec(&bus.spec, &args.endpoint_template, &access)))
         }
         None => None,
     };
+    if !access.enforced() {
+        tracing::warn!("no --auth-key-file: any client that reaches this bus may publish and read every event type");
+    }
+    let access = Arc::new(std::sync::RwLock::new(access));
 
     let opts = DbOptions {
         sqlite_sync: match args.sqlite_sync {
@@ -137,6 +161,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         sup.apply(routes).await;
         watcher = Some(tokio::spawn(supervisor::watch_routes(
             sup.clone(),
+            access.clone(),
             path.clone(),
             args.endpoint_template.clone(),
             args.reload_interval,
@@ -146,6 +171,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
 
     let ready = Arc::new(AtomicBool::new(false));
+    let state_auth = access.read().expect("access lock").enforced();
     let state = api::AppState {
         store: store.clone(),
         ingest,
@@ -153,6 +179,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         supervisor: sup.clone(),
         metrics,
         ready: ready.clone(),
+        access,
     };
     let app = api::router(state, args.max_body_bytes).layer(tower_http::trace::TraceLayer::new_for_http());
     let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| {
@@ -160,7 +187,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     })?;
     ready.store(true, std::sync::atomic::Ordering::Relaxed);
     tracing::info!(listen = %listener.local_addr()?, database = %redact(&args.database_url), head = head_now,
-        subscribers = ?sup.routes().await.iter().map(|r| r.subscriber.clone()).collect::<Vec<_>>(), "event-bus ready");
+        subscribers = ?sup.routes().await.iter().map(|r| r.subscriber.clone()).collect::<Vec<_>>(),
+        auth = if state_auth { "tokens" } else { "open" }, "event-bus ready");
 
     axum::serve(listener, app).with_graceful_shutdown(busbar::web::shutdown_signal()).await?;
 

@@ -19,6 +19,7 @@ pub struct Metrics {
     pub published: Counter,
     pub duplicates: Counter,
     pub rejected: Counter,
+    pub denied: Counter,
     pub head: Gauge<i64, AtomicI64>,
     pub delivered: Family<Sub, Counter>,
     pub failed_attempts: Family<Sub, Counter>,
@@ -34,6 +35,7 @@ impl Metrics {
             published: Counter::default(),
             duplicates: Counter::default(),
             rejected: Counter::default(),
+            denied: Counter::default(),
             head: Gauge::default(),
             delivered: Family::default(),
             failed_attempts: Family::default(),
@@ -47,6 +49,11 @@ impl Metrics {
             m.duplicates.clone(),
         );
         r.register("requests_rejected", "Publish requests refused as invalid", m.rejected.clone());
+        r.register(
+            "requests_denied",
+            "Requests refused for a missing, foreign or insufficient token",
+            m.denied.clone(),
+        );
         r.register("log_head_seq", "Highest sequence number in the log", m.head.clone());
         r.register("events_delivered", "Events acknowledged by a subscriber", m.delivered.clone());
         r.register("delivery_failures", "Failed delivery attempts", m.failed_attempts.clone());

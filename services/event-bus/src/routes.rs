@@ -5,6 +5,8 @@ use std::{collections::BTreeMap, time::Duration};
 
 use busbar::spec::{ServiceBusSpec, StartFrom};
 
+use crate::access::Access;
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Policy {
     pub max_deliver: u32,
@@ -20,11 +22,23 @@ pub struct Route {
     pub types: Vec<String>,
     pub start_from: StartFrom,
     pub policy: Policy,
+    /// Presented to the subscriber when pushing (its own token), if the bus has a key.
+    pub token: Option<PushToken>,
+}
+
+/// A subscriber's token; `Debug` keeps it out of logs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PushToken(pub String);
+
+impl std::fmt::Debug for PushToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PushToken(..)")
+    }
 }
 
 /// One route per subscribing service, keyed by name. `endpoint_template` may use
 /// `{name}` and `{port}`, e.g. `http://{name}:{port}/events`.
-pub fn routes_from_spec(spec: &ServiceBusSpec, endpoint_template: &str) -> BTreeMap<String, Route> {
+pub fn routes_from_spec(spec: &ServiceBusSpec, endpoint_template: &str, access: &Access) -> BTreeMap<String, Route> {
     let policy = Policy { max_deliver: spec.max_deliver(), backoff: spec.backoff(), ack_wait: spec.ack_wait() };
     spec.services
         .iter()
@@ -39,6 +53,7 @@ pub fn routes_from_spec(spec: &ServiceBusSpec, endpoint_template: &str) -> BTree
                 types: s.subscribed_types().into_iter().map(str::to_owned).collect(),
                 start_from: s.start_from(),
                 policy: policy.clone(),
+                token: access.push_token(&s.name).map(PushToken),
             };
             (s.name.clone(), route)
         })
@@ -83,7 +98,7 @@ mod tests {
         let s = spec(
             "[{name: a, port: 1, publishes: [X]}, {name: b, port: 7001, subscribes: [{type: Y}, {type: X}], startFrom: now}]",
         );
-        let r = routes_from_spec(&s, "http://127.0.0.1:{port}/events");
+        let r = routes_from_spec(&s, "http://127.0.0.1:{port}/events", &Access::default());
         assert_eq!(r.len(), 1);
         let b = &r["b"];
         assert_eq!(b.endpoint, "http://127.0.0.1:7001/events");
@@ -97,7 +112,7 @@ mod tests {
                 ack_wait: Duration::from_secs(2)
             }
         );
-        let r = routes_from_spec(&s, "http://{name}:{port}/events");
+        let r = routes_from_spec(&s, "http://{name}:{port}/events", &Access::default());
         assert_eq!(r["b"].endpoint, "http://b:7001/events");
     }
 
@@ -106,12 +121,14 @@ mod tests {
         let old = routes_from_spec(
             &spec("[{name: a, port: 1, subscribes: [{type: X}]}, {name: b, port: 2, subscribes: [{type: X}]}]"),
             "{name}",
+            &Access::default(),
         );
         let new = routes_from_spec(
             &spec(
                 "[{name: a, port: 1, subscribes: [{type: X}, {type: Z}]}, {name: c, port: 3, subscribes: [{type: X}]}]",
             ),
             "{name}",
+            &Access::default(),
         );
         assert_eq!(
             diff(&old, &new),

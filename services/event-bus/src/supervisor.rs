@@ -7,6 +7,7 @@ use tokio::sync::{Mutex, Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    access::Access,
     delivery::{PushMode, Worker},
     metrics::Metrics,
     routes::{self, Route},
@@ -97,11 +98,13 @@ impl Supervisor {
     }
 }
 
-/// Re-reads the routes file every `interval` and applies it when its content changes.
-/// Polling, not inotify: a Kubernetes ConfigMap volume updates by swapping a symlink,
-/// which file watches on the path miss.
+/// Re-reads the routes file every `interval` and applies it (routes and access) when its
+/// content changes. Polling, not inotify: a Kubernetes ConfigMap volume updates by
+/// swapping a symlink, which file watches on the path miss.
+#[allow(clippy::too_many_arguments)]
 pub async fn watch_routes(
     sup: Arc<Supervisor>,
+    access: Arc<std::sync::RwLock<Access>>,
     path: PathBuf,
     template: String,
     interval: Duration,
@@ -127,7 +130,12 @@ pub async fn watch_routes(
         match busbar::spec::parse_manifest(&text) {
             Ok(bus) => {
                 tracing::info!(path = %path.display(), "routes file changed; reloading");
-                sup.apply(routes::routes_from_spec(&bus.spec, &template)).await;
+                let routes = {
+                    let mut access = access.write().expect("access lock");
+                    access.set_spec(&bus.spec);
+                    routes::routes_from_spec(&bus.spec, &template, &access)
+                };
+                sup.apply(routes).await;
             }
             Err(e) => {
                 tracing::error!(path = %path.display(), error = %e, "routes file is invalid; keeping the current routes")
