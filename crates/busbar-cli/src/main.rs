@@ -1,5 +1,6 @@
 //! The `busbar` command.
 
+mod dlq;
 mod up;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -64,6 +65,17 @@ enum Cmd {
         #[arg(short = 'f', long = "file")]
         file: Option<PathBuf>,
     },
+    /// List and redrive dead letters, on the built-in bus or JetStream.
+    ///
+    /// A dead letter is an event a subscriber gave up on after maxDeliver attempts,
+    /// kept with the last error. Other events keep flowing meanwhile; later versions of
+    /// the same aggregate wait for it. Fix what made the handler fail, then redrive: the
+    /// event goes back to that subscriber, which applies it and the versions waiting.
+    ///
+    /// Talks to the built-in bus (http://127.0.0.1:4005 unless --bus-url), or with
+    /// --nats-url and --bus to JetStream. For example `busbar dlq list`, then
+    /// `busbar dlq redrive 3 4` or `busbar dlq redrive --all --subscriber query`.
+    Dlq(dlq::DlqArgs),
     /// Run one built-in service in this process (used by `busbar up`).
     #[command(name = "__serve", hide = true)]
     Serve {
@@ -100,6 +112,7 @@ fn main() -> ExitCode {
             up(file, opts)
         }
         Cmd::Graph { file } => graph(file),
+        Cmd::Dlq(args) => dlq::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,274 @@
+//! `busbar dlq` as a user runs it: against a real built-in bus whose subscriber fails,
+//! against JetStream, and against a stand-in bus that checks the admin token.
+
+use std::{
+    path::Path,
+    process::Command,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use axum::{
+    Json, Router,
+    http::{HeaderMap, StatusCode},
+    routing::{get, post},
+};
+use busbar::transport::jetstream::{self, JetStreamTransport, dlq};
+use serde_json::{Value, json};
+use testkit::process::Proc;
+
+const T: Duration = Duration::from_secs(30);
+
+/// Runs `busbar dlq <args>`; returns (success, stdout, stderr).
+async fn dlq(args: &[&str]) -> (bool, String, String) {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_busbar"));
+    cmd.arg("dlq").args(args).env_remove("BUSBAR_TOKEN").env_remove("BUSBAR_BUS_URL").kill_on_drop(true);
+    let out = tokio::time::timeout(T, cmd.output()).await.expect("busbar dlq finishes").unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.success(), text(&out.stdout), text(&out.stderr))
+}
+
+async fn dlq_json(args: &[&str]) -> Value {
+    let mut all = args.to_vec();
+    all.push("--json");
+    let (ok, out, err) = dlq(&all).await;
+    assert!(ok, "busbar dlq {args:?} failed: {err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
+}
+
+fn event(id: &str) -> Value {
+    json!({"specversion": "1.0", "id": id, "source": "producer", "type": "A", "subject": "agg-1",
+        "datacontenttype": "application/json", "data": {"n": 1}})
+}
+
+/// A subscriber that refuses every event while `failing` is set.
+async fn sink(failing: Arc<AtomicBool>) -> u16 {
+    let app = Router::new().route(
+        "/events",
+        post(move || {
+            let failing = failing.clone();
+            async move {
+                if failing.load(Ordering::SeqCst) {
+                    (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({"error": "sink is broken", "handled": 0})))
+                } else {
+                    (StatusCode::OK, Json(json!({})))
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    port
+}
+
+fn start_bus(dir: &Path, sink_port: u16) -> (Proc, String) {
+    let routes = dir.join("servicebus.yaml");
+    std::fs::write(
+        &routes,
+        format!(
+            "apiVersion: busbar.dev/v1alpha1\nkind: ServiceBus\nmetadata: {{name: dlqtest}}\nspec:\n  delivery: {{maxDeliver: 2, backoff: [20ms], ackWait: 2s}}\n  services:\n  - name: producer\n    publishes: [A]\n  - name: sink\n    port: {sink_port}\n    subscribes: [{{type: A}}]\n"
+        ),
+    )
+    .unwrap();
+    let port = testkit::free_port();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_busbar"));
+    cmd.args(["__serve", "event-bus", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--database-url", &format!("sqlite://{}/bus.db", dir.display())])
+        .arg("--routes")
+        .arg(&routes)
+        .args(["--endpoint-template", "http://127.0.0.1:{port}/events", "--reload-interval", "100ms"]);
+    (Proc::spawn("event-bus", cmd, &dir.join("bus.log")), format!("http://127.0.0.1:{port}"))
+}
+
+#[tokio::test]
+async fn builtin_bus_list_then_redrive_after_the_fix() {
+    let dir = testkit::temp_dir();
+    let failing = Arc::new(AtomicBool::new(true));
+    let sink_port = sink(failing.clone()).await;
+    let (mut bus, url) = start_bus(dir.path(), sink_port);
+    bus.wait_ready(&format!("{url}/readyz"), T).await;
+    // An empty data dir: no admin token to send, and none needed by an open bus.
+    let data_dir = dir.path().join("data").display().to_string();
+    let target = ["--bus-url", url.as_str(), "--data-dir", data_dir.as_str()];
+
+    let (ok, out, _) = dlq(&[&["list"], &target[..]].concat()).await;
+    assert!(ok && out.contains("no dead letters"), "{out}");
+
+    let ids = ["0190f0a0-0000-7000-8000-000000000001", "0190f0a0-0000-7000-8000-000000000002"];
+    let r = reqwest::Client::new()
+        .post(format!("{url}/events"))
+        .json(&json!([event(ids[0]), event(ids[1])]))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let list = testkit::wait_until(T, "two dead letters", || async {
+        let v = dlq_json(&[&["list", "--subscriber", "sink"], &target[..]].concat()).await;
+        (v.as_array().unwrap().len() == 2).then_some(v)
+    })
+    .await;
+    assert_eq!(list[0]["event_id"], ids[0]);
+    assert_eq!(list[0]["attempts"], 2);
+    assert!(list[0]["last_error"].as_str().unwrap().contains("sink is broken"), "{list}");
+    let (first, second) = (list[0]["id"].as_u64().unwrap(), list[1]["id"].as_u64().unwrap());
+
+    let (ok, table, _) = dlq(&[&["list"], &target[..]].concat()).await;
+    assert!(ok, "{table}");
+    let header = table.lines().next().unwrap();
+    for col in ["ID", "SUBSCRIBER", "EVENT", "TYPE", "ATTEMPTS", "DEAD AT", "STATE", "ERROR"] {
+        assert!(header.contains(col), "{table}");
+    }
+    assert!(
+        table.contains(ids[1]) && table.contains("sink is broken") && table.contains("2 dead letter(s)"),
+        "{table}"
+    );
+
+    // Unknown ids and ids of another subscriber are refused by name; the rest go ahead.
+    let (ok, _, err) = dlq(&[&["redrive", "999999"], &target[..]].concat()).await;
+    assert!(!ok && err.contains("no dead letter 999999"), "{err}");
+    let (ok, _, err) =
+        dlq(&[&["redrive", &first.to_string(), "--subscriber", "someone-else"], &target[..]].concat()).await;
+    assert!(!ok && err.contains(&format!("no dead letter {first} for subscriber someone-else")), "{err}");
+
+    failing.store(false, Ordering::SeqCst);
+    let (ok, out, err) = dlq(&[&["redrive", &first.to_string()], &target[..]].concat()).await;
+    assert!(ok && out.contains(&format!("dead letter {first} handed back")), "{out}{err}");
+    testkit::wait_until(T, "the first dead letter delivered", || async {
+        let v = dlq_json(&[&["list"], &target[..]].concat()).await;
+        (v.as_array().unwrap().len() == 1 && v[0]["id"] == second).then_some(())
+    })
+    .await;
+    let (ok, out, err) = dlq(&[&["redrive", "--all", "--subscriber", "sink"], &target[..]].concat()).await;
+    assert!(ok && out.contains("1 dead letter(s) handed back"), "{out}{err}");
+    testkit::wait_until(T, "no dead letters", || async {
+        dlq_json(&[&["list"], &target[..]].concat()).await.as_array().unwrap().is_empty().then_some(())
+    })
+    .await;
+
+    bus.kill9();
+    let (ok, _, err) = dlq(&[&["list"], &target[..]].concat()).await;
+    assert!(!ok && err.contains(&format!("cannot reach the bus at {url}")) && err.contains("--bus-url"), "{err}");
+}
+
+#[tokio::test]
+async fn jetstream_list_then_redrive() {
+    let bus = format!("dlqcli-{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
+    let js = JetStreamTransport::connect_now(&testkit::nats_url(), &bus).await.expect("NATS at testkit::nats_url()");
+    js.ensure_streams().await.unwrap();
+    let ctx = js.context().clone();
+    // The streams go even if the scenario fails.
+    let outcome = tokio::spawn(jetstream_scenario(ctx.clone(), bus.clone())).await;
+    let _ = ctx.delete_stream(jetstream::stream_name(&bus)).await;
+    let _ = ctx.delete_stream(jetstream::dead_letter_stream_name(&bus)).await;
+    if let Err(e) = outcome {
+        std::panic::resume_unwind(e.into_panic());
+    }
+}
+
+async fn jetstream_scenario(ctx: async_nats::jetstream::Context, bus: String) {
+    let nats = testkit::nats_url();
+    // Two dead letters as a subscriber leaves them.
+    let ids = [uuid::Uuid::now_v7().to_string(), uuid::Uuid::now_v7().to_string()];
+    for (n, id) in ids.iter().enumerate() {
+        let mut h = async_nats::HeaderMap::new();
+        h.insert(dlq::ERROR_HEADER, format!("handler refused #{n}").as_str());
+        h.insert(dlq::ATTEMPTS_HEADER, "3");
+        h.insert(dlq::SUBJECT_HEADER, jetstream::subject(&bus, "A").as_str());
+        let subject = jetstream::dead_letter_subject(&bus, if n == 0 { "query" } else { "comments" });
+        ctx.publish_with_headers(subject, h, event(id).to_string().into()).await.unwrap().await.unwrap();
+    }
+    let target = ["--nats-url", nats.as_str(), "--bus", bus.as_str()];
+
+    let list = dlq_json(&[&["list"], &target[..]].concat()).await;
+    assert_eq!(list.as_array().unwrap().len(), 2, "{list}");
+    assert_eq!(
+        (&list[0]["subscriber"], &list[0]["event_id"], &list[0]["attempts"]),
+        (&json!("query"), &json!(ids[0]), &json!(3))
+    );
+    assert_eq!(list[1]["last_error"], "handler refused #1");
+    let only = dlq_json(&[&["list", "--subscriber", "comments"], &target[..]].concat()).await;
+    assert_eq!(only.as_array().unwrap().len(), 1);
+    let (ok, table, _) = dlq(&[&["list"], &target[..]].concat()).await;
+    assert!(ok && table.contains("handler refused #0") && table.contains(&ids[1]), "{table}");
+
+    let (ok, _, err) = dlq(&[&["redrive", "424242"], &target[..]].concat()).await;
+    assert!(!ok && err.contains("no dead letter 424242"), "{err}");
+    let first = list[0]["id"].as_u64().unwrap().to_string();
+    let (ok, _, err) = dlq(&[&["redrive", &first, "--subscriber", "comments"], &target[..]].concat()).await;
+    assert!(!ok && err.contains("for subscriber comments"), "{err}");
+    let (ok, out, err) = dlq(&[&["redrive", "--all", "--subscriber", "query"], &target[..]].concat()).await;
+    assert!(ok && out.contains("1 dead letter(s) redriven"), "{out}{err}");
+    let left = dlq_json(&[&["list"], &target[..]].concat()).await;
+    assert_eq!(left.as_array().unwrap().len(), 1, "only comments' is left: {left}");
+    assert_eq!(left[0]["subscriber"], "comments");
+
+    // The copy is in the bus's stream, addressed to query.
+    let stream = ctx.get_stream(jetstream::stream_name(&bus)).await.unwrap();
+    let copy = stream.get_raw_message(1).await.unwrap();
+    assert_eq!(copy.headers.get(dlq::REDRIVE_FOR_HEADER).map(|v| v.as_str()), Some("query"));
+    assert_eq!(serde_json::from_slice::<Value>(&copy.payload).unwrap()["id"], ids[0]);
+
+    let (ok, _, err) = dlq(&["list", "--nats-url", &nats, "--bus", "no-such-bus-dlqcli"]).await;
+    assert!(!ok && err.contains("has no dead-letter stream"), "{err}");
+}
+
+/// A stand-in for the built-in bus that wants `Authorization: Bearer secret`.
+async fn guarded_bus() -> String {
+    fn allowed(h: &HeaderMap) -> bool {
+        h.get("authorization").and_then(|v| v.to_str().ok()) == Some("Bearer secret")
+    }
+    let refuse = || (StatusCode::UNAUTHORIZED, Json(json!({"error": "missing or invalid bearer token"})));
+    let app =
+        Router::new()
+            .route(
+                "/deadletters",
+                get(move |h: HeaderMap| async move {
+                    if allowed(&h) { (StatusCode::OK, Json(json!([]))) } else { refuse() }
+                }),
+            )
+            .route(
+                "/deadletters/{id}/redrive",
+                post(move |h: HeaderMap| async move {
+                    if allowed(&h) {
+                        (StatusCode::NOT_FOUND, Json(json!({"error": "no dead letter waiting"})))
+                    } else {
+                        refuse()
+                    }
+                }),
+            );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
+#[tokio::test]
+async fn builtin_bus_admin_token_from_option_env_or_data_dir() {
+    let url = guarded_bus().await;
+    let dir = testkit::temp_dir();
+    let data_dir = dir.path().display().to_string();
+
+    let (ok, _, err) = dlq(&["list", "--bus-url", &url, "--data-dir", &data_dir]).await;
+    assert!(!ok && err.contains("refused (401)") && err.contains("--token"), "{err}");
+
+    let (ok, out, err) = dlq(&["list", "--bus-url", &url, "--token", "secret"]).await;
+    assert!(ok && out.contains("no dead letters"), "{out}{err}");
+
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_busbar"));
+    cmd.args(["dlq", "list", "--bus-url", &url, "--data-dir", &data_dir]).env("BUSBAR_TOKEN", "secret");
+    let out = tokio::time::timeout(T, cmd.output()).await.unwrap().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    std::fs::write(dir.path().join("admin.token"), "secret\n").unwrap();
+    let (ok, out, err) = dlq(&["list", "--bus-url", &url, "--data-dir", &data_dir]).await;
+    assert!(ok && out.contains("no dead letters"), "{out}{err}");
+    let (ok, _, err) = dlq(&["redrive", "5", "--bus-url", &url, "--data-dir", &data_dir]).await;
+    assert!(!ok && err.contains("no dead letter 5"), "{err}");
+
+    let (ok, _, err) = dlq(&["list", "--bus-url", &url, "--data-dir", &data_dir, "--token", "wrong"]).await;
+    assert!(!ok && err.contains("refused (401)") && err.contains("--token is not the bus's admin token"), "{err}");
+}
