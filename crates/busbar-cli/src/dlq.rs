@@ -133,7 +133,10 @@ async fn jetstream(js: &JetStreamTransport, cmd: DlqCmd, json: bool) -> Result<(
                 for d in &done {
                     println!("redriven {} ({}) to {}", d.id, d.event_id.as_deref().unwrap_or("-"), d.subscriber);
                 }
-                println!("{} dead letter(s) redriven", done.len());
+                match done.len() {
+                    0 => println!("no dead letters to redrive"),
+                    n => println!("{n} dead letter(s) redriven"),
+                }
             }
         }
         DlqCmd::Redrive { ids, subscriber, .. } => {
@@ -251,11 +254,10 @@ async fn builtin(bus: &Builtin, cmd: DlqCmd, json: bool) -> Result<()> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&body)?);
             } else {
-                println!(
-                    "{} dead letter(s) handed back to the bus for redelivery{}",
-                    body["redriving"].as_u64().unwrap_or(0),
-                    redelivery_note()
-                );
+                match body["redriving"].as_u64().unwrap_or(0) {
+                    0 => println!("no dead letters to redrive"),
+                    n => println!("{n} dead letter(s) handed back to the bus for redelivery{}", redelivery_note()),
+                }
             }
         }
         DlqCmd::Redrive { ids, subscriber, .. } => {

@@ -65,7 +65,7 @@ async fn sink(failing: Arc<AtomicBool>) -> u16 {
     port
 }
 
-fn start_bus(dir: &Path, sink_port: u16) -> (Proc, String) {
+fn start_bus(dir: &Path, sink_port: u16, extra: &[&std::ffi::OsStr]) -> (Proc, String) {
     let routes = dir.join("servicebus.yaml");
     std::fs::write(
         &routes,
@@ -80,7 +80,8 @@ fn start_bus(dir: &Path, sink_port: u16) -> (Proc, String) {
         .args(["--database-url", &format!("sqlite://{}/bus.db", dir.display())])
         .arg("--routes")
         .arg(&routes)
-        .args(["--endpoint-template", "http://127.0.0.1:{port}/events", "--reload-interval", "100ms"]);
+        .args(["--endpoint-template", "http://127.0.0.1:{port}/events", "--reload-interval", "100ms"])
+        .args(extra);
     (Proc::spawn("event-bus", cmd, &dir.join("bus.log")), format!("http://127.0.0.1:{port}"))
 }
 
@@ -89,7 +90,7 @@ async fn builtin_bus_list_then_redrive_after_the_fix() {
     let dir = testkit::temp_dir();
     let failing = Arc::new(AtomicBool::new(true));
     let sink_port = sink(failing.clone()).await;
-    let (mut bus, url) = start_bus(dir.path(), sink_port);
+    let (mut bus, url) = start_bus(dir.path(), sink_port, &[]);
     bus.wait_ready(&format!("{url}/readyz"), T).await;
     // An empty data dir: no admin token to send, and none needed by an open bus.
     let data_dir = dir.path().join("data").display().to_string();
@@ -271,4 +272,26 @@ async fn builtin_bus_admin_token_from_option_env_or_data_dir() {
 
     let (ok, _, err) = dlq(&["list", "--bus-url", &url, "--data-dir", &data_dir, "--token", "wrong"]).await;
     assert!(!ok && err.contains("refused (401)") && err.contains("--token is not the bus's admin token"), "{err}");
+}
+
+#[tokio::test]
+async fn builtin_bus_with_a_key_takes_the_admin_token_busbar_up_wrote() {
+    let dir = testkit::temp_dir();
+    let data_dir = dir.path().join("data");
+    std::fs::create_dir_all(&data_dir).unwrap();
+    let auth = busbar_cli::credentials::ensure(&data_dir).unwrap();
+    let sink_port = sink(Arc::new(AtomicBool::new(false))).await;
+    let (mut bus, url) = start_bus(dir.path(), sink_port, &["--auth-key-file".as_ref(), auth.key_file.as_os_str()]);
+    bus.wait_ready(&format!("{url}/readyz"), T).await;
+    let data_dir = data_dir.display().to_string();
+    let elsewhere = dir.path().join("elsewhere").display().to_string();
+
+    let (ok, _, err) = dlq(&["list", "--bus-url", &url, "--data-dir", &elsewhere]).await;
+    assert!(!ok && err.contains("refused (401)") && err.contains("admin.token"), "{err}");
+    let (ok, out, err) = dlq(&["list", "--bus-url", &url, "--data-dir", &data_dir]).await;
+    assert!(ok && out.contains("no dead letters"), "{out}{err}");
+    let (ok, out, err) = dlq(&["redrive", "--all", "--bus-url", &url, "--data-dir", &data_dir]).await;
+    assert!(ok && out.contains("no dead letters to redrive"), "{out}{err}");
+    let (ok, _, err) = dlq(&["list", "--bus-url", &url, "--token", "not-the-admin"]).await;
+    assert!(!ok && err.contains("refused (401)"), "{err}");
 }
