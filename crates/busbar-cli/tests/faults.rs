@@ -35,7 +35,7 @@ use busbar::{
 };
 use common::{Backend, Blog, Options, SERVICES};
 use futures::StreamExt;
-use rand::{Rng, SeedableRng, rngs::StdRng};
+use rand::{Rng, SeedableRng, rngs::StdRng, seq::SliceRandom};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
@@ -46,7 +46,7 @@ const POST_SHARE: f64 = 0.2;
 /// Share of comments that moderation rejects (they contain "orange").
 const ORANGE_SHARE: f64 = 0.25;
 /// How long one request may keep retrying through outages before the run fails.
-const REQUEST_DEADLINE: Duration = Duration::from_secs(90);
+const REQUEST_DEADLINE: Duration = Duration::from_secs(60);
 /// Requests in flight at most; a tick beyond it is shed (and counted).
 const MAX_IN_FLIGHT: usize = 256;
 /// Longest wait, once the faults stop, for every read model to converge.
@@ -284,7 +284,8 @@ async fn create(client: &reqwest::Client, url: &str, body: Value, log: &Mutex<Lo
 
 /// For `secs`, at random moments: SIGKILL one of the services, the bus (built-in) or
 /// nats-server (when `nats` is given), keep it down 0.2-2 s, restart it on the same
-/// database or storage. One fault at a time; everything is up again on return.
+/// database or storage. Targets come in rounds, each a random order of all of them, so a
+/// short run still kills each one. One fault at a time; everything is up again on return.
 async fn run_faults(
     blog: &mut Blog,
     mut nats: Option<&mut testkit::Nats>,
@@ -295,13 +296,16 @@ async fn run_faults(
     targets.push(if nats.is_some() { "nats-server" } else { "event-bus" });
     let mut kills: BTreeMap<&'static str, u32> = targets.iter().map(|t| (*t, 0)).collect();
     let end = Instant::now() + Duration::from_secs(secs);
-    loop {
-        let at = Instant::now() + Duration::from_millis(rng.random_range(300..2500));
+    for round in 0.. {
+        if round % targets.len() == 0 {
+            targets.shuffle(&mut rng);
+        }
+        let at = Instant::now() + Duration::from_millis(rng.random_range(300..2000));
         if at >= end {
             break;
         }
         tokio::time::sleep_until(at).await;
-        let target = targets[rng.random_range(0..targets.len())];
+        let target = targets[round % targets.len()];
         let down = Duration::from_millis(rng.random_range(200..2000));
         match (target, nats.as_deref_mut()) {
             ("nats-server", Some(n)) => n.kill9(),
