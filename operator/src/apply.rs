@@ -87,6 +87,17 @@ pub async fn token_secrets(client: &Client, bus: &BusRef) -> Result<BTreeMap<Str
         .collect())
 }
 
+/// One file of a Secret, if the Secret exists.
+pub async fn secret_file(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    file: &str,
+) -> Result<Option<String>, kube::Error> {
+    let secret = Api::<Secret>::namespaced(client.clone(), namespace).get_opt(name).await?;
+    Ok(secret.and_then(|s| s.data?.get(file).map(|b| String::from_utf8_lossy(&b.0).into_owned())))
+}
+
 pub async fn apply_secret(client: &Client, namespace: &str, body: &Value) -> Result<(), kube::Error> {
     apply_one::<Secret>(client, namespace, body).await.map(drop)
 }

@@ -118,6 +118,13 @@ async fn apply(sb: &ServiceBus, ctx: &Context) -> Result<Action, Error> {
                 observed.transport = Some(TransportState::Builtin { ready_replicas: ready });
             }
             TransportKind::JetStream => {
+                let key = apply::ensure_bus_key(&ctx.client, &bus).await?;
+                observed.token_secrets = apply::token_secrets(&ctx.client, &bus).await?;
+                let auth_secret = plan::nats_auth_secret_name(&bus.name);
+                observed.nats_auth =
+                    apply::secret_file(&ctx.client, &bus.namespace, &auth_secret, plan::NATS_AUTH_FILE).await?;
+                ctx.jetstream.authenticate(&endpoint.url, &bus.name, key.token(busbar::credentials::ADMIN)).await;
+                observed.bus_key = Some(key);
                 let (state, stats) = ctx.jetstream.provision(&endpoint.url, &bus.name, spec).await;
                 observed.transport = Some(state);
                 observed.stats = stats;
@@ -128,6 +135,9 @@ async fn apply(sb: &ServiceBus, ctx: &Context) -> Result<Action, Error> {
     let plan = plan::plan(&bus, spec, &ctx.settings, &observed, &now);
     // Secrets first: a Deployment wired to a missing Secret would not start.
     for body in &plan.token_secrets {
+        apply::apply_secret(&ctx.client, &bus.namespace, body).await?;
+    }
+    if let Some(body) = &plan.nats_auth_secret {
         apply::apply_secret(&ctx.client, &bus.namespace, body).await?;
     }
     for name in &plan.delete_token_secrets {
@@ -189,6 +199,12 @@ async fn cleanup(sb: &ServiceBus, ctx: &Context) -> Result<Action, Error> {
         apply::unwire(&ctx.client, &bus.namespace, d).await?;
     }
     if let Some(js) = &spec.transport.jetstream {
+        let key_secret = plan::key_secret_name(&bus.name);
+        if let Some(hex) = apply::secret_file(&ctx.client, &bus.namespace, &key_secret, "key").await?
+            && let Ok(key) = busbar::credentials::BusKey::from_hex(&hex)
+        {
+            ctx.jetstream.authenticate(&js.url, &bus.name, key.token(busbar::credentials::ADMIN)).await;
+        }
         ctx.jetstream.remove_consumers(&js.url, &bus.name).await.map_err(Error::JetStream)?;
     }
     // The built-in bus's objects carry owner references: the API server deletes them.

@@ -30,6 +30,9 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Default)]
 pub struct Provisioner {
     conns: Mutex<HashMap<(String, String), JetStreamTransport>>,
+    /// The admin token per (url, bus), when the bus has a key: NATS configured with
+    /// `nats_auth::authorization_block` admits the operator only with it.
+    tokens: Mutex<HashMap<(String, String), String>>,
 }
 
 /// The consumers a spec needs, by durable name.
@@ -89,12 +92,28 @@ pub fn consumer_change(existing: &pull::Config, desired: &pull::Config) -> Consu
 }
 
 impl Provisioner {
+    /// Connects to (url, bus) as the admin user from now on. A server without
+    /// authorization ignores the credentials, so this is safe either way.
+    pub async fn authenticate(&self, url: &str, bus: &str, admin_token: String) {
+        let key = (url.to_owned(), bus.to_owned());
+        let mut tokens = self.tokens.lock().await;
+        if tokens.get(&key) != Some(&admin_token) {
+            tokens.insert(key.clone(), admin_token);
+            self.conns.lock().await.remove(&key);
+        }
+    }
+
     async fn transport(&self, url: &str, bus: &str) -> Result<JetStreamTransport, String> {
         let key = (url.to_owned(), bus.to_owned());
         if let Some(t) = self.conns.lock().await.get(&key) {
             return Ok(t.clone());
         }
-        let t = JetStreamTransport::connect(url, bus).await.map_err(|e| e.to_string())?;
+        let token = self.tokens.lock().await.get(&key).cloned();
+        let t = match token {
+            Some(token) => JetStreamTransport::connect_as(url, bus, busbar::credentials::ADMIN, &token).await,
+            None => JetStreamTransport::connect(url, bus).await,
+        }
+        .map_err(|e| e.to_string())?;
         self.conns.lock().await.insert(key, t.clone());
         Ok(t)
     }

@@ -32,6 +32,8 @@ pub const KEY_DIR: &str = "/etc/busbar-key";
 pub const TOKEN_FOR_LABEL: &str = "busbar.dev/token-for";
 /// The key in a token Secret.
 pub const TOKEN_KEY: &str = "token";
+/// The file in the `<bus>-nats-auth` Secret.
+pub const NATS_AUTH_FILE: &str = "auth.conf";
 
 /// The ServiceBus being reconciled, reduced to what the decisions need.
 #[derive(Debug, Clone, PartialEq)]
@@ -150,6 +152,8 @@ pub struct Observed {
     pub bus_key: Option<BusKey>,
     /// This bus's token Secrets, by name, with the token each holds (None: unreadable).
     pub token_secrets: BTreeMap<String, Option<String>>,
+    /// On JetStream: the NATS authorization file now in the `<bus>-nats-auth` Secret.
+    pub nats_auth: Option<String>,
 }
 
 /// The wiring one Deployment should carry.
@@ -178,6 +182,8 @@ pub struct Plan {
     pub token_secrets: Vec<Value>,
     /// Token Secrets of services no longer in the spec.
     pub delete_token_secrets: Vec<String>,
+    /// On JetStream: the NATS users Secret to apply (missing or out of date).
+    pub nats_auth_secret: Option<Value>,
     /// Status as it will be once `wire` and `unwire` are done.
     pub status: ServiceBusStatus,
 }
@@ -256,8 +262,13 @@ pub fn plan(bus: &BusRef, spec: &ServiceBusSpec, settings: &Settings, obs: &Obse
     let mut services = vec![];
     let endpoint = endpoint(bus, spec, settings);
     let declared: BTreeSet<&str> = spec.services.iter().map(deployment_name).collect();
-    // On the built-in bus each service gets a token Secret, applied when missing or altered.
-    let key = obs.bus_key.as_ref().filter(|_| transport == TransportKind::Builtin && problems.is_empty());
+    // Each service gets a token Secret, applied when missing or altered: the built-in bus
+    // checks it, and on JetStream it is the service's NATS password.
+    let key = obs.bus_key.as_ref().filter(|_| problems.is_empty());
+    let nats_auth_secret = key.filter(|_| transport == TransportKind::JetStream).and_then(|key| {
+        let conf = busbar::nats_auth::authorization_block(&bus.name, spec, key);
+        (obs.nats_auth.as_deref() != Some(conf.as_str())).then(|| nats_auth_secret(bus, &conf))
+    });
     let mut token_secrets = vec![];
     let mut tokens = BTreeMap::new();
     if let Some(key) = key {
@@ -387,7 +398,7 @@ pub fn plan(bus: &BusRef, spec: &ServiceBusSpec, settings: &Settings, obs: &Obse
         services,
         warnings,
     };
-    Plan { problems, transport, wire, unwire, token_secrets, delete_token_secrets, status }
+    Plan { problems, transport, wire, unwire, token_secrets, delete_token_secrets, nats_auth_secret, status }
 }
 
 pub fn transport_name(kind: TransportKind) -> &'static str {
@@ -480,6 +491,17 @@ fn secret(bus: &BusRef, name: &str, labels: Value, key: &str, value: &str) -> Va
 /// The bus key Secret, created once (the key is random) and owned by the ServiceBus.
 pub fn key_secret(bus: &BusRef, key: &BusKey) -> Value {
     secret(bus, &key_secret_name(&bus.name), owned_labels(bus), "key", &key.to_hex())
+}
+
+/// The Secret holding the NATS users a JetStream bus expects.
+pub fn nats_auth_secret_name(bus: &str) -> String {
+    format!("{bus}-nats-auth")
+}
+
+/// The NATS `authorization` block for the bus's services, for the NATS server to
+/// `include` (see the README's access-control section).
+pub fn nats_auth_secret(bus: &BusRef, conf: &str) -> Value {
+    secret(bus, &nats_auth_secret_name(&bus.name), owned_labels(bus), NATS_AUTH_FILE, conf)
 }
 
 /// One service's token Secret; its Deployment reads `BUSBAR_TOKEN` from it.
@@ -686,6 +708,26 @@ mod tests {
         let rekeyed = plan(&bus(), &blog_spec(), &Settings::default(), &obs, "t3");
         assert_eq!(rekeyed.wire.len(), 4);
         assert!(rekeyed.wire.iter().zip(&first.wire).all(|(a, b)| a.hash != b.hash));
+    }
+
+    #[test]
+    fn on_jetstream_the_tokens_are_nats_passwords_and_the_users_go_in_a_secret() {
+        let key = BusKey::generate();
+        let mut spec = blog_spec();
+        spec.transport.builtin = None;
+        spec.transport.jetstream = Some(busbar::spec::JetStreamTransport { url: "nats://nats:4222".into() });
+        let mut obs = observed(&["posts", "comments", "moderation", "query"]);
+        obs.transport = Some(TransportState::JetStream { result: Ok(()), warnings: vec![] });
+        obs.bus_key = Some(key.clone());
+        let p = plan(&bus(), &spec, &Settings::default(), &obs, "t0");
+        assert!(p.problems.is_empty(), "{:?}", p.problems);
+        assert_eq!(p.token_secrets.len(), 4);
+        assert!(p.wire.iter().all(|w| w.token_secret.is_some()));
+        let secret = p.nats_auth_secret.expect("the NATS users Secret");
+        assert_eq!(secret["metadata"]["name"], "blog-nats-auth");
+        let conf = busbar::nats_auth::authorization_block("blog", &spec, &key);
+        obs.nats_auth = Some(conf);
+        assert!(plan(&bus(), &spec, &Settings::default(), &obs, "t1").nats_auth_secret.is_none(), "up to date");
     }
 
     #[test]

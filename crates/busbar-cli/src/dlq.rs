@@ -4,7 +4,10 @@
 use std::{path::PathBuf, time::Duration};
 
 use anyhow::{Result, anyhow, bail};
-use busbar::transport::jetstream::{JetStreamTransport, dlq::DeadLetterError};
+use busbar::{
+    credentials::ADMIN,
+    transport::jetstream::{JetStreamTransport, dlq::DeadLetterError},
+};
 use clap::{Args, Subcommand};
 use serde_json::Value;
 
@@ -105,9 +108,13 @@ pub fn run(args: DlqArgs) -> Result<()> {
         match &args.target.nats_url {
             Some(url) => {
                 let bus = args.target.bus.as_deref().expect("clap requires --bus with --nats-url");
-                let js = JetStreamTransport::connect_now(url, bus)
-                    .await
-                    .map_err(|e| anyhow!("{e}; is NATS running there? Pass its address with --nats-url"))?;
+                // With the admin token (a NATS server configured by `busbar nats-auth`
+                // admits the admin user with it; one without authorization ignores it).
+                let js = match admin_token(&args.target)?.0 {
+                    Some(token) => JetStreamTransport::connect_now_as(url, bus, ADMIN, &token).await,
+                    None => JetStreamTransport::connect_now(url, bus).await,
+                };
+                let js = js.map_err(|e| anyhow!("{e}; is NATS running there? Pass its address with --nats-url"))?;
                 jetstream(&js, args.cmd, args.target.json).await
             }
             None => {
@@ -176,6 +183,21 @@ fn finish(failed: Vec<String>) -> Result<()> {
     }
 }
 
+/// The admin token from --token (or BUSBAR_TOKEN), else `<data-dir>/admin.token` if it
+/// exists, with where it came from.
+fn admin_token(t: &Target) -> Result<(Option<String>, String)> {
+    let file = t.data_dir.join("admin.token");
+    let (token, source) = match &t.token {
+        Some(tok) => (Some(tok.trim().to_owned()), "--token".to_owned()),
+        None => match std::fs::read_to_string(&file) {
+            Ok(s) => (Some(s.trim().to_owned()), file.display().to_string()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (None, String::new()),
+            Err(e) => return Err(anyhow!("cannot read the admin token {}: {e}", file.display())),
+        },
+    };
+    Ok((token.filter(|t| !t.is_empty()), source))
+}
+
 /// The built-in bus's admin API.
 struct Builtin {
     client: reqwest::Client,
@@ -187,19 +209,11 @@ struct Builtin {
 
 impl Builtin {
     fn new(t: &Target) -> Result<Builtin> {
-        let file = t.data_dir.join("admin.token");
-        let (token, token_source) = match &t.token {
-            Some(tok) => (Some(tok.trim().to_owned()), "--token".to_owned()),
-            None => match std::fs::read_to_string(&file) {
-                Ok(s) => (Some(s.trim().to_owned()), file.display().to_string()),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => (None, String::new()),
-                Err(e) => return Err(anyhow!("cannot read the admin token {}: {e}", file.display())),
-            },
-        };
+        let (token, token_source) = admin_token(t)?;
         Ok(Builtin {
             client: reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?,
             url: t.bus_url.trim_end_matches('/').to_owned(),
-            token: token.filter(|t| !t.is_empty()),
+            token,
             token_source,
         })
     }

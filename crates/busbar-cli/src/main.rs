@@ -76,6 +76,23 @@ enum Cmd {
     /// --nats-url and --bus to JetStream. For example `busbar dlq list`, then
     /// `busbar dlq redrive 3 4` or `busbar dlq redrive --all --subscriber query`.
     Dlq(dlq::DlqArgs),
+    /// Print the NATS users a ServiceBus expects on JetStream, for the server's config.
+    ///
+    /// One user per service, named after it, whose password is its busbar token (the
+    /// BUSBAR_TOKEN `busbar up` or the operator gives it), allowed to publish only the
+    /// types it `publishes` and to pull only through its own durable consumer; plus the
+    /// admin user `_admin` for the operator and `busbar dlq`. Tokens come from the bus key
+    /// in the data directory (created if missing), as for `busbar up`. Write the output
+    /// to a file only the server can read and `include` it in nats-server.conf. In a
+    /// cluster the operator keeps the same block in the Secret `<bus>-nats-auth`.
+    NatsAuth {
+        /// The ServiceBus manifest (same default as `up`).
+        #[arg(short = 'f', long = "file")]
+        file: Option<PathBuf>,
+        /// Where the bus key lives.
+        #[arg(long, default_value = ".busbar")]
+        data_dir: PathBuf,
+    },
     /// Run one built-in service in this process (used by `busbar up`).
     #[command(name = "__serve", hide = true)]
     Serve {
@@ -113,6 +130,7 @@ fn main() -> ExitCode {
         }
         Cmd::Graph { file } => graph(file),
         Cmd::Dlq(args) => dlq::run(args),
+        Cmd::NatsAuth { file, data_dir } => nats_auth(file, data_dir),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -172,6 +190,15 @@ fn graph(file: Option<PathBuf>) -> Result<()> {
     for w in &g.warnings {
         println!("warning: {w}");
     }
+    Ok(())
+}
+
+fn nats_auth(file: Option<PathBuf>, data_dir: PathBuf) -> Result<()> {
+    let (_, bus) = load(file)?;
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
+    let auth = busbar_cli::credentials::ensure(&data_dir)?;
+    print!("{}", busbar::nats_auth::authorization_block(&bus.name, &bus.spec, &auth.key));
     Ok(())
 }
 

@@ -79,8 +79,10 @@ pub fn plan(
         },
     };
     let mut procs = vec![];
-    // Tokens are for the built-in bus; JetStream's access is NATS's own configuration.
-    let auth = opts.auth.as_ref().filter(|_| transport == TransportKind::Builtin);
+    // Each service gets its token on both transports: the built-in bus checks it, and on
+    // JetStream it is the service's NATS password (`busbar nats-auth` prints the users a
+    // server needs; a server without authorization ignores it).
+    let auth = opts.auth.as_ref();
     if transport == TransportKind::Builtin {
         let mut args = vec![
             "--listen".into(),
@@ -208,9 +210,10 @@ mod tests {
             let token = p.env.iter().find(|(k, _)| k == "BUSBAR_TOKEN").map(|(_, v)| v.as_str());
             assert_eq!(token.and_then(|t| key.verify(t)).as_deref(), Some(p.name.as_str()));
         }
-        // JetStream: no bus process, no bus tokens.
+        // JetStream: no bus process; the token is the service's NATS password.
         let js = Options { transport: Some(TransportKind::JetStream), ..o };
-        assert!(plan(&bus, &js, |_| None).unwrap().iter().all(|p| p.env.iter().all(|(k, _)| k != "BUSBAR_TOKEN")));
+        let procs = plan(&bus, &js, |_| None).unwrap();
+        assert!(procs.iter().all(|p| p.env.iter().any(|(k, v)| k == "BUSBAR_TOKEN" && key.verify(v).is_some())));
     }
 
     #[test]

@@ -108,6 +108,31 @@ async fn blog_end_to_end_on_jetstream() {
     js.context().delete_stream(dead_letter_stream_name(&bus)).await.unwrap();
 }
 
+/// The blog on a nats-server that admits only the users `busbar nats-auth` prints: each
+/// service connects as itself with its token and has exactly the permissions it needs
+/// (streams, its durable, backfill, acks); the scenario completes and nothing was refused.
+#[tokio::test]
+async fn blog_on_jetstream_with_per_service_nats_users() {
+    let dir = testkit::temp_dir();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let spec = busbar::spec::parse_manifest(include_str!("../../../k8s/base/servicebus.yaml")).unwrap().spec;
+    let auth = busbar_cli::credentials::ensure(&data).unwrap();
+    let mut nats = testkit::Nats::new();
+    nats.extra_conf = busbar::nats_auth::authorization_block("blog", &spec, &auth.key);
+    nats.start().await;
+    let (mut p, ports) =
+        up_named(dir.path(), &["--transport".into(), "jetstream".into(), "--nats-url".into(), nats.url()], "blog")
+            .await;
+    blog_scenario(&url(&ports, "posts"), &url(&ports, "comments"), &url(&ports, "query")).await;
+    assert_eq!(p.terminate(std::time::Duration::from_secs(20)), Some(0), "{}", p.log_tail());
+    let log = p.log();
+    assert!(!log.contains("Permissions Violation"), "a service lacked a permission:\n{log}");
+    let server_log = nats.proc.as_ref().unwrap().log();
+    assert!(!server_log.contains("Permissions Violation"), "{server_log}");
+    assert!(!server_log.contains("Authorization Violation"), "{server_log}");
+}
+
 #[test]
 fn a_bad_spec_or_busy_port_gets_a_clear_message() {
     let dir = testkit::temp_dir();

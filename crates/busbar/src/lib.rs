@@ -8,6 +8,7 @@
 //! - [`receive`]: `POST /events` for services pushed to by the built-in bus;
 //! - [`spec`]: the ServiceBus resource, shared with the bus, the CLI and the operator;
 //! - [`credentials`]: per-service tokens for the built-in bus, derived from one bus key;
+//! - [`nats_auth`]: the NATS users and subject permissions a ServiceBus expects on JetStream;
 //! - [`wiring`]: the `BUSBAR_*` environment a ServiceBus gives each service.
 
 pub mod config;
@@ -16,6 +17,7 @@ pub mod credentials;
 pub mod db;
 pub mod envelope;
 pub mod graph;
+pub mod nats_auth;
 pub mod ordering;
 pub mod outbox;
 pub mod receive;

@@ -136,9 +136,12 @@ impl Service {
                 (Arc::new(HttpTransport::new(&settings.busbar.url, settings.busbar.token.clone())), None)
             }
             TransportChoice::JetStream => {
-                let js = JetStreamTransport::connect(&settings.busbar.url, &settings.busbar.bus)
-                    .await
-                    .map_err(|e| ServiceError::Nats(e.to_string()))?;
+                let b = &settings.busbar;
+                let js = match &b.token {
+                    Some(token) => JetStreamTransport::connect_as(&b.url, &b.bus, &b.service, token).await,
+                    None => JetStreamTransport::connect(&b.url, &b.bus).await,
+                }
+                .map_err(|e| ServiceError::Nats(e.to_string()))?;
                 (Arc::new(js.clone()), Some(js))
             }
         };

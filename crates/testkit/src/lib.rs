@@ -75,6 +75,8 @@ pub struct Nats {
     pub port: u16,
     pub dir: TempDir,
     pub proc: Option<process::Proc>,
+    /// Appended to the server's config, e.g. an `authorization` block.
+    pub extra_conf: String,
 }
 
 impl Nats {
@@ -84,7 +86,7 @@ impl Nats {
 
     /// Picks a port and storage; call [`Nats::start`] to run it.
     pub fn new() -> Nats {
-        Nats { port: free_port(), dir: temp_dir(), proc: None }
+        Nats { port: free_port(), dir: temp_dir(), proc: None, extra_conf: String::new() }
     }
 
     pub async fn start(&mut self) {
@@ -95,8 +97,9 @@ impl Nats {
         std::fs::write(
             &conf,
             format!(
-                "jetstream {{\n  store_dir: \"{}\"\n  sync_interval: always\n}}\n",
-                self.dir.path().join("js").display()
+                "jetstream {{\n  store_dir: \"{}\"\n  sync_interval: always\n}}\n{}",
+                self.dir.path().join("js").display(),
+                self.extra_conf
             ),
         )
         .unwrap();

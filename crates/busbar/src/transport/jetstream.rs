@@ -89,17 +89,38 @@ impl JetStreamTransport {
     /// NATS is not reachable yet the client keeps retrying in the background, and calls
     /// fail (and are retried by their callers) until it is.
     pub async fn connect(url: &str, bus: &str) -> Result<Self, TransportError> {
-        Self::connect_with(url, bus, true).await
+        Self::connect_with(url, bus, true, None).await
+    }
+
+    /// Like [`Self::connect`], as NATS user `service` with its busbar token as password
+    /// (see [`crate::nats_auth`] for the server side), replies on the service's own inbox.
+    pub async fn connect_as(url: &str, bus: &str, service: &str, token: &str) -> Result<Self, TransportError> {
+        Self::connect_with(url, bus, true, Some((service, token))).await
     }
 
     /// Like [`Self::connect`], but fails at once if NATS cannot be reached now, for a
     /// command that should say so instead of waiting (e.g. `busbar dlq`).
     pub async fn connect_now(url: &str, bus: &str) -> Result<Self, TransportError> {
-        Self::connect_with(url, bus, false).await
+        Self::connect_with(url, bus, false, None).await
     }
 
-    async fn connect_with(url: &str, bus: &str, wait_for_server: bool) -> Result<Self, TransportError> {
+    /// [`Self::connect_now`] as a NATS user (see [`Self::connect_as`]).
+    pub async fn connect_now_as(url: &str, bus: &str, user: &str, token: &str) -> Result<Self, TransportError> {
+        Self::connect_with(url, bus, false, Some((user, token))).await
+    }
+
+    async fn connect_with(
+        url: &str,
+        bus: &str,
+        wait_for_server: bool,
+        user: Option<(&str, &str)>,
+    ) -> Result<Self, TransportError> {
         let mut options = async_nats::ConnectOptions::new().name(format!("busbar {bus}"));
+        if let Some((service, token)) = user {
+            options = options
+                .user_and_password(service.to_owned(), token.to_owned())
+                .custom_inbox_prefix(crate::nats_auth::inbox_prefix(service));
+        }
         if wait_for_server {
             options = options.retry_on_initial_connect();
         } else {
@@ -110,6 +131,8 @@ impl JetStreamTransport {
                 match event {
                     async_nats::Event::Connected => tracing::info!("connected to NATS"),
                     async_nats::Event::Disconnected => tracing::warn!("disconnected from NATS; reconnecting"),
+                    // e.g. "Permissions Violation for Publish to ...": say it loudly.
+                    async_nats::Event::ServerError(e) => tracing::error!(error = %e, "NATS refused a request"),
                     other => tracing::debug!(event = %other, "NATS client event"),
                 }
             })
