@@ -1,14 +1,9 @@
 //! `GET /posts/:id/comments` and `POST /posts/:id/comments`.
 
-use axum::{
-    Json, Router,
-    extract::{Path, State},
-    http::StatusCode,
-    routing::get,
-};
+use axum::{Json, Router, extract::State, http::StatusCode, routing::get};
 use busbar::{
     Db,
-    web::{ApiError, JsonBody},
+    web::{ApiError, JsonBody, PathParam},
 };
 use serde::Deserialize;
 
@@ -32,7 +27,7 @@ fn unknown_post(id: &str) -> ApiError {
     ))
 }
 
-async fn list(State(db): State<Db>, Path(post_id): Path<String>) -> Result<Json<Vec<Comment>>, ApiError> {
+async fn list(State(db): State<Db>, PathParam(post_id): PathParam<String>) -> Result<Json<Vec<Comment>>, ApiError> {
     let mut conn = db.pool().acquire().await?;
     if !store::post_exists(&mut conn, &post_id).await? {
         return Err(unknown_post(&post_id));
@@ -43,7 +38,7 @@ async fn list(State(db): State<Db>, Path(post_id): Path<String>) -> Result<Json<
 /// Answers 201 with the post's whole comment array, as the course does.
 async fn create(
     State(db): State<Db>,
-    Path(post_id): Path<String>,
+    PathParam(post_id): PathParam<String>,
     JsonBody(body): JsonBody<NewComment>,
 ) -> Result<(StatusCode, Json<Vec<Comment>>), ApiError> {
     let content = body.content.trim();
