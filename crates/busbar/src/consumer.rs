@@ -50,6 +50,10 @@ pub enum Outcome {
 pub enum ConsumeError {
     #[error("handling {event_id} ({event_type}) failed: {reason}")]
     Handler { event_id: String, event_type: String, reason: String },
+    /// The handler refused the event's `data` as not what its type promises
+    /// ([`envelope::data`] failed): a poison event, which no redelivery can fix.
+    #[error("handling {event_id} ({event_type}) failed: {reason}")]
+    Undecodable { event_id: String, event_type: String, reason: String },
     #[error(transparent)]
     Db(#[from] DbError),
 }
@@ -218,10 +222,14 @@ impl Consumer {
     }
 
     async fn apply(&self, tx: &mut Tx, event: &CloudEvent) -> Result<(), ConsumeError> {
-        self.handler.handle(tx, event).await.map_err(|e| ConsumeError::Handler {
-            event_id: event.id().to_owned(),
-            event_type: event.ty().to_owned(),
-            reason: e.to_string(),
+        self.handler.handle(tx, event).await.map_err(|e| {
+            let (event_id, event_type, reason) = (event.id().to_owned(), event.ty().to_owned(), e.to_string());
+            match e.downcast_ref::<envelope::EnvelopeError>() {
+                Some(envelope::EnvelopeError::Data { .. } | envelope::EnvelopeError::WrongType { .. }) => {
+                    ConsumeError::Undecodable { event_id, event_type, reason }
+                }
+                _ => ConsumeError::Handler { event_id, event_type, reason },
+            }
         })
     }
 }

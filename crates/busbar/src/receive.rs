@@ -3,7 +3,9 @@
 //! the answer is 2xx only after it has committed.
 //!
 //! On a failure the answer is 500 with `handled`, the number of leading events that did
-//! commit, so the bus can resume from the first one that did not.
+//! commit, so the bus can resume from the first one that did not. An event whose `data`
+//! can never be what its type says gets 422 instead, the same body naming the problem:
+//! the fault is in the event, not in this service.
 //!
 //! A service that has a token (`BUSBAR_TOKEN`) accepts pushes only from a caller that
 //! presents that same token: the bus derives it from its key, nobody else knows it. So
@@ -22,7 +24,7 @@ use prometheus_client::{metrics::counter::Counter, registry::Registry};
 use serde::Serialize;
 
 use crate::{
-    consumer::{Consumer, Outcome},
+    consumer::{ConsumeError, Consumer, Outcome},
     envelope,
     web::{ApiError, Body},
 };
@@ -122,7 +124,11 @@ async fn receive(
         stats.failed.inc();
         tracing::warn!(event_id = ev.id(), event_type = ev.ty(), error = %e, "event handling failed; the bus will redeliver");
         let body = serde_json::json!({ "error": e.to_string(), "handled": receipt.handled, "event_id": ev.id() });
-        return Err((StatusCode::INTERNAL_SERVER_ERROR, Json(body)).into_response());
+        let status = match e {
+            ConsumeError::Undecodable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        return Err((status, Json(body)).into_response());
     }
     Ok(Json(receipt))
 }

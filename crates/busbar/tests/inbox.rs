@@ -186,6 +186,20 @@ async fn receiver_answers_2xx_after_commit_and_reports_partial_progress() {
     assert_eq!(body["handled"], 1);
     assert!(body["error"].as_str().unwrap().contains("boom"));
 
+    // Data that can never be a NoteWritten is the event's fault, not the service's: 422,
+    // with the same progress report; the id is not recorded as handled.
+    let mut poison = serde_json::to_value(note("g", 1, "x")).unwrap();
+    poison["data"] = serde_json::json!({"id": 5});
+    let (status, body) = post(serde_json::json!([note("f", 1, "x"), poison]).to_string()).await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["handled"], 1);
+    assert_eq!(body["event_id"], poison["id"]);
+    assert!(body["error"].as_str().unwrap().contains("data does not match NoteWritten"), "{body}");
+    let mut fixed = poison.clone();
+    fixed["data"] = serde_json::json!({"id": "g", "text": "x"});
+    let (status, body) = post(fixed.to_string()).await;
+    assert_eq!((status, &body["applied"]), (200, &serde_json::json!(1)), "{body}");
+
     let (status, body) = post("{\"specversion\":\"1.0\"}".into()).await;
     assert_eq!(status, 400);
     assert!(body["error"].as_str().unwrap().contains("missing required attribute `id`"), "{body}");
