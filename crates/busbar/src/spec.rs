@@ -17,6 +17,8 @@ pub const EVENT_TYPE_PATTERN: &str = r"^[A-Za-z][A-Za-z0-9._-]{0,127}$";
 pub const SERVICE_NAME_PATTERN: &str = r"^[a-z]([-a-z0-9]*[a-z0-9])?$";
 /// Go-style durations without fractions (`500ms`, `5s`, `1m30s`), the form Kubernetes users know.
 pub const DURATION_PATTERN: &str = r"^([0-9]+(ns|us|ms|s|m|h))+$";
+/// Deployment names: DNS subdomains, as Kubernetes object names are (at most 253 characters).
+pub const DEPLOYMENT_NAME_PATTERN: &str = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -131,7 +133,7 @@ pub struct ServiceSpec {
     pub name: String,
     /// Deployment to wire; defaults to the service name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
+    #[schemars(length(min = 1, max = 253), regex(pattern = DEPLOYMENT_NAME_PATTERN))]
     pub deployment: Option<String>,
     /// Port the service listens on; events are pushed to `POST /events` there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -185,7 +187,7 @@ pub struct ServiceBus {
 }
 
 #[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", expecting = "a ServiceBus manifest: a mapping with apiVersion, kind and spec")]
 struct Manifest {
     api_version: Option<String>,
     kind: Option<String>,
@@ -200,6 +202,12 @@ struct Metadata {
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum SpecError {
+    #[error("the manifest is empty; expected apiVersion `{API_VERSION}`, kind `{KIND}` and a spec")]
+    Empty,
+    #[error(
+        "the manifest is {0} bytes; a ServiceBus manifest may be at most {MAX_MANIFEST_BYTES} (1 MiB, as a ConfigMap)"
+    )]
+    TooLarge(usize),
     #[error("not valid YAML: {0}")]
     Yaml(String),
     #[error("expected apiVersion `{API_VERSION}`, found `{0}`")]
@@ -210,26 +218,76 @@ pub enum SpecError {
     NoSpec,
     #[error("spec: {0}")]
     Shape(String),
-    #[error("invalid ServiceBus spec:\n  - {}", .0.join("\n  - "))]
+    #[error("invalid ServiceBus spec:\n  - {}", first_problems(.0))]
     Invalid(Vec<String>),
+}
+
+/// The largest manifest accepted: a ConfigMap's limit, far above any real spec. It also
+/// bounds the YAML parser's work, which grows faster than linearly on deeply nested junk.
+pub const MAX_MANIFEST_BYTES: usize = 1 << 20;
+
+/// At most this many problems are listed; the rest are counted.
+const MAX_LISTED: usize = 20;
+
+fn first_problems(problems: &[String]) -> String {
+    let mut out = problems.iter().take(MAX_LISTED).cloned().collect::<Vec<_>>().join("\n  - ");
+    if problems.len() > MAX_LISTED {
+        out.push_str(&format!("\n  - ... and {} more", problems.len() - MAX_LISTED));
+    }
+    out
+}
+
+/// `text` as quoted in an error message: cut short if it is long.
+fn shown(text: &str) -> String {
+    const MAX: usize = 64;
+    match text.char_indices().nth(MAX) {
+        Some((cut, _)) => format!("{}... ({} bytes)", &text[..cut], text.len()),
+        None => text.to_owned(),
+    }
+}
+
+/// A parser's message, which may quote a huge value, kept to its start and end.
+fn clipped(msg: String) -> String {
+    const KEEP: usize = 200;
+    let n = msg.chars().count();
+    if n <= 3 * KEEP {
+        return msg;
+    }
+    let head: String = msg.chars().take(KEEP).collect();
+    let tail: String = msg.chars().skip(n - KEEP).collect();
+    format!("{head} ... {tail}")
 }
 
 /// Parses and validates a ServiceBus manifest (YAML or JSON).
 pub fn parse_manifest(text: &str) -> Result<ServiceBus, SpecError> {
-    let m: Manifest = serde_yaml_ng::from_str(text).map_err(|e| SpecError::Yaml(e.to_string()))?;
+    if text.len() > MAX_MANIFEST_BYTES {
+        return Err(SpecError::TooLarge(text.len()));
+    }
+    if text.trim().is_empty() {
+        return Err(SpecError::Empty);
+    }
+    let m: Manifest = serde_yaml_ng::from_str(text).map_err(|e| SpecError::Yaml(clipped(e.to_string())))?;
+    // An empty file, or one with only comments, reads as a mapping without any field.
+    if m.api_version.is_none() && m.kind.is_none() && m.metadata.is_none() && m.spec.is_none() {
+        return Err(SpecError::Empty);
+    }
     match m.api_version.as_deref() {
         Some(API_VERSION) => {}
-        other => return Err(SpecError::ApiVersion(other.unwrap_or("<missing>").into())),
+        other => return Err(SpecError::ApiVersion(other.map_or("<missing>".into(), shown))),
     }
     match m.kind.as_deref() {
         Some(KIND) => {}
-        other => return Err(SpecError::Kind(other.unwrap_or("<missing>").into())),
+        other => return Err(SpecError::Kind(other.map_or("<missing>".into(), shown))),
     }
     let spec = m.spec.ok_or(SpecError::NoSpec)?;
     // serde_path_to_error names the offending field, e.g. `services[1].port`.
     let spec: ServiceBusSpec = serde_path_to_error::deserialize(spec).map_err(|e| {
         let path = e.path().to_string();
-        SpecError::Shape(if path == "." { e.into_inner().to_string() } else { format!("{path}: {}", e.into_inner()) })
+        SpecError::Shape(clipped(if path == "." {
+            e.into_inner().to_string()
+        } else {
+            format!("{path}: {}", e.into_inner())
+        }))
     })?;
     let problems = validate(&spec);
     if !problems.is_empty() {
@@ -263,9 +321,18 @@ pub fn valid_service_name(n: &str) -> bool {
         && n.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }
 
+/// Deployment names ([`DEPLOYMENT_NAME_PATTERN`]), as the CRD's schema checks them.
+pub fn valid_deployment_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 253
+        && n.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && n.ends_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && n.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+}
+
 /// Parses a Go-style duration (`DURATION_PATTERN`): digits and a unit, repeated.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let bad = || format!("`{s}` is not a duration like 500ms, 5s or 1m30s");
+    let bad = || format!("`{}` is not a duration like 500ms, 5s or 1m30s", shown(s));
     let mut total = Duration::ZERO;
     let mut rest = s;
     if rest.is_empty() {
@@ -300,7 +367,7 @@ pub fn validate(spec: &ServiceBusSpec) -> Vec<String> {
     if let Some(js) = &spec.transport.jetstream
         && !(js.url.starts_with("nats://") || js.url.starts_with("tls://"))
     {
-        problems.push(format!("transport.jetstream.url `{}` must start with nats:// or tls://", js.url));
+        problems.push(format!("transport.jetstream.url `{}` must start with nats:// or tls://", shown(&js.url)));
     }
     if spec.delivery.max_deliver == 0 {
         problems.push("delivery.maxDeliver must be at least 1".into());
@@ -320,12 +387,20 @@ pub fn validate(spec: &ServiceBusSpec) -> Vec<String> {
     }
     let mut seen = BTreeSet::new();
     for (i, s) in spec.services.iter().enumerate() {
-        let at = format!("services[{i}] ({})", s.name);
+        let at = format!("services[{i}] ({})", shown(&s.name));
         if !valid_service_name(&s.name) {
             problems.push(format!("{at}: name must be a lower-case DNS label (a-z, 0-9, '-'; at most 63 characters)"));
         }
+        if let Some(d) = &s.deployment
+            && !valid_deployment_name(d)
+        {
+            problems.push(format!(
+                "{at}: deployment `{}` must be a Kubernetes object name (a-z, 0-9, '-', '.'; at most 253 characters)",
+                shown(d)
+            ));
+        }
         if !seen.insert(s.name.as_str()) {
-            problems.push(format!("{at}: duplicate service name `{}`", s.name));
+            problems.push(format!("{at}: duplicate service name `{}`", shown(&s.name)));
         }
         if s.port == Some(0) {
             problems.push(format!("{at}: port must be between 1 and 65535"));
@@ -336,14 +411,15 @@ pub fn validate(spec: &ServiceBusSpec) -> Vec<String> {
         for t in s.publishes.iter().chain(s.subscribes.iter().map(|x| &x.ty)) {
             if !valid_event_type(t) {
                 problems.push(format!(
-                    "{at}: `{t}` is not a valid event type (a letter, then letters, digits, '.', '_' or '-')"
+                    "{at}: `{}` is not a valid event type (a letter, then letters, digits, '.', '_' or '-')",
+                    shown(t)
                 ));
             }
         }
         let mut types = BTreeSet::new();
         for sub in &s.subscribes {
             if !types.insert(sub.ty.as_str()) {
-                problems.push(format!("{at}: subscribes to `{}` twice", sub.ty));
+                problems.push(format!("{at}: subscribes to `{}` twice", shown(&sub.ty)));
             }
         }
     }
@@ -501,6 +577,7 @@ spec:
             proptest::prop_assert_eq!(re(EVENT_TYPE_PATTERN).is_match(&s), valid_event_type(&s));
             proptest::prop_assert_eq!(re(SERVICE_NAME_PATTERN).is_match(&s) && s.len() <= 63, valid_service_name(&s));
             proptest::prop_assert_eq!(re(DURATION_PATTERN).is_match(&s), parse_duration(&s).is_ok());
+            proptest::prop_assert_eq!(re(DEPLOYMENT_NAME_PATTERN).is_match(&s) && s.len() <= 253, valid_deployment_name(&s));
         }
     }
 
@@ -511,6 +588,165 @@ spec:
         }
         for bad in ["", "9x", "a b", "a*", "a>", "ä"] {
             assert!(!valid_event_type(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn more_nonsense_gets_short_readable_errors() {
+        let h = "apiVersion: busbar.dev/v1alpha1\nkind: ServiceBus\n";
+        let huge = "A".repeat(100_000);
+        let many: String = (0..500).map(|i| format!("{{name: Bad{i}}},")).collect();
+        let cases: Vec<(String, &str)> = vec![
+            (String::new(), "the manifest is empty"),
+            (" \n\t\n".into(), "the manifest is empty"),
+            ("# nothing yet\n".into(), "the manifest is empty"),
+            ("null".into(), "expected a ServiceBus manifest"),
+            ("- a\n- b".into(), "expected a ServiceBus manifest"),
+            ("42".into(), "expected a ServiceBus manifest"),
+            (format!("{h}spec: [1, 2]"), "spec: invalid type: sequence"),
+            (format!("{h}spec: {{services: a}}"), "services: invalid type: string"),
+            (
+                format!("{h}spec: {{services: [{{name: a, port: -1}}]}}"),
+                "services[0].port: invalid value: integer `-1`",
+            ),
+            (format!("{h}spec: {{services: [{{name: a, port: 70000}}]}}"), "services[0].port"),
+            (format!("{h}spec: {{services: [{{name: a, port: '80'}}]}}"), "services[0].port: invalid type: string"),
+            (format!("{h}spec: {{delivery: {{maxDeliver: -3}}, services: [{{name: a}}]}}"), "delivery.maxDeliver"),
+            (format!("{h}spec: {{delivery: {{ackWait: 0s}}, services: [{{name: a}}]}}"), "more than zero"),
+            (format!("{h}spec: {{delivery: {{ackWait: '-5s'}}, services: [{{name: a}}]}}"), "delivery.ackWait"),
+            (
+                format!("{h}spec: {{delivery: {{backoff: 5s}}, services: [{{name: a}}]}}"),
+                "delivery.backoff: invalid type",
+            ),
+            (format!("{h}spec: {{transport: {{jetstream: {{url: 'http://x'}}}}, services: [{{name: a}}]}}"), "nats://"),
+            (format!("{h}spec: {{transport: {{kafka: {{}}}}, services: [{{name: a}}]}}"), "unknown field `kafka`"),
+            (
+                format!("{h}spec: {{services: [{{name: a, port: 80, subscribes: [{{type: X}}, {{type: X}}]}}]}}"),
+                "`X` twice",
+            ),
+            (format!("{h}spec: {{services: [{{name: a, subscribes: [X]}}]}}"), "services[0].subscribes[0]"),
+            (format!("{h}spec: &a {{services: *a}}"), "not valid YAML"),
+            (format!("{h}spec:\n\tservices: []"), "not valid YAML"),
+            (format!("apiVersion: {huge}\nkind: ServiceBus\nspec: {{}}"), "expected apiVersion"),
+            (format!("{h}spec: {{services: [{{name: a, publishes: [{huge}]}}]}}"), "is not a valid event type"),
+            (format!("{h}spec: {{services: [{{name: {huge}}}]}}"), "lower-case DNS label"),
+            (format!("{h}spec: {{services: {huge}}}"), "services: invalid type: string"),
+            (format!("{h}spec: {{delivery: {{backoff: [{huge}]}}, services: [{{name: a}}]}}"), "not a duration"),
+            (format!("{h}spec: {{services: [{many}]}}"), "... and 480 more"),
+            (
+                format!("{h}spec: {{services: [{{name: a, publishes: [{}]}}]}}", "B".repeat(MAX_MANIFEST_BYTES)),
+                "at most 1048576",
+            ),
+        ];
+        for (text, want) in cases {
+            let err = parse_manifest(&text).unwrap_err().to_string();
+            assert!(err.contains(want), "for {:.120?}: expected {want:?} in {err:.300?}", text);
+            assert!(err.len() < 3000 && err.lines().count() <= 22, "for {text:.120?}: a long message: {err:.300?}");
+        }
+    }
+
+    /// The operator validates the typed spec it reads from the API server (no YAML): each
+    /// kind of nonsense gets its own sentence naming the field.
+    #[test]
+    fn validate_names_each_problem_in_a_typed_spec() {
+        let base = || {
+            parse_manifest(
+            "apiVersion: busbar.dev/v1alpha1\nkind: ServiceBus\nspec: {services: [{name: a, port: 80, publishes: [A], subscribes: [{type: A}]}]}",
+        )
+        .unwrap()
+        .spec
+        };
+        type Spoil = Box<dyn Fn(&mut ServiceBusSpec)>;
+        let cases: Vec<(Spoil, &str)> = vec![
+            (Box::new(|s| s.services.clear()), "list at least one service"),
+            (Box::new(|s| s.services[0].name = String::new()), "lower-case DNS label"),
+            (Box::new(|s| s.services[0].name = "x".repeat(64)), "lower-case DNS label"),
+            (Box::new(|s| s.services[0].name = "a-".into()), "lower-case DNS label"),
+            (
+                Box::new(|s| {
+                    let again = s.services[0].clone();
+                    s.services.push(again)
+                }),
+                "duplicate service name `a`",
+            ),
+            (Box::new(|s| s.services[0].port = Some(0)), "port must be between 1 and 65535"),
+            (Box::new(|s| s.services[0].port = None), "needs a `port`"),
+            (Box::new(|s| s.services[0].publishes = vec!["".into()]), "`` is not a valid event type"),
+            (Box::new(|s| s.services[0].publishes = vec!["a.>".into()]), "`a.>` is not a valid event type"),
+            (Box::new(|s| s.services[0].publishes = vec!["T".repeat(129)]), "is not a valid event type"),
+            (
+                Box::new(|s| {
+                    let again = s.services[0].subscribes[0].clone();
+                    s.services[0].subscribes.push(again)
+                }),
+                "subscribes to `A` twice",
+            ),
+            (Box::new(|s| s.services[0].deployment = Some("Web App".into())), "deployment `Web App`"),
+            (Box::new(|s| s.services[0].deployment = Some(String::new())), "deployment ``"),
+            (Box::new(|s| s.delivery.max_deliver = 0), "maxDeliver must be at least 1"),
+            (Box::new(|s| s.delivery.backoff = vec!["".into()]), "delivery.backoff[0]"),
+            (Box::new(|s| s.delivery.backoff = vec!["1.5s".into()]), "`1.5s` is not a duration"),
+            (Box::new(|s| s.delivery.backoff = vec!["-1s".into()]), "`-1s` is not a duration"),
+            (Box::new(|s| s.delivery.ack_wait = "0ms".into()), "ackWait must be more than zero"),
+            (Box::new(|s| s.delivery.ack_wait = "s".into()), "delivery.ackWait"),
+            (Box::new(|s| s.delivery.ack_wait = "99999999999999999999999s".into()), "delivery.ackWait"),
+            (
+                Box::new(|s| s.transport.jetstream = Some(JetStreamTransport { url: String::new() })),
+                "must start with nats:// or tls://",
+            ),
+            (
+                Box::new(|s| {
+                    s.transport.builtin = Some(BuiltinTransport {});
+                    s.transport.jetstream = Some(JetStreamTransport { url: "nats://x:4222".into() });
+                }),
+                "not both",
+            ),
+            (Box::new(|s| s.services[0].name = "Ä".repeat(100_000)), "lower-case DNS label"),
+        ];
+        assert!(validate(&base()).is_empty());
+        for (i, (spoil, want)) in cases.iter().enumerate() {
+            let mut spec = base();
+            spoil(&mut spec);
+            let problems = validate(&spec);
+            assert!(problems.iter().any(|p| p.contains(want)), "case {i}: expected {want:?} in {problems:?}");
+            assert!(problems.iter().all(|p| p.len() < 400), "case {i}: a long message in {problems:.300?}");
+        }
+    }
+
+    fn manifest_text() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let pieces = prop::sample::select(vec![
+            "apiVersion: busbar.dev/v1alpha1\n",
+            "kind: ServiceBus\n",
+            "spec:\n",
+            "  services:\n",
+            "  - name: a\n",
+            "    port: 99999\n",
+            "    publishes: [A, 'b c']\n",
+            "    subscribes: [{type: A}]\n",
+            "  delivery: {backoff: [1x]}\n",
+            "&a ",
+            "*a\n",
+            "{",
+            "]\n",
+            "\t",
+            "- ",
+            ": ",
+        ]);
+        prop_oneof!["\\PC{0,200}", prop::collection::vec(pieces, 0..24).prop_map(|p| p.concat())]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 256, ..Default::default() })]
+
+        /// Whatever the text, parsing answers (no panic), and an error is short.
+        #[test]
+        fn arbitrary_manifests_never_panic(body in manifest_text()) {
+            if let Err(e) = parse_manifest(&body) {
+                let msg = e.to_string();
+                proptest::prop_assert!(!msg.trim().is_empty());
+                proptest::prop_assert!(msg.len() < 3000, "{msg:.300}");
+            }
         }
     }
 }
