@@ -224,7 +224,11 @@ impl Builtin {
             req = req.bearer_auth(t);
         }
         let resp = req.send().await.map_err(|e| {
-            anyhow!("cannot reach the bus at {}: {} (is `busbar up` running? pass --bus-url)", self.url, chain(&e))
+            anyhow!(
+                "cannot reach the bus at {}: {} (is `busbar up` running? pass --bus-url)",
+                self.url,
+                busbar::web::error_chain(&e)
+            )
         })?;
         let status = resp.status().as_u16();
         let text = resp.text().await.unwrap_or_default();
@@ -385,17 +389,6 @@ fn error_text(body: &Value) -> String {
         Some(e) => e.to_owned(),
         None => one_line(&body.to_string(), 300),
     }
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(inner) = src {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        src = inner.source();
-    }
-    s
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use cloudevents::{EventBuilder, EventBuilderV10};
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
+use testkit::spoil::Spoil;
 
 /// Every message the decoder produces starts with one of these (see `EnvelopeError`).
 const PREFIXES: &[&str] = &["invalid JSON: ", "invalid CloudEvent", "expected a CloudEvent object", "event "];
@@ -120,17 +121,8 @@ fn valid_event() -> impl Strategy<Value = CloudEvent> {
         })
 }
 
-/// One way to spoil a valid event's JSON, and what the error must then mention.
-#[derive(Debug, Clone)]
-enum Spoil {
-    Remove(&'static str),
-    Empty(&'static str),
-    WrongType(&'static str, Value),
-    SpecVersion(Value),
-    BadTime(String),
-    BadExtension(Value),
-}
-
+/// One way to spoil a valid event's JSON ([`Spoil`]); [`named_in`] says what the error
+/// must then mention.
 fn spoil() -> impl Strategy<Value = Spoil> {
     let attr = prop_oneof![Just("specversion"), Just("id"), Just("source"), Just("type")];
     let required = prop_oneof![Just("id"), Just("source"), Just("type")];
@@ -138,7 +130,7 @@ fn spoil() -> impl Strategy<Value = Spoil> {
     prop_oneof![
         attr.clone().prop_map(Spoil::Remove),
         required.clone().prop_map(Spoil::Empty),
-        (required, not_a_string).prop_map(|(a, v)| Spoil::WrongType(a, v)),
+        (required, not_a_string).prop_map(|(a, v)| Spoil::NotAString(a, v)),
         prop_oneof![
             Just(json!("0.3")),
             Just(json!("2.0")),
@@ -158,41 +150,17 @@ fn spoil() -> impl Strategy<Value = Spoil> {
     ]
 }
 
-impl Spoil {
-    fn apply(&self, obj: &mut Map<String, Value>) {
-        match self {
-            Spoil::Remove(a) => {
-                obj.remove(*a);
-            }
-            Spoil::Empty(a) => {
-                obj.insert((*a).into(), json!(""));
-            }
-            Spoil::WrongType(a, v) => {
-                obj.insert((*a).into(), v.clone());
-            }
-            Spoil::SpecVersion(v) => {
-                obj.insert("specversion".into(), v.clone());
-            }
-            Spoil::BadTime(t) => {
-                obj.insert("time".into(), json!(t));
-            }
-            Spoil::BadExtension(v) => {
-                obj.insert("weirdext".into(), v.clone());
-            }
-        }
-    }
-
-    /// Words the error message must contain.
-    fn named_in(&self) -> Vec<String> {
-        match self {
-            Spoil::Remove(a) if *a == "specversion" => vec!["missing required attribute `specversion`".into()],
-            Spoil::Remove(a) => vec![format!("missing required attribute `{a}`")],
-            Spoil::Empty(a) => vec![format!("`{a}` must not be empty")],
-            Spoil::WrongType(a, _) => vec![format!("`{a}` must be a string")],
-            Spoil::SpecVersion(_) => vec!["specversion".into(), "1.0".into()],
-            Spoil::BadTime(_) => vec!["invalid CloudEvent".into()],
-            Spoil::BadExtension(_) => vec!["invalid CloudEvent".into()],
-        }
+/// Words the error message must contain.
+fn named_in(how: &Spoil) -> Vec<String> {
+    match how {
+        Spoil::Remove(a) if *a == "specversion" => vec!["missing required attribute `specversion`".into()],
+        Spoil::Remove(a) => vec![format!("missing required attribute `{a}`")],
+        Spoil::Empty(a) => vec![format!("`{a}` must not be empty")],
+        Spoil::NotAString(a, _) => vec![format!("`{a}` must be a string")],
+        Spoil::SpecVersion(_) => vec!["specversion".into(), "1.0".into()],
+        Spoil::BadTime(_) => vec!["invalid CloudEvent".into()],
+        Spoil::BadExtension(_) => vec!["invalid CloudEvent".into()],
+        Spoil::NotAnObject(_) => vec!["object".into()],
     }
 }
 
@@ -282,12 +250,12 @@ proptest! {
 
     #[test]
     fn a_spoiled_event_is_refused_with_the_attribute_named(ev in valid_event(), how in spoil()) {
-        let mut obj = as_object(&ev);
-        how.apply(&mut obj);
-        let text = Value::Object(obj).to_string();
+        let mut event = Value::Object(as_object(&ev));
+        how.apply(&mut event);
+        let text = event.to_string();
         let err = envelope::decode_one(&text).unwrap_err();
         let msg = check_message(&err)?;
-        for want in how.named_in() {
+        for want in named_in(&how) {
             prop_assert!(msg.contains(&want), "{how:?}: {msg:.300} lacks {want:?}");
         }
         prop_assert!(msg.len() < 1024, "the error echoes too much: {} bytes", msg.len());
@@ -302,8 +270,7 @@ proptest! {
     ) {
         let mut items: Vec<Value> = events.iter().map(|e| Value::Object(as_object(e))).collect();
         let i = bad_at.index(items.len());
-        let Value::Object(obj) = &mut items[i] else { unreachable!() };
-        how.apply(obj);
+        how.apply(&mut items[i]);
         if let Some(junk) = extra_junk {
             items.push(junk);
         }

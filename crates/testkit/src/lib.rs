@@ -8,6 +8,7 @@
 
 pub mod pg;
 pub mod process;
+pub mod spoil;
 pub mod subscriber;
 
 use std::time::{Duration, Instant};

@@ -287,7 +287,10 @@ pub async fn push(
             };
         }
         Err(e) => {
-            return Pushed::Failed { handled: 0, error: format!("cannot reach {endpoint}: {}", error_chain(&e)) };
+            return Pushed::Failed {
+                handled: 0,
+                error: format!("cannot reach {endpoint}: {}", busbar::web::error_chain(&e)),
+            };
         }
     };
     let status = resp.status();
@@ -309,15 +312,4 @@ pub async fn push(
         .map(str::to_owned)
         .unwrap_or_else(|| text.chars().take(500).collect());
     Pushed::Failed { handled, error: format!("HTTP {}: {reason}", status.as_u16()) }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(inner) = src {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        src = inner.source();
-    }
-    s
 }

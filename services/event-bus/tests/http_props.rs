@@ -19,6 +19,7 @@ use proptest::{
     test_runner::{Config, TestCaseError, TestRunner},
 };
 use serde_json::{Value, json};
+use testkit::spoil::Spoil;
 
 const MAX_BODY: usize = 8192;
 const CASES: u32 = 200;
@@ -33,17 +34,6 @@ struct Ev {
     data: Value,
     /// Extension attributes (CloudEvents' "unknown fields" are extensions).
     ext: Vec<(String, Value)>,
-}
-
-#[derive(Debug, Clone)]
-enum Spoil {
-    Remove(&'static str),
-    Empty(&'static str),
-    NotAString(&'static str, Value),
-    SpecVersion(Value),
-    BadTime,
-    ObjectExtension,
-    NotAnObject(Value),
 }
 
 #[derive(Debug, Clone)]
@@ -125,8 +115,8 @@ fn spoil() -> impl Strategy<Value = Spoil> {
             .prop_map(|(a, v)| Spoil::NotAString(a, v)),
         prop_oneof![Just(json!("0.3")), Just(json!("2.0")), Just(json!(1.0)), Just(json!(null)), Just(json!(""))]
             .prop_map(Spoil::SpecVersion),
-        Just(Spoil::BadTime),
-        Just(Spoil::ObjectExtension),
+        Just(Spoil::BadTime("yesterday".into())),
+        Just(Spoil::BadExtension(json!({"nested": [1]}))),
         prop_oneof![Just(json!(1)), Just(json!("event")), Just(json!([])), Just(json!(null))]
             .prop_map(Spoil::NotAnObject),
     ]
@@ -205,31 +195,6 @@ fn to_json(e: &Ev, id: &str) -> Value {
         v[k] = x.clone();
     }
     v
-}
-
-fn apply_spoil(v: &mut Value, how: &Spoil) {
-    let o = v.as_object_mut().unwrap();
-    match how {
-        Spoil::Remove(a) => {
-            o.remove(*a);
-        }
-        Spoil::Empty(a) => {
-            o.insert((*a).into(), json!(""));
-        }
-        Spoil::NotAString(a, x) => {
-            o.insert((*a).into(), x.clone());
-        }
-        Spoil::SpecVersion(x) => {
-            o.insert("specversion".into(), x.clone());
-        }
-        Spoil::BadTime => {
-            o.insert("time".into(), json!("yesterday"));
-        }
-        Spoil::ObjectExtension => {
-            o.insert("weirdext".into(), json!({"nested": [1]}));
-        }
-        Spoil::NotAnObject(x) => *v = x.clone(),
-    }
 }
 
 /// `s` with everything but unreserved characters percent-encoded.
@@ -363,7 +328,7 @@ impl State {
             }
             Req::Spoiled { events, at, how } => {
                 let mut values: Vec<Value> = events.iter().map(|e| to_json(e, &new_id())).collect();
-                apply_spoil(&mut values[at], &how);
+                how.apply(&mut values[at]);
                 let body = Value::from(values).to_string();
                 let a = self.send(reqwest::Method::POST, "/events", Some(body.into_bytes()), None).await?;
                 prop_assert_eq!(a.status, 400, "{:?} at {}: {:.300}", how, at, a.text);
