@@ -10,7 +10,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use cloudevents::{EventBuilder, EventBuilderV10};
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
-use testkit::spoil::Spoil;
+use testkit::spoil::{CONTEXT_ATTRIBUTES, Spoil};
 
 /// Every message the decoder produces starts with one of these (see `EnvelopeError`).
 const PREFIXES: &[&str] = &["invalid JSON: ", "invalid CloudEvent", "expected a CloudEvent object", "event "];
@@ -78,18 +78,7 @@ fn valid_event() -> impl Strategy<Value = CloudEvent> {
         proptest::option::of(any::<i64>()),
         prop::collection::btree_map(
             "[a-z][a-z0-9]{0,10}".prop_filter("not a context attribute", |k| {
-                !matches!(
-                    k.as_str(),
-                    "id" | "source"
-                        | "type"
-                        | "specversion"
-                        | "subject"
-                        | "time"
-                        | "datacontenttype"
-                        | "dataschema"
-                        | "data"
-                        | "aggversion"
-                )
+                !CONTEXT_ATTRIBUTES.contains(&k.as_str()) && !matches!(k.as_str(), "data" | "aggversion")
             }),
             prop_oneof!["\\PC{0,12}".prop_map(Value::from), any::<bool>().prop_map(Value::from)],
             0..3,

@@ -4,6 +4,10 @@
 
 use serde_json::{Value, json};
 
+/// CloudEvents 1.0 context attributes: a generated extension must not take these names.
+pub const CONTEXT_ATTRIBUTES: [&str; 8] =
+    ["id", "source", "type", "specversion", "subject", "time", "datacontenttype", "dataschema"];
+
 #[derive(Debug, Clone)]
 pub enum Spoil {
     /// Drop a required attribute.

@@ -19,7 +19,7 @@ use proptest::{
     test_runner::{Config, TestCaseError, TestRunner},
 };
 use serde_json::{Value, json};
-use testkit::spoil::Spoil;
+use testkit::spoil::{CONTEXT_ATTRIBUTES, Spoil};
 
 const MAX_BODY: usize = 8192;
 const CASES: u32 = 200;
@@ -87,16 +87,7 @@ fn ev() -> impl Strategy<Value = Ev> {
         prop::collection::vec(
             (
                 "[a-z][a-z0-9]{0,8}".prop_filter("extension name", |k| {
-                    !matches!(
-                        k.as_str(),
-                        "id" | "source"
-                            | "type"
-                            | "specversion"
-                            | "subject"
-                            | "time"
-                            | "datacontenttype"
-                            | "dataschema"
-                    ) && !k.starts_with("data")
+                    !CONTEXT_ATTRIBUTES.contains(&k.as_str()) && !k.starts_with("data")
                 }),
                 prop_oneof!["\\PC{0,8}".prop_map(Value::from), any::<bool>().prop_map(Value::from)],
             ),
