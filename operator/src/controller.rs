@@ -2,7 +2,7 @@
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
-use busbar::spec::TransportKind;
+use busbar_domain::spec::TransportKind;
 use futures::StreamExt;
 use k8s_openapi::api::{
     apps::v1::{Deployment, StatefulSet},
@@ -102,7 +102,7 @@ async fn apply(sb: &ServiceBus, ctx: &Context) -> Result<Action, Error> {
         ..Default::default()
     };
     // An invalid spec provisions and wires nothing: the plan reports it and stops there.
-    if busbar::spec::validate(spec).is_empty() {
+    if busbar_domain::spec::validate(spec).is_empty() {
         let endpoint = plan::endpoint(&bus, spec, &ctx.settings);
         match endpoint.kind {
             TransportKind::Builtin => {
@@ -111,7 +111,7 @@ async fn apply(sb: &ServiceBus, ctx: &Context) -> Result<Action, Error> {
                 let objs = plan::builtin_objects(&bus, spec, &ctx.settings);
                 let ready = apply::ensure_builtin(&ctx.client, &bus, &objs).await?;
                 if ready.unwrap_or(0) > 0 && ctx.settings.bus_stats {
-                    let admin = key.token(busbar::credentials::ADMIN);
+                    let admin = key.token(busbar_domain::credentials::ADMIN);
                     observed.stats = apply::builtin_stats(&ctx.http, &endpoint.url, &admin).await;
                 }
                 observed.bus_key = Some(key);
@@ -123,7 +123,9 @@ async fn apply(sb: &ServiceBus, ctx: &Context) -> Result<Action, Error> {
                 let auth_secret = plan::nats_auth_secret_name(&bus.name);
                 observed.nats_auth =
                     apply::secret_file(&ctx.client, &bus.namespace, &auth_secret, plan::NATS_AUTH_FILE).await?;
-                ctx.jetstream.authenticate(&endpoint.url, &bus.name, key.token(busbar::credentials::ADMIN)).await;
+                ctx.jetstream
+                    .authenticate(&endpoint.url, &bus.name, key.token(busbar_domain::credentials::ADMIN))
+                    .await;
                 observed.bus_key = Some(key);
                 let (state, stats) = ctx.jetstream.provision(&endpoint.url, &bus.name, spec).await;
                 observed.transport = Some(state);
@@ -201,9 +203,9 @@ async fn cleanup(sb: &ServiceBus, ctx: &Context) -> Result<Action, Error> {
     if let Some(js) = &spec.transport.jetstream {
         let key_secret = plan::key_secret_name(&bus.name);
         if let Some(hex) = apply::secret_file(&ctx.client, &bus.namespace, &key_secret, "key").await?
-            && let Ok(key) = busbar::credentials::BusKey::from_hex(&hex)
+            && let Ok(key) = busbar_domain::credentials::BusKey::from_hex(&hex)
         {
-            ctx.jetstream.authenticate(&js.url, &bus.name, key.token(busbar::credentials::ADMIN)).await;
+            ctx.jetstream.authenticate(&js.url, &bus.name, key.token(busbar_domain::credentials::ADMIN)).await;
         }
         ctx.jetstream.remove_consumers(&js.url, &bus.name).await.map_err(Error::JetStream)?;
     }

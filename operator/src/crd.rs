@@ -1,5 +1,5 @@
 //! The `ServiceBus` custom resource (`busbar.dev/v1alpha1`). The spec is the SDK's
-//! [`busbar::spec::ServiceBusSpec`], the one definition `busbar up` and the built-in bus
+//! [`busbar_domain::spec::ServiceBusSpec`], the one definition `busbar up` and the built-in bus
 //! read too; this module adds the Kubernetes wrapper and the status the operator writes.
 
 use std::ops::Deref;
@@ -9,7 +9,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// Who publishes and who subscribes to which event types, and how events are delivered.
-// Group, version and kind match `busbar::spec::API_VERSION`/`KIND`; a test holds them together.
+// Group, version and kind match `busbar_domain::spec::API_VERSION`/`KIND`; a test holds them together.
 #[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
     group = "busbar.dev",
@@ -29,10 +29,10 @@ use serde::{Deserialize, Serialize};
 )]
 #[serde(transparent)]
 #[schemars(transparent)]
-pub struct ServiceBusSpec(pub busbar::spec::ServiceBusSpec);
+pub struct ServiceBusSpec(pub busbar_domain::spec::ServiceBusSpec);
 
 impl Deref for ServiceBusSpec {
-    type Target = busbar::spec::ServiceBusSpec;
+    type Target = busbar_domain::spec::ServiceBusSpec;
     fn deref(&self) -> &Self::Target {
         &self.0
     }

@@ -1,7 +1,7 @@
 //! Builders for tests and benchmarks: ServiceBuses and Deployments that read like the
 //! story they are in.
 
-use busbar::spec::{ServiceBusSpec, ServiceSpec, Subscription};
+use busbar_domain::spec::{ServiceBusSpec, ServiceSpec, Subscription};
 use k8s_openapi::api::apps::v1::Deployment;
 use serde_json::json;
 
@@ -11,7 +11,7 @@ use crate::crd::{self, ServiceBus};
 pub const BLOG_MANIFEST: &str = include_str!("../../k8s/base/servicebus.yaml");
 
 pub fn blog_spec() -> ServiceBusSpec {
-    busbar::spec::parse_manifest(BLOG_MANIFEST).expect("the blog manifest is valid").spec
+    busbar_domain::spec::parse_manifest(BLOG_MANIFEST).expect("the blog manifest is valid").spec
 }
 
 /// A ServiceBus object named `name` in `namespace` with `spec`.

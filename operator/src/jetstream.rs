@@ -12,11 +12,10 @@ use std::{
 };
 
 use async_nats::jetstream::consumer::pull;
-use busbar::{
+use busbar_client::jetstream::{JetStream, SubscribeOptions};
+use busbar_domain::{
+    names::{dead_letter_stream_name, dead_letter_subject, stream_name},
     spec::ServiceBusSpec,
-    transport::jetstream::{
-        JetStreamTransport, SubscribeOptions, dead_letter_stream_name, dead_letter_subject, stream_name,
-    },
 };
 use futures::TryStreamExt;
 use tokio::sync::Mutex;
@@ -29,7 +28,7 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 /// Keeps one NATS connection per (url, bus) across reconciles.
 #[derive(Default)]
 pub struct Provisioner {
-    conns: Mutex<HashMap<(String, String), JetStreamTransport>>,
+    conns: Mutex<HashMap<(String, String), JetStream>>,
     /// The admin token per (url, bus), when the bus has a key: NATS configured with
     /// `nats_auth::authorization_block` admits the operator only with it.
     tokens: Mutex<HashMap<(String, String), String>>,
@@ -103,15 +102,15 @@ impl Provisioner {
         }
     }
 
-    async fn transport(&self, url: &str, bus: &str) -> Result<JetStreamTransport, String> {
+    async fn transport(&self, url: &str, bus: &str) -> Result<JetStream, String> {
         let key = (url.to_owned(), bus.to_owned());
         if let Some(t) = self.conns.lock().await.get(&key) {
             return Ok(t.clone());
         }
         let token = self.tokens.lock().await.get(&key).cloned();
         let t = match token {
-            Some(token) => JetStreamTransport::connect_as(url, bus, busbar::credentials::ADMIN, &token).await,
-            None => JetStreamTransport::connect(url, bus).await,
+            Some(token) => JetStream::connect_as(url, bus, busbar_domain::credentials::ADMIN, &token).await,
+            None => JetStream::connect(url, bus).await,
         }
         .map_err(|e| e.to_string())?;
         self.conns.lock().await.insert(key, t.clone());

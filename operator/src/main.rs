@@ -120,7 +120,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     });
     let signal_stop = stop.clone();
     tokio::spawn(async move {
-        busbar::web::shutdown_signal().await;
+        busbar_client::shutdown_signal().await;
         tracing::info!("shutting down");
         signal_stop.cancel();
     });

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use busbar::{
+use busbar_domain::{
     credentials::BusKey,
     graph,
     spec::{ServiceBusSpec, ServiceSpec, TransportKind},
@@ -255,7 +255,7 @@ fn bus_label_value(w: &Wiring) -> &str {
 /// Decides everything for one reconcile.
 pub fn plan(bus: &BusRef, spec: &ServiceBusSpec, settings: &Settings, obs: &Observed, now: &str) -> Plan {
     let transport = spec.transport.kind();
-    let problems = busbar::spec::validate(spec);
+    let problems = busbar_domain::spec::validate(spec);
     let graph = graph::analyze(spec);
     let mut warnings = graph.warnings;
     let mut wire = vec![];
@@ -266,7 +266,7 @@ pub fn plan(bus: &BusRef, spec: &ServiceBusSpec, settings: &Settings, obs: &Obse
     // checks it, and on JetStream it is the service's NATS password.
     let key = obs.bus_key.as_ref().filter(|_| problems.is_empty());
     let nats_auth_secret = key.filter(|_| transport == TransportKind::JetStream).and_then(|key| {
-        let conf = busbar::nats_auth::authorization_block(&bus.name, spec, key);
+        let conf = busbar_domain::nats_auth::authorization_block(&bus.name, spec, key);
         (obs.nats_auth.as_deref() != Some(conf.as_str())).then(|| nats_auth_secret(bus, &conf))
     });
     let mut token_secrets = vec![];
@@ -452,7 +452,7 @@ fn owned_labels(bus: &BusRef) -> Value {
 }
 
 fn owner_reference(bus: &BusRef) -> Value {
-    json!([{ "apiVersion": busbar::spec::API_VERSION, "kind": busbar::spec::KIND, "name": bus.name, "uid": bus.uid,
+    json!([{ "apiVersion": busbar_domain::spec::API_VERSION, "kind": busbar_domain::spec::KIND, "name": bus.name, "uid": bus.uid,
              "controller": true, "blockOwnerDeletion": true }])
 }
 
@@ -518,7 +518,7 @@ pub fn builtin_objects(bus: &BusRef, spec: &ServiceBusSpec, settings: &Settings)
     let labels = owned_labels(bus);
     let selector = json!({ "app.kubernetes.io/instance": name, "app.kubernetes.io/name": "event-bus" });
     let manifest = serde_yaml_ng::to_string(&json!({
-        "apiVersion": busbar::spec::API_VERSION, "kind": busbar::spec::KIND,
+        "apiVersion": busbar_domain::spec::API_VERSION, "kind": busbar_domain::spec::KIND,
         "metadata": { "name": bus.name }, "spec": spec,
     }))
     .expect("a spec serializes");
@@ -715,7 +715,7 @@ mod tests {
         let key = BusKey::generate();
         let mut spec = blog_spec();
         spec.transport.builtin = None;
-        spec.transport.jetstream = Some(busbar::spec::JetStreamTransport { url: "nats://nats:4222".into() });
+        spec.transport.jetstream = Some(busbar_domain::spec::JetStreamSpec { url: "nats://nats:4222".into() });
         let mut obs = observed(&["posts", "comments", "moderation", "query"]);
         obs.transport = Some(TransportState::JetStream { result: Ok(()), warnings: vec![] });
         obs.bus_key = Some(key.clone());
@@ -725,7 +725,7 @@ mod tests {
         assert!(p.wire.iter().all(|w| w.token_secret.is_some()));
         let secret = p.nats_auth_secret.expect("the NATS users Secret");
         assert_eq!(secret["metadata"]["name"], "blog-nats-auth");
-        let conf = busbar::nats_auth::authorization_block("blog", &spec, &key);
+        let conf = busbar_domain::nats_auth::authorization_block("blog", &spec, &key);
         obs.nats_auth = Some(conf);
         assert!(plan(&bus(), &spec, &Settings::default(), &obs, "t1").nats_auth_secret.is_none(), "up to date");
     }
@@ -758,7 +758,7 @@ mod tests {
     #[test]
     fn graph_warnings_reach_status_without_blocking() {
         let mut spec = blog_spec();
-        spec.services[3].subscribes.push(busbar::spec::Subscription { ty: "CommentDeleted".into() });
+        spec.services[3].subscribes.push(busbar_domain::spec::Subscription { ty: "CommentDeleted".into() });
         let p =
             plan(&bus(), &spec, &Settings::default(), &observed(&["posts", "comments", "moderation", "query"]), "t0");
         assert_eq!(p.status.warnings, ["query subscribes to CommentDeleted but no service publishes it"]);
@@ -799,7 +799,7 @@ mod tests {
             assert_eq!(o["metadata"]["labels"][MANAGED_BY_LABEL], FIELD_MANAGER);
         }
         let routes = objs.config_map["data"]["servicebus.yaml"].as_str().unwrap();
-        assert_eq!(busbar::spec::parse_manifest(routes).unwrap().spec, blog_spec());
+        assert_eq!(busbar_domain::spec::parse_manifest(routes).unwrap().spec, blog_spec());
         let args = objs.stateful_set["spec"]["template"]["spec"]["containers"][0]["args"].as_array().unwrap();
         assert!(args.windows(2).any(|w| w[0] == "--routes" && w[1] == ROUTES_PATH));
         // The routes file is read at run time, so the pod template does not depend on the spec.

@@ -3,7 +3,7 @@
 
 use std::{future::Future, sync::Arc, time::Duration};
 
-use busbar::spec::Subscription;
+use busbar_domain::spec::Subscription;
 use busbar_operator::{
     controller::{self, RunConfig},
     crd::ServiceBus,
@@ -340,7 +340,7 @@ async fn deleting_the_servicebus_removes_what_the_operator_added_and_nothing_els
 /// it goes with the ServiceBus.
 #[tokio::test]
 async fn each_service_gets_its_own_token_and_the_bus_gets_the_key() {
-    use busbar::credentials::BusKey;
+    use busbar_domain::credentials::BusKey;
     use k8s_openapi::api::core::v1::Secret;
     let c = Cluster::new().await;
     let op = wired_blog(&c).await;
@@ -507,7 +507,7 @@ async fn the_watch_recovers_when_history_expires() {
     c.api.expire_history_of("deployments").unwrap();
     c.add_deployment("late");
     let mut spec = blog_spec();
-    spec.services.push(busbar::spec::ServiceSpec {
+    spec.services.push(busbar_domain::spec::ServiceSpec {
         name: "late".into(),
         deployment: None,
         port: Some(4010),

@@ -53,8 +53,8 @@ fn the_chart_carries_the_generated_crd_and_rules() {
 fn the_crd_names_what_the_sdk_parses() {
     let crd = ServiceBus::crd();
     let v = &crd.spec.versions[0];
-    assert_eq!(format!("{}/{}", crd.spec.group, v.name), busbar::spec::API_VERSION);
-    assert_eq!(crd.spec.names.kind, busbar::spec::KIND);
+    assert_eq!(format!("{}/{}", crd.spec.group, v.name), busbar_domain::spec::API_VERSION);
+    assert_eq!(crd.spec.names.kind, busbar_domain::spec::KIND);
     assert_eq!(crd.spec.names.short_names.as_deref(), Some(&["sbus".to_owned()][..]));
     assert!(v.subresources.as_ref().unwrap().status.is_some());
     let columns: Vec<&str> = v.additional_printer_columns.iter().flatten().map(|c| c.name.as_str()).collect();
@@ -131,7 +131,7 @@ fn the_cel_rules_accept_the_blog_and_refuse_what_a_schema_cannot() {
     assert_eq!(cel_errors(&service_bus("shop", "blog", blog_spec())), "");
 
     let mut both = blog_spec();
-    both.transport.jetstream = Some(busbar::spec::JetStreamTransport { url: "nats://nats:4222".into() });
+    both.transport.jetstream = Some(busbar_domain::spec::JetStreamSpec { url: "nats://nats:4222".into() });
     both.transport.builtin = Some(Default::default());
     assert!(cel_errors(&service_bus("shop", "blog", both)).contains("choose one transport"));
 

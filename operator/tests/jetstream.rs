@@ -2,9 +2,9 @@
 //! per subscriber are created, updated and deleted as the spec changes.
 
 use async_nats::jetstream::{self, consumer::DeliverPolicy};
-use busbar::{
+use busbar_domain::{
+    names::{dead_letter_stream_name, stream_name},
     spec::{ServiceBusSpec, StartFrom, TransportSpec},
-    transport::jetstream::{dead_letter_stream_name, stream_name},
 };
 use busbar_operator::{fixtures::blog_spec, jetstream::Provisioner, plan::TransportState};
 use futures::TryStreamExt;
@@ -16,7 +16,7 @@ fn unique_bus() -> String {
 
 fn on_jetstream(mut spec: ServiceBusSpec, url: &str) -> ServiceBusSpec {
     spec.transport =
-        TransportSpec { builtin: None, jetstream: Some(busbar::spec::JetStreamTransport { url: url.into() }) };
+        TransportSpec { builtin: None, jetstream: Some(busbar_domain::spec::JetStreamSpec { url: url.into() }) };
     spec
 }
 

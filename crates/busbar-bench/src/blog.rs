@@ -281,9 +281,8 @@ async fn jetstream_cleanup(
     system: &System,
     nats: Option<&Nats>,
 ) -> Option<(async_nats::jetstream::Context, Vec<String>)> {
-    use busbar::transport::jetstream;
     let nats = nats?;
-    let names = vec![jetstream::stream_name(&system.bus), jetstream::dead_letter_stream_name(&system.bus)];
+    let names = vec![busbar::names::stream_name(&system.bus), busbar::names::dead_letter_stream_name(&system.bus)];
     match nats::connect(&nats.info.url, "busbar-bench cleanup").await {
         Ok(c) => {
             let js = async_nats::jetstream::new(c);

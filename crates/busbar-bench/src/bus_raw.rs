@@ -3,16 +3,13 @@
 //! load (open loop), for each subscriber count and each transport side by side:
 //!
 //! - `builtin`: the event-bus binary, driven over HTTP, pushing to HTTP subscribers;
-//! - `jetstream`: NATS JetStream, published to through the SDK's `JetStreamTransport`,
+//! - `jetstream`: NATS JetStream, published to through the SDK's `JetStream`,
 //!   each subscriber a durable pull consumer.
 
 use std::{path::Path, sync::Arc, time::Duration};
 
 use anyhow::{Context, bail};
-use busbar::{
-    spec::StartFrom,
-    transport::jetstream::{self, SubscribeOptions},
-};
+use busbar::{spec::StartFrom, transport::jetstream::SubscribeOptions};
 
 use crate::{
     clock,
@@ -158,7 +155,7 @@ pub async fn run(mut args: Args) -> anyhow::Result<Summary> {
     if transports.contains(&TransportKind::Jetstream) && in_flight > nats::MAX_ACK_INFLIGHT {
         bail!(
             "--concurrency x --batch = {in_flight} events in flight exceeds the {} publish acks async-nats \
-             allows in flight: JetStreamTransport::publish sends a whole batch before awaiting its acks, so \
+             allows in flight: JetStream::publish sends a whole batch before awaiting its acks, so \
              concurrent publishers can deadlock; keep the product at or below {}",
             nats::MAX_ACK_INFLIGHT,
             nats::MAX_ACK_INFLIGHT
@@ -257,7 +254,7 @@ async fn with_bus(args: &Args, bin: &Path, client: &reqwest::Client, n: usize) -
 async fn with_jetstream(args: &Args, nats: &mut Nats, run_id: &str, n: usize) -> anyhow::Result<Vec<Row>> {
     let bus = format!("bench-{run_id}-{n}");
     let url = nats.info.url.clone();
-    eprintln!("[{SCENARIO}] jetstream, {n} subscriber(s): creating stream {}", jetstream::stream_name(&bus));
+    eprintln!("[{SCENARIO}] jetstream, {n} subscriber(s): creating stream {}", busbar::names::stream_name(&bus));
     let (t, streams) = nats.bus(&bus).await?;
     let result = async {
         tokio::time::timeout(Duration::from_secs(15), t.ensure_streams())
@@ -485,7 +482,7 @@ mod tests {
     fn jetstream_consumers_get_the_same_delivery_policy() {
         let c = subscribe_options("sub1").consumer_config("bench-x-3", true);
         assert_eq!(c.durable_name.as_deref(), Some("sub1"));
-        assert_eq!(c.filter_subject, jetstream::subject("bench-x-3", EVENT_TYPE));
+        assert_eq!(c.filter_subject, busbar::names::subject("bench-x-3", EVENT_TYPE));
         assert_eq!(c.ack_policy, async_nats::jetstream::consumer::AckPolicy::Explicit);
         // The SDK's subscriber enforces maxDeliver and backoff; the server only redelivers
         // after ack_wait, without limit.

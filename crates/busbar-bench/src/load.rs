@@ -17,7 +17,7 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use busbar::{Transport, transport::jetstream::JetStreamTransport};
+use busbar::transport::jetstream::JetStream;
 use reqwest::header::CONTENT_TYPE;
 use tokio::{sync::Semaphore, task::JoinSet};
 
@@ -103,7 +103,7 @@ pub enum Target {
     /// The built-in bus: `POST` to `url`.
     Http { client: reqwest::Client, url: String },
     /// JetStream, through the SDK's transport (one connection, shared by all publishers).
-    JetStream(Arc<JetStreamTransport>),
+    JetStream(Arc<JetStream>),
 }
 
 /// What one publish request got: `Ok` when acknowledged, `Err(why)` when it failed in a

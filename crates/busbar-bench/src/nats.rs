@@ -235,13 +235,13 @@ static LEFT: Mutex<Vec<(jetstream::Context, String)>> = Mutex::new(Vec::new());
 impl Nats {
     /// Connects a transport for `bus` and returns it with the bus's stream names. On a
     /// server this program does not own, the streams are noted for deletion (see [`register`]).
-    pub async fn bus(
-        &self,
-        bus: &str,
-    ) -> anyhow::Result<(busbar::transport::jetstream::JetStreamTransport, [String; 2])> {
-        use busbar::transport::jetstream::{JetStreamTransport, dead_letter_stream_name, stream_name};
+    pub async fn bus(&self, bus: &str) -> anyhow::Result<(busbar::transport::jetstream::JetStream, [String; 2])> {
+        use busbar::{
+            names::{dead_letter_stream_name, stream_name},
+            transport::jetstream::JetStream,
+        };
         let url = &self.info.url;
-        let t = tokio::time::timeout(std::time::Duration::from_secs(15), JetStreamTransport::connect(url, bus))
+        let t = tokio::time::timeout(std::time::Duration::from_secs(15), JetStream::connect(url, bus))
             .await
             .with_context(|| format!("connecting to NATS at {url} timed out"))??;
         let streams = [stream_name(bus), dead_letter_stream_name(bus)];

@@ -1,15 +1,17 @@
 //! `busbar dlq`: list and redrive dead letters, on the built-in bus (its HTTP API) or on
 //! JetStream (the SDK's [`busbar::transport::jetstream::dlq`]).
 
-use std::{path::PathBuf, time::Duration};
+use std::path::PathBuf;
 
 use anyhow::{Result, anyhow, bail};
 use busbar::{
+    bus_api::DeadLetter,
     credentials::ADMIN,
-    transport::jetstream::{JetStreamTransport, dlq::DeadLetterError},
+    transport::jetstream::{JetStream, dlq::DeadLetterError},
+    web::one_line,
 };
+use busbar_client::bus::{BusClient, BusError};
 use clap::{Args, Subcommand};
-use serde_json::Value;
 
 pub const DEFAULT_BUS_URL: &str = "http://127.0.0.1:4005";
 /// Most dead letters one listing shows.
@@ -74,34 +76,6 @@ enum DlqCmd {
     },
 }
 
-/// One dead letter as both transports describe it.
-struct Row {
-    id: u64,
-    subscriber: String,
-    event_id: String,
-    ty: String,
-    attempts: u64,
-    dead_at: i64,
-    state: String,
-    error: String,
-}
-
-impl Row {
-    fn from_json(v: &Value) -> Row {
-        let s = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or("-").to_owned();
-        Row {
-            id: v["id"].as_u64().unwrap_or(0),
-            subscriber: s("subscriber"),
-            event_id: s("event_id"),
-            ty: s("type"),
-            attempts: v["attempts"].as_u64().unwrap_or(0),
-            dead_at: v["dead_at"].as_i64().unwrap_or(0),
-            state: v.get("state").and_then(Value::as_str).unwrap_or("dead").to_owned(),
-            error: s("last_error"),
-        }
-    }
-}
-
 pub fn run(args: DlqArgs) -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
@@ -111,8 +85,8 @@ pub fn run(args: DlqArgs) -> Result<()> {
                 // With the admin token (a NATS server configured by `busbar nats-auth`
                 // admits the admin user with it; one without authorization ignores it).
                 let js = match admin_token(&args.target)?.0 {
-                    Some(token) => JetStreamTransport::connect_now_as(url, bus, ADMIN, &token).await,
-                    None => JetStreamTransport::connect_now(url, bus).await,
+                    Some(token) => JetStream::connect_now_as(url, bus, ADMIN, &token).await,
+                    None => JetStream::connect_now(url, bus).await,
                 };
                 let js = js.map_err(|e| anyhow!("{e}; is NATS running there? Pass its address with --nats-url"))?;
                 jetstream(&js, args.cmd, args.target.json).await
@@ -125,12 +99,11 @@ pub fn run(args: DlqArgs) -> Result<()> {
     })
 }
 
-async fn jetstream(js: &JetStreamTransport, cmd: DlqCmd, json: bool) -> Result<()> {
+async fn jetstream(js: &JetStream, cmd: DlqCmd, json: bool) -> Result<()> {
     match cmd {
         DlqCmd::List { subscriber, limit } => {
             let list = js.list_dead_letters(subscriber.as_deref(), 0, limit as usize).await?;
-            let values: Vec<Value> = list.iter().map(|d| serde_json::to_value(d).expect("serializes")).collect();
-            print_list(&values, json);
+            print_list(&list, json);
         }
         DlqCmd::Redrive { all: true, subscriber, .. } => {
             let done = js.redrive_all(subscriber.as_deref()).await?;
@@ -198,11 +171,10 @@ fn admin_token(t: &Target) -> Result<(Option<String>, String)> {
     Ok((token.filter(|t| !t.is_empty()), source))
 }
 
-/// The built-in bus's admin API.
+/// The built-in bus's admin API, with the admin token and where it came from.
 struct Builtin {
-    client: reqwest::Client,
-    url: String,
-    token: Option<String>,
+    bus: BusClient,
+    has_token: bool,
     /// Where the token came from, for error messages.
     token_source: String,
 }
@@ -210,50 +182,28 @@ struct Builtin {
 impl Builtin {
     fn new(t: &Target) -> Result<Builtin> {
         let (token, token_source) = admin_token(t)?;
-        Ok(Builtin {
-            client: reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?,
-            url: t.bus_url.trim_end_matches('/').to_owned(),
-            token,
-            token_source,
-        })
+        Ok(Builtin { has_token: token.is_some(), bus: BusClient::new(&t.bus_url, token), token_source })
     }
 
-    async fn call(&self, method: reqwest::Method, path: &str, query: &[(&str, String)]) -> Result<(u16, Value)> {
-        let mut req = self.client.request(method, format!("{}{path}", self.url)).query(query);
-        if let Some(t) = &self.token {
-            req = req.bearer_auth(t);
+    /// `e` as the user should read it: what went wrong and what to do.
+    fn explain(&self, e: BusError) -> anyhow::Error {
+        match e {
+            BusError::Unreachable { .. } => anyhow!("{e} (is `busbar up` running? pass --bus-url)"),
+            BusError::Refused { .. } => {
+                let hint = if self.has_token {
+                    format!("the token from {} is not the bus's admin token", self.token_source)
+                } else {
+                    "pass the admin token with --token or BUSBAR_TOKEN, or --data-dir where `busbar up` wrote admin.token"
+                        .to_owned()
+                };
+                anyhow!("{e}; {hint}")
+            }
+            other => anyhow!("{other}"),
         }
-        let resp = req.send().await.map_err(|e| {
-            anyhow!(
-                "cannot reach the bus at {}: {} (is `busbar up` running? pass --bus-url)",
-                self.url,
-                busbar::web::error_chain(&e)
-            )
-        })?;
-        let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap_or_default();
-        let body: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        if status == 401 || status == 403 {
-            let hint = if self.token.is_some() {
-                format!("the token from {} is not the bus's admin token", self.token_source)
-            } else {
-                "pass the admin token with --token or BUSBAR_TOKEN, or --data-dir where `busbar up` wrote admin.token"
-                    .to_owned()
-            };
-            bail!("the bus refused ({status}): {}; {hint}", error_text(&body));
-        }
-        Ok((status, body))
     }
 
-    async fn list(&self, subscriber: Option<&str>, limit: u64) -> Result<Vec<Value>> {
-        let mut q = vec![("limit", limit.to_string())];
-        if let Some(s) = subscriber {
-            q.push(("subscriber", s.to_owned()));
-        }
-        match self.call(reqwest::Method::GET, "/deadletters", &q).await? {
-            (200, Value::Array(list)) => Ok(list),
-            (status, body) => bail!("the bus at {} answered {status}: {}", self.url, error_text(&body)),
-        }
+    async fn list(&self, subscriber: Option<&str>, limit: u64) -> Result<Vec<DeadLetter>> {
+        self.bus.dead_letters(subscriber, limit).await.map_err(|e| self.explain(e))
     }
 }
 
@@ -264,15 +214,11 @@ async fn builtin(bus: &Builtin, cmd: DlqCmd, json: bool) -> Result<()> {
             print_list(&list, json);
         }
         DlqCmd::Redrive { all: true, subscriber, .. } => {
-            let q: Vec<(&str, String)> = subscriber.iter().map(|s| ("subscriber", s.clone())).collect();
-            let (status, body) = bus.call(reqwest::Method::POST, "/deadletters/redrive", &q).await?;
-            if status != 200 {
-                bail!("the bus at {} answered {status}: {}", bus.url, error_text(&body));
-            }
+            let done = bus.bus.redrive_all(subscriber.as_deref()).await.map_err(|e| bus.explain(e))?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&body)?);
+                println!("{}", serde_json::to_string_pretty(&done)?);
             } else {
-                match body["redriving"].as_u64().unwrap_or(0) {
+                match done.redriving {
                     0 => println!("no dead letters to redrive"),
                     n => println!("{n} dead letter(s) handed back to the bus for redelivery{}", redelivery_note()),
                 }
@@ -281,9 +227,7 @@ async fn builtin(bus: &Builtin, cmd: DlqCmd, json: bool) -> Result<()> {
         DlqCmd::Redrive { ids, subscriber, .. } => {
             // The bus redrives by id alone; with --subscriber, check each id is theirs.
             let theirs: Option<Vec<u64>> = match &subscriber {
-                Some(s) => {
-                    Some(bus.list(Some(s), MAX_LIST as u64).await?.iter().filter_map(|d| d["id"].as_u64()).collect())
-                }
+                Some(s) => Some(bus.list(Some(s), MAX_LIST as u64).await?.iter().map(|d| d.id).collect()),
                 None => None,
             };
             let (mut done, mut failed) = (vec![], vec![]);
@@ -294,17 +238,17 @@ async fn builtin(bus: &Builtin, cmd: DlqCmd, json: bool) -> Result<()> {
                     failed.push(format!("no dead letter {id} for subscriber {s}; `busbar dlq list` shows the ids"));
                     continue;
                 }
-                match bus.call(reqwest::Method::POST, &format!("/deadletters/{id}/redrive"), &[]).await? {
-                    (200, _) => {
+                match bus.bus.redrive(id).await {
+                    Ok(_) => {
                         if !json {
                             println!("dead letter {id} handed back to the bus for redelivery");
                         }
                         done.push(id);
                     }
-                    (404, _) => {
+                    Err(BusError::NotFound { .. }) => {
                         failed.push(format!("no dead letter {id} waiting for redrive; `busbar dlq list` shows the ids"))
                     }
-                    (status, body) => bail!("the bus at {} answered {status}: {}", bus.url, error_text(&body)),
+                    Err(e) => return Err(bus.explain(e)),
                 }
             }
             if json {
@@ -322,7 +266,7 @@ fn redelivery_note() -> &'static str {
     "; the bus delivers them now, and one that fails again returns to `busbar dlq list`"
 }
 
-fn print_list(list: &[Value], json: bool) {
+fn print_list(list: &[DeadLetter], json: bool) {
     if json {
         println!("{}", serde_json::to_string_pretty(list).expect("serializes"));
         return;
@@ -331,20 +275,19 @@ fn print_list(list: &[Value], json: bool) {
         println!("no dead letters");
         return;
     }
-    let rows: Vec<Row> = list.iter().map(Row::from_json).collect();
     let header = ["ID", "SUBSCRIBER", "EVENT", "TYPE", "ATTEMPTS", "DEAD AT", "STATE", "ERROR"];
-    let cells: Vec<[String; 8]> = rows
+    let cells: Vec<[String; 8]> = list
         .iter()
-        .map(|r| {
+        .map(|d| {
             [
-                r.id.to_string(),
-                r.subscriber.clone(),
-                r.event_id.clone(),
-                r.ty.clone(),
-                r.attempts.to_string(),
-                time_text(r.dead_at),
-                r.state.clone(),
-                one_line(&r.error, 100),
+                d.id.to_string(),
+                d.subscriber.clone(),
+                d.event_id.clone().unwrap_or_else(|| "-".into()),
+                d.ty.clone().unwrap_or_else(|| "-".into()),
+                d.attempts.to_string(),
+                time_text(d.dead_at),
+                d.state.to_string(),
+                one_line(&d.last_error, 100),
             ]
         })
         .collect();
@@ -369,7 +312,7 @@ fn print_list(list: &[Value], json: bool) {
     for c in &cells {
         line(c.iter().map(String::as_str).collect());
     }
-    println!("{} dead letter(s); `busbar dlq list --json` shows the events and full errors", rows.len());
+    println!("{} dead letter(s); `busbar dlq list --json` shows the events and full errors", list.len());
 }
 
 /// Milliseconds since the epoch as UTC `YYYY-MM-DDTHH:MM:SSZ`.
@@ -379,32 +322,13 @@ fn time_text(ms: i64) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
-fn one_line(s: &str, max: usize) -> String {
-    let flat: String = s.split_whitespace().collect::<Vec<_>>().join(" ");
-    if flat.chars().count() <= max { flat } else { format!("{}…", flat.chars().take(max - 1).collect::<String>()) }
-}
-
-fn error_text(body: &Value) -> String {
-    match body.get("error").and_then(Value::as_str) {
-        Some(e) => e.to_owned(),
-        None => one_line(&body.to_string(), 300),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn rows_and_cells_read_both_transports() {
-        let v = serde_json::json!({"id": 7, "subscriber": "query", "event_id": "e1", "type": "A", "attempts": 3,
-            "last_error": "boom\nline two", "dead_at": 0, "event": {}});
-        let r = Row::from_json(&v);
-        assert_eq!((r.id, r.state.as_str(), r.attempts), (7, "dead", 3));
-        assert_eq!(one_line(&r.error, 100), "boom line two");
-        assert_eq!(one_line("abcdef", 4), "abc…");
+    fn times_show_as_utc() {
         assert_eq!(time_text(0), "1970-01-01T00:00:00Z");
-        let missing = Row::from_json(&serde_json::json!({"id": 1, "event_id": null}));
-        assert_eq!(missing.event_id, "-");
+        assert_eq!(time_text(i64::MAX), "-");
     }
 }

@@ -16,7 +16,7 @@ use axum::{
     http::{HeaderMap, StatusCode},
     routing::{get, post},
 };
-use busbar::transport::jetstream::{self, JetStreamTransport, dlq};
+use busbar::transport::jetstream::{JetStream, dlq};
 use serde_json::{Value, json};
 use testkit::process::Proc;
 
@@ -158,13 +158,13 @@ async fn builtin_bus_list_then_redrive_after_the_fix() {
 #[tokio::test]
 async fn jetstream_list_then_redrive() {
     let bus = format!("dlqcli-{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
-    let js = JetStreamTransport::connect_now(&testkit::nats_url(), &bus).await.expect("NATS at testkit::nats_url()");
+    let js = JetStream::connect_now(&testkit::nats_url(), &bus).await.expect("NATS at testkit::nats_url()");
     js.ensure_streams().await.unwrap();
     let ctx = js.context().clone();
     // The streams go even if the scenario fails.
     let outcome = tokio::spawn(jetstream_scenario(ctx.clone(), bus.clone())).await;
-    let _ = ctx.delete_stream(jetstream::stream_name(&bus)).await;
-    let _ = ctx.delete_stream(jetstream::dead_letter_stream_name(&bus)).await;
+    let _ = ctx.delete_stream(busbar::names::stream_name(&bus)).await;
+    let _ = ctx.delete_stream(busbar::names::dead_letter_stream_name(&bus)).await;
     if let Err(e) = outcome {
         std::panic::resume_unwind(e.into_panic());
     }
@@ -178,8 +178,8 @@ async fn jetstream_scenario(ctx: async_nats::jetstream::Context, bus: String) {
         let mut h = async_nats::HeaderMap::new();
         h.insert(dlq::ERROR_HEADER, format!("handler refused #{n}").as_str());
         h.insert(dlq::ATTEMPTS_HEADER, "3");
-        h.insert(dlq::SUBJECT_HEADER, jetstream::subject(&bus, "A").as_str());
-        let subject = jetstream::dead_letter_subject(&bus, if n == 0 { "query" } else { "comments" });
+        h.insert(dlq::SUBJECT_HEADER, busbar::names::subject(&bus, "A").as_str());
+        let subject = busbar::names::dead_letter_subject(&bus, if n == 0 { "query" } else { "comments" });
         ctx.publish_with_headers(subject, h, event(id).to_string().into()).await.unwrap().await.unwrap();
     }
     let target = ["--nats-url", nats.as_str(), "--bus", bus.as_str()];
@@ -208,7 +208,7 @@ async fn jetstream_scenario(ctx: async_nats::jetstream::Context, bus: String) {
     assert_eq!(left[0]["subscriber"], "comments");
 
     // The copy is in the bus's stream, addressed to query.
-    let stream = ctx.get_stream(jetstream::stream_name(&bus)).await.unwrap();
+    let stream = ctx.get_stream(busbar::names::stream_name(&bus)).await.unwrap();
     let copy = stream.get_raw_message(1).await.unwrap();
     assert_eq!(copy.headers.get(dlq::REDRIVE_FOR_HEADER).map(|v| v.as_str()), Some("query"));
     assert_eq!(serde_json::from_slice::<Value>(&copy.payload).unwrap()["id"], ids[0]);

@@ -29,10 +29,7 @@ use axum::{
     response::{IntoResponse, Response},
     routing::post,
 };
-use busbar::{
-    AttributesReader, Transport,
-    transport::jetstream::{self, JetStreamTransport},
-};
+use busbar::{AttributesReader, transport::jetstream::JetStream};
 use common::{Backend, Blog, Options, SERVICES};
 use futures::StreamExt;
 use rand::{Rng, SeedableRng, rngs::StdRng, seq::SliceRandom};
@@ -142,10 +139,10 @@ async fn jetstream_through_kills_and_republished_copies_loses_nothing() {
     injector.await.unwrap();
 
     let truth = converge(&blog).await;
-    let js = JetStreamTransport::connect(&nats.url(), &bus).await.unwrap();
+    let js = JetStream::connect(&nats.url(), &bus).await.unwrap();
     let moderated = stream_moderations(&js).await;
     let checked = check(&truth, &load, &moderated);
-    let dead = js.context().get_stream(jetstream::dead_letter_stream_name(&bus)).await.unwrap();
+    let dead = js.context().get_stream(busbar::names::dead_letter_stream_name(&bus)).await.unwrap();
     assert_eq!(dead.cached_info().state.messages, 0, "nothing dead-lettered");
     let by_type: Vec<String> = copies.by_type.lock().unwrap().iter().map(|(t, n)| format!("{t} {n}")).collect();
     println!(
@@ -525,7 +522,7 @@ struct CopyCounts {
 /// window does not drop them and every consumer gets them again, late and out of order.
 /// Attempts while nats-server is down fail and are skipped.
 async fn republish_copies(url: String, bus: String, secs: u64, mut rng: StdRng, counts: Arc<CopyCounts>) {
-    let js = JetStreamTransport::connect(&url, &bus).await.unwrap();
+    let js = JetStream::connect(&url, &bus).await.unwrap();
     let end = Instant::now() + Duration::from_secs(secs);
     while Instant::now() < end {
         tokio::time::sleep(Duration::from_millis(rng.random_range(100..400))).await;
@@ -533,9 +530,9 @@ async fn republish_copies(url: String, bus: String, secs: u64, mut rng: StdRng, 
     }
 }
 
-async fn copy_some(js: &JetStreamTransport, bus: &str, rng: &mut StdRng, counts: &CopyCounts) -> Result<(), String> {
+async fn copy_some(js: &JetStream, bus: &str, rng: &mut StdRng, counts: &CopyCounts) -> Result<(), String> {
     let ctx = js.context();
-    let stream = ctx.get_stream(jetstream::stream_name(bus)).await.map_err(|e| e.to_string())?;
+    let stream = ctx.get_stream(busbar::names::stream_name(bus)).await.map_err(|e| e.to_string())?;
     let last = stream.cached_info().state.last_sequence;
     if last == 0 {
         return Ok(());
@@ -551,7 +548,7 @@ async fn copy_some(js: &JetStreamTransport, bus: &str, rng: &mut StdRng, counts:
         headers.insert("Nats-Msg-Id", format!("copy-{}", uuid::Uuid::now_v7()).as_str());
         let payload = serde_json::to_vec(ev).unwrap();
         let ack = ctx
-            .publish_with_headers(jetstream::subject(bus, ev.ty()), headers, payload.into())
+            .publish_with_headers(busbar::names::subject(bus, ev.ty()), headers, payload.into())
             .await
             .map_err(|e| e.to_string())?
             .await
@@ -695,7 +692,7 @@ async fn bus_moderations(bus: &str) -> Moderations {
 }
 
 /// Every `CommentModerated` in the JetStream stream, re-published copies included.
-async fn stream_moderations(js: &JetStreamTransport) -> Moderations {
+async fn stream_moderations(js: &JetStream) -> Moderations {
     let mut m = Moderations { by_comment: HashMap::new(), entries: 0 };
     let mut after = 0;
     for _ in 0..10_000 {

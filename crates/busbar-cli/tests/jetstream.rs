@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use busbar::transport::{Transport, jetstream::JetStreamTransport};
+use busbar::transport::jetstream::JetStream;
 use common::{Blog, SERVICES, T, create_comment, create_post, get};
 use serde_json::json;
 use testkit::Nats;
@@ -94,7 +94,7 @@ async fn nats_down_at_start_and_killed_mid_stream_loses_nothing() {
         assert_eq!(c["status"], want);
     }
 
-    let js = JetStreamTransport::connect(&nats.url(), &bus).await.unwrap();
+    let js = JetStream::connect(&nats.url(), &bus).await.unwrap();
     let mut moderated = vec![];
     let mut after = 0;
     loop {

@@ -101,7 +101,10 @@ async fn blog_end_to_end_on_postgres() {
 
 #[tokio::test]
 async fn blog_end_to_end_on_jetstream() {
-    use busbar::transport::jetstream::{JetStreamTransport, dead_letter_stream_name, stream_name};
+    use busbar::{
+        names::{dead_letter_stream_name, stream_name},
+        transport::jetstream::JetStream,
+    };
     let dir = testkit::temp_dir();
     let bus = format!("blog-{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
     let nats = testkit::nats_url();
@@ -112,7 +115,7 @@ async fn blog_end_to_end_on_jetstream() {
     blog_scenario(&url(&ports, "posts"), &url(&ports, "comments"), &url(&ports, "query")).await;
     assert_eq!(p.terminate(std::time::Duration::from_secs(20)), Some(0), "{}", p.log_tail());
 
-    let js = JetStreamTransport::connect(&nats, &bus).await.unwrap();
+    let js = JetStream::connect(&nats, &bus).await.unwrap();
     let stream = js.context().get_stream(stream_name(&bus)).await.expect("the bus's stream exists");
     let consumers: Vec<String> = {
         use futures::StreamExt;

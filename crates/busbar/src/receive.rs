@@ -21,22 +21,14 @@ use axum::{
 };
 use cloudevents::AttributesReader;
 use prometheus_client::{metrics::counter::Counter, registry::Registry};
-use serde::Serialize;
 
+pub use crate::bus_api::Receipt;
 use crate::{
+    bus_api::PushFailure,
     consumer::{ConsumeError, Consumer, Outcome},
     envelope,
     web::{ApiError, Body},
 };
-
-#[derive(Debug, Default, Serialize, PartialEq, Eq)]
-pub struct Receipt {
-    pub handled: usize,
-    pub applied: usize,
-    pub duplicates: usize,
-    pub deferred: usize,
-    pub stale: usize,
-}
 
 /// Counts of received events by outcome, for `/metrics`.
 #[derive(Clone, Debug, Default)]
@@ -123,7 +115,7 @@ async fn receive(
         let ev = &events[receipt.handled];
         stats.failed.inc();
         tracing::warn!(event_id = ev.id(), event_type = ev.ty(), error = %e, "event handling failed; the bus will redeliver");
-        let body = serde_json::json!({ "error": e.to_string(), "handled": receipt.handled, "event_id": ev.id() });
+        let body = PushFailure { error: e.to_string(), handled: receipt.handled, event_id: Some(ev.id().to_owned()) };
         let status = match e {
             ConsumeError::Undecodable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             _ => StatusCode::INTERNAL_SERVER_ERROR,

@@ -31,7 +31,7 @@ use crate::{
     transport::{
         Transport,
         http::HttpTransport,
-        jetstream::{self, JetStreamTransport, SubscribeOptions},
+        jetstream::{self, JetStream, SubscribeOptions},
     },
     web::{self, ApiError},
 };
@@ -117,7 +117,7 @@ pub struct Service {
     pub settings: Settings,
     db: Db,
     transport: Arc<dyn Transport>,
-    jetstream: Option<JetStreamTransport>,
+    jetstream: Option<JetStream>,
     stop: CancellationToken,
     relay: tokio::task::JoinHandle<()>,
 }
@@ -138,8 +138,8 @@ impl Service {
             TransportChoice::JetStream => {
                 let b = &settings.busbar;
                 let js = match &b.token {
-                    Some(token) => JetStreamTransport::connect_as(&b.url, &b.bus, &b.service, token).await,
-                    None => JetStreamTransport::connect(&b.url, &b.bus).await,
+                    Some(token) => JetStream::connect_as(&b.url, &b.bus, &b.service, token).await,
+                    None => JetStream::connect(&b.url, &b.bus).await,
                 }
                 .map_err(|e| ServiceError::Nats(e.to_string()))?;
                 (Arc::new(js.clone()), Some(js))

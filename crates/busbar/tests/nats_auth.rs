@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::pull};
 use busbar::{
-    Transport,
     credentials::{ADMIN, BusKey},
     envelope::CloudEvent,
-    transport::jetstream::{JetStreamTransport, stream_name, subject},
+    names::{stream_name, subject},
+    transport::jetstream::JetStream,
 };
 use futures::StreamExt;
 
@@ -46,7 +46,7 @@ async fn services_publish_only_their_types_and_pull_only_their_own_durable() {
     assert!(async_nats::connect(&url).await.is_err(), "anonymous connections are refused");
 
     // posts, through the SDK, publishes PostCreated (creating the streams on the way).
-    let posts = JetStreamTransport::connect_as(&url, BUS, "posts", &key.token("posts")).await.unwrap();
+    let posts = JetStream::connect_as(&url, BUS, "posts", &key.token("posts")).await.unwrap();
     let created = event("PostCreated", "posts");
     posts.publish(std::slice::from_ref(&created)).await.unwrap();
     // An undeclared type never reaches the stream: the server drops it as a permissions

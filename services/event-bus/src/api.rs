@@ -27,7 +27,9 @@ use axum::{
     routing::{get, post},
 };
 use busbar::{
-    AttributesReader, envelope,
+    AttributesReader,
+    bus_api::{self, Accepted, DeadLetter, RedriveResult, ReplayQuery, SubscriberStatus},
+    envelope,
     web::{self, ApiError, Body, PathParam},
 };
 use serde::Deserialize;
@@ -93,11 +95,7 @@ pub fn router(state: AppState, max_body: usize) -> Router {
         .with_state(state)
 }
 
-async fn publish(
-    State(s): State<AppState>,
-    headers: HeaderMap,
-    Body(body): Body,
-) -> Result<Json<serde_json::Value>, ApiError> {
+async fn publish(State(s): State<AppState>, headers: HeaderMap, Body(body): Body) -> Result<Json<Accepted>, ApiError> {
     // Authentication first: an unknown caller learns nothing about what it sent.
     let caller = s.caller(&headers)?;
     let events = envelope::decode_batch(&body).map_err(|e| {
@@ -124,16 +122,7 @@ async fn publish(
         })
         .collect();
     s.ingest.append(rows).await.map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
-    Ok(Json(serde_json::json!({ "accepted": n })))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ReplayQuery {
-    after: Option<i64>,
-    limit: Option<i64>,
-    #[serde(rename = "type")]
-    ty: Option<String>,
+    Ok(Json(Accepted { accepted: n }))
 }
 
 async fn replay(
@@ -171,8 +160,8 @@ async fn replay(
     body.push(']');
     let mut headers = HeaderMap::new();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    headers.insert("x-busbar-next-after", HeaderValue::from(next));
-    headers.insert("x-busbar-head", HeaderValue::from(head));
+    headers.insert(bus_api::NEXT_AFTER_HEADER, HeaderValue::from(next));
+    headers.insert(bus_api::HEAD_HEADER, HeaderValue::from(head));
     if rows.len() as i64 == limit {
         let link = format!("</events?after={next}&limit={limit}>; rel=\"next\"");
         headers.insert(header::LINK, HeaderValue::from_str(&link).expect("ASCII"));
@@ -191,21 +180,13 @@ async fn list_dead_letters(
     State(s): State<AppState>,
     headers: HeaderMap,
     q: Result<Query<DeadLetterQuery>, QueryRejection>,
-) -> Result<Json<Vec<serde_json::Value>>, ApiError> {
+) -> Result<Json<Vec<DeadLetter>>, ApiError> {
     s.admin_only(&headers, "listing dead letters")?;
     let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let limit = q.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
     let rows =
         s.store.dead_letters(q.subscriber.as_deref(), limit).await.map_err(|e| ApiError::internal(e.to_string()))?;
-    Ok(Json(
-        rows.into_iter()
-            .map(|d| {
-                let mut v = serde_json::to_value(&d).expect("serializes");
-                v["event"] = serde_json::from_str(&d.payload).unwrap_or(serde_json::Value::Null);
-                v
-            })
-            .collect(),
-    ))
+    Ok(Json(rows.into_iter().map(|d| d.letter).collect()))
 }
 
 #[derive(Deserialize)]
@@ -218,7 +199,7 @@ async fn redrive_many(
     State(s): State<AppState>,
     headers: HeaderMap,
     q: Result<Query<RedriveQuery>, QueryRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<RedriveResult>, ApiError> {
     s.admin_only(&headers, "redriving dead letters")?;
     let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
     redrive(&s, None, q.subscriber.as_deref()).await
@@ -228,24 +209,24 @@ async fn redrive_one(
     State(s): State<AppState>,
     headers: HeaderMap,
     PathParam(id): PathParam<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<RedriveResult>, ApiError> {
     s.admin_only(&headers, "redriving dead letters")?;
     let id: i64 =
         id.parse().map_err(|_| ApiError::bad_request(format!("`{id}` is not a dead-letter id (a number)")))?;
     let out = redrive(&s, Some(id), None).await?;
-    if out.0["redriving"] == 0 {
+    if out.0.redriving == 0 {
         return Err(ApiError::not_found(format!("no dead letter {id} waiting for redrive")));
     }
     Ok(out)
 }
 
-async fn redrive(s: &AppState, id: Option<i64>, subscriber: Option<&str>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn redrive(s: &AppState, id: Option<i64>, subscriber: Option<&str>) -> Result<Json<RedriveResult>, ApiError> {
     let (count, subs) = s.store.request_redrive(id, subscriber).await.map_err(|e| ApiError::internal(e.to_string()))?;
     s.supervisor.notify_redrive(&subs).await;
-    Ok(Json(serde_json::json!({ "redriving": count, "subscribers": subs })))
+    Ok(Json(RedriveResult { redriving: count as u64, subscribers: subs }))
 }
 
-async fn subscribers(State(s): State<AppState>, headers: HeaderMap) -> Result<Json<Vec<serde_json::Value>>, ApiError> {
+async fn subscribers(State(s): State<AppState>, headers: HeaderMap) -> Result<Json<Vec<SubscriberStatus>>, ApiError> {
     s.admin_only(&headers, "reading subscriber state")?;
     let head = *s.head.borrow();
     let mut out = vec![];
@@ -257,11 +238,16 @@ async fn subscribers(State(s): State<AppState>, headers: HeaderMap) -> Result<Js
             .map_err(|e| ApiError::internal(e.to_string()))?
             .unwrap_or_default();
         let dead = s.store.dead_letter_count(&r.subscriber).await.map_err(|e| ApiError::internal(e.to_string()))?;
-        out.push(serde_json::json!({
-            "name": r.subscriber, "endpoint": r.endpoint, "types": r.types,
-            "position": c.position, "lag": head - c.position, "attempts": c.attempts,
-            "lastError": c.last_error, "deadLetters": dead,
-        }));
+        out.push(SubscriberStatus {
+            name: r.subscriber,
+            endpoint: r.endpoint,
+            types: r.types,
+            position: c.position,
+            lag: head - c.position,
+            attempts: c.attempts,
+            last_error: c.last_error,
+            dead_letters: dead,
+        });
     }
     Ok(Json(out))
 }

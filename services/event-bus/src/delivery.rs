@@ -5,13 +5,12 @@
 
 use std::{sync::Arc, time::Duration};
 
-use busbar::spec::StartFrom;
+use busbar::{Backoff, bus_api::PushFailure, spec::StartFrom};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     metrics::Metrics,
-    retry,
     routes::Route,
     store::{Cursor, Store, Stored},
 };
@@ -26,6 +25,10 @@ pub struct PushMode {
 }
 
 const CURSOR_SAVE_EVERY: Duration = Duration::from_millis(200);
+
+/// Retries of the bus's own database (a locked or unreachable store): quick, then capped.
+static STORE_RETRY: std::sync::LazyLock<Backoff> =
+    std::sync::LazyLock::new(|| Backoff::exponential(Duration::from_millis(100), Duration::from_secs(30)));
 
 pub struct Worker {
     pub store: Store,
@@ -136,7 +139,7 @@ impl Worker {
                         continue;
                     }
                     self.save(&cur).await;
-                    let wait = retry::jittered(&self.route.policy.backoff, cur.attempts);
+                    let wait = self.route.policy.backoff.random_jittered(cur.attempts);
                     tracing::info!(subscriber = %name, event_id = %failing.event_id, attempt = cur.attempts,
                         max_deliver = self.route.policy.max_deliver, retry_in_ms = wait.as_millis() as u64, %error, "delivery failed; will retry");
                     tokio::select! {
@@ -164,15 +167,14 @@ impl Worker {
             let Some(Some(dl)) = self.retry_store("reading redrives", || self.store.next_redrive(&name)).await else {
                 return;
             };
-            let ev =
-                Stored { seq: dl.seq, event_id: dl.event_id.clone(), ty: dl.ty.clone(), payload: dl.payload.clone() };
+            let (ev, id) = (dl.event, dl.letter.id as i64);
             let mut attempts = 0;
             loop {
                 match self.push(std::slice::from_ref(&ev)).await {
                     Pushed::All => {
                         tracing::info!(subscriber = %name, event_id = %ev.event_id, "redriven event delivered");
                         self.metrics.delivered.get_or_create(&Metrics::sub(&name)).inc();
-                        self.retry_store("finishing a redrive", || self.store.redrive_done(dl.id)).await;
+                        self.retry_store("finishing a redrive", || self.store.redrive_done(id)).await;
                         break;
                     }
                     Pushed::Failed { error, .. } => {
@@ -181,13 +183,13 @@ impl Worker {
                         if attempts >= self.route.policy.max_deliver {
                             tracing::warn!(subscriber = %name, event_id = %ev.event_id, %error, "redriven event failed again; back in the dead-letter store");
                             self.retry_store("recording a failed redrive", || {
-                                self.store.redrive_failed(dl.id, attempts, &error)
+                                self.store.redrive_failed(id, attempts, &error)
                             })
                             .await;
                             break;
                         }
                         tokio::select! {
-                            _ = tokio::time::sleep(retry::jittered(&self.route.policy.backoff, attempts)) => {}
+                            _ = tokio::time::sleep(self.route.policy.backoff.random_jittered(attempts)) => {}
                             _ = self.stop.cancelled() => return,
                         }
                     }
@@ -235,7 +237,7 @@ impl Worker {
                     failures += 1;
                     tracing::warn!(subscriber = %self.route.subscriber, error = %e, attempt = failures, "{what} failed; retrying");
                     tokio::select! {
-                        _ = tokio::time::sleep(retry::jittered(&[], failures)) => {}
+                        _ = tokio::time::sleep(STORE_RETRY.random_jittered(failures)) => {}
                         _ = self.stop.cancelled() => return None,
                     }
                 }
@@ -298,18 +300,10 @@ pub async fn push(
         return Pushed::All;
     }
     let text = resp.text().await.unwrap_or_default();
-    let parsed: Option<serde_json::Value> = serde_json::from_str(&text).ok();
-    let handled = parsed
-        .as_ref()
-        .and_then(|v| v.get("handled"))
-        .and_then(|h| h.as_u64())
-        .map(|h| (h as usize).min(batch.len().saturating_sub(1)))
-        .unwrap_or(0);
-    let reason = parsed
-        .as_ref()
-        .and_then(|v| v.get("error"))
-        .and_then(|e| e.as_str())
-        .map(str::to_owned)
-        .unwrap_or_else(|| text.chars().take(500).collect());
+    // The SDK's receiver answers a failure with a PushFailure; anything else is shown as text.
+    let (handled, reason) = match serde_json::from_str::<PushFailure>(&text) {
+        Ok(f) => (f.handled.min(batch.len().saturating_sub(1)), f.error),
+        Err(_) => (0, busbar::web::one_line(&text, 500)),
+    };
     Pushed::Failed { handled, error: format!("HTTP {}: {reason}", status.as_u16()) }
 }

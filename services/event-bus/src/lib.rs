@@ -9,7 +9,6 @@ mod api;
 mod delivery;
 mod ingest;
 mod metrics;
-mod retry;
 mod routes;
 mod store;
 mod supervisor;

@@ -3,14 +3,17 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use busbar::spec::{ServiceBusSpec, StartFrom};
+use busbar::{
+    Backoff,
+    spec::{ServiceBusSpec, StartFrom},
+};
 
 use crate::access::Access;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Policy {
     pub max_deliver: u32,
-    pub backoff: Vec<Duration>,
+    pub backoff: Backoff,
     pub ack_wait: Duration,
 }
 
@@ -39,7 +42,11 @@ impl std::fmt::Debug for PushToken {
 /// One route per subscribing service, keyed by name. `endpoint_template` may use
 /// `{name}` and `{port}`, e.g. `http://{name}:{port}/events`.
 pub fn routes_from_spec(spec: &ServiceBusSpec, endpoint_template: &str, access: &Access) -> BTreeMap<String, Route> {
-    let policy = Policy { max_deliver: spec.max_deliver(), backoff: spec.backoff(), ack_wait: spec.ack_wait() };
+    let policy = Policy {
+        max_deliver: spec.max_deliver(),
+        backoff: Backoff::schedule(spec.backoff()),
+        ack_wait: spec.ack_wait(),
+    };
     spec.services
         .iter()
         .filter(|s| !s.subscribes.is_empty())
@@ -108,7 +115,7 @@ mod tests {
             b.policy,
             Policy {
                 max_deliver: 3,
-                backoff: vec![Duration::from_millis(10), Duration::from_millis(20)],
+                backoff: Backoff::schedule(vec![Duration::from_millis(10), Duration::from_millis(20)]),
                 ack_wait: Duration::from_secs(2)
             }
         );

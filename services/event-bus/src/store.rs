@@ -2,6 +2,7 @@
 
 use busbar::{
     Db,
+    bus_api::{DeadLetter, DeadLetterState},
     db::{DbError, now_millis, placeholders, row_placeholders},
 };
 use sqlx::{AssertSqlSafe, Row};
@@ -30,20 +31,12 @@ pub struct Cursor {
     pub last_error: Option<String>,
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct DeadLetter {
-    pub id: i64,
-    pub subscriber: String,
-    pub seq: i64,
-    pub event_id: String,
-    #[serde(rename = "type")]
-    pub ty: String,
-    pub attempts: i64,
-    pub last_error: String,
-    pub dead_at: i64,
-    pub state: String,
-    #[serde(skip)]
-    pub payload: String,
+/// A dead letter as stored: what `GET /deadletters` shows ([`DeadLetter`]), and the
+/// stored event to deliver again.
+#[derive(Debug, Clone)]
+pub struct StoredDeadLetter {
+    pub letter: DeadLetter,
+    pub event: Stored,
 }
 
 /// Rows per multi-row INSERT. Kept small: SQLite resolves each `$N` placeholder by name
@@ -186,7 +179,7 @@ impl Store {
         tx.commit().await
     }
 
-    pub async fn dead_letters(&self, subscriber: Option<&str>, limit: i64) -> Result<Vec<DeadLetter>, DbError> {
+    pub async fn dead_letters(&self, subscriber: Option<&str>, limit: i64) -> Result<Vec<StoredDeadLetter>, DbError> {
         // `$2 IS NULL` keeps one statement for "all subscribers" and "this one".
         let rows = sqlx::query(
             "SELECT id, subscriber, seq, event_id, type, attempts, last_error, dead_at, state, payload FROM bus_dead_letters \
@@ -222,7 +215,7 @@ impl Store {
         Ok((count, subs))
     }
 
-    pub async fn next_redrive(&self, subscriber: &str) -> Result<Option<DeadLetter>, DbError> {
+    pub async fn next_redrive(&self, subscriber: &str) -> Result<Option<StoredDeadLetter>, DbError> {
         let row = sqlx::query(
             "SELECT id, subscriber, seq, event_id, type, attempts, last_error, dead_at, state, payload FROM bus_dead_letters \
              WHERE subscriber = $1 AND state = 'redriving' ORDER BY id LIMIT 1",
@@ -262,17 +255,23 @@ impl Store {
     }
 }
 
-fn dead_letter_row(r: sqlx::any::AnyRow) -> Result<DeadLetter, sqlx::Error> {
-    Ok(DeadLetter {
-        id: r.try_get(0)?,
+fn dead_letter_row(r: sqlx::any::AnyRow) -> Result<StoredDeadLetter, sqlx::Error> {
+    let (seq, event_id, ty, payload): (i64, String, String, String) =
+        (r.try_get(2)?, r.try_get(3)?, r.try_get(4)?, r.try_get(9)?);
+    let attempts: i64 = r.try_get(5)?;
+    let id: i64 = r.try_get(0)?;
+    let state: String = r.try_get(8)?;
+    let letter = DeadLetter {
+        id: id as u64,
         subscriber: r.try_get(1)?,
-        seq: r.try_get(2)?,
-        event_id: r.try_get(3)?,
-        ty: r.try_get(4)?,
-        attempts: r.try_get(5)?,
+        seq: Some(seq as u64),
+        event_id: Some(event_id.clone()),
+        ty: Some(ty.clone()),
+        attempts: attempts as u32,
         last_error: r.try_get(6)?,
         dead_at: r.try_get(7)?,
-        state: r.try_get(8)?,
-        payload: r.try_get(9)?,
-    })
+        state: if state == "redriving" { DeadLetterState::Redriving } else { DeadLetterState::Dead },
+        event: serde_json::from_str(&payload).unwrap_or(serde_json::Value::Null),
+    };
+    Ok(StoredDeadLetter { letter, event: Stored { seq, event_id, ty, payload } })
 }

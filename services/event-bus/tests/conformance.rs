@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use busbar::{
     AttributesReader, CloudEvent, Consumer, Db, DbOptions, Handler, HandlerError, Transport, Tx,
     spec::StartFrom,
-    transport::jetstream::{self, JetStreamTransport, SubscribeOptions},
+    transport::jetstream::{self, JetStream, SubscribeOptions},
 };
 use tokio_util::sync::CancellationToken;
 
@@ -82,7 +82,7 @@ struct Harness {
     bus: Option<common::Bus>,
     routes: Vec<String>,
     // jetstream
-    js: Option<JetStreamTransport>,
+    js: Option<JetStream>,
     stop: CancellationToken,
 }
 
@@ -107,7 +107,7 @@ impl Harness {
             }
             Kind::JetStream => {
                 let name = format!("conf-{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
-                let js = JetStreamTransport::connect(&testkit::nats_url(), &name).await.expect("connect to NATS");
+                let js = JetStream::connect(&testkit::nats_url(), &name).await.expect("connect to NATS");
                 tokio::time::timeout(Duration::from_secs(10), js.ensure_streams())
                     .await
                     .unwrap_or_else(|_| {
@@ -170,7 +170,7 @@ impl Harness {
                 let task = tokio::spawn(jetstream::run_subscriber(js.clone(), opts, consumer, self.stop.clone()));
                 // Subscribed once the durable exists.
                 testkit::wait_until(T, "the durable consumer", || async {
-                    let stream = js.context().get_stream(jetstream::stream_name(js.bus())).await.ok()?;
+                    let stream = js.context().get_stream(busbar::names::stream_name(js.bus())).await.ok()?;
                     stream.consumer_info(name).await.ok().map(|_| ())
                 })
                 .await;
@@ -199,11 +199,11 @@ impl Harness {
                 .js
                 .as_ref()
                 .unwrap()
-                .dead_letters(subscriber, 100)
+                .list_dead_letters(Some(subscriber), 0, 100)
                 .await
                 .unwrap()
                 .into_iter()
-                .map(|(e, r)| (e.id().to_owned(), r))
+                .map(|d| (d.event_id.unwrap_or_default(), d.last_error))
                 .collect(),
         }
     }
@@ -225,8 +225,8 @@ impl Harness {
     async fn cleanup(self) {
         self.stop.cancel();
         if let Some(js) = &self.js {
-            let _ = js.context().delete_stream(jetstream::stream_name(js.bus())).await;
-            let _ = js.context().delete_stream(jetstream::dead_letter_stream_name(js.bus())).await;
+            let _ = js.context().delete_stream(busbar::names::stream_name(js.bus())).await;
+            let _ = js.context().delete_stream(busbar::names::dead_letter_stream_name(js.bus())).await;
         }
         drop(self.dir);
     }
@@ -418,7 +418,11 @@ async fn jetstream_redrive_targets_one_subscriber() {
     let mut headers = async_nats::HeaderMap::new();
     headers.insert(dlq::REDRIVE_FOR_HEADER, "other");
     js.context()
-        .publish_with_headers(jetstream::subject(js.bus(), "A"), headers, serde_json::to_vec(&fresh).unwrap().into())
+        .publish_with_headers(
+            busbar::names::subject(js.bus(), "A"),
+            headers,
+            serde_json::to_vec(&fresh).unwrap().into(),
+        )
         .await
         .unwrap()
         .await
@@ -440,7 +444,7 @@ async fn jetstream_redrive_targets_one_subscriber() {
     let page = h.transport.replay(0, 100, &["A"]).await.unwrap();
     assert_eq!(ids(&page.events), ids(&e), "replay: history without the copies");
 
-    let missing = JetStreamTransport::connect_now(&testkit::nats_url(), "no-such-bus-7f3a").await.unwrap();
+    let missing = JetStream::connect_now(&testkit::nats_url(), "no-such-bus-7f3a").await.unwrap();
     let err = missing.list_dead_letters(None, 0, 10).await.unwrap_err();
     assert!(matches!(err, DeadLetterError::NoStream { .. }), "{err}");
     h.cleanup().await;

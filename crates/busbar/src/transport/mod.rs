@@ -8,15 +8,7 @@ use async_trait::async_trait;
 
 use crate::envelope::CloudEvent;
 
-#[derive(Debug, thiserror::Error)]
-pub enum TransportError {
-    /// The bus could not be reached or did not answer in time; retrying may help.
-    #[error("{transport} bus unreachable: {reason}")]
-    Unavailable { transport: &'static str, reason: String },
-    /// The bus answered and refused the events; it says why.
-    #[error("{transport} bus refused the events ({status}): {reason}")]
-    Rejected { transport: &'static str, status: u16, reason: String },
-}
+pub use busbar_client::{ReplayPage, TransportError};
 
 #[async_trait]
 pub trait Transport: Send + Sync + 'static {
@@ -31,14 +23,4 @@ pub trait Transport: Send + Sync + 'static {
     /// Reads history: up to `limit` events of `types` stored after position `after`, oldest
     /// first. A service on a fresh database backfills its copy with this.
     async fn replay(&self, after: u64, limit: usize, types: &[&str]) -> Result<ReplayPage, TransportError>;
-}
-
-/// One page of history.
-#[derive(Debug, Clone)]
-pub struct ReplayPage {
-    pub events: Vec<CloudEvent>,
-    /// Position to pass as `after` for the next page.
-    pub next: u64,
-    /// True when this page reached the end of the history as of the call.
-    pub done: bool,
 }

@@ -16,16 +16,12 @@
 //! credentials can replay other types of its own bus. Deliveries, publishing and other
 //! services' positions stay protected.
 
+pub use crate::names::inbox_prefix;
 use crate::{
     credentials::{ADMIN, BusKey},
+    names::{dead_letter_stream_name, dead_letter_subject, stream_name, subject},
     spec::ServiceBusSpec,
-    transport::jetstream::{dead_letter_stream_name, dead_letter_subject, stream_name, subject},
 };
-
-/// The inbox prefix a service's NATS connection uses.
-pub fn inbox_prefix(service: &str) -> String {
-    format!("_INBOX_{service}")
-}
 
 /// (publish allow, publish deny, subscribe allow) for `service` on `bus`.
 pub fn permissions(bus: &str, spec: &ServiceBusSpec, service: &str) -> (Vec<String>, Vec<String>, Vec<String>) {

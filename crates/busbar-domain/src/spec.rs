@@ -46,21 +46,21 @@ pub struct ServiceBusSpec {
 pub struct TransportSpec {
     /// The built-in bus (the default when neither is given).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub builtin: Option<BuiltinTransport>,
+    pub builtin: Option<BuiltinSpec>,
     /// NATS JetStream.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub jetstream: Option<JetStreamTransport>,
+    pub jetstream: Option<JetStreamSpec>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct BuiltinTransport {}
+pub struct BuiltinSpec {}
 
 // By hand: the derive says `additionalProperties: false`, which a structural CRD schema
 // must not carry; an object with no properties prunes unknown fields anyway.
-impl JsonSchema for BuiltinTransport {
+impl JsonSchema for BuiltinSpec {
     fn schema_name() -> std::borrow::Cow<'static, str> {
-        "BuiltinTransport".into()
+        "BuiltinSpec".into()
     }
     fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
         schemars::json_schema!({ "type": "object", "description": "The built-in event bus; it has no settings." })
@@ -69,7 +69,7 @@ impl JsonSchema for BuiltinTransport {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct JetStreamTransport {
+pub struct JetStreamSpec {
     /// NATS server URL, e.g. `nats://nats:4222`.
     #[schemars(regex(pattern = r"^(nats|tls)://.+$"))]
     pub url: String,
@@ -691,13 +691,13 @@ spec:
             (Box::new(|s| s.delivery.ack_wait = "s".into()), "delivery.ackWait"),
             (Box::new(|s| s.delivery.ack_wait = "99999999999999999999999s".into()), "delivery.ackWait"),
             (
-                Box::new(|s| s.transport.jetstream = Some(JetStreamTransport { url: String::new() })),
+                Box::new(|s| s.transport.jetstream = Some(JetStreamSpec { url: String::new() })),
                 "must start with nats:// or tls://",
             ),
             (
                 Box::new(|s| {
-                    s.transport.builtin = Some(BuiltinTransport {});
-                    s.transport.jetstream = Some(JetStreamTransport { url: "nats://x:4222".into() });
+                    s.transport.builtin = Some(BuiltinSpec {});
+                    s.transport.jetstream = Some(JetStreamSpec { url: "nats://x:4222".into() });
                 }),
                 "not both",
             ),

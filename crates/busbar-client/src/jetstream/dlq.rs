@@ -30,11 +30,12 @@ use async_nats::{
         stream::{DeleteMessageErrorKind, LastRawMessageErrorKind},
     },
 };
+use busbar_domain::names::{dead_letter_stream_name, dead_letter_subject, subject, token};
+use busbar_protocol::{AttributesReader, bus_api::DeadLetter, envelope};
 use bytes::Bytes;
-use cloudevents::AttributesReader;
 
-use super::{JetStreamTransport, dead_letter_stream_name, dead_letter_subject, subject, token, unavailable};
-use crate::{envelope, transport::TransportError};
+use super::{JetStream, unavailable};
+use crate::TransportError;
 
 /// The handler's last error.
 pub const ERROR_HEADER: &str = "Busbar-Error";
@@ -54,28 +55,11 @@ const MAX_ERROR_LEN: usize = 4096;
 /// Dead letters read per request while redriving them all.
 const PAGE: usize = 500;
 
-/// One dead letter, shaped like the built-in bus's `GET /deadletters` entries.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct DeadLetter {
-    /// Its sequence in the dead-letter stream: what to redrive it by.
-    pub id: u64,
-    /// The subscriber (durable consumer) that gave up on it.
-    pub subscriber: String,
-    /// The event's sequence in the bus's stream, when recorded.
-    pub seq: Option<u64>,
-    /// `None` when the payload is not a CloudEvent (it was dead-lettered for that).
-    pub event_id: Option<String>,
-    #[serde(rename = "type")]
-    pub ty: Option<String>,
-    pub attempts: u32,
-    pub last_error: String,
-    /// When it was dead-lettered, in milliseconds since the Unix epoch.
-    pub dead_at: i64,
-    /// The event: its JSON, or its text if it is not JSON.
-    pub event: serde_json::Value,
-    #[serde(skip)]
+/// A dead letter as read from the stream, with what redriving it needs.
+struct Stored {
+    letter: DeadLetter,
+    /// The event's subject in the bus's stream, when recorded.
     subject: Option<String>,
-    #[serde(skip)]
     payload: Bytes,
 }
 
@@ -132,7 +116,34 @@ pub fn header_text(text: &str) -> String {
     out
 }
 
-impl JetStreamTransport {
+impl JetStream {
+    /// Records that subscriber `durable` gave up on `msg` after `attempts` attempts: copies
+    /// it, with the error and where it came from, to the dead-letter stream, then
+    /// terminates the original so JetStream stops redelivering it.
+    pub async fn record_dead_letter(
+        &self,
+        durable: &str,
+        msg: &jetstream::Message,
+        attempts: u32,
+        error: &str,
+    ) -> Result<(), TransportError> {
+        let mut headers = HeaderMap::new();
+        headers.insert(ERROR_HEADER, header_text(error).as_str());
+        headers.insert(ATTEMPTS_HEADER, attempts.to_string().as_str());
+        headers.insert(SUBJECT_HEADER, msg.subject.as_str());
+        if let Ok(info) = msg.info() {
+            headers.insert(SEQUENCE_HEADER, info.stream_sequence.to_string().as_str());
+        }
+        self.js
+            .publish_with_headers(dead_letter_subject(&self.bus, durable), headers, msg.payload.clone())
+            .await
+            .map_err(|e| unavailable(format!("dead-letter publish failed: {e}")))?
+            .await
+            .map_err(|e| unavailable(format!("dead-letter store failed: {e}")))?;
+        tracing::warn!(%durable, attempts, %error, "giving up on event: moved to the dead-letter stream");
+        msg.ack_with(async_nats::jetstream::AckKind::Term).await.map_err(|e| unavailable(format!("term failed: {e}")))
+    }
+
     /// Up to `limit` dead letters of this bus after id `after` (0 for the first),
     /// oldest first; only `subscriber`'s when given.
     pub async fn list_dead_letters(
@@ -153,7 +164,9 @@ impl JetStreamTransport {
             let info = msg.info().map_err(unavailable)?;
             let empty = HeaderMap::new();
             let headers = msg.headers.as_ref().unwrap_or(&empty);
-            out.push(self.parse(info.stream_sequence, &msg.subject, headers, msg.payload.clone(), info.published));
+            out.push(
+                self.parse(info.stream_sequence, &msg.subject, headers, msg.payload.clone(), info.published).letter,
+            );
         }
         Ok(out)
     }
@@ -170,7 +183,7 @@ impl JetStreamTransport {
             Err(e) => return Err(unavailable(format!("cannot read dead letter {id}: {e}")).into()),
         };
         let dl = self.parse(raw.sequence, &raw.subject, &raw.headers, raw.payload, raw.time);
-        if subscriber.is_some_and(|s| token(s) != dl.subscriber) {
+        if subscriber.is_some_and(|s| token(s) != dl.letter.subscriber) {
             return Err(not_found());
         }
         self.redrive_one(&stream, dl).await
@@ -188,7 +201,14 @@ impl JetStreamTransport {
             let page = self.list_dead_letters(subscriber, after, PAGE).await?;
             let Some(end) = page.last().map(|d| d.id) else { break };
             for dl in page.into_iter().filter(|d| d.id <= last) {
-                done.push(self.redrive_one(&stream, dl).await?);
+                // Read again with its headers: the listing keeps only what it shows.
+                let raw = match stream.get_raw_message(dl.id).await {
+                    Ok(m) => m,
+                    Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => continue,
+                    Err(e) => return Err(unavailable(format!("cannot read dead letter {}: {e}", dl.id)).into()),
+                };
+                let stored = self.parse(raw.sequence, &raw.subject, &raw.headers, raw.payload, raw.time);
+                done.push(self.redrive_one(&stream, stored).await?);
             }
             after = end;
         }
@@ -198,9 +218,10 @@ impl JetStreamTransport {
     async fn redrive_one(
         &self,
         stream: &jetstream::stream::Stream,
-        dl: DeadLetter,
+        stored: Stored,
     ) -> Result<Redriven, DeadLetterError> {
-        let subject = match (&dl.subject, &dl.ty) {
+        let Stored { letter: dl, subject: recorded_subject, payload } = stored;
+        let subject = match (&recorded_subject, &dl.ty) {
             (Some(s), _) => s.clone(),
             (None, Some(ty)) => subject(&self.bus, ty),
             (None, None) => {
@@ -220,7 +241,7 @@ impl JetStreamTransport {
         headers.insert(REDRIVEN_FROM_HEADER, dl.id.to_string().as_str());
         let ack = self
             .js
-            .publish_with_headers(subject, headers, dl.payload.clone())
+            .publish_with_headers(subject, headers, payload)
             .await
             .map_err(|e| unavailable(format!("redrive {}: {e}", dl.id)))?;
         let ack = tokio::time::timeout(super::PUBLISH_TIMEOUT, ack)
@@ -257,13 +278,13 @@ impl JetStreamTransport {
         headers: &HeaderMap,
         payload: Bytes,
         time: async_nats::datetime::DateTime,
-    ) -> DeadLetter {
+    ) -> Stored {
         let header = |name: &str| headers.get(name).map(|v| v.as_str().to_owned());
         let prefix = format!("busbar-dlq.{}.", token(&self.bus));
         let subscriber = msg_subject.strip_prefix(&prefix).unwrap_or(msg_subject).to_owned();
         let text = String::from_utf8_lossy(&payload);
         let decoded = envelope::decode_one(&text).ok();
-        DeadLetter {
+        let letter = DeadLetter {
             id,
             subscriber,
             seq: header(SEQUENCE_HEADER).and_then(|s| s.parse().ok()),
@@ -272,10 +293,10 @@ impl JetStreamTransport {
             attempts: header(ATTEMPTS_HEADER).and_then(|s| s.parse().ok()).unwrap_or(0),
             last_error: header(ERROR_HEADER).unwrap_or_default(),
             dead_at: (time.unix_timestamp_nanos() / 1_000_000) as i64,
+            state: Default::default(),
             event: serde_json::from_str(&text).unwrap_or_else(|_| serde_json::Value::String(text.into_owned())),
-            subject: header(SUBJECT_HEADER),
-            payload,
-        }
+        };
+        Stored { letter, subject: header(SUBJECT_HEADER), payload }
     }
 }
 

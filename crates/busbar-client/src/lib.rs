@@ -1,0 +1,90 @@
+//! Clients of busbar's two transports that need no database, for everything that talks
+//! to a bus without being a service: the SDK's runtime builds on them, and the operator
+//! and the `busbar` command use them directly.
+//!
+//! - [`bus`]: the built-in bus's HTTP API (publish, replay, subscribers, dead letters);
+//! - [`jetstream`]: NATS JetStream: the bus's streams, its consumers' settings, publish,
+//!   replay and dead letters.
+
+pub mod bus;
+pub mod jetstream;
+
+use busbar_protocol::CloudEvent;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// The bus could not be reached or did not answer in time; retrying may help.
+    #[error("{transport} bus unreachable: {reason}")]
+    Unavailable { transport: &'static str, reason: String },
+    /// The bus answered and refused the events; it says why.
+    #[error("{transport} bus refused the events ({status}): {reason}")]
+    Rejected { transport: &'static str, status: u16, reason: String },
+}
+
+/// One page of history.
+#[derive(Debug, Clone)]
+pub struct ReplayPage {
+    pub events: Vec<CloudEvent>,
+    /// Position to pass as `after` for the next page.
+    pub next: u64,
+    /// True when this page reached the end of the history as of the call.
+    pub done: bool,
+}
+
+/// An error and its sources on one line, e.g. a client error's "error sending request:
+/// connection refused", for logs and messages that must say why.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}
+
+/// Resolves on SIGTERM or Ctrl-C (SIGINT): every busbar process stops gracefully on either.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("received Ctrl-C, shutting down"),
+        _ = term => tracing::info!("received SIGTERM, shutting down"),
+    }
+}
+
+/// `text` on one line and at most `max` characters, ending in `…` when cut: for errors
+/// shown in tables, logs and headers.
+pub fn one_line(text: &str, max: usize) -> String {
+    let flat: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if flat.chars().count() <= max {
+        flat
+    } else {
+        format!("{}…", flat.chars().take(max.saturating_sub(1)).collect::<String>())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_line_flattens_and_cuts() {
+        assert_eq!(one_line("boom\nline  two", 100), "boom line two");
+        assert_eq!(one_line("abcdef", 4), "abc…");
+        assert_eq!(one_line("abc", 3), "abc");
+    }
+}
