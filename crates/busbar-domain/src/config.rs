@@ -43,6 +43,9 @@ pub struct BusbarConfig {
     pub max_deliver: u32,
     pub ack_wait: Duration,
     pub backoff: Vec<Duration>,
+    /// `BUSBAR_MAX_PARKED_FOR` (default 10m): longest an event waits for a missing earlier
+    /// version before it is dead-lettered.
+    pub max_parked_for: Duration,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -141,6 +144,10 @@ impl BusbarConfig {
             None => Duration::from_secs(30),
             Some(v) => duration("BUSBAR_ACK_WAIT", &v)?,
         };
+        let max_parked_for = match get("BUSBAR_MAX_PARKED_FOR") {
+            None => Duration::from_secs(600),
+            Some(v) => duration("BUSBAR_MAX_PARKED_FOR", &v)?,
+        };
         let backoff = match get("BUSBAR_BACKOFF") {
             None => vec![Duration::from_secs(1), Duration::from_secs(5), Duration::from_secs(30)],
             Some(v) => v
@@ -160,6 +167,7 @@ impl BusbarConfig {
             max_deliver,
             ack_wait,
             backoff,
+            max_parked_for,
         })
     }
 }

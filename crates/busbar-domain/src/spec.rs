@@ -102,6 +102,12 @@ pub struct DeliverySpec {
     #[serde(default = "default_ack_wait")]
     #[schemars(regex(pattern = DURATION_PATTERN))]
     pub ack_wait: String,
+    /// Longest an event may wait for an earlier version of its aggregate that has not
+    /// arrived (a real gap: an event of a subscribed type that is late or lost). After
+    /// that it is dead-lettered, with a reason naming the missing version.
+    #[serde(default = "default_max_parked_for")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub max_parked_for: String,
 }
 
 fn default_max_deliver() -> u32 {
@@ -113,10 +119,18 @@ fn default_backoff() -> Vec<String> {
 fn default_ack_wait() -> String {
     "30s".into()
 }
+fn default_max_parked_for() -> String {
+    "10m".into()
+}
 
 impl Default for DeliverySpec {
     fn default() -> Self {
-        Self { max_deliver: default_max_deliver(), backoff: default_backoff(), ack_wait: default_ack_wait() }
+        Self {
+            max_deliver: default_max_deliver(),
+            backoff: default_backoff(),
+            ack_wait: default_ack_wait(),
+            max_parked_for: default_max_parked_for(),
+        }
     }
 }
 
@@ -382,6 +396,11 @@ pub fn validate(spec: &ServiceBusSpec) -> Vec<String> {
         Ok(_) => {}
         Err(e) => problems.push(format!("delivery.ackWait: {e}")),
     }
+    match parse_duration(&spec.delivery.max_parked_for) {
+        Ok(d) if d.is_zero() => problems.push("delivery.maxParkedFor must be more than zero".into()),
+        Ok(_) => {}
+        Err(e) => problems.push(format!("delivery.maxParkedFor: {e}")),
+    }
     if spec.services.is_empty() {
         problems.push("services: list at least one service".into());
     }
@@ -439,6 +458,9 @@ impl ServiceBusSpec {
     }
     pub fn ack_wait(&self) -> Duration {
         parse_duration(&self.delivery.ack_wait).unwrap_or(Duration::from_secs(30))
+    }
+    pub fn max_parked_for(&self) -> Duration {
+        parse_duration(&self.delivery.max_parked_for).unwrap_or(Duration::from_secs(600))
     }
 }
 

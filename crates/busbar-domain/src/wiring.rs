@@ -48,6 +48,7 @@ pub fn service_env(
         ),
         ("BUSBAR_MAX_DELIVER", delivery.max_deliver.to_string()),
         ("BUSBAR_ACK_WAIT", delivery.ack_wait.clone()),
+        ("BUSBAR_MAX_PARKED_FOR", delivery.max_parked_for.clone()),
         ("BUSBAR_BACKOFF", delivery.backoff.join(",")),
     ];
     vars.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()

@@ -52,6 +52,15 @@ pub struct ReplayQuery {
     pub ty: Option<String>,
 }
 
+/// What a subscriber holds back: events parked until an earlier version of their
+/// aggregate arrives.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Parked {
+    pub count: u64,
+    /// How long the oldest has waited, in milliseconds (0 when none is parked).
+    pub oldest_age_ms: u64,
+}
+
 /// A subscriber's 200 answer to a push: every event is committed, and how each went.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Receipt {
@@ -65,6 +74,9 @@ pub struct Receipt {
     pub deferred: usize,
     /// Older than what was applied: ignored.
     pub stale: usize,
+    /// Everything the subscriber holds parked after this push, when it says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parked: Option<Parked>,
 }
 
 /// A subscriber's answer when it could not handle a whole push: the events before
@@ -99,6 +111,9 @@ pub struct SubscriberStatus {
     pub last_error: Option<String>,
     /// Its dead letters.
     pub dead_letters: i64,
+    /// What it holds parked, as it last reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parked: Option<Parked>,
 }
 
 /// Whether a dead letter waits for a person, or is being delivered again.
@@ -162,6 +177,7 @@ pub struct RedriveResult {
 pub fn schemas() -> Vec<(&'static str, schemars::Schema)> {
     vec![
         ("ErrorBody", schemars::schema_for!(ErrorBody)),
+        ("Parked", schemars::schema_for!(Parked)),
         ("Accepted", schemars::schema_for!(Accepted)),
         ("ReplayQuery", schemars::schema_for!(ReplayQuery)),
         ("Receipt", schemars::schema_for!(Receipt)),
@@ -195,6 +211,7 @@ mod tests {
             attempts: 0,
             last_error: None,
             dead_letters: 2,
+            parked: None,
         };
         let v = serde_json::to_value(&s).unwrap();
         assert_eq!((v["lastError"].is_null(), v["deadLetters"].as_i64()), (true, Some(2)));
@@ -208,6 +225,6 @@ mod tests {
     #[test]
     fn every_type_has_a_schema() {
         let names: Vec<_> = schemas().into_iter().map(|(n, s)| (n, s.as_value().is_object())).collect();
-        assert!(names.iter().all(|(_, ok)| *ok) && names.len() == 8, "{names:?}");
+        assert!(names.iter().all(|(_, ok)| *ok) && names.len() == 9, "{names:?}");
     }
 }

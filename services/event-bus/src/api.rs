@@ -247,6 +247,7 @@ async fn subscribers(State(s): State<AppState>, headers: HeaderMap) -> Result<Js
             attempts: c.attempts,
             last_error: c.last_error,
             dead_letters: dead,
+            parked: None,
         });
     }
     Ok(Json(out))
