@@ -1,7 +1,7 @@
 //! Builders for tests and benchmarks: ServiceBuses and Deployments that read like the
 //! story they are in.
 
-use busbar_domain::spec::{ServiceBusSpec, ServiceSpec, Subscription};
+use busbar_domain::spec::{ServiceBusSpec, ServiceSpec, SubscriptionSpec};
 use k8s_openapi::api::apps::v1::Deployment;
 use serde_json::json;
 
@@ -29,7 +29,7 @@ pub fn chain_spec(n: usize) -> ServiceBusSpec {
             deployment: None,
             port: Some(8000),
             publishes: vec![format!("Event{i}")],
-            subscribes: if i == 0 { vec![] } else { vec![Subscription { ty: format!("Event{}", i - 1) }] },
+            subscribes: if i == 0 { vec![] } else { vec![SubscriptionSpec { ty: format!("Event{}", i - 1) }] },
             start_from: None,
         })
         .collect();

@@ -758,7 +758,7 @@ mod tests {
     #[test]
     fn graph_warnings_reach_status_without_blocking() {
         let mut spec = blog_spec();
-        spec.services[3].subscribes.push(busbar_domain::spec::Subscription { ty: "CommentDeleted".into() });
+        spec.services[3].subscribes.push(busbar_domain::spec::SubscriptionSpec { ty: "CommentDeleted".into() });
         let p =
             plan(&bus(), &spec, &Settings::default(), &observed(&["posts", "comments", "moderation", "query"]), "t0");
         assert_eq!(p.status.warnings, ["query subscribes to CommentDeleted but no service publishes it"]);

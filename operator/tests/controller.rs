@@ -3,7 +3,7 @@
 
 use std::{future::Future, sync::Arc, time::Duration};
 
-use busbar_domain::spec::Subscription;
+use busbar_domain::spec::SubscriptionSpec;
 use busbar_operator::{
     controller::{self, RunConfig},
     crd::ServiceBus,
@@ -407,7 +407,7 @@ async fn an_invalid_spec_is_reported_and_nothing_is_wired() {
     // The fake does not validate against the CRD schema, so the operator's own check is what
     // stands between this spec and the cluster (as it would if a webhook were bypassed).
     let mut spec = blog_spec();
-    spec.services[3].subscribes.push(Subscription { ty: "Post Created!".into() });
+    spec.services[3].subscribes.push(SubscriptionSpec { ty: "Post Created!".into() });
     spec.delivery.ack_wait = "soon".into();
     c.apply_bus(&service_bus(NS, "blog", spec)).await;
 
@@ -512,7 +512,7 @@ async fn the_watch_recovers_when_history_expires() {
         deployment: None,
         port: Some(4010),
         publishes: vec![],
-        subscribes: vec![Subscription { ty: "PostCreated".into() }],
+        subscribes: vec![SubscriptionSpec { ty: "PostCreated".into() }],
         start_from: None,
     });
     c.apply_bus(&service_bus(NS, "blog", spec)).await;

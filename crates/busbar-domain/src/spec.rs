@@ -160,7 +160,7 @@ pub struct ServiceSpec {
     /// Event types this service receives.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
-    pub subscribes: Vec<Subscription>,
+    pub subscribes: Vec<SubscriptionSpec>,
     /// Where a new subscriber starts: `beginning` (backfill history, the default) or `now`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(with = "StartFrom")]
@@ -178,7 +178,7 @@ impl ServiceSpec {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct Subscription {
+pub struct SubscriptionSpec {
     /// The event type, e.g. `PostCreated`.
     #[serde(rename = "type")]
     #[schemars(regex(pattern = EVENT_TYPE_PATTERN))]

@@ -5,6 +5,8 @@
 //! - [`consumer`]: the idempotent inbox and per-aggregate ordering around a handler;
 //! - [`transport`]: the [`Transport`] trait and its implementations;
 //! - [`receive`]: `POST /events` for services pushed to by the built-in bus;
+//! - [`handlers`]: typed event handlers, one function per event type;
+//! - [`subscription`]: what a service receives and replays, from its wiring and handlers;
 //! - [`service`]: the runtime a service's `main` hands its routes and handlers to;
 //! - [`web`]: HTTP plumbing every busbar process shares.
 //!
@@ -14,10 +16,12 @@
 
 pub mod consumer;
 pub mod db;
+pub mod handlers;
 pub mod ordering;
 pub mod outbox;
 pub mod receive;
 pub mod service;
+pub mod subscription;
 pub mod transport;
 pub mod web;
 
@@ -28,4 +32,5 @@ pub use busbar_protocol::{AttributesReader, AttributesWriter};
 pub use consumer::{Consumer, Handler, HandlerError, Outcome};
 pub use db::{Backend, Db, DbOptions, Tx};
 pub use envelope::{CloudEvent, Event};
+pub use handlers::{Handlers, Meta, Received};
 pub use transport::{Transport, TransportError, http::HttpTransport};

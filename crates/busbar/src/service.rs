@@ -24,10 +24,12 @@ use tower_http::{cors::CorsLayer, trace::TraceLayer};
 
 use crate::{
     config::{BusbarConfig, ConfigError, TransportChoice},
-    consumer::{Consumer, Handler},
+    consumer::Consumer,
     db::{Db, DbError, DbOptions, redact},
+    handlers::Handlers,
     outbox::{self, RelayOptions},
     receive::{self, ReceiveStats},
+    subscription::Subscription,
     transport::{
         Transport,
         http::HttpTransport,
@@ -104,15 +106,6 @@ impl Settings {
     }
 }
 
-/// What a service consumes: its handler, and the event types to replay from history
-/// when it starts on an empty database (none: it starts from what is pushed to it).
-pub struct Subscription {
-    pub handler: Arc<dyn Handler>,
-    /// The event types the handler applies (`BUSBAR_SUBSCRIBES` may narrow them).
-    pub types: &'static [&'static str],
-    pub backfill: &'static [&'static str],
-}
-
 pub struct Service {
     pub settings: Settings,
     db: Db,
@@ -158,15 +151,21 @@ impl Service {
         &self.db
     }
 
-    /// Serves `routes` plus the shared endpoints until SIGTERM or Ctrl-C.
-    pub async fn serve(self, routes: Router, subscription: Option<Subscription>) -> Result<(), ServiceError> {
+    /// Serves `routes` plus the shared endpoints until SIGTERM or Ctrl-C, and receives the
+    /// events `handlers` handle (a service that only publishes passes [`Handlers::none`]).
+    pub async fn serve<S: Send + Sync + 'static>(
+        self,
+        routes: Router,
+        handlers: Handlers<S>,
+    ) -> Result<(), ServiceError> {
+        let subscription = Subscription::of(&self.settings.busbar, handlers);
         let stats = ReceiveStats::default();
         let ready = Arc::new(AtomicBool::new(true));
         let mut app = routes;
         let mut backfill = None;
         let mut pull = None;
         if let Some(sub) = subscription {
-            let consumer = Consumer::new(self.db.clone(), sub.handler);
+            let consumer = Consumer::new(self.db.clone(), sub.handler.clone());
             // POST /events stays mounted on JetStream too: it is harmless and lets an
             // operator push a single event by hand.
             let token = self.settings.busbar.token.clone();
@@ -175,7 +174,7 @@ impl Service {
                 let b = &self.settings.busbar;
                 let opts = SubscribeOptions {
                     durable: b.service.clone(),
-                    types: b.subscribes.clone().unwrap_or_else(|| sub.types.iter().map(|t| t.to_string()).collect()),
+                    types: sub.types.clone(),
                     start_from: b.start_from,
                     max_deliver: b.max_deliver,
                     ack_wait: b.ack_wait,
@@ -194,7 +193,7 @@ impl Service {
                 backfill = Some(tokio::spawn(backfill_from_history(
                     consumer,
                     self.transport.clone(),
-                    sub.backfill,
+                    sub.backfill.clone(),
                     stats.clone(),
                     ready.clone(),
                     self.stop.clone(),
@@ -246,12 +245,13 @@ const BACKFILL_CHUNK: usize = 256;
 async fn backfill_from_history(
     consumer: Consumer,
     transport: Arc<dyn Transport>,
-    types: &'static [&'static str],
+    types: Vec<String>,
     stats: ReceiveStats,
     ready: Arc<AtomicBool>,
     stop: CancellationToken,
 ) {
     tracing::info!(?types, "empty database: backfilling from history");
+    let types: Vec<&str> = types.iter().map(String::as_str).collect();
     let mut after = 0;
     let mut total = 0usize;
     let mut failures = 0u32;
@@ -260,7 +260,7 @@ async fn backfill_from_history(
             return;
         }
         let step = async {
-            let page = transport.replay(after, REPLAY_PAGE, types).await.map_err(|e| e.to_string())?;
+            let page = transport.replay(after, REPLAY_PAGE, &types).await.map_err(|e| e.to_string())?;
             // A transaction per chunk rather than per event: backfill speed is commit rate.
             for chunk in page.events.chunks(BACKFILL_CHUNK) {
                 let outcomes = consumer.receive_all(chunk).await.map_err(|(done, e)| {

@@ -4,9 +4,7 @@
 mod events;
 mod policy;
 
-use std::sync::Arc;
-
-use busbar::service::{Service, ServiceError, Subscription};
+use busbar::service::{Service, ServiceError};
 
 pub use policy::WordList;
 
@@ -18,8 +16,5 @@ pub async fn run() -> Result<(), ServiceError> {
     tracing::info!(words = ?words.words(), "moderation word list (MODERATION_WORDS)");
     let migrations = sqlx::migrate!("./migrations");
     let service = Service::start(NAME, PORT, &migrations, &migrations).await?;
-    // No backfill: old comments were decided by the moderation that saw them.
-    let subscription =
-        Subscription { handler: Arc::new(events::Events { words }), types: &["CommentCreated"], backfill: &[] };
-    service.serve(axum::Router::new(), Some(subscription)).await
+    service.serve(axum::Router::new(), events::handlers(words)).await
 }

@@ -3,7 +3,10 @@
 mod routes;
 mod store;
 
-use busbar::service::{Service, ServiceError};
+use busbar::{
+    Handlers,
+    service::{Service, ServiceError},
+};
 
 pub const NAME: &str = "posts";
 pub const PORT: u16 = 4000;
@@ -12,5 +15,5 @@ pub async fn run() -> Result<(), ServiceError> {
     let migrations = sqlx::migrate!("./migrations");
     let service = Service::start(NAME, PORT, &migrations, &migrations).await?;
     let routes = routes::router(service.db().clone());
-    service.serve(routes, None).await
+    service.serve(routes, Handlers::none()).await
 }

@@ -1,29 +1,27 @@
-use async_trait::async_trait;
+//! What query applies: `PostCreated`, `CommentCreated` and `CommentUpdated`, each into its
+//! view. Ordering guarantees a comment's update comes after its creation.
+
 use blog_events::{CommentCreated, CommentUpdated, PostCreated};
-use busbar::{AttributesReader, CloudEvent, Event, Handler, HandlerError, Tx, envelope};
+use busbar::{Handlers, Received, Tx, db::DbError};
 
 use crate::store;
 
-pub const TYPES: &[&str] = &[PostCreated::TYPE, CommentCreated::TYPE, CommentUpdated::TYPE];
+/// Every type rebuilds the view, so all are replayed when query starts on an empty database.
+pub fn handlers() -> Handlers {
+    Handlers::new(())
+        .on::<PostCreated>(post_created)
+        .on::<CommentCreated>(comment_created)
+        .on::<CommentUpdated>(comment_updated)
+}
 
-pub struct Events;
+async fn post_created(_: &(), tx: &mut Tx, post: Received<PostCreated>) -> Result<(), DbError> {
+    store::upsert_post(tx, &post).await
+}
 
-#[async_trait]
-impl Handler for Events {
-    async fn handle(&self, tx: &mut Tx, ev: &CloudEvent) -> Result<(), HandlerError> {
-        match ev.ty() {
-            PostCreated::TYPE => store::upsert_post(tx, &envelope::data::<PostCreated>(ev)?).await?,
-            CommentCreated::TYPE => {
-                let c: CommentCreated = envelope::data(ev)?;
-                store::upsert_comment(tx, &c.id, &c.post_id, &c.content, c.status.as_str()).await?
-            }
-            // Ordering guarantees the update comes after its CommentCreated (version 2 after 1).
-            CommentUpdated::TYPE => {
-                let c: CommentUpdated = envelope::data(ev)?;
-                store::upsert_comment(tx, &c.id, &c.post_id, &c.content, c.status.as_str()).await?
-            }
-            other => tracing::debug!(event_type = other, "ignoring an event type query does not handle"),
-        }
-        Ok(())
-    }
+async fn comment_created(_: &(), tx: &mut Tx, c: Received<CommentCreated>) -> Result<(), DbError> {
+    store::upsert_comment(tx, &c.id, &c.post_id, &c.content, c.status.as_str()).await
+}
+
+async fn comment_updated(_: &(), tx: &mut Tx, c: Received<CommentUpdated>) -> Result<(), DbError> {
+    store::upsert_comment(tx, &c.id, &c.post_id, &c.content, c.status.as_str()).await
 }

@@ -6,9 +6,7 @@ mod events;
 mod routes;
 mod store;
 
-use std::sync::Arc;
-
-use busbar::service::{Service, ServiceError, Subscription};
+use busbar::service::{Service, ServiceError};
 
 pub const NAME: &str = "query";
 pub const PORT: u16 = 4002;
@@ -17,7 +15,5 @@ pub async fn run() -> Result<(), ServiceError> {
     let migrations = sqlx::migrate!("./migrations");
     let service = Service::start(NAME, PORT, &migrations, &migrations).await?;
     let routes = routes::router(service.db().clone());
-    let subscription =
-        Subscription { handler: Arc::new(events::Events), types: events::TYPES, backfill: events::TYPES };
-    service.serve(routes, Some(subscription)).await
+    service.serve(routes, events::handlers()).await
 }
