@@ -139,14 +139,24 @@
 //! - Nothing runs pods: Deployments and StatefulSets never get status unless a test writes it
 //!   (through `/status`, or [`FakeApiServer::patch_status`]).
 
+mod admission;
+mod auth;
+mod defaulting;
+mod discovery;
 mod error;
 mod fields;
 mod http;
+mod openapi;
 mod patch;
+mod rbac;
+mod readiness;
 mod registry;
 mod requests;
+mod reviews;
+mod schema;
 mod selector;
 mod store;
+mod table;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -156,7 +166,10 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 
+pub use admission::FieldValidation;
+pub use auth::{ADMIN_USER, User};
 pub use error::{ApiError, FakeError};
+pub use openapi::KUBERNETES_VERSION;
 pub use registry::{ResourceType, builtin_kinds};
 pub use requests::RequestRecord;
 
@@ -174,6 +187,10 @@ pub struct FakeApiServerBuilder {
     history_limit: usize,
     bookmark_interval: Duration,
     gc_delay: Duration,
+    require_auth: bool,
+    readiness: Option<Duration>,
+    require_namespaces: bool,
+    listen: std::net::SocketAddr,
 }
 
 impl Default for FakeApiServerBuilder {
@@ -183,6 +200,10 @@ impl Default for FakeApiServerBuilder {
             history_limit: 10_000,
             bookmark_interval: Duration::from_secs(5),
             gc_delay: Duration::ZERO,
+            require_auth: false,
+            readiness: None,
+            require_namespaces: false,
+            listen: ([127, 0, 0, 1], 0).into(),
         }
     }
 }
@@ -215,13 +236,54 @@ impl FakeApiServerBuilder {
         self
     }
 
-    /// Bind a free loopback port and serve. Must be called within a tokio runtime.
+    /// Refuse requests without a valid bearer token (401), as a real server does. Off by default,
+    /// so that [`FakeApiServer::client`] (no token) acts as the admin; tokens are checked and
+    /// RBAC enforced for service accounts either way.
+    pub fn require_authentication(mut self) -> Self {
+        self.require_auth = true;
+        self
+    }
+
+    /// Simulate the Deployment and StatefulSet controllers: such a workload reports all its
+    /// replicas ready `after` its generation changed (see the `readiness` module docs).
+    pub fn simulate_readiness(mut self, after: Duration) -> Self {
+        self.readiness = Some(after);
+        self
+    }
+
+    /// Refuse objects in namespaces that do not exist (404), as a real server does. Off by
+    /// default for tests that do not create their namespaces.
+    pub fn require_namespaces(mut self) -> Self {
+        self.require_namespaces = true;
+        self
+    }
+
+    /// Listen on this address instead of a free loopback port.
+    pub fn listen(mut self, addr: std::net::SocketAddr) -> Self {
+        self.listen = addr;
+        self
+    }
+
+    /// Bind a free loopback port (or [`listen`](Self::listen)'s) and serve. Must be called within
+    /// a tokio runtime; panics when the address cannot be bound (see [`try_start`](Self::try_start)).
     pub async fn start(self) -> FakeApiServer {
-        let state = State::new(self.kinds, self.history_limit);
-        let shared =
-            Shared::new(state, ServerConfig { bookmark_interval: self.bookmark_interval, gc_delay: self.gc_delay });
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await.expect("bind a loopback port");
-        let addr = listener.local_addr().expect("a bound listener has an address");
+        self.try_start().await.expect("bind the fake API server's address")
+    }
+
+    /// Like [`start`](Self::start), with the bind error returned.
+    pub async fn try_start(self) -> std::io::Result<FakeApiServer> {
+        let mut state = State::new(self.kinds, self.history_limit);
+        state.require_namespaces = self.require_namespaces;
+        let shared = Shared::new(
+            state,
+            ServerConfig {
+                bookmark_interval: self.bookmark_interval,
+                gc_delay: self.gc_delay,
+                require_auth: self.require_auth,
+            },
+        );
+        let listener = tokio::net::TcpListener::bind(self.listen).await?;
+        let addr = listener.local_addr()?;
         let router = axum::Router::new().fallback(http::dispatch).with_state(shared.clone());
         let mut shutdown = shared.shutdown.subscribe();
         let server = tokio::spawn(async move {
@@ -233,8 +295,9 @@ impl FakeApiServerBuilder {
             }
         });
         let gc = tokio::spawn(shared.clone().run_gc_loop());
+        let readiness = self.readiness.map(|delay| tokio::spawn(shared.clone().run_readiness_loop(delay)));
         tracing::debug!("kube-fake API server on http://{addr}");
-        FakeApiServer { shared, addr, server: Some(server), gc: Some(gc) }
+        Ok(FakeApiServer { shared, addr, server: Some(server), gc: Some(gc), readiness })
     }
 }
 
@@ -244,6 +307,7 @@ pub struct FakeApiServer {
     addr: SocketAddr,
     server: Option<JoinHandle<()>>,
     gc: Option<JoinHandle<()>>,
+    readiness: Option<JoinHandle<()>>,
 }
 
 impl FakeApiServer {
@@ -272,9 +336,36 @@ impl FakeApiServer {
         kube::Config::new(self.url().parse().expect("the server URL is a valid URI"))
     }
 
-    /// A client for this server.
+    /// A client for this server. It sends no token: unless the server requires
+    /// authentication, it acts as the admin.
     pub fn client(&self) -> kube::Client {
         kube::Client::try_from(self.config()).expect("a kube client for a plain-HTTP loopback URL")
+    }
+
+    /// The admin's bearer token (user `kubernetes-admin`, group `system:masters`).
+    pub fn admin_token(&self) -> String {
+        self.shared.lock().tokens.admin.clone()
+    }
+
+    /// A token for a ServiceAccount, as `kubectl create token` gets one (valid one hour, and
+    /// only while that ServiceAccount exists). The ServiceAccount must exist.
+    pub fn service_account_token(&self, namespace: &str, name: &str) -> Result<String, FakeError> {
+        let body = axum::body::Bytes::new();
+        let answer = reviews::token_request(&self.shared, namespace, name, &body)?;
+        Ok(answer["status"]["token"].as_str().unwrap_or_default().to_string())
+    }
+
+    /// A client that sends this bearer token.
+    pub fn client_with_token(&self, token: &str) -> kube::Client {
+        let mut cfg = self.config();
+        cfg.auth_info.token = Some(token.to_string().into());
+        kube::Client::try_from(cfg).expect("a kube client for a plain-HTTP loopback URL")
+    }
+
+    /// A kubeconfig (YAML) for this server: context `kube-fake`, user `admin` with
+    /// [`admin_token`](Self::admin_token).
+    pub fn kubeconfig(&self) -> String {
+        kubeconfig_yaml(&self.url(), "admin", &self.admin_token())
     }
 
     /// Create a CRD from YAML, JSON, or a `serde_json::Value`, as if a user created it (so its
@@ -472,8 +563,8 @@ impl FakeApiServer {
         if let Some(server) = self.server.take() {
             let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
         }
-        if let Some(gc) = self.gc.take() {
-            gc.abort();
+        for task in [self.gc.take(), self.readiness.take()].into_iter().flatten() {
+            task.abort();
         }
     }
 }
@@ -481,13 +572,25 @@ impl FakeApiServer {
 impl Drop for FakeApiServer {
     fn drop(&mut self) {
         self.shared.shutdown.send_replace(true);
-        if let Some(server) = self.server.take() {
-            server.abort();
-        }
-        if let Some(gc) = self.gc.take() {
-            gc.abort();
+        for task in [self.server.take(), self.gc.take(), self.readiness.take()].into_iter().flatten() {
+            task.abort();
         }
     }
+}
+
+/// A kubeconfig with one cluster (`server`), one user (`user`, bearer `token`) and the current
+/// context `kube-fake` joining them.
+pub fn kubeconfig_yaml(server: &str, user: &str, token: &str) -> String {
+    let doc = json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "kube-fake", "cluster": {"server": server}}],
+        "users": [{"name": user, "user": {"token": token}}],
+        "contexts": [{"name": "kube-fake", "context": {"cluster": "kube-fake", "user": user}}],
+        "current-context": "kube-fake",
+        "preferences": {},
+    });
+    serde_yaml_ng::to_string(&doc).expect("a kubeconfig serializes")
 }
 
 fn qualified<K: kube::Resource<DynamicType = ()>>() -> String {
