@@ -21,7 +21,7 @@ use crate::registry::ResourceType;
 use crate::requests::{RequestRecord, effective_manager};
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::store::{ChangeType, DeleteOpts, Propagation, State, WriteCtx};
-use crate::{discovery, openapi, reviews, table};
+use crate::{discovery, openapi, proto, reviews, table};
 
 /// Largest request body accepted.
 const MAX_BODY: usize = 64 * 1024 * 1024;
@@ -408,6 +408,18 @@ fn non_resource(shared: &Arc<Shared>, target: Target, headers: &HeaderMap) -> Re
     Ok(json_response(200, &value))
 }
 
+/// The body of a review or TokenRequest: JSON, or protobuf as kubectl's typed clients send it.
+fn request_object(headers: &HeaderMap, body: &Bytes) -> Result<Value, ApiError> {
+    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    if ct.starts_with("application/vnd.kubernetes.protobuf") {
+        return proto::decode(body).map_err(|e| ApiError::new(415, "UnsupportedMediaType", e));
+    }
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(json!({}));
+    }
+    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))
+}
+
 /// Add the `Warning` headers a write collected (unknown fields with `fieldValidation=Warn`).
 fn with_warnings(mut resp: Response, warnings: Vec<String>) -> Response {
     for w in warnings {
@@ -467,14 +479,17 @@ async fn handle_resource(
                 rt.qualified()
             )));
         }
-        return match reviews::answer(shared, &rt, &body, user.as_ref()) {
+        let answer = request_object(headers, &body).and_then(|b| reviews::answer(shared, &rt, b, user.as_ref()));
+        return match answer {
             Ok(v) => json_response(201, &v),
             Err(e) => error_response(&e),
         };
     }
     if rt.group.is_empty() && rt.plural == "serviceaccounts" && rp.sub.as_deref() == Some("token") && verb == "create" {
         let ns = rp.namespace.clone().unwrap_or_default();
-        return match reviews::token_request(shared, &ns, rp.name.as_deref().unwrap_or_default(), &body) {
+        let answer = request_object(headers, &body)
+            .and_then(|b| reviews::token_request(shared, &ns, rp.name.as_deref().unwrap_or_default(), &b));
+        return match answer {
             Ok(v) => json_response(201, &v),
             Err(e) => error_response(&e),
         };
@@ -507,6 +522,10 @@ async fn handle_resource(
         create_authorized: verb == "create",
     };
     let parse_body = |body: &Bytes| -> Result<Value, ApiError> {
+        let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+        if ct.starts_with("application/vnd.kubernetes.protobuf") {
+            return proto::decode(body).map_err(|e| ApiError::new(415, "UnsupportedMediaType", e));
+        }
         serde_json::from_slice(body)
             .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))
     };
@@ -571,6 +590,13 @@ async fn handle_resource(
                 Ok(json_response(if w.created { 201 } else { 200 }, &present(&w.obj, &rt, &version, pres)))
             }
             "delete" | "deletecollection" => {
+                let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+                let body = if ct.starts_with("application/vnd.kubernetes.protobuf") && !body.is_empty() {
+                    let opts = proto::decode(&body).map_err(|e| ApiError::new(415, "UnsupportedMediaType", e))?;
+                    Bytes::from(opts.to_string())
+                } else {
+                    body.clone()
+                };
                 let opts = delete_options(params, &body)?;
                 let mut st = shared.lock();
                 if verb == "delete" {

@@ -148,6 +148,7 @@ mod fields;
 mod http;
 mod openapi;
 mod patch;
+mod proto;
 mod rbac;
 mod readiness;
 mod registry;
@@ -157,6 +158,7 @@ mod schema;
 mod selector;
 mod store;
 mod table;
+mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -191,6 +193,7 @@ pub struct FakeApiServerBuilder {
     readiness: Option<Duration>,
     require_namespaces: bool,
     listen: std::net::SocketAddr,
+    tls: bool,
 }
 
 impl Default for FakeApiServerBuilder {
@@ -204,6 +207,7 @@ impl Default for FakeApiServerBuilder {
             readiness: None,
             require_namespaces: false,
             listen: ([127, 0, 0, 1], 0).into(),
+            tls: false,
         }
     }
 }
@@ -258,6 +262,13 @@ impl FakeApiServerBuilder {
         self
     }
 
+    /// Serve HTTPS with a certificate made for this run (see [`FakeApiServer::ca_pem`]), as
+    /// kubectl and helm need: they send tokens only over TLS. Off by default (plain HTTP).
+    pub fn tls(mut self) -> Self {
+        self.tls = true;
+        self
+    }
+
     /// Listen on this address instead of a free loopback port.
     pub fn listen(mut self, addr: std::net::SocketAddr) -> Self {
         self.listen = addr;
@@ -286,18 +297,30 @@ impl FakeApiServerBuilder {
         let addr = listener.local_addr()?;
         let router = axum::Router::new().fallback(http::dispatch).with_state(shared.clone());
         let mut shutdown = shared.shutdown.subscribe();
-        let server = tokio::spawn(async move {
-            let stop = async move {
-                let _ = shutdown.wait_for(|s| *s).await;
-            };
-            if let Err(e) = axum::serve(listener, router).with_graceful_shutdown(stop).await {
-                tracing::warn!("kube-fake server stopped: {e}");
+        let stop = async move {
+            let _ = shutdown.wait_for(|s| *s).await;
+        };
+        let certs = if self.tls { Some(tls::make_certs(addr.ip()).map_err(std::io::Error::other)?) } else { None };
+        let server = match &certs {
+            Some(c) => {
+                let listener = tls::TlsListener::new(listener, c)?;
+                tokio::spawn(async move {
+                    if let Err(e) = axum::serve(listener, router).with_graceful_shutdown(stop).await {
+                        tracing::warn!("kube-fake server stopped: {e}");
+                    }
+                })
             }
-        });
+            None => tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, router).with_graceful_shutdown(stop).await {
+                    tracing::warn!("kube-fake server stopped: {e}");
+                }
+            }),
+        };
+        let ca = certs.map(|c| (c.ca_pem, c.ca_der));
         let gc = tokio::spawn(shared.clone().run_gc_loop());
         let readiness = self.readiness.map(|delay| tokio::spawn(shared.clone().run_readiness_loop(delay)));
         tracing::debug!("kube-fake API server on http://{addr}");
-        Ok(FakeApiServer { shared, addr, server: Some(server), gc: Some(gc), readiness })
+        Ok(FakeApiServer { shared, addr, server: Some(server), gc: Some(gc), readiness, ca })
     }
 }
 
@@ -308,6 +331,8 @@ pub struct FakeApiServer {
     server: Option<JoinHandle<()>>,
     gc: Option<JoinHandle<()>>,
     readiness: Option<JoinHandle<()>>,
+    /// With TLS: the CA certificate (PEM, DER) that signed the server's.
+    ca: Option<(String, Vec<u8>)>,
 }
 
 impl FakeApiServer {
@@ -326,14 +351,24 @@ impl FakeApiServer {
         self.addr
     }
 
-    /// The base URL, `http://127.0.0.1:<port>`.
+    /// The base URL, `http://127.0.0.1:<port>` (`https://` with [`FakeApiServerBuilder::tls`]).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.ca.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
-    /// A `kube::Config` for this server (default namespace `default`).
+    /// The CA certificate (PEM) that signed the server's, with [`FakeApiServerBuilder::tls`].
+    pub fn ca_pem(&self) -> Option<&str> {
+        self.ca.as_ref().map(|(pem, _)| pem.as_str())
+    }
+
+    /// A `kube::Config` for this server (default namespace `default`; trusting its CA).
     pub fn config(&self) -> kube::Config {
-        kube::Config::new(self.url().parse().expect("the server URL is a valid URI"))
+        let mut cfg = kube::Config::new(self.url().parse().expect("the server URL is a valid URI"));
+        if let Some((_, der)) = &self.ca {
+            cfg.root_cert = Some(vec![der.clone()]);
+        }
+        cfg
     }
 
     /// A client for this server. It sends no token: unless the server requires
@@ -350,8 +385,7 @@ impl FakeApiServer {
     /// A token for a ServiceAccount, as `kubectl create token` gets one (valid one hour, and
     /// only while that ServiceAccount exists). The ServiceAccount must exist.
     pub fn service_account_token(&self, namespace: &str, name: &str) -> Result<String, FakeError> {
-        let body = axum::body::Bytes::new();
-        let answer = reviews::token_request(&self.shared, namespace, name, &body)?;
+        let answer = reviews::token_request(&self.shared, namespace, name, &json!({}))?;
         Ok(answer["status"]["token"].as_str().unwrap_or_default().to_string())
     }
 
@@ -365,7 +399,7 @@ impl FakeApiServer {
     /// A kubeconfig (YAML) for this server: context `kube-fake`, user `admin` with
     /// [`admin_token`](Self::admin_token).
     pub fn kubeconfig(&self) -> String {
-        kubeconfig_yaml(&self.url(), "admin", &self.admin_token())
+        kubeconfig_yaml(&self.url(), self.ca_pem(), "admin", &self.admin_token())
     }
 
     /// Create a CRD from YAML, JSON, or a `serde_json::Value`, as if a user created it (so its
@@ -578,13 +612,19 @@ impl Drop for FakeApiServer {
     }
 }
 
-/// A kubeconfig with one cluster (`server`), one user (`user`, bearer `token`) and the current
-/// context `kube-fake` joining them.
-pub fn kubeconfig_yaml(server: &str, user: &str, token: &str) -> String {
+/// A kubeconfig with one cluster (`server`, trusting the CA `ca_pem` if given), one user
+/// (`user`, bearer `token`) and the current context `kube-fake` joining them.
+pub fn kubeconfig_yaml(server: &str, ca_pem: Option<&str>, user: &str, token: &str) -> String {
+    let mut cluster = json!({"server": server});
+    if let Some(pem) = ca_pem {
+        // ByteString serializes as base64, the form `certificate-authority-data` takes.
+        cluster["certificate-authority-data"] =
+            serde_json::to_value(k8s_openapi::ByteString(pem.as_bytes().to_vec())).expect("bytes serialize");
+    }
     let doc = json!({
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [{"name": "kube-fake", "cluster": {"server": server}}],
+        "clusters": [{"name": "kube-fake", "cluster": cluster}],
         "users": [{"name": user, "user": {"token": token}}],
         "contexts": [{"name": "kube-fake", "context": {"cluster": "kube-fake", "user": user}}],
         "current-context": "kube-fake",

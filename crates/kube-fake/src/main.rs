@@ -22,13 +22,14 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Serve the API over plain HTTP until SIGTERM or Ctrl-C, and write a kubeconfig for it.
+    /// Serve the API over HTTPS until SIGTERM or Ctrl-C, and write a kubeconfig for it.
     Serve(Serve),
 }
 
 #[derive(clap::Args, Debug)]
 struct Serve {
-    /// Address to listen on (plain HTTP; keep it on loopback). Port 0 picks a free port.
+    /// Address to listen on (HTTPS with a certificate made at start; keep it on loopback).
+    /// Port 0 picks a free port.
     #[arg(long, default_value = "127.0.0.1:6443")]
     listen: SocketAddr,
     /// Where to write the kubeconfig: the admin user (`kubernetes-admin`, group
@@ -75,10 +76,10 @@ async fn main() -> std::process::ExitCode {
 
 async fn serve(args: Serve) -> anyhow::Result<()> {
     if !args.listen.ip().is_loopback() {
-        tracing::warn!(listen = %args.listen, "serving plain HTTP beyond loopback: anyone who can reach it and holds a token is admin or the ServiceAccount it names");
+        tracing::warn!(listen = %args.listen, "serving beyond loopback: anyone who can reach it and holds a token acts as the admin or the ServiceAccount it names");
     }
     let mut builder =
-        kube_fake::FakeApiServer::builder().listen(args.listen).require_authentication().require_namespaces();
+        kube_fake::FakeApiServer::builder().listen(args.listen).tls().require_authentication().require_namespaces();
     if !args.no_readiness {
         builder = builder.simulate_readiness(args.ready_after);
     }

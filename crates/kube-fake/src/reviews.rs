@@ -2,7 +2,6 @@
 //! `kubectl auth can-i --list`), SelfSubjectReview (`kubectl auth whoami`) and TokenRequest
 //! (`kubectl create token`).
 
-use axum::body::Bytes;
 use serde_json::{Value, json};
 
 use crate::auth::User;
@@ -11,20 +10,13 @@ use crate::http::Shared;
 use crate::rbac::{self, Attributes};
 use crate::registry::ResourceType;
 
-fn body_json(body: &Bytes) -> Result<Value, ApiError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(json!({}));
-    }
-    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))
-}
-
 fn user_info(u: &User) -> Value {
     json!({"username": u.name, "uid": u.uid, "groups": u.groups})
 }
 
 /// Answer a review. `user` is `None` for the admin.
-pub(crate) fn answer(shared: &Shared, rt: &ResourceType, body: &Bytes, user: Option<&User>) -> Result<Value, ApiError> {
-    let mut review = body_json(body)?;
+pub(crate) fn answer(shared: &Shared, rt: &ResourceType, body: Value, user: Option<&User>) -> Result<Value, ApiError> {
+    let mut review = if body.is_object() { body } else { json!({}) };
     let admin = User::admin();
     let me = user.unwrap_or(&admin);
     let st = shared.lock();
@@ -69,8 +61,7 @@ pub(crate) fn answer(shared: &Shared, rt: &ResourceType, body: &Bytes, user: Opt
 
 /// `POST .../serviceaccounts/<name>/token`: a token for that ServiceAccount (default one hour,
 /// as `kubectl create token`; `spec.expirationSeconds` to choose).
-pub(crate) fn token_request(shared: &Shared, ns: &str, name: &str, body: &Bytes) -> Result<Value, ApiError> {
-    let req = body_json(body)?;
+pub(crate) fn token_request(shared: &Shared, ns: &str, name: &str, req: &Value) -> Result<Value, ApiError> {
     let seconds = req.pointer("/spec/expirationSeconds").and_then(Value::as_i64).unwrap_or(3600);
     if seconds < 600 {
         return Err(ApiError::new(
