@@ -131,6 +131,10 @@ pub(crate) fn default(
 }
 
 /// Validate against the schema and (custom resources) the CEL rules.
+///
+/// On an update, an error at a field whose value did not change is not reported: the
+/// validation ratcheting of Kubernetes 1.30+, simplified to comparing the failing field's value
+/// (so an object stored before a stricter schema, or a status write to it, still goes through).
 pub(crate) fn validate(
     rt: &ResourceType,
     version: &str,
@@ -147,6 +151,12 @@ pub(crate) fn validate(
             kind: rt.kind.clone(),
         };
         errs = crate::schema::cel_errors(schema, obj, old, &root);
+    }
+    if let Some(old) = old {
+        errs.retain(|e| {
+            let before = crate::schema::value_at(old, &e.field);
+            before.is_none() || before != crate::schema::value_at(obj, &e.field)
+        });
     }
     if errs.is_empty() { Ok(()) } else { Err(invalid(rt, name, &errs)) }
 }

@@ -520,6 +520,7 @@ async fn handle_resource(
         user,
         field_validation,
         create_authorized: verb == "create",
+        skip_validation: false,
     };
     let parse_body = |body: &Bytes| -> Result<Value, ApiError> {
         let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
@@ -680,7 +681,21 @@ fn list(
         Some(l) => Some(l.parse::<usize>().map_err(|_| ApiError::bad_request(format!("invalid limit {l:?}")))?),
         None => None,
     };
-    let page = shared.lock().list_page(rt, ns, &labels, &fields, limit, params.get("continue"))?;
+    let (mut page, new_events) = {
+        let st = shared.lock();
+        let page = st.list_page(rt, ns, &labels, &fields, limit, params.get("continue"))?;
+        // Core events also show the events.k8s.io ones, converted (see the events module).
+        let new_events: Vec<Value> = match st.registry.resolve("events.events.k8s.io") {
+            Some(ert) if rt.group.is_empty() && rt.plural == "events" && params.get("continue").is_none() => st
+                .iter(&ert.clone(), ns)
+                .map(crate::events::to_core)
+                .filter(|e| labels.matches(e.pointer("/metadata/labels")) && fields.matches(e))
+                .collect(),
+            _ => Vec::new(),
+        };
+        (page, new_events)
+    };
+    page.items.extend(new_events);
     let mut metadata = json!({"resourceVersion": page.resource_version.to_string()});
     if let Some(c) = page.continue_token {
         metadata["continue"] = json!(c);

@@ -26,7 +26,7 @@
 //!   custom resource whose CRD has been created (through the API or [`FakeApiServer::install_crd`]).
 //!   A resource whose CRD is not installed answers 404 `NotFound`, like the real server.
 //! - Namespaced paths, all-namespaces list/watch paths, the `status` subresource, discovery
-//!   (`/api`, `/apis`, `/apis/<group>/<version>`) and `/version`.
+//!   (`/api`, `/apis`, `/apis/<group>/<version>`), `/version` and `/openapi`.
 //! - Metadata-only requests (`Accept: ...;as=PartialObjectMetadata...`, used by
 //!   `kube::runtime::metadata_watcher` and `Api::get_metadata`).
 //!
@@ -109,11 +109,44 @@
 //! [`count_requests`](FakeApiServer::count_requests) and
 //! [`clear_requests`](FakeApiServer::clear_requests).
 //!
+//! # A dev API server for real clients
+//!
+//! `kube-fake serve` (see `src/main.rs`) runs it as a program for kubectl, helm and the
+//! operator binary: HTTPS with a certificate made at start, a kubeconfig for the admin, and:
+//!
+//! - **authentication** (`auth`): bearer tokens, the admin's and ServiceAccounts' (TokenRequest,
+//!   `kubectl create token`), impersonation; [`FakeApiServerBuilder::require_authentication`];
+//! - **RBAC** (`rbac`) from the stored Roles, ClusterRoles and bindings, namespace-scoped;
+//!   server-side apply or PUT that creates needs `create`; OwnerReferencesPermissionEnforcement
+//!   (`blockOwnerDeletion` needs `update` on the owner's `finalizers`); access reviews
+//!   (`kubectl auth can-i`, `--list`, `whoami`);
+//! - **discovery** (`discovery`): aggregated v2 and legacy, short names and categories;
+//!   **OpenAPI** (`openapi`) v2 and v3 with the official 1.35 schemas of the builtin kinds and
+//!   every CRD's schema;
+//! - **admission** (`admission`, `schema`, `defaulting`): CRD structural-schema and CEL
+//!   validation, pruning, defaulting and `fieldValidation=Strict|Warn|Ignore`, unknown and
+//!   required fields of builtin kinds, a few builtin defaults (replicas, Service cluster IPs);
+//! - **Table output** (`table`) for `kubectl get`: CRD printer columns, standard columns of
+//!   the builtin kinds;
+//! - **readiness simulation** (`readiness`, [`FakeApiServerBuilder::simulate_readiness`]):
+//!   Deployments and StatefulSets report ready replicas after a short delay;
+//! - protobuf request bodies for the kinds kubectl's and helm's typed clients send that way
+//!   (`proto`).
+//!
+//! In-process, by default, a client without a token is the admin and RBAC does not apply to it;
+//! clients with a ServiceAccount's token ([`FakeApiServer::service_account_token`],
+//! [`FakeApiServer::client_with_token`]) get exactly what RBAC grants.
+//!
 //! # Simplifications (nothing an operator should depend on)
 //!
-//! - No authentication, RBAC, admission (webhooks, quotas, limit ranges), defaulting, or
-//!   validation of object contents against schemas; a CRD is checked only for the fields
-//!   needed to serve it. Namespaces need not exist before objects are created in them.
+//! - Not a cluster: no kubelet, scheduler or controller manager, so no Pod, ReplicaSet,
+//!   PersistentVolumeClaim or Endpoints object is ever made, and nothing listens on a Service's
+//!   IP. Readiness is simulated (above), not observed.
+//! - Admission is the above only: no webhooks, quotas, limit ranges or pod security; builtin
+//!   kinds are not held to their Go validation (name formats, label syntax, ...), see `schema`.
+//!   Namespaces need not exist before objects are created in them unless
+//!   [`FakeApiServerBuilder::require_namespaces`] (on in `kube-fake serve`).
+//! - Each module says what else it leaves out (`rbac`, `openapi`, `table`, `proto`).
 //! - All served versions of a CRD share one storage; objects are returned with the requested
 //!   `apiVersion` and no other conversion.
 //! - Pagination is not a snapshot: later pages show the current state after the previous
@@ -135,15 +168,18 @@
 //! - `generation` is kept for every kind (the real server omits it for some builtin kinds,
 //!   e.g. ConfigMap).
 //! - Core `v1` events and `events.k8s.io/v1` events are stored separately (the real server
-//!   converts between them); [`FakeApiServer::events`] returns both.
-//! - Nothing runs pods: Deployments and StatefulSets never get status unless a test writes it
-//!   (through `/status`, or [`FakeApiServer::patch_status`]).
+//!   converts between them), except that listing core events also shows the `events.k8s.io`
+//!   ones converted (so `kubectl get events` shows what kube's Recorder wrote; watches do not);
+//!   [`FakeApiServer::events`] returns both.
+//! - Without the readiness simulation, Deployments and StatefulSets never get status unless a
+//!   test writes it (through `/status`, or [`FakeApiServer::patch_status`]).
 
 mod admission;
 mod auth;
 mod defaulting;
 mod discovery;
 mod error;
+mod events;
 mod fields;
 mod http;
 mod openapi;
@@ -482,6 +518,24 @@ impl FakeApiServer {
         let result = st.create(&rt, &ns, obj, &ctx);
         self.shared.notify(&st);
         Ok(result?)
+    }
+
+    /// Server-side apply as `field_manager` (with force), without the schema and CEL
+    /// validation: for a test that needs an object a real server would refuse today, as if it
+    /// had been stored before its CRD's schema became stricter. Later writes to it are
+    /// ratcheted (see the `admission` docs), and an apply by the same manager replaces it.
+    pub fn apply_unvalidated(&self, field_manager: &str, obj: impl IntoManifest) -> Result<Value, FakeError> {
+        let obj = obj.into_manifest()?;
+        let mut st = self.shared.lock();
+        let rt = resolve_by_type(&st, &obj)?;
+        let ns = obj.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("default").to_string();
+        let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_string();
+        let mut ctx = WriteCtx::internal(field_manager, &rt);
+        ctx.version = version_of(&obj, &rt);
+        ctx.skip_validation = true;
+        let result = st.patch(&rt, &ns, &name, PatchType::Apply, &obj, true, &ctx);
+        self.shared.notify(&st);
+        Ok(result?.obj)
     }
 
     /// Merge-patch an object's `.status` through the status subresource semantics (for kinds

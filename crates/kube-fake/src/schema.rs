@@ -17,8 +17,8 @@
 //!
 //! Simplifications: builtin kinds are checked for unknown and required fields only, not for
 //! the rest of their Go validation (name formats, label syntax, selector/template agreement,
-//! ...). `format`s are not checked. CRD validation ratcheting (an unchanged invalid field
-//! passing an update) is not done, and CEL cost limits are not enforced.
+//! ...). `format`s are not checked. Validation ratcheting compares only the failing field's
+//! value (see `admission::validate`), and CEL cost limits are not enforced.
 
 use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
@@ -551,7 +551,7 @@ pub(crate) fn cel_errors(
 }
 
 /// The value at a field path like `spec.services[0].port`.
-fn value_at<'v>(obj: &'v Value, path: &str) -> Option<&'v Value> {
+pub(crate) fn value_at<'v>(obj: &'v Value, path: &str) -> Option<&'v Value> {
     let mut cur = obj;
     for part in path.split('.').filter(|p| !p.is_empty()) {
         let (name, rest) = part.split_once('[').unwrap_or((part, ""));

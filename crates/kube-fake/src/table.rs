@@ -172,6 +172,17 @@ fn builtin_columns(rt: &ResourceType) -> Vec<Value> {
         ("networking.k8s.io", "networkpolicies") => cols.extend([c("Pod-Selector", 0), age_col()]),
         ("rbac.authorization.k8s.io", "rolebindings" | "clusterrolebindings") => cols.extend([c("Role", 0), age_col()]),
         ("coordination.k8s.io", "leases") => cols.extend([c("Holder", 0), age_col()]),
+        ("", "events") => {
+            cols.extend([c("Last Seen", 0), c("Type", 0), c("Reason", 0), c("Object", 0), c("Message", 0)])
+        }
+        ("apiextensions.k8s.io", "customresourcedefinitions")
+        | ("rbac.authorization.k8s.io", "roles" | "clusterroles") => cols.push(col(
+            "Created At",
+            "date",
+            "",
+            0,
+            "CreationTimestamp is a timestamp representing the server time when this object was created.",
+        )),
         ("policy", "poddisruptionbudgets") => {
             cols.extend([c("Min Available", 0), c("Max Unavailable", 0), i("Allowed Disruptions"), age_col()])
         }
@@ -290,6 +301,20 @@ fn builtin_cells(rt: &ResourceType, obj: &Value) -> Vec<Value> {
         ]),
         ("coordination.k8s.io", "leases") => {
             cells.extend([json!(s(obj, "/spec/holderIdentity").unwrap_or("")), created])
+        }
+        ("", "events") => {
+            let kind = s(obj, "/involvedObject/kind").unwrap_or_default().to_lowercase();
+            cells.extend([
+                age(crate::events::last_seen(obj)),
+                json!(s(obj, "/type").unwrap_or_default()),
+                json!(s(obj, "/reason").unwrap_or_default()),
+                json!(format!("{kind}/{}", s(obj, "/involvedObject/name").unwrap_or_default())),
+                json!(s(obj, "/message").unwrap_or_default()),
+            ])
+        }
+        ("apiextensions.k8s.io", "customresourcedefinitions")
+        | ("rbac.authorization.k8s.io", "roles" | "clusterroles") => {
+            cells.push(json!(s(obj, "/metadata/creationTimestamp").unwrap_or_default()))
         }
         ("policy", "poddisruptionbudgets") => {
             let v = |p: &str| obj.pointer(p).map(|x| x.as_str().map(String::from).unwrap_or_else(|| x.to_string()));

@@ -168,3 +168,21 @@ async fn builtin_kinds_need_their_required_fields_and_get_the_defaults_clients_r
     assert!(svc.cluster_ip.as_deref().is_some_and(|ip| ip.starts_with("10.96.")));
     assert_eq!(svc.ports.unwrap()[0].protocol.as_deref(), Some("TCP"));
 }
+
+#[tokio::test]
+async fn an_object_stored_before_a_stricter_schema_can_still_be_updated() {
+    let (api, gadgets) = gadgets().await;
+    let bad = json!({"apiVersion": "example.dev/v1", "kind": "Gadget", "metadata": {"name": "g", "namespace": "default"},
+                     "spec": {"parts": [], "wait": "soon"}});
+    api.apply_unvalidated("kubectl", bad).unwrap();
+    // Ratcheting: writes that leave the invalid field as it is pass, status writes too...
+    let status = Patch::Merge(json!({"status": {"ok": false}}));
+    gadgets.patch_status("g", &PatchParams::default(), &status).await.expect("a status write passes");
+    gadgets
+        .patch("g", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"a": "b"}}})))
+        .await
+        .expect("a label change passes");
+    // ...a new invalid value does not.
+    let worse = gadgets.patch("g", &PatchParams::default(), &Patch::Merge(json!({"spec": {"wait": "later"}}))).await;
+    assert_eq!(api_error(worse).code, 422);
+}
