@@ -71,7 +71,7 @@ fn string_fields(buf: &[u8], names: &[(u64, &str)]) -> Map<String, Value> {
     m
 }
 
-fn message<'a>(buf: &'a [u8], num: u64) -> Option<&'a [u8]> {
+fn message(buf: &[u8], num: u64) -> Option<&[u8]> {
     fields(buf)?.into_iter().find_map(|(n, f)| match f {
         Field::Bytes(b) if n == num => Some(b),
         _ => None,
@@ -223,7 +223,9 @@ pub(crate) fn decode(body: &[u8]) -> Result<Value, String> {
                         o.insert("propagationPolicy".into(), text(p));
                     }
                     (5, Field::Bytes(p)) => {
-                        o.entry("dryRun").or_insert_with(|| json!([])).as_array_mut().map(|a| a.push(text(p)));
+                        if let Some(a) = o.entry("dryRun").or_insert_with(|| json!([])).as_array_mut() {
+                            a.push(text(p));
+                        }
                     }
                     _ => {}
                 }
