@@ -269,7 +269,7 @@ pub async fn check_crd(client: &Client) -> anyhow::Result<()> {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(e)) if e.code == 404 => anyhow::bail!(
             "the ServiceBus CRD (servicebuses.busbar.dev) is not installed in this cluster. Install it with \
-             `kubectl apply -f k8s/base/crd.yaml` or the busbar Helm chart, then start the operator again"
+             `kubectl apply -f k8s/base/operator/crd.yaml` or the busbar Helm chart, then start the operator again"
         ),
         Err(e) => Err(anyhow::anyhow!("cannot list ServiceBuses: {e}")),
     }

@@ -13,7 +13,13 @@ pub fn cluster_rules() -> Value {
         // The resource itself: watch, finalizer (JSON patch), status subresource.
         { "apiGroups": ["busbar.dev"], "resources": ["servicebuses"], "verbs": ["get", "list", "watch", "patch", "update"] },
         { "apiGroups": ["busbar.dev"], "resources": ["servicebuses/status"], "verbs": ["get", "patch", "update"] },
-        // Wiring: watched, and patched with server-side apply; never created or deleted.
+        // The bus's objects and token Secrets name the ServiceBus as owner with
+        // `blockOwnerDeletion: true`; the API server's OwnerReferencesPermissionEnforcement
+        // admits that only for users who may update the owner's finalizers.
+        { "apiGroups": ["busbar.dev"], "resources": ["servicebuses/finalizers"], "verbs": ["update"] },
+        // Wiring: watched, and patched with server-side apply; never created or deleted. (An
+        // apply to a Deployment deleted meanwhile would create one; the API server refuses that
+        // body as invalid, with no selector or image, before it would check `create`.)
         { "apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get", "list", "watch", "patch"] },
         // The built-in bus: applied (apply may create) and garbage-collected through owner references.
         { "apiGroups": ["apps"], "resources": ["statefulsets"], "verbs": ["get", "list", "watch", "create", "patch"] },

@@ -1,6 +1,6 @@
 //! The REST surface: path routing, verbs, list and watch, discovery.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -12,12 +12,16 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use tokio::sync::{Notify, mpsc, watch};
 
+use crate::admission::FieldValidation;
+use crate::auth::{self, User};
 use crate::error::ApiError;
 use crate::patch::PatchType;
+use crate::rbac::{self, Attributes};
 use crate::registry::ResourceType;
 use crate::requests::{RequestRecord, effective_manager};
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::store::{ChangeType, DeleteOpts, Propagation, State, WriteCtx};
+use crate::{discovery, openapi, proto, reviews, table};
 
 /// Largest request body accepted.
 const MAX_BODY: usize = 64 * 1024 * 1024;
@@ -27,6 +31,8 @@ const MAX_BODY: usize = 64 * 1024 * 1024;
 pub(crate) struct ServerConfig {
     pub bookmark_interval: Duration,
     pub gc_delay: Duration,
+    /// Requests without a valid token get 401 (else they act as the admin).
+    pub require_auth: bool,
 }
 
 /// What the handlers, the garbage collector and the handle share.
@@ -62,6 +68,31 @@ impl Shared {
         }
     }
 
+    /// The readiness simulation (see [`crate::readiness`]): checks after every change, and when
+    /// a waiting workload is due.
+    pub(crate) async fn run_readiness_loop(self: Arc<Self>, delay: Duration) {
+        let mut changed = self.changed.subscribe();
+        let mut shutdown = self.shutdown.subscribe();
+        let mut pending = crate::readiness::Pending::default();
+        loop {
+            let next = {
+                let mut st = self.lock();
+                let before = st.rv;
+                let next = st.simulate_readiness(&mut pending, delay);
+                if st.rv != before {
+                    self.notify(&st);
+                }
+                next
+            };
+            let wait = next.unwrap_or(Duration::from_secs(3600));
+            tokio::select! {
+                r = changed.changed() => if r.is_err() { return },
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
     /// The garbage collector: runs after writes that removed owners or namespaces.
     pub(crate) async fn run_gc_loop(self: Arc<Self>) {
         let mut shutdown = self.shutdown.subscribe();
@@ -93,10 +124,11 @@ fn error_response(e: &ApiError) -> Response {
 /// Where a request goes.
 enum Target {
     Version,
-    CoreVersions,
-    Groups,
-    Group(String),
-    ResourceList(String, String),
+    Health,
+    Discovery(discovery::Request),
+    OpenApiV2,
+    OpenApiV3Index,
+    OpenApiV3(String),
     Resource(ResourcePath),
     NotFound,
 }
@@ -148,11 +180,15 @@ fn parse_path(path: &str) -> Target {
     };
     match segs.as_slice() {
         ["version"] => Target::Version,
-        ["api"] => Target::CoreVersions,
-        ["apis"] => Target::Groups,
-        ["api", "v1"] => Target::ResourceList(String::new(), "v1".into()),
-        ["apis", g] => Target::Group(g.to_string()),
-        ["apis", g, v] => Target::ResourceList(g.to_string(), v.to_string()),
+        ["healthz" | "livez" | "readyz", ..] => Target::Health,
+        ["openapi", "v2"] => Target::OpenApiV2,
+        ["openapi", "v3"] => Target::OpenApiV3Index,
+        ["openapi", "v3", gv @ ..] => Target::OpenApiV3(gv.join("/")),
+        ["api"] => Target::Discovery(discovery::Request::CoreVersions),
+        ["apis"] => Target::Discovery(discovery::Request::Groups),
+        ["api", "v1"] => Target::Discovery(discovery::Request::Resources(String::new(), "v1".into())),
+        ["apis", g] => Target::Discovery(discovery::Request::Group(g.to_string())),
+        ["apis", g, v] => Target::Discovery(discovery::Request::Resources(g.to_string(), v.to_string())),
         ["api", "v1", r @ ..] => rest("", "v1", r),
         ["apis", g, v, r @ ..] => rest(g, v, r),
         _ => Target::NotFound,
@@ -171,16 +207,37 @@ impl Params {
     }
 }
 
-/// How objects are shown: full, or as `PartialObjectMetadata` (metadata-only watches and lists).
+/// How objects are shown: full, as `PartialObjectMetadata` (metadata-only watches and lists),
+/// or as a Table (`kubectl get`).
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Presentation {
     Full,
     Metadata,
+    Table(table::RowObject),
 }
 
-fn presentation(headers: &HeaderMap) -> Presentation {
-    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or_default();
-    if accept.contains("as=PartialObjectMetadata") { Presentation::Metadata } else { Presentation::Full }
+fn accept(headers: &HeaderMap) -> &str {
+    headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or_default()
+}
+
+fn presentation(headers: &HeaderMap, params: &Params) -> Presentation {
+    let accept = accept(headers);
+    if table::wants_table(accept) {
+        Presentation::Table(table::row_object(params.get("includeObject")))
+    } else if accept.contains("as=PartialObjectMetadata") {
+        Presentation::Metadata
+    } else {
+        Presentation::Full
+    }
+}
+
+fn with_api_version(obj: &Value, rt: &ResourceType, version: &str) -> Value {
+    let mut o = obj.clone();
+    let av = rt.api_version(version);
+    if o.get("apiVersion").and_then(Value::as_str) != Some(av.as_str()) {
+        o["apiVersion"] = json!(av);
+    }
+    o
 }
 
 fn present(obj: &Value, rt: &ResourceType, version: &str, p: Presentation) -> Value {
@@ -190,15 +247,57 @@ fn present(obj: &Value, rt: &ResourceType, version: &str, p: Presentation) -> Va
             "apiVersion": "meta.k8s.io/v1",
             "metadata": obj.get("metadata").cloned().unwrap_or(json!({})),
         }),
-        Presentation::Full => {
-            let mut o = obj.clone();
-            let av = rt.api_version(version);
-            if o.get("apiVersion").and_then(Value::as_str) != Some(av.as_str()) {
-                o["apiVersion"] = json!(av);
-            }
-            o
+        Presentation::Full => with_api_version(obj, rt, version),
+        Presentation::Table(what) => {
+            let rv = obj.pointer("/metadata/resourceVersion").cloned().unwrap_or(json!(""));
+            table::table(rt, version, &[with_api_version(obj, rt, version)], what, json!({"resourceVersion": rv}))
         }
     }
+}
+
+/// Who sends a request: the user, or a refusal (401 for a bad or missing token, 403 for a
+/// refused impersonation). `None`: not restricted (the admin, or a trusted in-process client).
+fn authenticate(shared: &Shared, headers: &HeaderMap) -> Result<Option<User>, ApiError> {
+    let st = shared.lock();
+    let user = match auth::bearer(headers) {
+        Some(t) if t == st.tokens.admin => User::admin(),
+        Some(t) => {
+            let issued = st.tokens.issued.get(t).cloned().ok_or_else(auth::unauthorized)?;
+            let sa = st.registry.resolve("serviceaccounts").cloned().expect("serviceaccounts are a builtin kind");
+            let alive = st
+                .get(&sa, &issued.namespace, &issued.name)
+                .is_some_and(|s| s.obj.pointer("/metadata/uid").and_then(Value::as_str) == Some(issued.uid.as_str()));
+            if !alive || issued.expires < chrono::Utc::now() {
+                return Err(auth::unauthorized());
+            }
+            User::service_account(&issued.namespace, &issued.name, &issued.uid)
+        }
+        None if shared.config.require_auth => return Err(auth::unauthorized()),
+        None => User::admin(),
+    };
+    let user = match auth::impersonation(headers) {
+        None => user,
+        Some(imp) => {
+            let target = imp.as_user();
+            let mut checks = Vec::new();
+            match target.service_account_parts() {
+                Some((ns, name)) => checks.push(
+                    Attributes::resource("impersonate", "", "serviceaccounts").in_namespace(Some(ns)).named(Some(name)),
+                ),
+                None => checks.push(Attributes::resource("impersonate", "", "users").named(Some(&target.name))),
+            }
+            for g in &imp.groups {
+                checks.push(Attributes::resource("impersonate", "", "groups").named(Some(g)));
+            }
+            for a in &checks {
+                if !st.authorize(&user, a) {
+                    return Err(rbac::forbidden(&user, a, ""));
+                }
+            }
+            target
+        }
+    };
+    Ok(Some(user).filter(|u| !u.is_superuser()))
 }
 
 /// The single handler: every request comes here.
@@ -226,8 +325,20 @@ pub(crate) async fn dispatch(AxumState(shared): AxumState<Arc<Shared>>, req: Req
         patch_type: None,
         dry_run: params.get("dryRun") == Some("All"),
         code: 200,
+        user: None,
     };
     let target = parse_path(uri.path());
+    let public = matches!(target, Target::Version | Target::Health);
+    let user = match authenticate(&shared, &headers) {
+        Ok(u) => u,
+        Err(e) if e.code == 401 && public => None,
+        Err(e) => {
+            record.code = e.code;
+            shared.lock().requests.push(record);
+            return error_response(&e);
+        }
+    };
+    record.user = user.as_ref().map(|u| u.name.clone());
     let response = match target {
         Target::Resource(rp) => {
             record.group = rp.group.clone();
@@ -235,12 +346,16 @@ pub(crate) async fn dispatch(AxumState(shared): AxumState<Arc<Shared>>, req: Req
             record.subresource = rp.sub.clone();
             record.namespace = rp.namespace.clone();
             record.name = rp.name.clone();
-            handle_resource(&shared, &method, &headers, &params, body, rp, &mut record).await
+            handle_resource(&shared, &method, &headers, &params, body, rp, &mut record, user).await
         }
-        other if method == Method::GET => match discovery(&shared, other) {
-            Ok(v) => json_response(200, &v),
-            Err(e) => error_response(&e),
-        },
+        other if method == Method::GET => {
+            let path = Attributes { verb: "get".into(), path: Some(uri.path().to_string()), ..Default::default() };
+            let allowed = shared.lock().check(user.as_ref(), &path);
+            match allowed.and_then(|()| non_resource(&shared, other, &headers)) {
+                Ok(resp) => resp,
+                Err(e) => error_response(&e),
+            }
+        }
         _ => error_response(&ApiError::method_not_allowed(
             "the server does not allow this method on the requested resource",
         )),
@@ -248,6 +363,72 @@ pub(crate) async fn dispatch(AxumState(shared): AxumState<Arc<Shared>>, req: Req
     record.code = response.status().as_u16();
     shared.lock().requests.push(record);
     response
+}
+
+/// `/version`, health, discovery and OpenAPI.
+fn non_resource(shared: &Arc<Shared>, target: Target, headers: &HeaderMap) -> Result<Response, ApiError> {
+    let kinds = shared.lock().registry.all().to_vec();
+    let value = match target {
+        Target::Version => json!({
+            "major": "1", "minor": "35", "emulationMajor": "1", "emulationMinor": "35",
+            "minCompatibilityMajor": "1", "minCompatibilityMinor": "34",
+            "gitVersion": openapi::KUBERNETES_VERSION, "gitCommit": "kube-fake", "gitTreeState": "clean",
+            "buildDate": "2025-12-17T00:00:00Z", "goVersion": "go1.25.5", "compiler": "gc", "platform": "linux/amd64",
+        }),
+        Target::Health => {
+            let mut resp = (StatusCode::OK, "ok").into_response();
+            resp.headers_mut().insert(header::CONTENT_TYPE, "text/plain".parse().expect("valid header value"));
+            return Ok(resp);
+        }
+        Target::Discovery(req) => {
+            let core = matches!(req, discovery::Request::CoreVersions);
+            if matches!(req, discovery::Request::CoreVersions | discovery::Request::Groups)
+                && let Some(v) = discovery::wants_aggregated(accept(headers))
+            {
+                let mut resp = json_response(200, &discovery::aggregated(&kinds, core, v));
+                resp.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    discovery::aggregated_content_type(v).parse().expect("valid header value"),
+                );
+                return Ok(resp);
+            }
+            discovery::answer(&kinds, req)?
+        }
+        Target::OpenApiV2 => {
+            let a = accept(headers);
+            if !a.is_empty() && !a.contains("json") && !a.contains("*/*") {
+                return Err(ApiError::new(406, "NotAcceptable", "only application/json is served for /openapi/v2"));
+            }
+            openapi::v2(&kinds)
+        }
+        Target::OpenApiV3Index => openapi::v3_index(&kinds),
+        Target::OpenApiV3(gv) => openapi::v3_document(&kinds, &gv).ok_or_else(ApiError::no_such_resource)?,
+        Target::Resource(_) | Target::NotFound => return Err(ApiError::no_such_resource()),
+    };
+    Ok(json_response(200, &value))
+}
+
+/// The body of a review or TokenRequest: JSON, or protobuf as kubectl's typed clients send it.
+fn request_object(headers: &HeaderMap, body: &Bytes) -> Result<Value, ApiError> {
+    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    if ct.starts_with("application/vnd.kubernetes.protobuf") {
+        return proto::decode(body).map_err(|e| ApiError::new(415, "UnsupportedMediaType", e));
+    }
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(json!({}));
+    }
+    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))
+}
+
+/// Add the `Warning` headers a write collected (unknown fields with `fieldValidation=Warn`).
+fn with_warnings(mut resp: Response, warnings: Vec<String>) -> Response {
+    for w in warnings {
+        let text = format!("299 - {}", serde_json::to_string(&w).unwrap_or_default());
+        if let Ok(v) = text.parse() {
+            resp.headers_mut().append(header::WARNING, v);
+        }
+    }
+    resp
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -259,16 +440,19 @@ async fn handle_resource(
     body: Bytes,
     rp: ResourcePath,
     record: &mut RequestRecord,
+    user: Option<User>,
 ) -> Response {
     let rt = {
         let st = shared.lock();
         st.registry.lookup(&rp.group, &rp.version, &rp.plural).cloned()
     };
     let verb = match (method, rp.name.is_some()) {
+        (&Method::GET, true) if params.flag("watch") => "watch",
         (&Method::GET, true) => "get",
         (&Method::GET, false) if params.flag("watch") => "watch",
         (&Method::GET, false) => "list",
         (&Method::POST, false) => "create",
+        (&Method::POST, true) if rp.sub.is_some() => "create",
         (&Method::PUT, true) => "update",
         (&Method::PATCH, true) => "patch",
         (&Method::DELETE, true) => "delete",
@@ -281,6 +465,35 @@ async fn handle_resource(
     if (rt.namespaced && rp.namespace.is_none() && rp.name.is_some()) || (!rt.namespaced && rp.namespace.is_some()) {
         return error_response(&ApiError::no_such_resource());
     }
+    let attributes = Attributes::resource(verb, &rt.group, &rt.plural)
+        .in_namespace(rp.namespace.as_deref())
+        .named(rp.name.as_deref())
+        .sub(rp.sub.as_deref());
+    if let Err(e) = shared.lock().check(user.as_ref(), &attributes) {
+        return error_response(&e);
+    }
+    if rt.create_only {
+        if verb != "create" {
+            return error_response(&ApiError::method_not_allowed(format!(
+                "the server does not allow this method on the requested resource ({method} {})",
+                rt.qualified()
+            )));
+        }
+        let answer = request_object(headers, &body).and_then(|b| reviews::answer(shared, &rt, b, user.as_ref()));
+        return match answer {
+            Ok(v) => json_response(201, &v),
+            Err(e) => error_response(&e),
+        };
+    }
+    if rt.group.is_empty() && rt.plural == "serviceaccounts" && rp.sub.as_deref() == Some("token") && verb == "create" {
+        let ns = rp.namespace.clone().unwrap_or_default();
+        let answer = request_object(headers, &body)
+            .and_then(|b| reviews::token_request(shared, &ns, rp.name.as_deref().unwrap_or_default(), &b));
+        return match answer {
+            Ok(v) => json_response(201, &v),
+            Err(e) => error_response(&e),
+        };
+    }
     let status = match rp.sub.as_deref() {
         None => false,
         Some("status") if rt.status_subresource => true,
@@ -292,20 +505,33 @@ async fn handle_resource(
             rt.qualified()
         )));
     }
+    let field_validation = match FieldValidation::parse(params.get("fieldValidation")) {
+        Ok(fv) => fv,
+        Err(e) => return error_response(&e),
+    };
     let ns = rp.namespace.clone().unwrap_or_default();
-    let pres = presentation(headers);
+    let pres = presentation(headers, params);
     let version = rp.version.clone();
     let ctx = WriteCtx {
         manager: effective_manager(params.get("fieldManager"), record.user_agent.as_deref()),
         status,
         dry_run: record.dry_run,
         version: version.clone(),
+        user,
+        field_validation,
+        create_authorized: verb == "create",
+        skip_validation: false,
     };
     let parse_body = |body: &Bytes| -> Result<Value, ApiError> {
+        let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+        if ct.starts_with("application/vnd.kubernetes.protobuf") {
+            return proto::decode(body).map_err(|e| ApiError::new(415, "UnsupportedMediaType", e));
+        }
         serde_json::from_slice(body)
             .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))
     };
     let name = rp.name.clone().unwrap_or_default();
+    let mut warnings = Vec::new();
     let result: Result<Response, ApiError> = async {
         match verb {
             "get" => {
@@ -314,18 +540,31 @@ async fn handle_resource(
                 Ok(json_response(200, &present(&stored.obj, &rt, &version, pres)))
             }
             "list" => list(shared, &rt, &version, rp.namespace.as_deref(), params, pres),
-            "watch" => watch(shared, &rt, &version, rp.namespace.clone(), params, pres),
+            "watch" => {
+                let mut params = Params(params.0.clone());
+                if let Some(n) = rp.name.as_deref() {
+                    // GET .../<name>?watch=true: a watch of that one object.
+                    params.0.insert("fieldSelector".into(), format!("metadata.name={n}"));
+                }
+                watch(shared, &rt, &version, rp.namespace.clone(), &params, pres)
+            }
             "create" => {
                 let obj = parse_body(&body)?;
                 let mut st = shared.lock();
-                let created = st.create(&rt, &ns, obj, &ctx)?;
+                st.warnings.clear();
+                let created = st.create(&rt, &ns, obj, &ctx);
+                warnings = std::mem::take(&mut st.warnings);
+                let created = created?;
                 shared.notify(&st);
                 Ok(json_response(201, &present(&created, &rt, &version, pres)))
             }
             "update" => {
                 let obj = parse_body(&body)?;
                 let mut st = shared.lock();
-                let w = st.replace(&rt, &ns, &name, obj, &ctx)?;
+                st.warnings.clear();
+                let w = st.replace(&rt, &ns, &name, obj, &ctx);
+                warnings = std::mem::take(&mut st.warnings);
+                let w = w?;
                 shared.notify(&st);
                 Ok(json_response(if w.created { 201 } else { 200 }, &present(&w.obj, &rt, &version, pres)))
             }
@@ -338,27 +577,37 @@ async fn handle_resource(
                         let text = std::str::from_utf8(&body)
                             .map_err(|_| ApiError::bad_request("the applied configuration is not UTF-8"))?;
                         serde_yaml_ng::from_str(text)
-                            .map_err(|e| ApiError::bad_request(format!("the applied configuration is not YAML: {e}")))
+                            .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))
                     })?
                 } else {
                     parse_body(&body)?
                 };
                 let mut st = shared.lock();
-                let w = st.patch(&rt, &ns, &name, ptype, &patch_body, params.flag("force"), &ctx)?;
+                st.warnings.clear();
+                let w = st.patch(&rt, &ns, &name, ptype, &patch_body, params.flag("force"), &ctx);
+                warnings = std::mem::take(&mut st.warnings);
+                let w = w?;
                 shared.notify(&st);
                 Ok(json_response(if w.created { 201 } else { 200 }, &present(&w.obj, &rt, &version, pres)))
             }
             "delete" | "deletecollection" => {
+                let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+                let body = if ct.starts_with("application/vnd.kubernetes.protobuf") && !body.is_empty() {
+                    let opts = proto::decode(&body).map_err(|e| ApiError::new(415, "UnsupportedMediaType", e))?;
+                    Bytes::from(opts.to_string())
+                } else {
+                    body.clone()
+                };
                 let opts = delete_options(params, &body)?;
                 let mut st = shared.lock();
                 if verb == "delete" {
                     let (obj, removed) = st.delete(&rt, &ns, &name, &opts)?;
                     shared.notify(&st);
                     if !removed {
-                        return Ok(json_response(202, &present(&obj, &rt, &version, pres)));
+                        return Ok(json_response(202, &present(&obj, &rt, &version, Presentation::Full)));
                     }
                     if rt.custom {
-                        return Ok(json_response(200, &present(&obj, &rt, &version, pres)));
+                        return Ok(json_response(200, &present(&obj, &rt, &version, Presentation::Full)));
                     }
                     let uid = obj.pointer("/metadata/uid").cloned().unwrap_or(json!(""));
                     Ok(json_response(
@@ -376,7 +625,8 @@ async fn handle_resource(
                     )?;
                     let items = st.delete_collection(&rt, rp.namespace.as_deref(), &labels, &fields, &opts)?;
                     shared.notify(&st);
-                    let items: Vec<Value> = items.iter().map(|o| present(o, &rt, &version, pres)).collect();
+                    let items: Vec<Value> =
+                        items.iter().map(|o| present(o, &rt, &version, Presentation::Full)).collect();
                     Ok(json_response(
                         200,
                         &json!({
@@ -390,7 +640,7 @@ async fn handle_resource(
         }
     }
     .await;
-    result.unwrap_or_else(|e| error_response(&e))
+    with_warnings(result.unwrap_or_else(|e| error_response(&e)), warnings)
 }
 
 fn delete_options(params: &Params, body: &Bytes) -> Result<DeleteOpts, ApiError> {
@@ -431,8 +681,21 @@ fn list(
         Some(l) => Some(l.parse::<usize>().map_err(|_| ApiError::bad_request(format!("invalid limit {l:?}")))?),
         None => None,
     };
-    let page = shared.lock().list_page(rt, ns, &labels, &fields, limit, params.get("continue"))?;
-    let items: Vec<Value> = page.items.iter().map(|o| present(o, rt, version, pres)).collect();
+    let (mut page, new_events) = {
+        let st = shared.lock();
+        let page = st.list_page(rt, ns, &labels, &fields, limit, params.get("continue"))?;
+        // Core events also show the events.k8s.io ones, converted (see the events module).
+        let new_events: Vec<Value> = match st.registry.resolve("events.events.k8s.io") {
+            Some(ert) if rt.group.is_empty() && rt.plural == "events" && params.get("continue").is_none() => st
+                .iter(&ert.clone(), ns)
+                .map(crate::events::to_core)
+                .filter(|e| labels.matches(e.pointer("/metadata/labels")) && fields.matches(e))
+                .collect(),
+            _ => Vec::new(),
+        };
+        (page, new_events)
+    };
+    page.items.extend(new_events);
     let mut metadata = json!({"resourceVersion": page.resource_version.to_string()});
     if let Some(c) = page.continue_token {
         metadata["continue"] = json!(c);
@@ -440,9 +703,14 @@ fn list(
     if let Some(r) = page.remaining {
         metadata["remainingItemCount"] = json!(r);
     }
+    if let Presentation::Table(what) = pres {
+        let objs: Vec<Value> = page.items.iter().map(|o| with_api_version(o, rt, version)).collect();
+        return Ok(json_response(200, &table::table(rt, version, &objs, what, metadata)));
+    }
+    let items: Vec<Value> = page.items.iter().map(|o| present(o, rt, version, pres)).collect();
     let (kind, api_version) = match pres {
         Presentation::Metadata => ("PartialObjectMetadataList".to_string(), "meta.k8s.io/v1".to_string()),
-        Presentation::Full => (format!("{}List", rt.kind), rt.api_version(version)),
+        _ => (format!("{}List", rt.kind), rt.api_version(version)),
     };
     Ok(json_response(200, &json!({"kind": kind, "apiVersion": api_version, "metadata": metadata, "items": items})))
 }
@@ -514,6 +782,7 @@ fn event_line(kind: &str, object: &Value) -> Bytes {
 fn bookmark(spec: &WatchSpec, rv: u64, initial_end: bool) -> Bytes {
     let (kind, api_version) = match spec.pres {
         Presentation::Metadata => ("PartialObjectMetadata".to_string(), "meta.k8s.io/v1".to_string()),
+        Presentation::Table(_) => ("Table".to_string(), "meta.k8s.io/v1".to_string()),
         Presentation::Full => (spec.rt.kind.clone(), spec.rt.api_version(&spec.version)),
     };
     let mut metadata = json!({"resourceVersion": rv.to_string()});
@@ -630,82 +899,5 @@ async fn run_watch(shared: Arc<Shared>, spec: WatchSpec, tx: mpsc::Sender<Bytes>
             _ = shutdown.changed() => return,
             _ = tx.closed() => return,
         }
-    }
-}
-
-fn discovery(shared: &Arc<Shared>, target: Target) -> Result<Value, ApiError> {
-    let st = shared.lock();
-    let kinds = st.registry.all();
-    let group_versions = |group: &str| -> Vec<String> {
-        let mut vs: Vec<String> = Vec::new();
-        for k in kinds.iter().filter(|k| k.group == group) {
-            for v in &k.versions {
-                if !vs.contains(v) {
-                    vs.push(v.clone());
-                }
-            }
-        }
-        vs
-    };
-    let api_group = |group: &str| -> Value {
-        let vs = group_versions(group);
-        let versions: Vec<Value> =
-            vs.iter().map(|v| json!({"groupVersion": format!("{group}/{v}"), "version": v})).collect();
-        json!({"name": group, "versions": versions, "preferredVersion": versions.first().cloned().unwrap_or(json!({}))})
-    };
-    match target {
-        Target::Version => Ok(json!({
-            "major": "1", "minor": "34", "gitVersion": "v1.34.0", "gitCommit": "kube-fake",
-            "gitTreeState": "clean", "buildDate": "2025-01-01T00:00:00Z", "goVersion": "go1.24.0",
-            "compiler": "gc", "platform": "linux/amd64",
-        })),
-        Target::CoreVersions => Ok(json!({
-            "kind": "APIVersions", "versions": ["v1"],
-            "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}],
-        })),
-        Target::Groups => {
-            let mut groups: BTreeMap<String, Value> = BTreeMap::new();
-            for k in kinds.iter().filter(|k| !k.group.is_empty()) {
-                groups.entry(k.group.clone()).or_insert_with(|| api_group(&k.group));
-            }
-            Ok(json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups.into_values().collect::<Vec<_>>()}))
-        }
-        Target::Group(g) => {
-            if group_versions(&g).is_empty() {
-                return Err(ApiError::no_such_resource());
-            }
-            Ok(json!({"kind": "APIGroup", "apiVersion": "v1"})
-                .as_object()
-                .cloned()
-                .map(|mut m| {
-                    if let Value::Object(g) = api_group(&g) {
-                        m.extend(g);
-                    }
-                    Value::Object(m)
-                })
-                .expect("an object"))
-        }
-        Target::ResourceList(g, v) => {
-            let mut resources = Vec::new();
-            for k in kinds.iter().filter(|k| k.group == g && k.serves(&v)) {
-                let verbs = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"];
-                resources.push(json!({
-                    "name": k.plural, "singularName": k.kind.to_lowercase(), "namespaced": k.namespaced,
-                    "kind": k.kind, "verbs": verbs,
-                }));
-                if k.status_subresource {
-                    resources.push(json!({
-                        "name": format!("{}/status", k.plural), "singularName": "", "namespaced": k.namespaced,
-                        "kind": k.kind, "verbs": ["get", "patch", "update"],
-                    }));
-                }
-            }
-            if resources.is_empty() {
-                return Err(ApiError::no_such_resource());
-            }
-            let gv = if g.is_empty() { v } else { format!("{g}/{v}") };
-            Ok(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}))
-        }
-        Target::Resource(_) | Target::NotFound => Err(ApiError::no_such_resource()),
     }
 }

@@ -26,7 +26,7 @@
 //!   custom resource whose CRD has been created (through the API or [`FakeApiServer::install_crd`]).
 //!   A resource whose CRD is not installed answers 404 `NotFound`, like the real server.
 //! - Namespaced paths, all-namespaces list/watch paths, the `status` subresource, discovery
-//!   (`/api`, `/apis`, `/apis/<group>/<version>`) and `/version`.
+//!   (`/api`, `/apis`, `/apis/<group>/<version>`), `/version` and `/openapi`.
 //! - Metadata-only requests (`Accept: ...;as=PartialObjectMetadata...`, used by
 //!   `kube::runtime::metadata_watcher` and `Api::get_metadata`).
 //!
@@ -109,11 +109,44 @@
 //! [`count_requests`](FakeApiServer::count_requests) and
 //! [`clear_requests`](FakeApiServer::clear_requests).
 //!
+//! # A dev API server for real clients
+//!
+//! `kube-fake serve` (see `src/main.rs`) runs it as a program for kubectl, helm and the
+//! operator binary: HTTPS with a certificate made at start, a kubeconfig for the admin, and:
+//!
+//! - **authentication** (`auth`): bearer tokens, the admin's and ServiceAccounts' (TokenRequest,
+//!   `kubectl create token`), impersonation; [`FakeApiServerBuilder::require_authentication`];
+//! - **RBAC** (`rbac`) from the stored Roles, ClusterRoles and bindings, namespace-scoped;
+//!   server-side apply or PUT that creates needs `create`; OwnerReferencesPermissionEnforcement
+//!   (`blockOwnerDeletion` needs `update` on the owner's `finalizers`); access reviews
+//!   (`kubectl auth can-i`, `--list`, `whoami`);
+//! - **discovery** (`discovery`): aggregated v2 and legacy, short names and categories;
+//!   **OpenAPI** (`openapi`) v2 and v3 with the official 1.35 schemas of the builtin kinds and
+//!   every CRD's schema;
+//! - **admission** (`admission`, `schema`, `defaulting`): CRD structural-schema and CEL
+//!   validation, pruning, defaulting and `fieldValidation=Strict|Warn|Ignore`, unknown and
+//!   required fields of builtin kinds, a few builtin defaults (replicas, Service cluster IPs);
+//! - **Table output** (`table`) for `kubectl get`: CRD printer columns, standard columns of
+//!   the builtin kinds;
+//! - **readiness simulation** (`readiness`, [`FakeApiServerBuilder::simulate_readiness`]):
+//!   Deployments and StatefulSets report ready replicas after a short delay;
+//! - protobuf request bodies for the kinds kubectl's and helm's typed clients send that way
+//!   (`proto`).
+//!
+//! In-process, by default, a client without a token is the admin and RBAC does not apply to it;
+//! clients with a ServiceAccount's token ([`FakeApiServer::service_account_token`],
+//! [`FakeApiServer::client_with_token`]) get exactly what RBAC grants.
+//!
 //! # Simplifications (nothing an operator should depend on)
 //!
-//! - No authentication, RBAC, admission (webhooks, quotas, limit ranges), defaulting, or
-//!   validation of object contents against schemas; a CRD is checked only for the fields
-//!   needed to serve it. Namespaces need not exist before objects are created in them.
+//! - Not a cluster: no kubelet, scheduler or controller manager, so no Pod, ReplicaSet,
+//!   PersistentVolumeClaim or Endpoints object is ever made, and nothing listens on a Service's
+//!   IP. Readiness is simulated (above), not observed.
+//! - Admission is the above only: no webhooks, quotas, limit ranges or pod security; builtin
+//!   kinds are not held to their Go validation (name formats, label syntax, ...), see `schema`.
+//!   Namespaces need not exist before objects are created in them unless
+//!   [`FakeApiServerBuilder::require_namespaces`] (on in `kube-fake serve`).
+//! - Each module says what else it leaves out (`rbac`, `openapi`, `table`, `proto`).
 //! - All served versions of a CRD share one storage; objects are returned with the requested
 //!   `apiVersion` and no other conversion.
 //! - Pagination is not a snapshot: later pages show the current state after the previous
@@ -135,18 +168,33 @@
 //! - `generation` is kept for every kind (the real server omits it for some builtin kinds,
 //!   e.g. ConfigMap).
 //! - Core `v1` events and `events.k8s.io/v1` events are stored separately (the real server
-//!   converts between them); [`FakeApiServer::events`] returns both.
-//! - Nothing runs pods: Deployments and StatefulSets never get status unless a test writes it
-//!   (through `/status`, or [`FakeApiServer::patch_status`]).
+//!   converts between them), except that listing core events also shows the `events.k8s.io`
+//!   ones converted (so `kubectl get events` shows what kube's Recorder wrote; watches do not);
+//!   [`FakeApiServer::events`] returns both.
+//! - Without the readiness simulation, Deployments and StatefulSets never get status unless a
+//!   test writes it (through `/status`, or [`FakeApiServer::patch_status`]).
 
+mod admission;
+mod auth;
+mod defaulting;
+mod discovery;
 mod error;
+mod events;
 mod fields;
 mod http;
+mod openapi;
 mod patch;
+mod proto;
+mod rbac;
+mod readiness;
 mod registry;
 mod requests;
+mod reviews;
+mod schema;
 mod selector;
 mod store;
+mod table;
+mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -156,7 +204,10 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 
+pub use admission::FieldValidation;
+pub use auth::{ADMIN_USER, User};
 pub use error::{ApiError, FakeError};
+pub use openapi::KUBERNETES_VERSION;
 pub use registry::{ResourceType, builtin_kinds};
 pub use requests::RequestRecord;
 
@@ -174,6 +225,11 @@ pub struct FakeApiServerBuilder {
     history_limit: usize,
     bookmark_interval: Duration,
     gc_delay: Duration,
+    require_auth: bool,
+    readiness: Option<Duration>,
+    require_namespaces: bool,
+    listen: std::net::SocketAddr,
+    tls: bool,
 }
 
 impl Default for FakeApiServerBuilder {
@@ -183,6 +239,11 @@ impl Default for FakeApiServerBuilder {
             history_limit: 10_000,
             bookmark_interval: Duration::from_secs(5),
             gc_delay: Duration::ZERO,
+            require_auth: false,
+            readiness: None,
+            require_namespaces: false,
+            listen: ([127, 0, 0, 1], 0).into(),
+            tls: false,
         }
     }
 }
@@ -215,26 +276,87 @@ impl FakeApiServerBuilder {
         self
     }
 
-    /// Bind a free loopback port and serve. Must be called within a tokio runtime.
+    /// Refuse requests without a valid bearer token (401), as a real server does. Off by default,
+    /// so that [`FakeApiServer::client`] (no token) acts as the admin; tokens are checked and
+    /// RBAC enforced for service accounts either way.
+    pub fn require_authentication(mut self) -> Self {
+        self.require_auth = true;
+        self
+    }
+
+    /// Simulate the Deployment and StatefulSet controllers: such a workload reports all its
+    /// replicas ready `after` its generation changed (see the `readiness` module docs).
+    pub fn simulate_readiness(mut self, after: Duration) -> Self {
+        self.readiness = Some(after);
+        self
+    }
+
+    /// Refuse objects in namespaces that do not exist (404), as a real server does. Off by
+    /// default for tests that do not create their namespaces.
+    pub fn require_namespaces(mut self) -> Self {
+        self.require_namespaces = true;
+        self
+    }
+
+    /// Serve HTTPS with a certificate made for this run (see [`FakeApiServer::ca_pem`]), as
+    /// kubectl and helm need: they send tokens only over TLS. Off by default (plain HTTP).
+    pub fn tls(mut self) -> Self {
+        self.tls = true;
+        self
+    }
+
+    /// Listen on this address instead of a free loopback port.
+    pub fn listen(mut self, addr: std::net::SocketAddr) -> Self {
+        self.listen = addr;
+        self
+    }
+
+    /// Bind a free loopback port (or [`listen`](Self::listen)'s) and serve. Must be called within
+    /// a tokio runtime; panics when the address cannot be bound (see [`try_start`](Self::try_start)).
     pub async fn start(self) -> FakeApiServer {
-        let state = State::new(self.kinds, self.history_limit);
-        let shared =
-            Shared::new(state, ServerConfig { bookmark_interval: self.bookmark_interval, gc_delay: self.gc_delay });
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await.expect("bind a loopback port");
-        let addr = listener.local_addr().expect("a bound listener has an address");
+        self.try_start().await.expect("bind the fake API server's address")
+    }
+
+    /// Like [`start`](Self::start), with the bind error returned.
+    pub async fn try_start(self) -> std::io::Result<FakeApiServer> {
+        let mut state = State::new(self.kinds, self.history_limit);
+        state.require_namespaces = self.require_namespaces;
+        let shared = Shared::new(
+            state,
+            ServerConfig {
+                bookmark_interval: self.bookmark_interval,
+                gc_delay: self.gc_delay,
+                require_auth: self.require_auth,
+            },
+        );
+        let listener = tokio::net::TcpListener::bind(self.listen).await?;
+        let addr = listener.local_addr()?;
         let router = axum::Router::new().fallback(http::dispatch).with_state(shared.clone());
         let mut shutdown = shared.shutdown.subscribe();
-        let server = tokio::spawn(async move {
-            let stop = async move {
-                let _ = shutdown.wait_for(|s| *s).await;
-            };
-            if let Err(e) = axum::serve(listener, router).with_graceful_shutdown(stop).await {
-                tracing::warn!("kube-fake server stopped: {e}");
+        let stop = async move {
+            let _ = shutdown.wait_for(|s| *s).await;
+        };
+        let certs = if self.tls { Some(tls::make_certs(addr.ip()).map_err(std::io::Error::other)?) } else { None };
+        let server = match &certs {
+            Some(c) => {
+                let listener = tls::TlsListener::new(listener, c)?;
+                tokio::spawn(async move {
+                    if let Err(e) = axum::serve(listener, router).with_graceful_shutdown(stop).await {
+                        tracing::warn!("kube-fake server stopped: {e}");
+                    }
+                })
             }
-        });
+            None => tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, router).with_graceful_shutdown(stop).await {
+                    tracing::warn!("kube-fake server stopped: {e}");
+                }
+            }),
+        };
+        let ca = certs.map(|c| (c.ca_pem, c.ca_der));
         let gc = tokio::spawn(shared.clone().run_gc_loop());
+        let readiness = self.readiness.map(|delay| tokio::spawn(shared.clone().run_readiness_loop(delay)));
         tracing::debug!("kube-fake API server on http://{addr}");
-        FakeApiServer { shared, addr, server: Some(server), gc: Some(gc) }
+        Ok(FakeApiServer { shared, addr, server: Some(server), gc: Some(gc), readiness, ca })
     }
 }
 
@@ -244,6 +366,9 @@ pub struct FakeApiServer {
     addr: SocketAddr,
     server: Option<JoinHandle<()>>,
     gc: Option<JoinHandle<()>>,
+    readiness: Option<JoinHandle<()>>,
+    /// With TLS: the CA certificate (PEM, DER) that signed the server's.
+    ca: Option<(String, Vec<u8>)>,
 }
 
 impl FakeApiServer {
@@ -262,19 +387,55 @@ impl FakeApiServer {
         self.addr
     }
 
-    /// The base URL, `http://127.0.0.1:<port>`.
+    /// The base URL, `http://127.0.0.1:<port>` (`https://` with [`FakeApiServerBuilder::tls`]).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.ca.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
-    /// A `kube::Config` for this server (default namespace `default`).
+    /// The CA certificate (PEM) that signed the server's, with [`FakeApiServerBuilder::tls`].
+    pub fn ca_pem(&self) -> Option<&str> {
+        self.ca.as_ref().map(|(pem, _)| pem.as_str())
+    }
+
+    /// A `kube::Config` for this server (default namespace `default`; trusting its CA).
     pub fn config(&self) -> kube::Config {
-        kube::Config::new(self.url().parse().expect("the server URL is a valid URI"))
+        let mut cfg = kube::Config::new(self.url().parse().expect("the server URL is a valid URI"));
+        if let Some((_, der)) = &self.ca {
+            cfg.root_cert = Some(vec![der.clone()]);
+        }
+        cfg
     }
 
-    /// A client for this server.
+    /// A client for this server. It sends no token: unless the server requires
+    /// authentication, it acts as the admin.
     pub fn client(&self) -> kube::Client {
         kube::Client::try_from(self.config()).expect("a kube client for a plain-HTTP loopback URL")
+    }
+
+    /// The admin's bearer token (user `kubernetes-admin`, group `system:masters`).
+    pub fn admin_token(&self) -> String {
+        self.shared.lock().tokens.admin.clone()
+    }
+
+    /// A token for a ServiceAccount, as `kubectl create token` gets one (valid one hour, and
+    /// only while that ServiceAccount exists). The ServiceAccount must exist.
+    pub fn service_account_token(&self, namespace: &str, name: &str) -> Result<String, FakeError> {
+        let answer = reviews::token_request(&self.shared, namespace, name, &json!({}))?;
+        Ok(answer["status"]["token"].as_str().unwrap_or_default().to_string())
+    }
+
+    /// A client that sends this bearer token.
+    pub fn client_with_token(&self, token: &str) -> kube::Client {
+        let mut cfg = self.config();
+        cfg.auth_info.token = Some(token.to_string().into());
+        kube::Client::try_from(cfg).expect("a kube client for a plain-HTTP loopback URL")
+    }
+
+    /// A kubeconfig (YAML) for this server: context `kube-fake`, user `admin` with
+    /// [`admin_token`](Self::admin_token).
+    pub fn kubeconfig(&self) -> String {
+        kubeconfig_yaml(&self.url(), self.ca_pem(), "admin", &self.admin_token())
     }
 
     /// Create a CRD from YAML, JSON, or a `serde_json::Value`, as if a user created it (so its
@@ -357,6 +518,24 @@ impl FakeApiServer {
         let result = st.create(&rt, &ns, obj, &ctx);
         self.shared.notify(&st);
         Ok(result?)
+    }
+
+    /// Server-side apply as `field_manager` (with force), without the schema and CEL
+    /// validation: for a test that needs an object a real server would refuse today, as if it
+    /// had been stored before its CRD's schema became stricter. Later writes to it are
+    /// ratcheted (see the `admission` docs), and an apply by the same manager replaces it.
+    pub fn apply_unvalidated(&self, field_manager: &str, obj: impl IntoManifest) -> Result<Value, FakeError> {
+        let obj = obj.into_manifest()?;
+        let mut st = self.shared.lock();
+        let rt = resolve_by_type(&st, &obj)?;
+        let ns = obj.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("default").to_string();
+        let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_string();
+        let mut ctx = WriteCtx::internal(field_manager, &rt);
+        ctx.version = version_of(&obj, &rt);
+        ctx.skip_validation = true;
+        let result = st.patch(&rt, &ns, &name, PatchType::Apply, &obj, true, &ctx);
+        self.shared.notify(&st);
+        Ok(result?.obj)
     }
 
     /// Merge-patch an object's `.status` through the status subresource semantics (for kinds
@@ -472,8 +651,8 @@ impl FakeApiServer {
         if let Some(server) = self.server.take() {
             let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
         }
-        if let Some(gc) = self.gc.take() {
-            gc.abort();
+        for task in [self.gc.take(), self.readiness.take()].into_iter().flatten() {
+            task.abort();
         }
     }
 }
@@ -481,13 +660,31 @@ impl FakeApiServer {
 impl Drop for FakeApiServer {
     fn drop(&mut self) {
         self.shared.shutdown.send_replace(true);
-        if let Some(server) = self.server.take() {
-            server.abort();
-        }
-        if let Some(gc) = self.gc.take() {
-            gc.abort();
+        for task in [self.server.take(), self.gc.take(), self.readiness.take()].into_iter().flatten() {
+            task.abort();
         }
     }
+}
+
+/// A kubeconfig with one cluster (`server`, trusting the CA `ca_pem` if given), one user
+/// (`user`, bearer `token`) and the current context `kube-fake` joining them.
+pub fn kubeconfig_yaml(server: &str, ca_pem: Option<&str>, user: &str, token: &str) -> String {
+    let mut cluster = json!({"server": server});
+    if let Some(pem) = ca_pem {
+        // ByteString serializes as base64, the form `certificate-authority-data` takes.
+        cluster["certificate-authority-data"] =
+            serde_json::to_value(k8s_openapi::ByteString(pem.as_bytes().to_vec())).expect("bytes serialize");
+    }
+    let doc = json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "kube-fake", "cluster": cluster}],
+        "users": [{"name": user, "user": {"token": token}}],
+        "contexts": [{"name": "kube-fake", "context": {"cluster": "kube-fake", "user": user}}],
+        "current-context": "kube-fake",
+        "preferences": {},
+    });
+    serde_yaml_ng::to_string(&doc).expect("a kubeconfig serializes")
 }
 
 fn qualified<K: kube::Resource<DynamicType = ()>>() -> String {

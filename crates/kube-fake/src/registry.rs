@@ -26,9 +26,20 @@ pub struct ResourceType {
     pub create_on_update: bool,
     /// Field selector paths accepted besides `metadata.name` and `metadata.namespace`.
     pub extra_field_selectors: Vec<String>,
-    /// For CRDs: the `openAPIV3Schema` of each served version (used for
-    /// `x-kubernetes-list-type` in server-side apply).
+    /// For CRDs: the `openAPIV3Schema` of each served version (validation, pruning, defaulting,
+    /// and `x-kubernetes-list-type` in server-side apply).
     pub schemas: Vec<(String, Value)>,
+    /// Short names in discovery (`deploy`, `sbus`), which `kubectl get` resolves.
+    pub short_names: Vec<String>,
+    /// Categories in discovery (`all`), which `kubectl get all` resolves.
+    pub categories: Vec<String>,
+    /// Lower-case singular name (`deployment`).
+    pub singular: String,
+    /// For CRDs: the `additionalPrinterColumns` of each served version (Table output).
+    pub printer_columns: Vec<(String, Vec<Value>)>,
+    /// Not stored: a review or request kind that only answers `create`
+    /// (SelfSubjectAccessReview, SelfSubjectRulesReview, SubjectAccessReview, SelfSubjectReview).
+    pub create_only: bool,
 }
 
 impl ResourceType {
@@ -45,7 +56,30 @@ impl ResourceType {
             create_on_update: false,
             extra_field_selectors: Vec::new(),
             schemas: Vec::new(),
+            short_names: Vec::new(),
+            categories: Vec::new(),
+            singular: kind.to_lowercase(),
+            printer_columns: Vec::new(),
+            create_only: false,
         }
+    }
+
+    /// Short names for discovery (`deploy`).
+    pub fn short_names(mut self, names: &[&str]) -> Self {
+        self.short_names = names.iter().map(|n| n.to_string()).collect();
+        self
+    }
+
+    /// Categories for discovery (`all`).
+    pub fn categories(mut self, names: &[&str]) -> Self {
+        self.categories = names.iter().map(|n| n.to_string()).collect();
+        self
+    }
+
+    /// A kind that is not stored and only answers `create` (access reviews).
+    pub fn create_only(mut self) -> Self {
+        self.create_only = true;
+        self
     }
 
     /// A PUT on a missing object creates it.
@@ -83,6 +117,20 @@ impl ResourceType {
     pub(crate) fn schema(&self, version: &str) -> Option<&Value> {
         self.schemas.iter().find(|(v, _)| v == version).map(|(_, s)| s)
     }
+
+    /// The CRD printer columns of a version (empty for builtin kinds).
+    pub(crate) fn columns(&self, version: &str) -> &[Value] {
+        self.printer_columns.iter().find(|(v, _)| v == version).map(|(_, c)| c.as_slice()).unwrap_or(&[])
+    }
+
+    /// The verbs discovery lists for this kind.
+    pub(crate) fn verbs(&self) -> Vec<&'static str> {
+        if self.create_only {
+            vec!["create"]
+        } else {
+            vec!["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
+        }
+    }
 }
 
 const EVENT_FIELDS: &[&str] = &[
@@ -110,34 +158,60 @@ const NEW_EVENT_FIELDS: &[&str] = &[
     "type",
 ];
 
-/// The builtin kinds. Adding one is one line.
+/// The builtin kinds. Adding one is one line. Short names and categories are the real
+/// server's (`kubectl api-resources`), so `kubectl get deploy` and `kubectl get all` resolve.
 pub fn builtin_kinds() -> Vec<ResourceType> {
     use ResourceType as R;
+    const ALL: &[&str] = &["all"];
     vec![
-        R::builtin("", "v1", "namespaces", "Namespace", false, true),
-        R::builtin("", "v1", "configmaps", "ConfigMap", true, false),
+        R::builtin("", "v1", "namespaces", "Namespace", false, true).short_names(&["ns"]),
+        R::builtin("", "v1", "configmaps", "ConfigMap", true, false).short_names(&["cm"]),
         R::builtin("", "v1", "secrets", "Secret", true, false).field_selectors(&["type"]),
-        R::builtin("", "v1", "services", "Service", true, true),
-        R::builtin("", "v1", "serviceaccounts", "ServiceAccount", true, false),
-        R::builtin("", "v1", "pods", "Pod", true, true).field_selectors(&["spec.nodeName", "status.phase"]),
-        R::builtin("", "v1", "endpoints", "Endpoints", true, false).create_on_update(),
-        R::builtin("", "v1", "events", "Event", true, false).create_on_update().field_selectors(EVENT_FIELDS),
-        R::builtin("apps", "v1", "deployments", "Deployment", true, true),
-        R::builtin("apps", "v1", "statefulsets", "StatefulSet", true, true),
-        R::builtin("apps", "v1", "replicasets", "ReplicaSet", true, true),
-        R::builtin("apps", "v1", "daemonsets", "DaemonSet", true, true),
-        R::builtin("batch", "v1", "jobs", "Job", true, true),
+        R::builtin("", "v1", "services", "Service", true, true).short_names(&["svc"]).categories(ALL),
+        R::builtin("", "v1", "serviceaccounts", "ServiceAccount", true, false).short_names(&["sa"]),
+        R::builtin("", "v1", "pods", "Pod", true, true)
+            .field_selectors(&["spec.nodeName", "status.phase"])
+            .short_names(&["po"])
+            .categories(ALL),
+        R::builtin("", "v1", "endpoints", "Endpoints", true, false).create_on_update().short_names(&["ep"]),
+        R::builtin("", "v1", "events", "Event", true, false)
+            .create_on_update()
+            .field_selectors(EVENT_FIELDS)
+            .short_names(&["ev"]),
+        R::builtin("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim", true, true).short_names(&["pvc"]),
+        R::builtin("apps", "v1", "deployments", "Deployment", true, true).short_names(&["deploy"]).categories(ALL),
+        R::builtin("apps", "v1", "statefulsets", "StatefulSet", true, true).short_names(&["sts"]).categories(ALL),
+        R::builtin("apps", "v1", "replicasets", "ReplicaSet", true, true).short_names(&["rs"]).categories(ALL),
+        R::builtin("apps", "v1", "daemonsets", "DaemonSet", true, true).short_names(&["ds"]).categories(ALL),
+        R::builtin("apps", "v1", "controllerrevisions", "ControllerRevision", true, false),
+        R::builtin("batch", "v1", "jobs", "Job", true, true).categories(ALL),
+        R::builtin("batch", "v1", "cronjobs", "CronJob", true, true).short_names(&["cj"]).categories(ALL),
+        R::builtin("autoscaling", "v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler", true, true)
+            .short_names(&["hpa"])
+            .categories(ALL),
         R::builtin("coordination.k8s.io", "v1", "leases", "Lease", true, false).create_on_update(),
         R::builtin("events.k8s.io", "v1", "events", "Event", true, false)
             .create_on_update()
-            .field_selectors(NEW_EVENT_FIELDS),
+            .field_selectors(NEW_EVENT_FIELDS)
+            .short_names(&["ev"]),
         R::builtin("rbac.authorization.k8s.io", "v1", "roles", "Role", true, false),
         R::builtin("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding", true, false),
         R::builtin("rbac.authorization.k8s.io", "v1", "clusterroles", "ClusterRole", false, false),
         R::builtin("rbac.authorization.k8s.io", "v1", "clusterrolebindings", "ClusterRoleBinding", false, false),
-        R::builtin("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy", true, false),
-        R::builtin("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget", true, true),
-        R::builtin("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition", false, true),
+        R::builtin("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy", true, false).short_names(&["netpol"]),
+        R::builtin("networking.k8s.io", "v1", "ingresses", "Ingress", true, true).short_names(&["ing"]),
+        R::builtin("networking.k8s.io", "v1", "ingressclasses", "IngressClass", false, false),
+        R::builtin("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget", true, true).short_names(&["pdb"]),
+        R::builtin("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition", false, true)
+            .short_names(&["crd", "crds"]),
+        R::builtin("authorization.k8s.io", "v1", "selfsubjectaccessreviews", "SelfSubjectAccessReview", false, false)
+            .create_only(),
+        R::builtin("authorization.k8s.io", "v1", "selfsubjectrulesreviews", "SelfSubjectRulesReview", false, false)
+            .create_only(),
+        R::builtin("authorization.k8s.io", "v1", "subjectaccessreviews", "SubjectAccessReview", false, false)
+            .create_only(),
+        R::builtin("authentication.k8s.io", "v1", "selfsubjectreviews", "SelfSubjectReview", false, false)
+            .create_only(),
     ]
 }
 
@@ -210,6 +284,7 @@ pub(crate) fn from_crd(crd: &Value) -> Result<ResourceType, String> {
     let versions = spec.get("versions").and_then(Value::as_array).ok_or("spec.versions: Required value")?;
     let mut served = Vec::new();
     let mut schemas = Vec::new();
+    let mut printer_columns = Vec::new();
     let mut status_subresource = false;
     // The storage version first (it is the preferred one for our purposes), then the rest.
     let mut ordered: Vec<&Value> = versions.iter().collect();
@@ -226,7 +301,20 @@ pub(crate) fn from_crd(crd: &Value) -> Result<ResourceType, String> {
         if let Some(schema) = v.pointer("/schema/openAPIV3Schema") {
             schemas.push((vname.to_string(), schema.clone()));
         }
+        if let Some(cols) = v.get("additionalPrinterColumns").and_then(Value::as_array) {
+            printer_columns.push((vname.to_string(), cols.clone()));
+        }
     }
+    let strings = |field: &str| -> Vec<String> {
+        names
+            .get(field)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .map(String::from)
+            .collect()
+    };
     if served.is_empty() {
         return Err("spec.versions: Invalid value: must have at least one served version".into());
     }
@@ -241,5 +329,14 @@ pub(crate) fn from_crd(crd: &Value) -> Result<ResourceType, String> {
         create_on_update: false,
         extra_field_selectors: Vec::new(),
         schemas,
+        short_names: strings("shortNames"),
+        categories: strings("categories"),
+        singular: names
+            .get("singular")
+            .and_then(Value::as_str)
+            .map(String::from)
+            .unwrap_or_else(|| kind.to_lowercase()),
+        printer_columns,
+        create_only: false,
     })
 }

@@ -31,6 +31,9 @@ pub struct RequestRecord {
     pub dry_run: bool,
     /// The HTTP status code answered (200 for watches, whose errors arrive as events).
     pub code: u16,
+    /// The user RBAC judged the request as (`system:serviceaccount:ns:name`); `None` for the
+    /// admin and for unauthenticated requests.
+    pub user: Option<String>,
 }
 
 impl RequestRecord {

@@ -6,6 +6,8 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value, json};
 
+use crate::admission::{self, FieldValidation};
+use crate::auth::{Tokens, User};
 use crate::error::ApiError;
 use crate::fields::{self, Entry, Scope};
 use crate::patch::{self, JsonPatchError, PatchType};
@@ -67,11 +69,29 @@ pub(crate) struct WriteCtx {
     pub dry_run: bool,
     /// The API version of the request (`v1alpha1`).
     pub version: String,
+    /// The user RBAC restricts; `None` for the server's own writes and for superusers.
+    pub user: Option<User>,
+    /// What to do with unknown fields.
+    pub field_validation: FieldValidation,
+    /// The request was authorized as `create` (a POST); otherwise a write that creates (apply,
+    /// PUT) still needs `create`.
+    pub create_authorized: bool,
+    /// Store the object without schema and CEL validation (a test helper's seeding).
+    pub skip_validation: bool,
 }
 
 impl WriteCtx {
     pub(crate) fn internal(manager: &str, rt: &ResourceType) -> Self {
-        WriteCtx { manager: manager.to_string(), status: false, dry_run: false, version: rt.versions[0].clone() }
+        WriteCtx {
+            manager: manager.to_string(),
+            status: false,
+            dry_run: false,
+            version: rt.versions[0].clone(),
+            user: None,
+            field_validation: FieldValidation::Ignore,
+            create_authorized: true,
+            skip_validation: false,
+        }
     }
 }
 
@@ -157,6 +177,14 @@ pub(crate) struct State {
     gc_queue: Vec<(String, GcMode)>,
     /// Namespaces removed since the last garbage collection.
     ns_queue: Vec<String>,
+    /// The admin token and the tokens issued for ServiceAccounts.
+    pub tokens: Tokens,
+    /// `Warning` headers for the current request (unknown fields with `fieldValidation=Warn`).
+    pub warnings: Vec<String>,
+    /// Objects can be created only in namespaces that exist (as on a real server).
+    pub require_namespaces: bool,
+    /// The last cluster IP handed to a Service (10.96.0.0/16).
+    last_ip: u32,
 }
 
 pub(crate) fn now() -> String {
@@ -258,7 +286,36 @@ impl State {
             requests: Vec::new(),
             gc_queue: Vec::new(),
             ns_queue: Vec::new(),
+            tokens: Tokens::new(),
+            warnings: Vec::new(),
+            require_namespaces: false,
+            last_ip: 0,
         }
+    }
+
+    /// The next free cluster IP (10.96.0.1 is the `kubernetes` Service's on a real cluster).
+    fn next_cluster_ip(&mut self) -> String {
+        self.last_ip += 1;
+        let n = self.last_ip + 1;
+        format!("10.96.{}.{}", (n >> 8) & 0xff, n & 0xff)
+    }
+
+    /// Write a workload's status as one of the server's own controllers (status subresource).
+    pub(crate) fn write_status_as(
+        &mut self,
+        manager: &str,
+        rt: &ResourceType,
+        ns: &str,
+        name: &str,
+        status: Value,
+    ) -> Result<Written, ApiError> {
+        let mut ctx = WriteCtx::internal(manager, rt);
+        ctx.status = rt.status_subresource;
+        self.patch(rt, ns, name, PatchType::Merge, &json!({ "status": status }), false, &ctx)
+    }
+
+    fn namespace_exists(&self, ns: &str) -> bool {
+        self.registry.resolve("namespaces").is_some_and(|rt| self.get(&rt.clone(), "", ns).is_some())
     }
 
     fn ns_key(rt: &ResourceType, ns: &str) -> String {
@@ -446,6 +503,7 @@ impl State {
         if self.get(rt, ns, &name).is_some() {
             return Err(ApiError::already_exists(rt, &name));
         }
+        self.check_namespace(rt, ns)?;
         if rt.group == "apiextensions.k8s.io" && rt.plural == "customresourcedefinitions" {
             meta_mut(&mut body).insert("name".into(), json!(name));
             registry::from_crd(&body).map_err(|e| {
@@ -455,6 +513,15 @@ impl State {
         }
         let written = self.commit(rt, ns, &name, None, body, Ownership::Update, ctx)?;
         Ok(written.obj)
+    }
+
+    /// Creating in a namespace that does not exist is refused, as on a real server.
+    fn check_namespace(&self, rt: &ResourceType, ns: &str) -> Result<(), ApiError> {
+        if self.require_namespaces && rt.namespaced && !self.namespace_exists(ns) {
+            let nrt = self.registry.resolve("namespaces").cloned().expect("namespaces are a builtin kind");
+            return Err(ApiError::not_found(&nrt, ns));
+        }
+        Ok(())
     }
 
     fn check_kind(&self, rt: &ResourceType, body: &Value) -> Result<(), ApiError> {
@@ -629,6 +696,10 @@ impl State {
         if ctx.status && old.is_none() {
             return Err(ApiError::not_found(rt, name));
         }
+        if old.is_none() {
+            self.check_namespace(rt, ns)?;
+        }
+        admission::check_applied(rt, &ctx.version, ns, name, body)?;
         let scope = scope_of(rt, ctx.status);
         let config = fields::scoped_config(body, scope);
         let skeleton = json!({
@@ -737,6 +808,27 @@ impl State {
             }
         }
         normalize_metadata(&mut obj);
+
+        // Admission, in the real server's order: prune, default, validate; then what a
+        // restricted user needs besides the request's own verb.
+        let warnings = admission::prune(rt, &ctx.version, &mut obj, ctx.field_validation)?;
+        {
+            let mut next_ip = || self.next_cluster_ip();
+            admission::default(rt, &ctx.version, &mut obj, old.as_ref().map(|o| &o.obj), &mut next_ip);
+        }
+        if !ctx.skip_validation {
+            admission::validate(rt, &ctx.version, name, &obj, old.as_ref().map(|o| &o.obj))?;
+        }
+        if let Some(user) = &ctx.user {
+            if old.is_none() && !ctx.create_authorized {
+                let a = crate::rbac::Attributes::resource("create", &rt.group, &rt.plural)
+                    .in_namespace(rt.namespaced.then_some(ns))
+                    .named(Some(name));
+                self.check(Some(user), &a)?;
+            }
+            self.check_owner_references(user, rt, ns, name, old.as_ref().map(|o| &o.obj), &obj)?;
+        }
+        self.warnings.extend(warnings);
 
         // No new finalizers once deletion started.
         if let Some(o) = &old
