@@ -715,7 +715,8 @@ mod tests {
         let key = BusKey::generate();
         let mut spec = blog_spec();
         spec.transport.builtin = None;
-        spec.transport.jetstream = Some(busbar_domain::spec::JetStreamSpec { url: "nats://nats:4222".into() });
+        spec.transport.jetstream =
+            Some(busbar_domain::spec::JetStreamSpec { url: "nats://nats:4222".into(), replicas: 1 });
         let mut obs = observed(&["posts", "comments", "moderation", "query"]);
         obs.transport = Some(TransportState::JetStream { result: Ok(()), warnings: vec![] });
         obs.bus_key = Some(key.clone());

@@ -131,7 +131,7 @@ fn the_cel_rules_accept_the_blog_and_refuse_what_a_schema_cannot() {
     assert_eq!(cel_errors(&service_bus("shop", "blog", blog_spec())), "");
 
     let mut both = blog_spec();
-    both.transport.jetstream = Some(busbar_domain::spec::JetStreamSpec { url: "nats://nats:4222".into() });
+    both.transport.jetstream = Some(busbar_domain::spec::JetStreamSpec { url: "nats://nats:4222".into(), replicas: 1 });
     both.transport.builtin = Some(Default::default());
     assert!(cel_errors(&service_bus("shop", "blog", both)).contains("choose one transport"));
 

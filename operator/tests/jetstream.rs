@@ -15,8 +15,10 @@ fn unique_bus() -> String {
 }
 
 fn on_jetstream(mut spec: ServiceBusSpec, url: &str) -> ServiceBusSpec {
-    spec.transport =
-        TransportSpec { builtin: None, jetstream: Some(busbar_domain::spec::JetStreamSpec { url: url.into() }) };
+    spec.transport = TransportSpec {
+        builtin: None,
+        jetstream: Some(busbar_domain::spec::JetStreamSpec { url: url.into(), replicas: 1 }),
+    };
     spec
 }
 

@@ -111,6 +111,35 @@ impl BusClient {
         Ok(ReplayPage { events, next, done })
     }
 
+    /// Records that `subscriber` gives up on `event` (`POST /deadletters`).
+    pub async fn record_dead_letter(
+        &self,
+        subscriber: &str,
+        event: &CloudEvent,
+        attempts: u32,
+        reason: &str,
+    ) -> Result<(), TransportError> {
+        let body = bus_api::NewDeadLetter {
+            subscriber: subscriber.to_owned(),
+            event: serde_json::to_value(event).expect("CloudEvents serialize"),
+            attempts,
+            error: reason.to_owned(),
+        };
+        let url = format!("{}/deadletters", self.base);
+        let resp = self
+            .request(reqwest::Method::POST, "/deadletters")
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| TransportError::Unavailable { transport: "http", reason: format!("POST {url}: {e}") })?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let reason = error_text(&resp.text().await.unwrap_or_default());
+        Err(TransportError::Rejected { transport: "http", status: status.as_u16(), reason })
+    }
+
     /// `GET /subscribers` (admin).
     pub async fn subscribers(&self) -> Result<Vec<SubscriberStatus>, BusError> {
         self.call(reqwest::Method::GET, "/subscribers", &[]).await

@@ -46,6 +46,9 @@ pub struct BusbarConfig {
     /// `BUSBAR_MAX_PARKED_FOR` (default 10m): longest an event waits for a missing earlier
     /// version before it is dead-lettered.
     pub max_parked_for: Duration,
+    /// `BUSBAR_JETSTREAM_REPLICAS` (default 1): copies of each message a NATS cluster keeps,
+    /// for streams this service creates.
+    pub jetstream_replicas: usize,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -148,6 +151,15 @@ impl BusbarConfig {
             None => Duration::from_secs(600),
             Some(v) => duration("BUSBAR_MAX_PARKED_FOR", &v)?,
         };
+        let jetstream_replicas = match get("BUSBAR_JETSTREAM_REPLICAS") {
+            None => 1,
+            Some(v) => v
+                .trim()
+                .parse()
+                .ok()
+                .filter(|n| (1..=5).contains(n))
+                .ok_or_else(|| invalid("BUSBAR_JETSTREAM_REPLICAS", v, "use 1 to 5 stream replicas"))?,
+        };
         let backoff = match get("BUSBAR_BACKOFF") {
             None => vec![Duration::from_secs(1), Duration::from_secs(5), Duration::from_secs(30)],
             Some(v) => v
@@ -168,6 +180,7 @@ impl BusbarConfig {
             ack_wait,
             backoff,
             max_parked_for,
+            jetstream_replicas,
         })
     }
 }

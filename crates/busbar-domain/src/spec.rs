@@ -73,6 +73,15 @@ pub struct JetStreamSpec {
     /// NATS server URL, e.g. `nats://nats:4222`.
     #[schemars(regex(pattern = r"^(nats|tls)://.+$"))]
     pub url: String,
+    /// Copies a NATS cluster keeps of each message of the bus's streams (1, 3 or 5 in
+    /// practice; at most the cluster's size). Applies when the streams are created.
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 1, max = 5))]
+    pub replicas: u8,
+}
+
+fn default_replicas() -> u8 {
+    1
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -378,10 +387,13 @@ pub fn validate(spec: &ServiceBusSpec) -> Vec<String> {
     if spec.transport.builtin.is_some() && spec.transport.jetstream.is_some() {
         problems.push("transport: choose one of `builtin` or `jetstream`, not both".into());
     }
-    if let Some(js) = &spec.transport.jetstream
-        && !(js.url.starts_with("nats://") || js.url.starts_with("tls://"))
-    {
-        problems.push(format!("transport.jetstream.url `{}` must start with nats:// or tls://", shown(&js.url)));
+    if let Some(js) = &spec.transport.jetstream {
+        if !(js.url.starts_with("nats://") || js.url.starts_with("tls://")) {
+            problems.push(format!("transport.jetstream.url `{}` must start with nats:// or tls://", shown(&js.url)));
+        }
+        if !(1..=5).contains(&js.replicas) {
+            problems.push(format!("transport.jetstream.replicas is {}; use 1 to 5", js.replicas));
+        }
     }
     if spec.delivery.max_deliver == 0 {
         problems.push("delivery.maxDeliver must be at least 1".into());
@@ -713,13 +725,13 @@ spec:
             (Box::new(|s| s.delivery.ack_wait = "s".into()), "delivery.ackWait"),
             (Box::new(|s| s.delivery.ack_wait = "99999999999999999999999s".into()), "delivery.ackWait"),
             (
-                Box::new(|s| s.transport.jetstream = Some(JetStreamSpec { url: String::new() })),
+                Box::new(|s| s.transport.jetstream = Some(JetStreamSpec { url: String::new(), replicas: 1 })),
                 "must start with nats:// or tls://",
             ),
             (
                 Box::new(|s| {
                     s.transport.builtin = Some(BuiltinSpec {});
-                    s.transport.jetstream = Some(JetStreamSpec { url: "nats://x:4222".into() });
+                    s.transport.jetstream = Some(JetStreamSpec { url: "nats://x:4222".into(), replicas: 1 });
                 }),
                 "not both",
             ),

@@ -25,6 +25,7 @@ pub fn service_env(
     at: &Endpoint,
 ) -> Vec<(String, String)> {
     let delivery = &spec.delivery;
+    let replicas = spec.transport.jetstream.as_ref().map_or(1, |j| j.replicas);
     let vars = [
         ("BUSBAR_SERVICE", service.name.clone()),
         (
@@ -50,6 +51,7 @@ pub fn service_env(
         ("BUSBAR_ACK_WAIT", delivery.ack_wait.clone()),
         ("BUSBAR_MAX_PARKED_FOR", delivery.max_parked_for.clone()),
         ("BUSBAR_BACKOFF", delivery.backoff.join(",")),
+        ("BUSBAR_JETSTREAM_REPLICAS", replicas.to_string()),
     ];
     vars.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
 }

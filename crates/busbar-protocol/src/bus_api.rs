@@ -9,6 +9,7 @@
 //! | push: `POST <subscriber>/events` | an array of CloudEvents | [`Receipt`], or [`PushFailure`] with 4xx/5xx |
 //! | `GET /subscribers` | | `[`[`SubscriberStatus`]`]` |
 //! | `GET /deadletters?subscriber&limit` | | `[`[`DeadLetter`]`]` |
+//! | `POST /deadletters` | [`NewDeadLetter`] | [`RecordedDeadLetter`] |
 //! | `POST /deadletters/redrive?subscriber`, `POST /deadletters/{id}/redrive` | | [`RedriveResult`] |
 //!
 //! Every error is [`ErrorBody`] (`{"error": "..."}`).
@@ -163,6 +164,24 @@ pub struct DeadLetter {
     pub event: serde_json::Value,
 }
 
+/// `POST /deadletters`: a subscriber gives up on an event it had already taken from the
+/// bus (one parked too long waiting for an earlier version, or one that kept failing once
+/// its turn came). With a bus key, a service may record dead letters only as itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct NewDeadLetter {
+    pub subscriber: String,
+    /// The CloudEvent, as JSON.
+    pub event: serde_json::Value,
+    pub attempts: u32,
+    pub error: String,
+}
+
+/// Answer to `POST /deadletters`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct RecordedDeadLetter {
+    pub id: u64,
+}
+
 /// Answer to a redrive request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct RedriveResult {
@@ -184,6 +203,8 @@ pub fn schemas() -> Vec<(&'static str, schemars::Schema)> {
         ("PushFailure", schemars::schema_for!(PushFailure)),
         ("SubscriberStatus", schemars::schema_for!(SubscriberStatus)),
         ("DeadLetter", schemars::schema_for!(DeadLetter)),
+        ("NewDeadLetter", schemars::schema_for!(NewDeadLetter)),
+        ("RecordedDeadLetter", schemars::schema_for!(RecordedDeadLetter)),
         ("RedriveResult", schemars::schema_for!(RedriveResult)),
     ]
 }
@@ -225,6 +246,6 @@ mod tests {
     #[test]
     fn every_type_has_a_schema() {
         let names: Vec<_> = schemas().into_iter().map(|(n, s)| (n, s.as_value().is_object())).collect();
-        assert!(names.iter().all(|(_, ok)| *ok) && names.len() == 9, "{names:?}");
+        assert!(names.iter().all(|(_, ok)| *ok) && names.len() == 11, "{names:?}");
     }
 }

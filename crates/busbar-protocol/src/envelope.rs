@@ -4,6 +4,8 @@
 //! a typed [`Event`] trait, the aggregate-version extension, and a strict decoder whose
 //! errors say exactly which attribute is wrong.
 
+use std::collections::BTreeMap;
+
 use chrono::Utc;
 use cloudevents::{AttributesReader, Data, EventBuilder, EventBuilderV10};
 use serde::{Serialize, de::DeserializeOwned};
@@ -16,6 +18,12 @@ pub type CloudEvent = cloudevents::Event;
 pub const VERSION_EXT: &str = "aggversion";
 /// Extension attribute carrying the W3C trace context.
 pub const TRACEPARENT_EXT: &str = "traceparent";
+/// Extension attribute carrying, for the event's aggregate, the last version of each event
+/// type emitted before this one, as `Type:version` pairs joined by `,` (e.g.
+/// `ProductAdded:1,ProductRenamed:4`). A subscriber that takes only some types finds its
+/// own predecessor in it (see the SDK's `ordering` module). Event types cannot hold `:`
+/// or `,`.
+pub const PREDECESSORS_EXT: &str = "aggprev";
 
 /// A typed domain event. `TYPE` becomes the CloudEvents `type`, `aggregate_id()` the `subject`.
 pub trait Event: Serialize + DeserializeOwned {
@@ -68,6 +76,28 @@ pub fn aggregate_version(ev: &CloudEvent) -> Option<i64> {
         cloudevents::event::ExtensionValue::String(s) => s.parse().ok(),
         cloudevents::event::ExtensionValue::Boolean(_) => None,
     }
+}
+
+/// The event's map of last versions per type before it ([`PREDECESSORS_EXT`]); `None` when
+/// it carries none or one that does not parse (the consumer then assumes the previous
+/// version is the predecessor, which can only make it wait longer, never skip).
+pub fn predecessors(ev: &CloudEvent) -> Option<BTreeMap<String, i64>> {
+    let text = match ev.extension(PREDECESSORS_EXT)? {
+        cloudevents::event::ExtensionValue::String(s) => s,
+        _ => return None,
+    };
+    let mut map = BTreeMap::new();
+    for pair in text.split(',').filter(|p| !p.is_empty()) {
+        let (ty, v) = pair.split_once(':')?;
+        map.insert(ty.to_owned(), v.parse().ok()?);
+    }
+    Some(map)
+}
+
+/// Writes `map` as the event's [`PREDECESSORS_EXT`].
+pub fn set_predecessors(ev: &mut CloudEvent, map: &BTreeMap<String, i64>) {
+    let text = map.iter().map(|(t, v)| format!("{t}:{v}")).collect::<Vec<_>>().join(",");
+    ev.set_extension(PREDECESSORS_EXT, text);
 }
 
 /// The `data` of `ev` decoded as `E`, after checking that the type matches.
@@ -196,6 +226,22 @@ mod tests {
         let raw: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(raw["type"], "Renamed");
         assert_eq!(raw["data"]["name"], "Ada");
+    }
+
+    #[test]
+    fn predecessors_round_trip_and_garbage_reads_as_none() {
+        let mut ev = build("s", &Renamed { id: "a".into(), name: "x".into() }, 5);
+        assert_eq!(predecessors(&ev), None);
+        let map: BTreeMap<String, i64> = [("Added".to_owned(), 1), ("Renamed".to_owned(), 4)].into();
+        set_predecessors(&mut ev, &map);
+        let back = decode_one(&serde_json::to_string(&ev).unwrap()).unwrap();
+        assert_eq!(predecessors(&back), Some(map));
+        set_predecessors(&mut ev, &BTreeMap::new());
+        assert_eq!(predecessors(&ev), Some(BTreeMap::new()), "a first event has an empty map");
+        ev.set_extension(PREDECESSORS_EXT, "Added=1");
+        assert_eq!(predecessors(&ev), None);
+        ev.set_extension(PREDECESSORS_EXT, 3i64);
+        assert_eq!(predecessors(&ev), None);
     }
 
     #[test]

@@ -3,23 +3,30 @@
 //!
 //! For each event, in one transaction:
 //! 1. record its id in the inbox; if it was already there, it is a duplicate: stop;
-//! 2. if it carries an aggregate version, apply it only if it is the next one; park it
-//!    if a version in between is missing; ignore it if it is older than what was applied;
-//! 3. after applying, apply any parked successors that are now next in line.
+//! 2. if it names an aggregate and a version, find its predecessor for this subscription
+//!    ([`crate::ordering`]); apply it only if that predecessor has been applied, park it
+//!    if not, ignore it if it is older than what was applied;
+//! 3. after applying, apply the parked events that were waiting for it, each in a
+//!    savepoint of its own: a parked event whose handler fails stays parked, with its own
+//!    attempts and error, and the event that arrived is committed (it did nothing wrong).
+//!
+//! A handler that panics counts as a failed attempt, like one that returns an error.
 //!
 //! The caller acknowledges the event (e.g. answers 2xx) only after this commits. A batch
-//! of events can share one transaction ([`Consumer::receive_all`]).
+//! of events can share one transaction ([`Consumer::receive_all`]). Parked events that
+//! wait too long, or that keep failing, are the [`crate::parking`] sweeper's.
 
-use std::sync::Arc;
+use std::{collections::BTreeSet, panic::AssertUnwindSafe, sync::Arc};
 
 use async_trait::async_trait;
 use cloudevents::AttributesReader;
+use futures::{FutureExt, future::BoxFuture};
 use sqlx::Row;
 
 use crate::{
     db::{Backend, Db, DbError, Tx, now_millis},
     envelope::{self, CloudEvent},
-    ordering::{self, Decision},
+    ordering::{self, Decision, Start},
 };
 
 /// What a handler returns when it cannot apply an event. The transaction is rolled back
@@ -64,15 +71,54 @@ impl From<sqlx::Error> for ConsumeError {
     }
 }
 
+/// Which events this consumer's subscription takes, and where its history begins: what
+/// ordering needs to tell a gap that is meant to be there from one that is not.
+#[derive(Debug, Clone)]
+pub struct Scope {
+    /// `None`: every type (a consumer fed only what it subscribes to).
+    types: Option<Arc<BTreeSet<String>>>,
+    start: Start,
+}
+
+impl Scope {
+    /// Every type, from the beginning.
+    pub fn all() -> Self {
+        Self { types: None, start: Start::Beginning }
+    }
+
+    pub fn new(types: impl IntoIterator<Item = impl Into<String>>, start: Start) -> Self {
+        Self { types: Some(Arc::new(types.into_iter().map(Into::into).collect())), start }
+    }
+
+    fn takes(&self, ty: &str) -> bool {
+        self.types.as_ref().is_none_or(|t| t.contains(ty))
+    }
+}
+
 #[derive(Clone)]
 pub struct Consumer {
     db: Db,
     handler: Arc<dyn Handler>,
+    scope: Scope,
+}
+
+/// A parked event, as [`take_ready`] finds it.
+pub(crate) struct ParkedEvent {
+    pub version: i64,
+    pub event: Result<CloudEvent, String>,
+    pub attempts: i64,
 }
 
 impl Consumer {
+    /// A consumer of every type, from the beginning: each event's predecessor is the
+    /// previous version of its aggregate of any type.
     pub fn new(db: Db, handler: Arc<dyn Handler>) -> Self {
-        Self { db, handler }
+        Self { db, handler, scope: Scope::all() }
+    }
+
+    /// A consumer for a subscription taking `scope`'s types.
+    pub fn with_scope(db: Db, handler: Arc<dyn Handler>, scope: Scope) -> Self {
+        Self { db, handler, scope }
     }
 
     pub fn db(&self) -> &Db {
@@ -98,9 +144,16 @@ impl Consumer {
     /// the error comes with their outcomes (`handled` = its length); nothing from the
     /// failing event on is. Each handler runs once per call, as with [`Self::receive`].
     pub async fn receive_all(&self, events: &[CloudEvent]) -> Result<Vec<Outcome>, (Vec<Outcome>, ConsumeError)> {
-        if let [one] = events {
-            return self.receive(one).await.map(|o| vec![o]).map_err(|e| (vec![], e));
-        }
+        self.receive_all_then(events, |_| Box::pin(async { Ok(()) })).await
+    }
+
+    /// [`Self::receive_all`], and `finish` writes in the same transaction once every
+    /// event is handled (a backfill records its progress so).
+    pub async fn receive_all_then(
+        &self,
+        events: &[CloudEvent],
+        finish: impl for<'a> FnOnce(&'a mut Tx) -> BoxFuture<'a, Result<(), DbError>>,
+    ) -> Result<Vec<Outcome>, (Vec<Outcome>, ConsumeError)> {
         let mut tx = self.db.begin().await.map_err(|e| (vec![], e.into()))?;
         let mut outcomes = Vec::with_capacity(events.len());
         for (i, ev) in events.iter().enumerate() {
@@ -131,7 +184,11 @@ impl Consumer {
                 }
             }
         }
-        match tx.commit().await {
+        let done = async {
+            finish(&mut tx).await?;
+            tx.commit().await
+        };
+        match done.await {
             Ok(()) => Ok(outcomes),
             Err(e) => Err((vec![], e.into())),
         }
@@ -158,49 +215,21 @@ impl Consumer {
             return Ok(Outcome::Applied { drained: 0 });
         };
         let source = event.source().to_string();
-        if tx.backend() == Backend::Postgres {
-            // Serialises consumers of one aggregate across connections and replicas, so two
-            // of them cannot both see "no version yet" and park what the other applies.
-            // SQLite needs nothing: BEGIN IMMEDIATE already serialises writers.
-            sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-                .bind(format!("{source}\u{1f}{subject}"))
-                .execute(&mut **tx)
-                .await?;
-        }
-        let last: Option<i64> =
-            sqlx::query("SELECT version FROM busbar_aggregate_versions WHERE source = $1 AND subject = $2")
-                .bind(&source)
-                .bind(subject)
-                .fetch_optional(&mut **tx)
-                .await?
-                .map(|r| r.try_get(0))
-                .transpose()?;
-
-        let outcome = match ordering::decide(last, version) {
+        let predecessor =
+            ordering::predecessor(version, envelope::predecessors(event).as_ref(), |t| self.scope.takes(t));
+        lock_aggregate(tx, &source, subject).await?;
+        let last = last_applied(tx, &source, subject).await?;
+        let outcome = match ordering::decide(last, version, predecessor, self.scope.start) {
             Decision::Apply => {
                 self.apply(tx, event).await?;
-                let mut applied = version;
-                let mut drained = 0;
-                while let Some(next) = take_parked(tx, &source, subject, applied + 1).await? {
-                    self.apply(tx, &next).await?;
-                    applied += 1;
-                    drained += 1;
-                }
-                sqlx::query(
-                    "INSERT INTO busbar_aggregate_versions (source, subject, version) VALUES ($1, $2, $3) \
-                     ON CONFLICT (source, subject) DO UPDATE SET version = excluded.version",
-                )
-                .bind(&source)
-                .bind(subject)
-                .bind(applied)
-                .execute(&mut **tx)
-                .await?;
+                let (applied, drained) = self.drain(tx, &source, subject, version).await?;
+                set_last_applied(tx, &source, subject, applied).await?;
                 Outcome::Applied { drained }
             }
             Decision::Defer { waiting_for } => {
                 sqlx::query(
-                    "INSERT INTO busbar_deferred (source, subject, version, event_id, payload, deferred_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (source, subject, version) DO NOTHING",
+                    "INSERT INTO busbar_deferred (source, subject, version, event_id, payload, deferred_at, waiting_for) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (source, subject, version) DO NOTHING",
                 )
                 .bind(&source)
                 .bind(subject)
@@ -208,9 +237,10 @@ impl Consumer {
                 .bind(event.id())
                 .bind(serde_json::to_string(event).expect("CloudEvents serialize"))
                 .bind(now_millis())
+                .bind(waiting_for)
                 .execute(&mut **tx)
                 .await?;
-                tracing::debug!(event_id = event.id(), %source, subject, version, waiting_for, "deferred out-of-order event");
+                tracing::debug!(event_id = event.id(), %source, subject, version, waiting_for, "parked: waiting for an earlier version");
                 Outcome::Deferred { waiting_for }
             }
             Decision::Stale => {
@@ -221,8 +251,64 @@ impl Consumer {
         Ok(outcome)
     }
 
+    /// Applies the parked events of an aggregate whose predecessor is now applied (up to
+    /// `applied`), oldest first, each in a savepoint: one that fails stays parked with its
+    /// error and stops the drain (later ones wait for it anyway). Returns the last version
+    /// applied and how many were drained.
+    pub(crate) async fn drain(
+        &self,
+        tx: &mut Tx,
+        source: &str,
+        subject: &str,
+        mut applied: i64,
+    ) -> Result<(i64, usize), ConsumeError> {
+        let mut drained = 0;
+        while let Some(next) = take_ready(tx, source, subject, applied).await? {
+            if next.version <= applied {
+                // Parked, then overtaken (e.g. by a redelivered copy): nothing to apply.
+                forget_parked(tx, source, subject, next.version).await?;
+                continue;
+            }
+            sqlx::query("SAVEPOINT busbar_drain").execute(&mut **tx).await?;
+            let outcome = match &next.event {
+                Ok(ev) => self.apply(tx, ev).await.map_err(|e| e.to_string()),
+                Err(e) => Err(e.clone()),
+            };
+            match outcome {
+                Ok(()) => {
+                    sqlx::query("RELEASE SAVEPOINT busbar_drain").execute(&mut **tx).await?;
+                    forget_parked(tx, source, subject, next.version).await?;
+                    applied = next.version;
+                    drained += 1;
+                }
+                Err(error) => {
+                    sqlx::query("ROLLBACK TO SAVEPOINT busbar_drain").execute(&mut **tx).await?;
+                    tracing::warn!(%source, subject, version = next.version, attempts = next.attempts + 1, %error,
+                        "a parked event failed when its turn came; it stays parked and will be retried");
+                    sqlx::query(
+                        "UPDATE busbar_deferred SET attempts = attempts + 1, last_error = $1, retry_at = $2 \
+                         WHERE source = $3 AND subject = $4 AND version = $5",
+                    )
+                    .bind(crate::web::one_line(&error, 2000))
+                    .bind(now_millis())
+                    .bind(source)
+                    .bind(subject)
+                    .bind(next.version)
+                    .execute(&mut **tx)
+                    .await?;
+                    break;
+                }
+            }
+        }
+        Ok((applied, drained))
+    }
+
     async fn apply(&self, tx: &mut Tx, event: &CloudEvent) -> Result<(), ConsumeError> {
-        self.handler.handle(tx, event).await.map_err(|e| {
+        let result = match AssertUnwindSafe(self.handler.handle(tx, event)).catch_unwind().await {
+            Ok(r) => r,
+            Err(panic) => Err(format!("the handler panicked: {}", panic_text(&panic)).into()),
+        };
+        result.map_err(|e| {
             let (event_id, event_type, reason) = (event.id().to_owned(), event.ty().to_owned(), e.to_string());
             match e.downcast_ref::<envelope::EnvelopeError>() {
                 Some(envelope::EnvelopeError::Data { .. } | envelope::EnvelopeError::WrongType { .. }) => {
@@ -234,32 +320,87 @@ impl Consumer {
     }
 }
 
-async fn take_parked(
+/// What a panic said, when it said it with a string.
+fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into())
+}
+
+/// Serialises consumers of one aggregate across connections and replicas on PostgreSQL,
+/// so two of them cannot both see "not applied yet" and park what the other applies.
+/// SQLite needs nothing: `BEGIN IMMEDIATE` already serialises writers.
+pub(crate) async fn lock_aggregate(tx: &mut Tx, source: &str, subject: &str) -> Result<(), ConsumeError> {
+    if tx.backend() == Backend::Postgres {
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+            .bind(format!("{source}\u{1f}{subject}"))
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
+pub(crate) async fn last_applied(tx: &mut Tx, source: &str, subject: &str) -> Result<Option<i64>, ConsumeError> {
+    Ok(sqlx::query("SELECT version FROM busbar_aggregate_versions WHERE source = $1 AND subject = $2")
+        .bind(source)
+        .bind(subject)
+        .fetch_optional(&mut **tx)
+        .await?
+        .map(|r| r.try_get(0))
+        .transpose()?)
+}
+
+pub(crate) async fn set_last_applied(
     tx: &mut Tx,
     source: &str,
     subject: &str,
     version: i64,
-) -> Result<Option<CloudEvent>, ConsumeError> {
-    let row = sqlx::query("SELECT payload FROM busbar_deferred WHERE source = $1 AND subject = $2 AND version = $3")
-        .bind(source)
-        .bind(subject)
-        .bind(version)
-        .fetch_optional(&mut **tx)
-        .await?;
+) -> Result<(), ConsumeError> {
+    sqlx::query(
+        "INSERT INTO busbar_aggregate_versions (source, subject, version) VALUES ($1, $2, $3) \
+         ON CONFLICT (source, subject) DO UPDATE SET version = excluded.version",
+    )
+    .bind(source)
+    .bind(subject)
+    .bind(version)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// The oldest parked event of the aggregate whose predecessor is applied (at or below
+/// `applied`), left in place; the caller forgets it once handled.
+async fn take_ready(
+    tx: &mut Tx,
+    source: &str,
+    subject: &str,
+    applied: i64,
+) -> Result<Option<ParkedEvent>, ConsumeError> {
+    let row = sqlx::query(
+        "SELECT version, payload, attempts FROM busbar_deferred \
+         WHERE source = $1 AND subject = $2 AND waiting_for <= $3 ORDER BY version LIMIT 1",
+    )
+    .bind(source)
+    .bind(subject)
+    .bind(applied)
+    .fetch_optional(&mut **tx)
+    .await?;
     let Some(row) = row else { return Ok(None) };
-    let payload: String = row.try_get(0)?;
+    let (version, payload, attempts): (i64, String, i64) = (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+    let event = envelope::decode_one(&payload).map_err(|e| format!("the parked copy is not a CloudEvent: {e}"));
+    Ok(Some(ParkedEvent { version, event, attempts }))
+}
+
+pub(crate) async fn forget_parked(tx: &mut Tx, source: &str, subject: &str, version: i64) -> Result<(), ConsumeError> {
     sqlx::query("DELETE FROM busbar_deferred WHERE source = $1 AND subject = $2 AND version = $3")
         .bind(source)
         .bind(subject)
         .bind(version)
         .execute(&mut **tx)
         .await?;
-    let ev = envelope::decode_one(&payload).map_err(|e| ConsumeError::Handler {
-        event_id: format!("parked {source}/{subject} v{version}"),
-        event_type: "?".into(),
-        reason: e.to_string(),
-    })?;
-    Ok(Some(ev))
+    Ok(())
 }
 
 /// Number of events parked waiting for a missing predecessor.

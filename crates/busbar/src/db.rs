@@ -4,10 +4,10 @@
 //! Transactions opened here know how to append to the outbox and wake the relay on
 //! commit, which is what makes "state change + event" one atomic step.
 
-use std::{path::Path, str::FromStr, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, path::Path, str::FromStr, sync::Arc, time::Duration};
 
 use sqlx::{
-    Any, AnyConnection, AnyPool, Executor,
+    Any, AnyConnection, AnyPool, Executor, Row,
     any::{AnyConnectOptions, AnyPoolOptions},
     migrate::Migrator,
 };
@@ -67,6 +67,8 @@ pub struct Db {
     writer: AnyPool,
     backend: Backend,
     service: Arc<str>,
+    /// For connections of its own outside the pools (e.g. the relay's leader lock).
+    url: Arc<str>,
     relay_wake: Arc<Notify>,
     /// SQLite allows one writer at a time. Queueing writers here, in the process, wakes
     /// the next one the moment the lock is free; left to SQLite, a waiting writer polls
@@ -127,6 +129,7 @@ impl Db {
             writer,
             backend,
             service: service.into(),
+            url: url.as_str().into(),
             relay_wake: Arc::new(Notify::new()),
             write_lock: Default::default(),
         };
@@ -162,6 +165,11 @@ impl Db {
 
     pub fn service(&self) -> &str {
         &self.service
+    }
+
+    /// The database's URL (with its password: keep it out of logs; see [`redact`]).
+    pub fn url(&self) -> &str {
+        &self.url
     }
 
     pub(crate) fn relay_wake(&self) -> Arc<Notify> {
@@ -201,13 +209,53 @@ pub struct Tx {
 impl Tx {
     /// Appends `event` (version `version` of its aggregate) to the outbox in this
     /// transaction. It is published only if, and after, the transaction commits.
+    ///
+    /// The event carries the last version of each type emitted before it for its
+    /// aggregate, so that subscribers of some types only know which earlier event to wait
+    /// for (see [`crate::ordering`]).
     pub async fn emit<E: Event>(&mut self, event: &E, version: i64) -> Result<CloudEvent, DbError> {
-        let ev = envelope::build(self.db.service(), event, version);
+        let mut ev = envelope::build(self.db.service(), event, version);
+        if let Some(prev) = self.advance_head(&event.aggregate_id(), E::TYPE, version).await? {
+            envelope::set_predecessors(&mut ev, &prev);
+        }
         self.emit_envelope(&ev).await?;
         Ok(ev)
     }
 
-    /// Appends an already-built envelope to the outbox.
+    /// Records `version` as the last of type `ty` for aggregate `subject`, and returns the
+    /// last versions per type before it. `None` for an aggregate with earlier versions this
+    /// table never saw (emitted before it existed): the event then carries no map, and
+    /// subscribers fall back to waiting for `version - 1`.
+    async fn advance_head(
+        &mut self,
+        subject: &str,
+        ty: &str,
+        version: i64,
+    ) -> Result<Option<BTreeMap<String, i64>>, DbError> {
+        let rows = sqlx::query("SELECT type, version FROM busbar_aggregate_heads WHERE subject = $1")
+            .bind(subject)
+            .fetch_all(&mut *self.inner)
+            .await?;
+        let mut prev = BTreeMap::new();
+        for r in rows {
+            let (t, v): (String, i64) = (r.try_get(0)?, r.try_get(1)?);
+            if v < version {
+                prev.insert(t, v);
+            }
+        }
+        sqlx::query(
+            "INSERT INTO busbar_aggregate_heads (subject, type, version) VALUES ($1, $2, $3) \
+             ON CONFLICT (subject, type) DO UPDATE SET version = excluded.version",
+        )
+        .bind(subject)
+        .bind(ty)
+        .bind(version)
+        .execute(&mut *self.inner)
+        .await?;
+        Ok((version == 1 || !prev.is_empty()).then_some(prev))
+    }
+
+    /// Appends an already-built envelope to the outbox, as it is.
     pub async fn emit_envelope(&mut self, ev: &CloudEvent) -> Result<(), DbError> {
         let payload = serde_json::to_string(ev).expect("CloudEvents serialize to JSON");
         sqlx::query("INSERT INTO busbar_outbox (event_id, payload, created_at) VALUES ($1, $2, $3)")

@@ -14,11 +14,14 @@
 //! `busbar-domain`; both are re-exported here (`busbar::envelope`, `busbar::spec`, ...) so a
 //! service needs only this crate.
 
+pub mod backfill;
 pub mod consumer;
 pub mod db;
 pub mod handlers;
+pub mod leader;
 pub mod ordering;
 pub mod outbox;
+pub mod parking;
 pub mod receive;
 pub mod service;
 pub mod subscription;

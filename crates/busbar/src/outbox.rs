@@ -2,7 +2,8 @@
 //!
 //! It wakes as soon as a transaction that emitted commits ([`crate::db::Tx::commit`]),
 //! and also polls at a slow interval so rows left by a crashed process, or written by
-//! another replica, still go out.
+//! another replica, still go out. Of several replicas on one database, only the leader
+//! ([`crate::leader`]) publishes; the others stand by.
 
 use std::{sync::Arc, time::Duration};
 
@@ -10,8 +11,10 @@ use sqlx::Row;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    Backoff,
     db::{Backend, Db, DbError, now_millis, placeholders},
     envelope::{self, CloudEvent},
+    leader,
     transport::Transport,
 };
 
@@ -48,7 +51,25 @@ pub fn spawn_relay(
 }
 
 async fn run(db: Db, transport: Arc<dyn Transport>, opts: RelayOptions, stop: CancellationToken) {
+    while let Some(mut lead) = leader::acquire(&db, "relay", &stop).await {
+        lead_relay(&db, transport.as_ref(), &opts, &stop, &mut lead).await;
+        if stop.is_cancelled() {
+            return;
+        }
+        tracing::warn!("the relay lost its lock (its database connection broke); standing by until it can lead again");
+    }
+}
+
+/// Publishes while this replica leads; returns when `stop` is cancelled or the lead is lost.
+async fn lead_relay(
+    db: &Db,
+    transport: &dyn Transport,
+    opts: &RelayOptions,
+    stop: &CancellationToken,
+    lead: &mut leader::Lead,
+) {
     let wake = db.relay_wake();
+    let backoff = Backoff::exponential(Duration::from_millis(100), opts.max_backoff);
     let mut failures: u32 = 0;
     let mut last_prune = tokio::time::Instant::now();
     loop {
@@ -56,13 +77,16 @@ async fn run(db: Db, transport: Arc<dyn Transport>, opts: RelayOptions, stop: Ca
             return;
         }
         let step = async {
-            let batch = pending(&db, opts.batch).await?;
+            let batch = pending(db, opts.batch).await?;
             if batch.is_empty() {
                 return Ok::<_, RelayError>(0);
             }
+            if !lead.holds().await {
+                return Err(RelayError::LostLead);
+            }
             let events: Vec<CloudEvent> = batch.iter().map(|(_, ev)| ev.clone()).collect();
             transport.publish(&events).await.map_err(|e| RelayError::Publish(e.to_string()))?;
-            mark_published(&db, &batch.iter().map(|(seq, _)| *seq).collect::<Vec<_>>()).await?;
+            mark_published(db, &batch.iter().map(|(seq, _)| *seq).collect::<Vec<_>>()).await?;
             Ok(batch.len())
         };
         match step.await {
@@ -70,7 +94,7 @@ async fn run(db: Db, transport: Arc<dyn Transport>, opts: RelayOptions, stop: Ca
                 failures = 0;
                 if last_prune.elapsed() > Duration::from_secs(60) {
                     last_prune = tokio::time::Instant::now();
-                    if let Err(e) = prune(&db, opts.retain_published).await {
+                    if let Err(e) = prune(db, opts.retain_published).await {
                         tracing::warn!(error = %e, "pruning published outbox rows failed");
                     }
                 }
@@ -87,9 +111,10 @@ async fn run(db: Db, transport: Arc<dyn Transport>, opts: RelayOptions, stop: Ca
                 failures = 0;
                 tracing::debug!(count = n, "published outbox events");
             }
+            Err(RelayError::LostLead) => return,
             Err(e) => {
                 failures += 1;
-                let delay = backoff(failures, opts.max_backoff);
+                let delay = backoff.delay(failures);
                 // Log the first failure and then every tenth, so an outage is visible but
                 // does not flood the log.
                 if failures == 1 || failures.is_multiple_of(10) {
@@ -111,17 +136,14 @@ enum RelayError {
     Db(#[from] DbError),
     #[error("{0}")]
     Publish(String),
+    #[error("this replica no longer leads the relay")]
+    LostLead,
 }
 
 impl From<sqlx::Error> for RelayError {
     fn from(e: sqlx::Error) -> Self {
         RelayError::Db(e.into())
     }
-}
-
-fn backoff(failures: u32, max: Duration) -> Duration {
-    let base = Duration::from_millis(50).saturating_mul(1 << failures.min(10));
-    base.min(max)
 }
 
 async fn pending(db: &Db, limit: i64) -> Result<Vec<(i64, CloudEvent)>, RelayError> {
@@ -194,17 +216,4 @@ async fn prune(db: &Db, retain: Duration) -> Result<(), RelayError> {
 pub async fn backlog(db: &Db) -> Result<i64, DbError> {
     let row = sqlx::query("SELECT COUNT(*) FROM busbar_outbox WHERE published_at IS NULL").fetch_one(db.pool()).await?;
     Ok(row.try_get(0)?)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_then_caps() {
-        let max = Duration::from_secs(5);
-        assert_eq!(backoff(1, max), Duration::from_millis(100));
-        assert_eq!(backoff(2, max), Duration::from_millis(200));
-        assert_eq!(backoff(30, max), max);
-    }
 }

@@ -27,6 +27,7 @@ use crate::{
     bus_api::PushFailure,
     consumer::{ConsumeError, Consumer, Outcome},
     envelope,
+    parking::ParkedGauge,
     web::{ApiError, Body},
 };
 
@@ -64,12 +65,18 @@ impl ReceiveStats {
 }
 
 pub fn router(consumer: Consumer) -> Router {
-    router_with_stats(consumer, ReceiveStats::default(), None)
+    router_with(consumer, ReceiveStats::default(), None, ParkedGauge::default())
 }
 
-/// `POST /events`; with `token`, only callers presenting it get in.
-pub fn router_with_stats(consumer: Consumer, stats: ReceiveStats, token: Option<String>) -> Router {
-    Router::new().route("/events", post(receive)).with_state(Receiver { consumer, stats, token: token.map(Arc::from) })
+/// `POST /events`; with `token`, only callers presenting it get in. Receipts carry what
+/// `parked` last showed, so the bus knows what each subscriber holds back.
+pub fn router_with(consumer: Consumer, stats: ReceiveStats, token: Option<String>, parked: ParkedGauge) -> Router {
+    Router::new().route("/events", post(receive)).with_state(Receiver {
+        consumer,
+        stats,
+        token: token.map(Arc::from),
+        parked,
+    })
 }
 
 #[derive(Clone)]
@@ -77,10 +84,11 @@ struct Receiver {
     consumer: Consumer,
     stats: ReceiveStats,
     token: Option<Arc<str>>,
+    parked: ParkedGauge,
 }
 
 async fn receive(
-    State(Receiver { consumer, stats, token }): State<Receiver>,
+    State(Receiver { consumer, stats, token, parked }): State<Receiver>,
     headers: HeaderMap,
     Body(body): Body,
 ) -> Result<Json<Receipt>, axum::response::Response> {
@@ -122,5 +130,6 @@ async fn receive(
         };
         return Err((status, Json(body)).into_response());
     }
+    receipt.parked = Some(parked.get());
     Ok(Json(receipt))
 }

@@ -13,7 +13,6 @@ use std::{
 };
 
 use axum::{Router, extract::DefaultBodyLimit, http::header, routing::get};
-use cloudevents::AttributesReader;
 use prometheus_client::{
     metrics::gauge::Gauge,
     registry::{Registry, Unit},
@@ -23,18 +22,19 @@ use tokio_util::sync::CancellationToken;
 use tower_http::{cors::CorsLayer, trace::TraceLayer};
 
 use crate::{
+    Backoff,
+    backfill::{self, Backfill},
     config::{BusbarConfig, ConfigError, TransportChoice},
-    consumer::Consumer,
+    consumer::{Consumer, Scope},
     db::{Db, DbError, DbOptions, redact},
     handlers::Handlers,
+    ordering::Start,
     outbox::{self, RelayOptions},
+    parking::{Limits, ParkedGauge, Sweeper},
     receive::{self, ReceiveStats},
+    spec::StartFrom,
     subscription::Subscription,
-    transport::{
-        Transport,
-        http::HttpTransport,
-        jetstream::{self, JetStream, SubscribeOptions},
-    },
+    transport::{PullLoop, Receiving, Transport, http::HttpTransport, jetstream::JetStream},
     web::{self, ApiError},
 };
 
@@ -110,7 +110,6 @@ pub struct Service {
     pub settings: Settings,
     db: Db,
     transport: Arc<dyn Transport>,
-    jetstream: Option<JetStream>,
     stop: CancellationToken,
     relay: tokio::task::JoinHandle<()>,
 }
@@ -124,18 +123,16 @@ impl Service {
         postgres: &Migrator,
     ) -> Result<Service, ServiceError> {
         let settings = Settings::from_env(default_name, default_port)?;
-        let (transport, jetstream): (Arc<dyn Transport>, _) = match settings.busbar.transport {
-            TransportChoice::Http => {
-                (Arc::new(HttpTransport::new(&settings.busbar.url, settings.busbar.token.clone())), None)
-            }
+        let b = &settings.busbar;
+        let transport: Arc<dyn Transport> = match b.transport {
+            TransportChoice::Http => Arc::new(HttpTransport::new(&b.url, b.token.clone())),
             TransportChoice::JetStream => {
-                let b = &settings.busbar;
                 let js = match &b.token {
                     Some(token) => JetStream::connect_as(&b.url, &b.bus, &b.service, token).await,
                     None => JetStream::connect(&b.url, &b.bus).await,
                 }
                 .map_err(|e| ServiceError::Nats(e.to_string()))?;
-                (Arc::new(js.clone()), Some(js))
+                Arc::new(js.with_replicas(b.jetstream_replicas))
             }
         };
         let db = Db::connect(&settings.busbar.service, &settings.database_url, DbOptions::default()).await?;
@@ -144,7 +141,7 @@ impl Service {
         let relay = outbox::spawn_relay(db.clone(), transport.clone(), RelayOptions::default(), stop.clone());
         tracing::info!(service = %settings.busbar.service, database = %redact(&settings.database_url),
             transport = %settings.busbar.transport, bus = %settings.busbar.url, "started");
-        Ok(Service { settings, db, transport, jetstream, stop, relay })
+        Ok(Service { settings, db, transport, stop, relay })
     }
 
     pub fn db(&self) -> &Db {
@@ -158,54 +155,68 @@ impl Service {
         routes: Router,
         handlers: Handlers<S>,
     ) -> Result<(), ServiceError> {
-        let subscription = Subscription::of(&self.settings.busbar, handlers);
+        let b = &self.settings.busbar;
+        let subscription = Subscription::of(b, handlers);
         let stats = ReceiveStats::default();
-        let ready = Arc::new(AtomicBool::new(true));
+        let health = Health::default();
+        let gauge = ParkedGauge::default();
         let mut app = routes;
-        let mut backfill = None;
-        let mut pull = None;
-        if let Some(sub) = subscription {
-            let consumer = Consumer::new(self.db.clone(), sub.handler.clone());
+        let mut tasks = vec![];
+        if let Some(sub) = &subscription {
+            let start = match sub.start_from {
+                StartFrom::Beginning => Start::Beginning,
+                StartFrom::Now => Start::Now,
+            };
+            let consumer = Consumer::with_scope(
+                self.db.clone(),
+                sub.handler.clone(),
+                Scope::new(sub.types.iter().cloned(), start),
+            );
             // POST /events stays mounted on JetStream too: it is harmless and lets an
             // operator push a single event by hand.
-            let token = self.settings.busbar.token.clone();
-            app = app.merge(receive::router_with_stats(consumer.clone(), stats.clone(), token));
-            if let Some(js) = &self.jetstream {
-                let b = &self.settings.busbar;
-                let opts = SubscribeOptions {
-                    durable: b.service.clone(),
-                    types: sub.types.clone(),
-                    start_from: b.start_from,
-                    max_deliver: b.max_deliver,
-                    ack_wait: b.ack_wait,
-                    backoff: b.backoff.clone(),
-                };
-                pull = Some(tokio::spawn(jetstream::run_subscriber_with_stats(
-                    js.clone(),
-                    opts,
+            app = app.merge(receive::router_with(consumer.clone(), stats.clone(), b.token.clone(), gauge.clone()));
+            if let Receiving::Pull(pull) = self.transport.receiving(b, sub) {
+                tasks.push(tokio::spawn(supervise_pull(
+                    pull,
                     consumer.clone(),
                     stats.clone(),
+                    health.consuming.clone(),
                     self.stop.clone(),
                 )));
             }
-            if !sub.backfill.is_empty() && inbox_is_empty(&self.db).await? {
-                ready.store(false, Ordering::Relaxed);
-                backfill = Some(tokio::spawn(backfill_from_history(
-                    consumer,
-                    self.transport.clone(),
-                    sub.backfill.clone(),
-                    stats.clone(),
-                    ready.clone(),
-                    self.stop.clone(),
-                )));
+            if !sub.backfill.is_empty()
+                && let Some(from) = backfill::start_position(&self.db).await?
+            {
+                health.backfilling.store(true, Ordering::Relaxed);
+                let run = Backfill {
+                    consumer: consumer.clone(),
+                    transport: self.transport.clone(),
+                    types: sub.backfill.clone(),
+                    stats: stats.clone(),
+                    running: health.backfilling.clone(),
+                };
+                tasks.push(tokio::spawn(run.run(from, self.stop.clone())));
             }
+            let sweeper = Sweeper {
+                consumer,
+                transport: self.transport.clone(),
+                subscriber: b.service.clone(),
+                limits: Limits {
+                    max_parked_for: b.max_parked_for,
+                    max_deliver: b.max_deliver,
+                    backoff: Backoff::schedule(b.backoff.clone()),
+                },
+                backfilling: health.backfilling.clone(),
+                gauge: gauge.clone(),
+            };
+            tasks.push(sweeper.spawn(self.stop.clone()));
         }
-        let metrics = Arc::new(ServiceMetrics::new(&stats));
-        let (db, r) = (self.db.clone(), ready.clone());
+        let metrics = Arc::new(ServiceMetrics::new(&stats, gauge));
+        let (db, h) = (self.db.clone(), health.clone());
         let db_m = self.db.clone();
         app = app
             .route("/healthz", get(|| async { "ok" }))
-            .route("/readyz", get(move || readyz(db.clone(), r.clone())))
+            .route("/readyz", get(move || readyz(db.clone(), h.clone())))
             .route("/metrics", get(move || render_metrics(db_m.clone(), metrics.clone())))
             .fallback(web::not_found)
             .layer(DefaultBodyLimit::max(self.settings.max_body_bytes))
@@ -219,7 +230,7 @@ impl Service {
         tracing::info!(service = %self.settings.busbar.service, %addr, "listening");
         let served = axum::serve(listener, app).with_graceful_shutdown(web::shutdown_signal()).await;
         self.stop.cancel();
-        for task in [backfill, pull].into_iter().flatten() {
+        for task in tasks {
             let _ = task.await;
         }
         let _ = self.relay.await;
@@ -229,83 +240,67 @@ impl Service {
     }
 }
 
-async fn inbox_is_empty(db: &Db) -> Result<bool, DbError> {
-    let row: Option<(String,)> =
-        sqlx::query_as("SELECT event_id FROM busbar_inbox LIMIT 1").fetch_optional(db.pool()).await?;
-    Ok(row.is_none())
+/// What `/readyz` reports on, besides the database.
+#[derive(Clone)]
+struct Health {
+    /// A backfill is running: the copy is not complete yet.
+    backfilling: Arc<AtomicBool>,
+    /// The pull loop is running (always true for push transports).
+    consuming: Arc<AtomicBool>,
 }
 
-/// Events per replay request while backfilling.
-const REPLAY_PAGE: usize = 1000;
-/// Events applied per transaction while backfilling.
-const BACKFILL_CHUNK: usize = 256;
+impl Default for Health {
+    fn default() -> Self {
+        Self { backfilling: Arc::new(AtomicBool::new(false)), consuming: Arc::new(AtomicBool::new(true)) }
+    }
+}
 
-/// Replays `types` from the start of history through the consumer (the inbox absorbs
-/// anything that is also pushed meanwhile). Retries until it reaches the end.
-async fn backfill_from_history(
+/// Runs the transport's pull loop, and restarts it with backoff whenever it ends or panics
+/// before `stop`; while it is down, `consuming` is false and `/readyz` says so.
+async fn supervise_pull(
+    pull: Arc<dyn PullLoop>,
     consumer: Consumer,
-    transport: Arc<dyn Transport>,
-    types: Vec<String>,
     stats: ReceiveStats,
-    ready: Arc<AtomicBool>,
+    consuming: Arc<AtomicBool>,
     stop: CancellationToken,
 ) {
-    tracing::info!(?types, "empty database: backfilling from history");
-    let types: Vec<&str> = types.iter().map(String::as_str).collect();
-    let mut after = 0;
-    let mut total = 0usize;
+    let backoff = Backoff::exponential(Duration::from_millis(200), Duration::from_secs(5));
     let mut failures = 0u32;
     loop {
+        consuming.store(true, Ordering::Relaxed);
+        let run = {
+            let (pull, consumer, stats, stop) = (pull.clone(), consumer.clone(), stats.clone(), stop.clone());
+            tokio::spawn(async move { pull.run(consumer, stats, stop).await })
+        };
+        let ended = match run.await {
+            Ok(Ok(())) => "the subscription ended".to_owned(),
+            Ok(Err(e)) => e,
+            Err(e) if e.is_panic() => "the receiving task panicked".to_owned(),
+            Err(e) => e.to_string(),
+        };
         if stop.is_cancelled() {
             return;
         }
-        let step = async {
-            let page = transport.replay(after, REPLAY_PAGE, &types).await.map_err(|e| e.to_string())?;
-            // A transaction per chunk rather than per event: backfill speed is commit rate.
-            for chunk in page.events.chunks(BACKFILL_CHUNK) {
-                let outcomes = consumer.receive_all(chunk).await.map_err(|(done, e)| {
-                    for o in &done {
-                        stats.record(o);
-                    }
-                    format!("event {}: {e}", chunk[done.len()].id())
-                })?;
-                for o in &outcomes {
-                    stats.record(o);
-                }
-            }
-            Ok::<_, String>(page)
-        };
-        match step.await {
-            Ok(page) => {
-                failures = 0;
-                total += page.events.len();
-                after = page.next;
-                if page.done {
-                    tracing::info!(events = total, "backfill complete");
-                    ready.store(true, Ordering::Relaxed);
-                    return;
-                }
-            }
-            Err(e) => {
-                failures += 1;
-                let wait = Duration::from_millis(200).saturating_mul(1 << failures.min(5));
-                tracing::warn!(error = %e, attempt = failures, retry_in_ms = wait.as_millis() as u64, "backfill step failed; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = stop.cancelled() => return,
-                }
-            }
+        consuming.store(false, Ordering::Relaxed);
+        failures += 1;
+        let wait = backoff.delay(failures);
+        tracing::warn!(error = %ended, retry_in_ms = wait.as_millis() as u64, "not receiving events; restarting the subscription");
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.cancelled() => return,
         }
     }
 }
 
-async fn readyz(db: Db, ready: Arc<AtomicBool>) -> Result<&'static str, ApiError> {
-    if !ready.load(Ordering::Relaxed) {
-        return Err(ApiError::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, "backfilling from history"));
+async fn readyz(db: Db, health: Health) -> Result<&'static str, ApiError> {
+    let unavailable = |m: String| ApiError::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, m);
+    if health.backfilling.load(Ordering::Relaxed) {
+        return Err(unavailable("backfilling from history".into()));
     }
-    sqlx::query("SELECT 1").execute(db.pool()).await.map_err(|e| {
-        ApiError::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, format!("database unavailable: {e}"))
-    })?;
+    if !health.consuming.load(Ordering::Relaxed) {
+        return Err(unavailable("not receiving events: the subscription is restarting (see the log)".into()));
+    }
+    sqlx::query("SELECT 1").execute(db.pool()).await.map_err(|e| unavailable(format!("database unavailable: {e}")))?;
     Ok("ready")
 }
 
@@ -313,12 +308,14 @@ struct ServiceMetrics {
     registry: Registry,
     backlog: Gauge,
     deferred: Gauge,
+    oldest_parked: Gauge<f64, std::sync::atomic::AtomicU64>,
+    parked: ParkedGauge,
 }
 
 impl ServiceMetrics {
-    fn new(stats: &ReceiveStats) -> Self {
+    fn new(stats: &ReceiveStats, parked: ParkedGauge) -> Self {
         let mut registry = Registry::with_prefix("busbar");
-        let (backlog, deferred) = (Gauge::default(), Gauge::default());
+        let (backlog, deferred, oldest_parked) = (Gauge::default(), Gauge::default(), Gauge::default());
         registry.register_with_unit(
             "outbox_backlog",
             "Committed events not yet published",
@@ -326,8 +323,14 @@ impl ServiceMetrics {
             backlog.clone(),
         );
         registry.register("inbox_deferred", "Events parked waiting for an earlier version", deferred.clone());
+        registry.register_with_unit(
+            "inbox_oldest_parked",
+            "How long the oldest parked event has waited for an earlier version",
+            Unit::Seconds,
+            oldest_parked.clone(),
+        );
         stats.register(&mut registry);
-        Self { registry, backlog, deferred }
+        Self { registry, backlog, deferred, oldest_parked, parked }
     }
 }
 
@@ -336,8 +339,16 @@ async fn render_metrics(db: Db, m: Arc<ServiceMetrics>) -> impl axum::response::
     if let Ok(n) = outbox::backlog(&db).await {
         m.backlog.set(n);
     }
-    if let Ok(n) = crate::consumer::deferred_count(&db).await {
-        m.deferred.set(n);
+    match crate::parking::summary(&db).await {
+        Ok(p) => {
+            m.deferred.set(p.count as i64);
+            m.oldest_parked.set(p.oldest_age_ms as f64 / 1000.0);
+        }
+        Err(_) => {
+            let p = m.parked.get();
+            m.deferred.set(p.count as i64);
+            m.oldest_parked.set(p.oldest_age_ms as f64 / 1000.0);
+        }
     }
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &m.registry).expect("writing to a String cannot fail");

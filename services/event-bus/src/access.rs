@@ -91,6 +91,21 @@ impl Access {
         })
     }
 
+    /// Whether `caller` may record a dead letter for `subscriber`, of an event of type `ty`:
+    /// a service only its own, of a type it subscribes to.
+    pub fn may_dead_letter(&self, caller: &Caller, subscriber: &str, ty: &str) -> Result<(), ApiError> {
+        let Caller::Service(name) = caller else { return Ok(()) };
+        if subscriber != name {
+            return Err(forbidden(format!("`{name}` may record dead letters only as itself, not as `{subscriber}`")));
+        }
+        if !self.grant(name)?.subscribes.contains(ty) {
+            return Err(forbidden(format!(
+                "`{name}` does not subscribe to {ty}, so it has no such event to give up on"
+            )));
+        }
+        Ok(())
+    }
+
     /// Whether `caller` may publish an event of type `ty` from `source`.
     pub fn may_publish(&self, caller: &Caller, ty: &str, source: &str) -> Result<(), ApiError> {
         let Caller::Service(name) = caller else { return Ok(()) };

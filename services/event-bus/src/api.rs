@@ -28,7 +28,9 @@ use axum::{
 };
 use busbar::{
     AttributesReader,
-    bus_api::{self, Accepted, DeadLetter, RedriveResult, ReplayQuery, SubscriberStatus},
+    bus_api::{
+        self, Accepted, DeadLetter, NewDeadLetter, RecordedDeadLetter, RedriveResult, ReplayQuery, SubscriberStatus,
+    },
     envelope,
     web::{self, ApiError, Body, PathParam},
 };
@@ -80,7 +82,7 @@ impl AppState {
 pub fn router(state: AppState, max_body: usize) -> Router {
     Router::new()
         .route("/events", post(publish).get(replay))
-        .route("/deadletters", get(list_dead_letters))
+        .route("/deadletters", get(list_dead_letters).post(report_dead_letter))
         .route("/deadletters/redrive", post(redrive_many))
         .route("/deadletters/{id}/redrive", post(redrive_one))
         .route("/subscribers", get(subscribers))
@@ -189,6 +191,28 @@ async fn list_dead_letters(
     Ok(Json(rows.into_iter().map(|d| d.letter).collect()))
 }
 
+/// A subscriber gives up on an event it had already taken (see `bus_api::NewDeadLetter`).
+async fn report_dead_letter(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Body(body): Body,
+) -> Result<Json<RecordedDeadLetter>, ApiError> {
+    let caller = s.caller(&headers)?;
+    let report: NewDeadLetter = web::parse_json(&body)?;
+    let event = envelope::decode_one(&report.event.to_string())
+        .map_err(|e| ApiError::bad_request(format!("`event` is not a CloudEvent: {e}")))?;
+    s.counted(s.access.read().expect("access lock").may_dead_letter(&caller, &report.subscriber, event.ty()))?;
+    let payload = serde_json::to_string(&event).expect("CloudEvents serialize");
+    let id = s
+        .store
+        .report_dead_letter(&report.subscriber, event.id(), event.ty(), &payload, report.attempts, &report.error)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    s.metrics.dead_lettered.get_or_create(&Metrics::sub(&report.subscriber)).inc();
+    tracing::warn!(subscriber = %report.subscriber, event_id = event.id(), error = %report.error, "a subscriber gave up on an event it had taken: dead-lettered");
+    Ok(Json(RecordedDeadLetter { id: id as u64 }))
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RedriveQuery {
@@ -238,6 +262,7 @@ async fn subscribers(State(s): State<AppState>, headers: HeaderMap) -> Result<Js
             .map_err(|e| ApiError::internal(e.to_string()))?
             .unwrap_or_default();
         let dead = s.store.dead_letter_count(&r.subscriber).await.map_err(|e| ApiError::internal(e.to_string()))?;
+        let parked = s.supervisor.parked.get(&r.subscriber);
         out.push(SubscriberStatus {
             name: r.subscriber,
             endpoint: r.endpoint,
@@ -247,7 +272,7 @@ async fn subscribers(State(s): State<AppState>, headers: HeaderMap) -> Result<Js
             attempts: c.attempts,
             last_error: c.last_error,
             dead_letters: dead,
-            parked: None,
+            parked,
         });
     }
     Ok(Json(out))

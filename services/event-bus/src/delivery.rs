@@ -2,10 +2,19 @@
 //! POSTs batches to the subscriber's `/events`. A failure is retried (backoff + jitter)
 //! from the first event the subscriber did not handle; after `maxDeliver` attempts that
 //! event goes to the dead-letter store and the worker moves on.
+//!
+//! Redriven dead letters are delivered by a second task per subscriber, beside the first:
+//! a redriven event that fails again waits out its backoff without holding up new events.
+//! Order per aggregate still holds, because the subscriber parks later versions until the
+//! redriven one is applied.
 
 use std::{sync::Arc, time::Duration};
 
-use busbar::{Backoff, bus_api::PushFailure, spec::StartFrom};
+use busbar::{
+    Backoff,
+    bus_api::{Parked, PushFailure, Receipt},
+    spec::StartFrom,
+};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -30,6 +39,7 @@ const CURSOR_SAVE_EVERY: Duration = Duration::from_millis(200);
 static STORE_RETRY: std::sync::LazyLock<Backoff> =
     std::sync::LazyLock::new(|| Backoff::exponential(Duration::from_millis(100), Duration::from_secs(30)));
 
+#[derive(Clone)]
 pub struct Worker {
     pub store: Store,
     pub route: Route,
@@ -39,17 +49,30 @@ pub struct Worker {
     pub stop: CancellationToken,
     pub metrics: Metrics,
     pub mode: PushMode,
+    /// What each subscriber last said it holds parked (from its receipts).
+    pub parked: ParkedReports,
+}
+
+/// The parked events each subscriber reported in its last receipt.
+#[derive(Clone, Default)]
+pub struct ParkedReports(Arc<std::sync::Mutex<std::collections::BTreeMap<String, Parked>>>);
+
+impl ParkedReports {
+    pub fn get(&self, subscriber: &str) -> Option<Parked> {
+        self.0.lock().expect("parked reports").get(subscriber).copied()
+    }
+    fn set(&self, subscriber: &str, p: Parked) {
+        self.0.lock().expect("parked reports").insert(subscriber.to_owned(), p);
+    }
 }
 
 /// The outcome of one push.
 #[derive(Debug, PartialEq)]
 pub enum Pushed {
-    All,
+    /// All handled; the subscriber's receipt says what it holds parked, if it says.
+    All(Option<Parked>),
     /// The first `handled` events were handled; the next one failed with `error`.
-    Failed {
-        handled: usize,
-        error: String,
-    },
+    Failed { handled: usize, error: String },
 }
 
 impl Worker {
@@ -63,17 +86,11 @@ impl Worker {
             return;
         };
         tracing::info!(subscriber = %name, endpoint = %self.route.endpoint, types = ?self.route.types, position = cur.position, "delivery started");
-        let mut redrive_pending = true;
         let (mut last_save, mut dirty) = (tokio::time::Instant::now(), false);
         let lag = self.metrics.lag.get_or_create(&Metrics::sub(&name)).clone();
         loop {
             if self.stop.is_cancelled() {
                 break;
-            }
-            if redrive_pending {
-                redrive_pending = false;
-                self.redrive_all().await;
-                continue;
             }
             let upto = *self.head.borrow_and_update();
             lag.set(upto - cur.position);
@@ -85,7 +102,6 @@ impl Worker {
                 }
                 tokio::select! {
                     r = self.head.changed() => if r.is_err() { break },
-                    _ = self.redrive.notified() => redrive_pending = true,
                     _ = self.stop.cancelled() => break,
                 }
                 continue;
@@ -106,7 +122,8 @@ impl Worker {
             let full = batch.len() as i64 == limit;
             let last_seq = last.seq;
             match self.push(&batch).await {
-                Pushed::All => {
+                Pushed::All(parked) => {
+                    self.note_parked(parked);
                     self.metrics.delivered.get_or_create(&Metrics::sub(&name)).inc_by(batch.len() as u64);
                     cur.position = if full { last_seq } else { upto };
                     cur.attempts = 0;
@@ -144,7 +161,6 @@ impl Worker {
                         max_deliver = self.route.policy.max_deliver, retry_in_ms = wait.as_millis() as u64, %error, "delivery failed; will retry");
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}
-                        _ = self.redrive.notified() => redrive_pending = true,
                         _ = self.stop.cancelled() => break,
                     }
                 }
@@ -156,9 +172,30 @@ impl Worker {
         tracing::info!(subscriber = %name, position = cur.position, "delivery stopped");
     }
 
+    /// Delivers redriven dead letters, beside [`Self::run`], whenever some are marked (at
+    /// start, and each time the API wakes it), until `stop`.
+    pub async fn run_redrives(self) {
+        loop {
+            self.redrive_all().await;
+            tokio::select! {
+                _ = self.redrive.notified() => {}
+                _ = self.stop.cancelled() => return,
+            }
+        }
+    }
+
+    fn note_parked(&self, parked: Option<Parked>) {
+        if let Some(p) = parked {
+            let sub = Metrics::sub(&self.route.subscriber);
+            self.metrics.parked.get_or_create(&sub).set(p.count as i64);
+            self.metrics.oldest_parked.get_or_create(&sub).set(p.oldest_age_ms as f64 / 1000.0);
+            self.parked.set(&self.route.subscriber, p);
+        }
+    }
+
     /// Delivers every dead letter marked for redrive, one at a time, with the same retry
     /// policy; one that fails again returns to the store with its new error.
-    async fn redrive_all(&mut self) {
+    async fn redrive_all(&self) {
         let name = self.route.subscriber.clone();
         loop {
             if self.stop.is_cancelled() {
@@ -171,7 +208,8 @@ impl Worker {
             let mut attempts = 0;
             loop {
                 match self.push(std::slice::from_ref(&ev)).await {
-                    Pushed::All => {
+                    Pushed::All(parked) => {
+                        self.note_parked(parked);
                         tracing::info!(subscriber = %name, event_id = %ev.event_id, "redriven event delivered");
                         self.metrics.delivered.get_or_create(&Metrics::sub(&name)).inc();
                         self.retry_store("finishing a redrive", || self.store.redrive_done(id)).await;
@@ -297,7 +335,9 @@ pub async fn push(
     };
     let status = resp.status();
     if status.is_success() {
-        return Pushed::All;
+        // The SDK's receiver answers with a Receipt; other subscribers may answer anything.
+        let parked = resp.json::<Receipt>().await.ok().and_then(|r| r.parked);
+        return Pushed::All(parked);
     }
     let text = resp.text().await.unwrap_or_default();
     // The SDK's receiver answers a failure with a PushFailure; anything else is shown as text.

@@ -10,6 +10,7 @@ mod delivery;
 mod ingest;
 mod metrics;
 mod routes;
+mod standby;
 mod store;
 mod supervisor;
 
@@ -145,6 +146,29 @@ async fn run(args: Args) -> anyhow::Result<()> {
         ..DbOptions::default()
     };
     let db = Db::connect("event-bus", &args.database_url, opts).await?;
+    let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| {
+        format!("cannot listen on {}: is another process using that port? (set --listen)", args.listen)
+    })?;
+    // Serves from now on: as a standby (503, saying so) until this process holds the log.
+    let shutdown = CancellationToken::new();
+    tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            busbar::web::shutdown_signal().await;
+            shutdown.cancel();
+        }
+    });
+    let active = standby::Active::default();
+    let server = tokio::spawn({
+        let (app, shutdown) = (standby::router(active.clone()), shutdown.clone());
+        async move { axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await }
+    });
+    // One bus process writes the log: a second one on the same database waits here.
+    let Some(mut lead) = busbar::leader::acquire(&db, "event-bus", &shutdown).await else {
+        server.await??;
+        tracing::info!("event-bus stopped (it was a standby)");
+        return Ok(());
+    };
     let store = store::Store::open(db).await?;
     let head_now = store.head().await?;
     let (head_tx, head_rx) = tokio::sync::watch::channel(head_now);
@@ -181,16 +205,31 @@ async fn run(args: Args) -> anyhow::Result<()> {
         access,
     };
     let app = api::router(state, args.max_body_bytes).layer(tower_http::trace::TraceLayer::new_for_http());
-    let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| {
-        format!("cannot listen on {}: is another process using that port? (set --listen)", args.listen)
-    })?;
+    active.set(app);
     ready.store(true, std::sync::atomic::Ordering::Relaxed);
-    tracing::info!(listen = %listener.local_addr()?, database = %redact(&args.database_url), head = head_now,
+    tracing::info!(listen = %args.listen, database = %redact(&args.database_url), head = head_now,
         subscribers = ?sup.routes().await.iter().map(|r| r.subscriber.clone()).collect::<Vec<_>>(),
         auth = if state_auth { "tokens" } else { "open" }, "event-bus ready");
+    // A PostgreSQL lock lives on a connection: if that connection breaks, another process
+    // may take the log, so this one must stop writing at once.
+    let lost = async {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            if !lead.holds().await {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        r = server => r??,
+        _ = lost => {
+            tracing::error!("lost the writer lock on the database; exiting so that a standby takes over");
+            std::process::exit(1);
+        }
+    }
 
-    axum::serve(listener, app).with_graceful_shutdown(busbar::web::shutdown_signal()).await?;
-
+    // The API (and with it the last handle on the writer) goes with the server.
+    drop(active);
     // The server has stopped taking requests; the writer finishes what it was handed,
     // then delivery stops where it is (cursors are saved after each batch).
     ready.store(false, std::sync::atomic::Ordering::Relaxed);

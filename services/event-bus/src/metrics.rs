@@ -1,6 +1,9 @@
 //! Prometheus metrics for `/metrics`.
 
-use std::sync::{Arc, atomic::AtomicI64};
+use std::sync::{
+    Arc,
+    atomic::{AtomicI64, AtomicU64},
+};
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -25,6 +28,8 @@ pub struct Metrics {
     pub failed_attempts: Family<Sub, Counter>,
     pub dead_lettered: Family<Sub, Counter>,
     pub lag: Family<Sub, Gauge<i64, AtomicI64>>,
+    pub parked: Family<Sub, Gauge<i64, AtomicI64>>,
+    pub oldest_parked: Family<Sub, Gauge<f64, AtomicU64>>,
 }
 
 impl Metrics {
@@ -41,6 +46,8 @@ impl Metrics {
             failed_attempts: Family::default(),
             dead_lettered: Family::default(),
             lag: Family::default(),
+            parked: Family::default(),
+            oldest_parked: Family::default(),
         };
         r.register("events_stored", "Events appended to the log", m.published.clone());
         r.register(
@@ -59,6 +66,17 @@ impl Metrics {
         r.register("delivery_failures", "Failed delivery attempts", m.failed_attempts.clone());
         r.register("events_dead_lettered", "Events moved to the dead-letter store", m.dead_lettered.clone());
         r.register("subscriber_lag", "Log head minus the subscriber's cursor", m.lag.clone());
+        r.register(
+            "subscriber_parked",
+            "Events the subscriber holds parked, waiting for an earlier version (as it last reported)",
+            m.parked.clone(),
+        );
+        r.register_with_unit(
+            "subscriber_oldest_parked",
+            "How long the subscriber's oldest parked event has waited (as it last reported)",
+            prometheus_client::registry::Unit::Seconds,
+            m.oldest_parked.clone(),
+        );
         Metrics { registry: Arc::new(r), ..m }
     }
 

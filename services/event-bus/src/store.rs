@@ -179,6 +179,44 @@ impl Store {
         tx.commit().await
     }
 
+    /// Records a dead letter a subscriber reports for an event it had already taken (its
+    /// cursor is past it). Its sequence is the event's in the log, or 0 if the log does
+    /// not have it. Returns the dead letter's id.
+    pub async fn report_dead_letter(
+        &self,
+        subscriber: &str,
+        event_id: &str,
+        ty: &str,
+        payload: &str,
+        attempts: u32,
+        error: &str,
+    ) -> Result<i64, DbError> {
+        let mut tx = self.db.begin().await?;
+        let seq: Option<i64> = sqlx::query("SELECT seq FROM bus_events WHERE event_id = $1")
+            .bind(event_id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .map(|r| r.try_get(0))
+            .transpose()?;
+        let id: i64 = sqlx::query(
+            "INSERT INTO bus_dead_letters (subscriber, seq, event_id, type, payload, attempts, last_error, dead_at, state) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'dead') RETURNING id",
+        )
+        .bind(subscriber)
+        .bind(seq.unwrap_or(0))
+        .bind(event_id)
+        .bind(ty)
+        .bind(payload)
+        .bind(attempts as i64)
+        .bind(error)
+        .bind(now_millis())
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get(0)?;
+        tx.commit().await?;
+        Ok(id)
+    }
+
     pub async fn dead_letters(&self, subscriber: Option<&str>, limit: i64) -> Result<Vec<StoredDeadLetter>, DbError> {
         // `$2 IS NULL` keeps one statement for "all subscribers" and "this one".
         let rows = sqlx::query(

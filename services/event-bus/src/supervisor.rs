@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     access::Access,
-    delivery::{PushMode, Worker},
+    delivery::{ParkedReports, PushMode, Worker},
     metrics::Metrics,
     routes::{self, Route},
     store::Store,
@@ -28,6 +28,7 @@ pub struct Supervisor {
     metrics: Metrics,
     mode: PushMode,
     running: Mutex<BTreeMap<String, Running>>,
+    pub parked: ParkedReports,
 }
 
 impl Supervisor {
@@ -37,7 +38,15 @@ impl Supervisor {
             .pool_idle_timeout(Duration::from_secs(60))
             .build()
             .expect("a plain http client builds");
-        Arc::new(Self { store, head, client, metrics, mode, running: Mutex::new(BTreeMap::new()) })
+        Arc::new(Self {
+            store,
+            head,
+            client,
+            metrics,
+            mode,
+            running: Mutex::new(BTreeMap::new()),
+            parked: ParkedReports::default(),
+        })
     }
 
     /// Makes the running workers match `new`.
@@ -64,8 +73,14 @@ impl Supervisor {
                 stop: stop.clone(),
                 metrics: self.metrics.clone(),
                 mode: self.mode,
+                parked: self.parked.clone(),
             };
-            let task = tokio::spawn(worker.run());
+            let redrives = tokio::spawn(worker.clone().run_redrives());
+            let deliveries = tokio::spawn(worker.run());
+            let task = tokio::spawn(async move {
+                let _ = deliveries.await;
+                let _ = redrives.await;
+            });
             running.insert(name.clone(), Running { route, stop, redrive, task });
         }
         if d.added.len() + d.changed.len() + d.removed.len() > 0 {

@@ -117,6 +117,30 @@ pub fn header_text(text: &str) -> String {
 }
 
 impl JetStream {
+    /// Records that subscriber `durable` gave up on `event`, which it had already
+    /// acknowledged (e.g. one parked too long): a copy goes to the dead-letter stream with
+    /// the reason, as [`Self::record_dead_letter`] does for a message in hand.
+    pub async fn record_dead_letter_event(
+        &self,
+        durable: &str,
+        event: &busbar_protocol::CloudEvent,
+        attempts: u32,
+        error: &str,
+    ) -> Result<(), TransportError> {
+        let mut headers = HeaderMap::new();
+        headers.insert(ERROR_HEADER, header_text(error).as_str());
+        headers.insert(ATTEMPTS_HEADER, attempts.to_string().as_str());
+        headers.insert(SUBJECT_HEADER, subject(&self.bus, event.ty()).as_str());
+        let payload = serde_json::to_vec(event).expect("CloudEvents serialize");
+        self.js
+            .publish_with_headers(dead_letter_subject(&self.bus, durable), headers, payload.into())
+            .await
+            .map_err(|e| unavailable(format!("dead-letter publish failed: {e}")))?
+            .await
+            .map_err(|e| unavailable(format!("dead-letter store failed: {e}")))?;
+        Ok(())
+    }
+
     /// Records that subscriber `durable` gave up on `msg` after `attempts` attempts: copies
     /// it, with the error and where it came from, to the dead-letter stream, then
     /// terminates the original so JetStream stops redelivering it.

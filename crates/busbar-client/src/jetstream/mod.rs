@@ -58,6 +58,7 @@ pub struct JetStream {
     client: async_nats::Client,
     js: jetstream::Context,
     bus: String,
+    replicas: usize,
 }
 
 impl JetStream {
@@ -120,6 +121,7 @@ impl JetStream {
             js: jetstream::new(client.clone()),
             client,
             bus: bus.to_owned(),
+            replicas: 1,
         };
         Ok(t)
     }
@@ -144,6 +146,13 @@ impl JetStream {
         &self.js
     }
 
+    /// Streams this client creates get `n` replicas (a NATS cluster keeps `n` copies of
+    /// each message; 1 by default). Existing streams keep theirs.
+    pub fn with_replicas(mut self, n: usize) -> Self {
+        self.replicas = n.max(1);
+        self
+    }
+
     /// Creates the event stream and the dead-letter stream if they do not exist.
     pub async fn ensure_streams(&self) -> Result<(), TransportError> {
         self.js
@@ -152,6 +161,7 @@ impl JetStream {
                 subjects: vec![all_subjects(&self.bus)],
                 storage: stream::StorageType::File,
                 duplicate_window: DUPLICATE_WINDOW,
+                num_replicas: self.replicas,
                 ..Default::default()
             })
             .await
@@ -161,6 +171,7 @@ impl JetStream {
                 name: dead_letter_stream_name(&self.bus),
                 subjects: vec![all_dead_letter_subjects(&self.bus)],
                 storage: stream::StorageType::File,
+                num_replicas: self.replicas,
                 ..Default::default()
             })
             .await

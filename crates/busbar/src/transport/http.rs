@@ -1,11 +1,12 @@
-//! The http transport: publish to and replay from the built-in bus through its HTTP API
-//! ([`BusClient`]); receive through the router in [`crate::receive`], where the bus pushes.
+//! The http transport: publish to, replay from and record dead letters on the built-in
+//! bus through its HTTP API ([`BusClient`]). The bus pushes events to the service's
+//! `POST /events` ([`crate::receive`]).
 
 use async_trait::async_trait;
 use busbar_client::bus::BusClient;
 
-use super::{ReplayPage, Transport, TransportError};
-use crate::envelope::CloudEvent;
+use super::{Receiving, ReplayPage, Transport, TransportError};
+use crate::{config::BusbarConfig, envelope::CloudEvent, subscription::Subscription};
 
 #[derive(Clone, Debug)]
 pub struct HttpTransport {
@@ -31,5 +32,19 @@ impl Transport for HttpTransport {
 
     async fn replay(&self, after: u64, limit: usize, types: &[&str]) -> Result<ReplayPage, TransportError> {
         self.bus.replay(after, limit, types).await
+    }
+
+    async fn dead_letter(
+        &self,
+        subscriber: &str,
+        event: &CloudEvent,
+        attempts: u32,
+        reason: &str,
+    ) -> Result<(), TransportError> {
+        self.bus.record_dead_letter(subscriber, event, attempts, reason).await
+    }
+
+    fn receiving(&self, _: &BusbarConfig, _: &Subscription) -> Receiving {
+        Receiving::Push
     }
 }

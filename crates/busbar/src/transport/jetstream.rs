@@ -1,8 +1,15 @@
 //! Receiving on JetStream: the service's durable pull consumer, driven through its
 //! [`Consumer`] (inbox and ordering), each message acknowledged only after its
-//! transaction commits. Publishing and replay are [`JetStream`]'s own.
+//! transaction commits. Publishing, replay and dead letters are [`JetStream`]'s own.
+//!
+//! **Attempts survive crashes.** An event's attempts are JetStream's own delivery count
+//! for the message (kept by the server, so it goes on counting when the subscriber's
+//! process dies while handling it) plus the retries made in place since this delivery. A
+//! message delivered more than `maxDeliver` times is dead-lettered on arrival, without
+//! running the handler again: an event that crashes the process ends in the dead letters
+//! instead of crashing it forever.
 
-use std::{collections::VecDeque, time::Duration};
+use std::{collections::VecDeque, sync::Arc, time::Duration};
 
 use async_nats::jetstream::{self, AckKind};
 use async_trait::async_trait;
@@ -11,12 +18,14 @@ use cloudevents::AttributesReader;
 use futures::{FutureExt, StreamExt};
 use tokio_util::sync::CancellationToken;
 
-use super::{ReplayPage, Transport, TransportError};
+use super::{PullLoop, Receiving, ReplayPage, Transport, TransportError};
 use crate::{
+    config::BusbarConfig,
     consumer::Consumer,
     envelope::{self, CloudEvent},
     names::stream_name,
     receive::ReceiveStats,
+    subscription::Subscription,
 };
 
 /// Messages a subscriber asks the server for per pull request.
@@ -37,42 +46,65 @@ impl Transport for JetStream {
     async fn replay(&self, after: u64, limit: usize, types: &[&str]) -> Result<ReplayPage, TransportError> {
         JetStream::replay(self, after, limit, types).await
     }
-}
 
-/// Runs a durable subscription until `stop`: each message goes through `consumer` (inbox
-/// and ordering) and is acknowledged only after its transaction commits. NATS outages are
-/// logged and retried with backoff; nothing is acknowledged that was not applied.
-pub async fn run_subscriber(t: JetStream, opts: SubscribeOptions, consumer: Consumer, stop: CancellationToken) {
-    run_subscriber_with_stats(t, opts, consumer, ReceiveStats::default(), stop).await
-}
+    async fn dead_letter(
+        &self,
+        subscriber: &str,
+        event: &CloudEvent,
+        attempts: u32,
+        reason: &str,
+    ) -> Result<(), TransportError> {
+        self.record_dead_letter_event(subscriber, event, attempts, reason).await
+    }
 
-/// [`run_subscriber`], counting every outcome in `stats` (the service's `/metrics`), as
-/// the http transport's receiver does.
-pub async fn run_subscriber_with_stats(
-    t: JetStream,
-    opts: SubscribeOptions,
-    consumer: Consumer,
-    stats: ReceiveStats,
-    stop: CancellationToken,
-) {
-    let mut failures = 0u32;
-    loop {
-        let result = tokio::select! {
-            r = subscribe_once(&t, &opts, &consumer, &stats, &stop) => r,
-            _ = stop.cancelled() => return,
+    fn receiving(&self, config: &BusbarConfig, subscription: &Subscription) -> Receiving {
+        let opts = SubscribeOptions {
+            durable: config.service.clone(),
+            types: subscription.types.clone(),
+            start_from: subscription.start_from,
+            max_deliver: config.max_deliver,
+            ack_wait: config.ack_wait,
+            backoff: config.backoff.clone(),
         };
-        if stop.is_cancelled() {
-            return;
+        Receiving::Pull(Arc::new(Pull { js: self.clone(), opts }))
+    }
+}
+
+/// A durable subscription's receiving loop.
+pub struct Pull {
+    js: JetStream,
+    opts: SubscribeOptions,
+}
+
+impl Pull {
+    pub fn new(js: JetStream, opts: SubscribeOptions) -> Self {
+        Self { js, opts }
+    }
+}
+
+#[async_trait]
+impl PullLoop for Pull {
+    async fn run(&self, consumer: Consumer, stats: ReceiveStats, stop: CancellationToken) -> Result<(), String> {
+        tokio::select! {
+            r = subscribe_once(&self.js, &self.opts, &consumer, &stats, &stop) => r,
+            _ = stop.cancelled() => Ok(()),
+        }
+    }
+}
+
+/// Runs a durable subscription through `consumer` until `stop`, resubscribing after a
+/// failure (for code that drives a consumer itself; services get this from the runtime).
+pub async fn run_subscriber(js: JetStream, opts: SubscribeOptions, consumer: Consumer, stop: CancellationToken) {
+    let pull = Pull::new(js, opts);
+    let backoff = crate::Backoff::exponential(Duration::from_millis(100), Duration::from_secs(5));
+    let mut failures = 0;
+    while !stop.is_cancelled() {
+        if let Err(e) = pull.run(consumer.clone(), ReceiveStats::default(), stop.clone()).await {
+            tracing::warn!(error = %e, "JetStream subscription failed; retrying");
         }
         failures += 1;
-        let wait = Duration::from_millis(100).saturating_mul(1 << failures.min(6)).min(Duration::from_secs(5));
-        match result {
-            Ok(()) => tracing::warn!(durable = %opts.durable, "JetStream message stream ended; resubscribing"),
-            Err(e) => tracing::warn!(durable = %opts.durable, error = %e, retry_in_ms = wait.as_millis() as u64,
-                "JetStream subscription failed; retrying"),
-        }
         tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
+            _ = tokio::time::sleep(backoff.delay(failures)) => {}
             _ = stop.cancelled() => return,
         }
     }
@@ -129,6 +161,20 @@ async fn subscribe_once(
                 msg.ack().await.map_err(|e| format!("ack failed: {e}"))?;
                 continue;
             }
+            // Delivered more often than allowed: earlier deliveries died with the process
+            // (or timed out). Running the handler again would likely kill it again.
+            let delivered = delivery_count(&msg);
+            if delivered > opts.max_deliver as i64 {
+                let error = format!(
+                    "delivered {delivered} times without being acknowledged: the subscriber crashed or timed out \
+                     while handling it (last error unknown)"
+                );
+                stats.failed.inc();
+                t.record_dead_letter(&durable, &msg, (delivered - 1) as u32, &error)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                continue;
+            }
             queue.push_back((msg, decoded));
         }
         let mut batch = queue;
@@ -137,16 +183,18 @@ async fn subscribe_once(
             let run = batch.iter().take_while(|(_, d)| d.is_ok()).count();
             if run == 0 {
                 let (msg, decoded) = batch.pop_front().expect("not empty");
-                if !handle_one(t, opts, consumer, stats, &durable, &msg, &decoded, stop).await? {
+                stats.failed.inc();
+                let error = decoded.as_ref().err().cloned().unwrap_or_default();
+                if !retry_in_place(t, opts, consumer, stats, &durable, &msg, &decoded, error, stop).await? {
                     return Ok(());
                 }
                 continue;
             }
             let events: Vec<CloudEvent> =
                 batch.iter().take(run).filter_map(|(_, d)| d.as_ref().ok().cloned()).collect();
-            let outcomes = match consumer.receive_all(&events).await {
-                Ok(outcomes) => outcomes,
-                Err((done, _)) => done,
+            let (outcomes, error) = match consumer.receive_all(&events).await {
+                Ok(outcomes) => (outcomes, String::new()),
+                Err((done, e)) => (done, e.to_string()),
             };
             for o in &outcomes {
                 stats.record(o);
@@ -160,7 +208,8 @@ async fn subscribe_once(
             }
             if handled < run {
                 let (msg, decoded) = batch.pop_front().expect("the failing message");
-                if !handle_one(t, opts, consumer, stats, &durable, &msg, &decoded, stop).await? {
+                stats.failed.inc();
+                if !retry_in_place(t, opts, consumer, stats, &durable, &msg, &decoded, error, stop).await? {
                     return Ok(());
                 }
             }
@@ -169,11 +218,16 @@ async fn subscribe_once(
     Ok(())
 }
 
-/// Handles one message on its own, retrying in place with the spec's backoff until it
-/// commits or runs out of attempts (then it is dead-lettered). Returns `false` when
-/// `stop` interrupted it (the message is left unacknowledged).
+/// JetStream's count of deliveries of `msg`, this one included (1 when unknown).
+fn delivery_count(msg: &jetstream::Message) -> i64 {
+    msg.info().map(|i| i.delivered).unwrap_or(1).max(1)
+}
+
+/// Retries one message that just failed, in place, with the spec's backoff, until it
+/// commits or runs out of attempts (then it is dead-lettered). Returns `false` when `stop`
+/// interrupted it (the message is left unacknowledged).
 #[allow(clippy::too_many_arguments)]
-async fn handle_one(
+async fn retry_in_place(
     t: &JetStream,
     opts: &SubscribeOptions,
     consumer: &Consumer,
@@ -181,35 +235,19 @@ async fn handle_one(
     durable: &str,
     msg: &jetstream::Message,
     decoded: &Result<CloudEvent, String>,
+    mut error: String,
     stop: &CancellationToken,
 ) -> Result<bool, String> {
-    // Failures are retried here, holding this subscriber's stream, rather than NAKed:
-    // a NAK lets later messages overtake the failed one. JetStream's own redelivery
-    // (after ack_wait) still covers a subscriber that dies. Counted per receipt:
-    // redeliveries after a lost connection say nothing about whether the handler can
-    // apply the event.
-    let mut attempts: i64 = 1;
+    // Failures are retried here, holding this subscriber's stream, rather than NAKed: a
+    // NAK lets later messages overtake the failed one. JetStream's own redelivery (after
+    // ack_wait) covers a subscriber that dies, and its delivery count says how often.
+    let mut attempts = delivery_count(msg);
     loop {
-        let outcome = match decoded {
-            Ok(ev) => consumer.receive(ev).await.map_err(|e| e.to_string()),
-            Err(e) => Err(e.clone()),
-        };
-        let error = match outcome {
-            Ok(o) => {
-                stats.record(&o);
-                msg.ack().await.map_err(|e| format!("ack failed: {e}"))?;
-                return Ok(true);
-            }
-            Err(error) => {
-                stats.failed.inc();
-                error
-            }
-        };
         if attempts >= opts.max_deliver.max(1) as i64 || decoded.is_err() {
             t.record_dead_letter(durable, msg, attempts as u32, &error).await.map_err(|e| e.to_string())?;
             return Ok(true);
         }
-        let delay = opts.backoff().delay(attempts as u32);
+        let delay = opts.backoff().random_jittered(attempts as u32);
         tracing::info!(%durable, attempt = attempts, max_deliver = opts.max_deliver, retry_in_ms = delay.as_millis() as u64,
             %error, "handling failed; will retry");
         // Keeps the message ours while we wait.
@@ -219,5 +257,17 @@ async fn handle_one(
             _ = stop.cancelled() => return Ok(false),
         }
         attempts += 1;
+        let ev = decoded.as_ref().expect("undecodable messages are dead-lettered at once");
+        match consumer.receive(ev).await {
+            Ok(o) => {
+                stats.record(&o);
+                msg.ack().await.map_err(|e| format!("ack failed: {e}"))?;
+                return Ok(true);
+            }
+            Err(e) => {
+                stats.failed.inc();
+                error = e.to_string();
+            }
+        }
     }
 }

@@ -1,12 +1,20 @@
-//! How events leave a service. The outbox relay publishes through a [`Transport`];
-//! receiving is transport-specific (the http transport mounts `POST /events`).
+//! How events travel: one [`Transport`] trait, implemented for the built-in bus
+//! ([`http`]) and JetStream ([`jetstream`]). The outbox relay publishes through it, backfill
+//! replays through it, the parking sweeper records dead letters through it, and the runtime
+//! asks it how the subscription's events arrive ([`Receiving`]): pushed to the service's
+//! `POST /events`, or pulled by a loop the runtime runs and restarts.
 
 pub mod http;
 pub mod jetstream;
 
-use async_trait::async_trait;
+use std::sync::Arc;
 
-use crate::envelope::CloudEvent;
+use async_trait::async_trait;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    config::BusbarConfig, consumer::Consumer, envelope::CloudEvent, receive::ReceiveStats, subscription::Subscription,
+};
 
 pub use busbar_client::{ReplayPage, TransportError};
 
@@ -23,4 +31,34 @@ pub trait Transport: Send + Sync + 'static {
     /// Reads history: up to `limit` events of `types` stored after position `after`, oldest
     /// first. A service on a fresh database backfills its copy with this.
     async fn replay(&self, after: u64, limit: usize, types: &[&str]) -> Result<ReplayPage, TransportError>;
+
+    /// Records that `subscriber` gives up on `event` after `attempts` attempts, with
+    /// `reason`: it joins the bus's dead letters, where `busbar dlq` lists and redrives it.
+    /// For events the subscriber already took from the transport (e.g. parked ones).
+    async fn dead_letter(
+        &self,
+        subscriber: &str,
+        event: &CloudEvent,
+        attempts: u32,
+        reason: &str,
+    ) -> Result<(), TransportError>;
+
+    /// How `subscription`'s events reach this service.
+    fn receiving(&self, config: &BusbarConfig, subscription: &Subscription) -> Receiving;
+}
+
+/// How a subscription's events reach the service.
+pub enum Receiving {
+    /// The bus pushes them to `POST /events`, which the runtime always mounts.
+    Push,
+    /// The runtime runs this loop, and restarts it when it stops or panics.
+    Pull(Arc<dyn PullLoop>),
+}
+
+/// A transport's receiving loop, for transports the service pulls from.
+#[async_trait]
+pub trait PullLoop: Send + Sync + 'static {
+    /// Feeds the subscription's events through `consumer` until `stop`. Returns early
+    /// (with why) when the subscription breaks; the runtime then restarts it.
+    async fn run(&self, consumer: Consumer, stats: ReceiveStats, stop: CancellationToken) -> Result<(), String>;
 }

@@ -13,6 +13,8 @@ use serde::{Deserialize, Serialize};
 pub struct Recording {
     pub published: Mutex<Vec<CloudEvent>>,
     pub failing: Mutex<bool>,
+    /// (subscriber, event, attempts, reason) of each dead letter recorded.
+    pub dead_letters: Mutex<Vec<(String, CloudEvent, u32, String)>>,
 }
 
 #[async_trait]
@@ -37,6 +39,23 @@ impl Transport for Recording {
         let events: Vec<CloudEvent> = all.iter().skip(after as usize).take(limit).cloned().collect();
         let next = after + events.len() as u64;
         Ok(busbar::transport::ReplayPage { done: events.len() < limit, events, next })
+    }
+    async fn dead_letter(
+        &self,
+        subscriber: &str,
+        event: &CloudEvent,
+        attempts: u32,
+        reason: &str,
+    ) -> Result<(), TransportError> {
+        self.dead_letters.lock().unwrap().push((subscriber.to_owned(), event.clone(), attempts, reason.to_owned()));
+        Ok(())
+    }
+    fn receiving(
+        &self,
+        _: &busbar::config::BusbarConfig,
+        _: &busbar::subscription::Subscription,
+    ) -> busbar::transport::Receiving {
+        busbar::transport::Receiving::Push
     }
 }
 

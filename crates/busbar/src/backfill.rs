@@ -1,0 +1,167 @@
+//! Backfill: a service that starts on an empty database rebuilds its copy from the bus's
+//! history, replaying exactly its effective subscription's replayable types
+//! ([`crate::subscription::Subscription::backfill`]).
+//!
+//! Progress is durable: the position reached is written in the same transaction as the
+//! events applied up to it (`busbar_backfill`), so a backfill killed halfway resumes there
+//! after a restart, and the inbox makes any event applied twice a no-op. Events pushed
+//! live meanwhile are handled as usual; those whose predecessors the backfill has not
+//! reached yet are parked (and do not expire while the backfill runs).
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use futures::future::BoxFuture;
+use sqlx::Row;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    Backoff,
+    consumer::Consumer,
+    db::{Db, DbError, now_millis},
+    receive::ReceiveStats,
+    transport::Transport,
+};
+
+/// Events per replay request.
+const REPLAY_PAGE: usize = 1000;
+/// Events applied per transaction.
+const CHUNK: usize = 256;
+/// How often progress is logged.
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
+/// Where a backfill should start, if one is needed: resumes an unfinished one, starts one
+/// on an empty database, and otherwise says none is needed.
+pub async fn start_position(db: &Db) -> Result<Option<u64>, DbError> {
+    let row = sqlx::query("SELECT position, done FROM busbar_backfill WHERE id = 1").fetch_optional(db.pool()).await?;
+    if let Some(r) = row {
+        let (position, done): (i64, i64) = (r.try_get(0)?, r.try_get(1)?);
+        return Ok((done == 0).then_some(position as u64));
+    }
+    let inbox_empty =
+        sqlx::query("SELECT event_id FROM busbar_inbox LIMIT 1").fetch_optional(db.pool()).await?.is_none();
+    if !inbox_empty {
+        // A database from before backfills kept progress, already filled.
+        return Ok(None);
+    }
+    let mut tx = db.begin().await?;
+    sqlx::query(
+        "INSERT INTO busbar_backfill (id, position, done, started_at) VALUES (1, 0, 0, $1) ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(now_millis())
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Some(0))
+}
+
+pub struct Backfill {
+    pub consumer: Consumer,
+    pub transport: Arc<dyn Transport>,
+    pub types: Vec<String>,
+    pub stats: ReceiveStats,
+    /// True while it runs: `/readyz` answers 503, and parked events do not expire.
+    pub running: Arc<AtomicBool>,
+}
+
+impl Backfill {
+    /// Replays from `from` to the end of history, retrying with backoff until it gets
+    /// there or `stop`.
+    pub async fn run(self, from: u64, stop: CancellationToken) {
+        self.running.store(true, Ordering::Relaxed);
+        let types: Vec<&str> = self.types.iter().map(String::as_str).collect();
+        if from == 0 {
+            tracing::info!(?types, "empty database: backfilling from history");
+        } else {
+            tracing::info!(?types, position = from, "resuming the backfill where it stopped");
+        }
+        let retry = Backoff::exponential(Duration::from_millis(200), Duration::from_secs(10));
+        let (mut after, mut total, mut failures) = (from, 0usize, 0u32);
+        let mut last_log = Instant::now();
+        loop {
+            if stop.is_cancelled() {
+                return;
+            }
+            match self.page(after, &types).await {
+                Ok((next, n, done)) => {
+                    failures = 0;
+                    total += n;
+                    after = next;
+                    if done {
+                        tracing::info!(events = total, position = after, "backfill complete");
+                        self.running.store(false, Ordering::Relaxed);
+                        return;
+                    }
+                    if last_log.elapsed() >= PROGRESS_EVERY {
+                        tracing::info!(events = total, position = after, "backfilling");
+                        last_log = Instant::now();
+                    }
+                }
+                Err(e) => {
+                    failures += 1;
+                    let wait = retry.delay(failures);
+                    tracing::warn!(error = %e, attempt = failures, retry_in_ms = wait.as_millis() as u64, "backfill step failed; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = stop.cancelled() => return,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Applies one page of history and records the position after it, in the
+    /// transaction of its last chunk. Returns (next position, events, done).
+    async fn page(&self, after: u64, types: &[&str]) -> Result<(u64, usize, bool), String> {
+        let page = self.transport.replay(after, REPLAY_PAGE, types).await.map_err(|e| e.to_string())?;
+        let chunks: Vec<_> = page.events.chunks(CHUNK).collect();
+        let (next, done) = (page.next as i64, page.done);
+        let save = || record_position(next, done);
+        if chunks.is_empty() {
+            let mut tx = self.consumer.db().begin().await.map_err(|e| e.to_string())?;
+            save()(&mut tx).await.map_err(|e| e.to_string())?;
+            tx.commit().await.map_err(|e| e.to_string())?;
+        }
+        for (i, chunk) in chunks.iter().enumerate() {
+            let result = if i + 1 == chunks.len() {
+                self.consumer.receive_all_then(chunk, save()).await
+            } else {
+                self.consumer.receive_all(chunk).await
+            };
+            let outcomes = result.map_err(|(done, e)| {
+                for o in &done {
+                    self.stats.record(o);
+                }
+                format!("event {}: {e}", cloudevents::AttributesReader::id(&chunk[done.len()]))
+            })?;
+            for o in &outcomes {
+                self.stats.record(o);
+            }
+        }
+        Ok((page.next, page.events.len(), done))
+    }
+}
+
+/// Writes the position reached (and whether that is the end), in the transaction given.
+fn record_position(
+    next: i64,
+    done: bool,
+) -> impl for<'a> FnOnce(&'a mut crate::Tx) -> BoxFuture<'a, Result<(), DbError>> {
+    move |tx| {
+        Box::pin(async move {
+            let finished = done.then(now_millis);
+            sqlx::query("UPDATE busbar_backfill SET position = $1, done = $2, finished_at = $3 WHERE id = 1")
+                .bind(next)
+                .bind(done as i64)
+                .bind(finished)
+                .execute(&mut **tx)
+                .await?;
+            Ok(())
+        })
+    }
+}
