@@ -10,7 +10,7 @@ use busbar_operator::{
     fixtures::{blog_spec, deployment, service_bus},
     leader::LeaseConfig,
     metrics::Metrics,
-    plan::{BUS_LABEL, FINALIZER, Settings, WIRING_HASH_ANNOTATION},
+    plan::{BUS_LABEL, FIELD_MANAGER, FINALIZER, Settings, WIRING_HASH_ANNOTATION},
 };
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::{
@@ -154,6 +154,18 @@ struct Replica {
 }
 
 impl Replica {
+    /// Runs `trigger`, then waits (at most 10 s) until a reconcile that started after this
+    /// call has finished and none is running.
+    async fn reconcile_after(&self, trigger: impl Future<Output = ()>) {
+        let before = self.metrics.reconciles.get();
+        trigger.await;
+        eventually("a reconcile after the trigger finishes", || async {
+            let done = self.metrics.completed.get();
+            done > before && done == self.metrics.reconciles.get()
+        })
+        .await;
+    }
+
     async fn stop(self) {
         self.stop.cancel();
         tokio::time::timeout(Duration::from_secs(10), self.task).await.expect("the operator stops").unwrap();
@@ -224,6 +236,66 @@ async fn a_new_servicebus_wires_its_deployments_and_becomes_ready() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(c.api.resource_version(), before, "a settled bus is not rewritten");
     assert!(op.metrics.reconciles.get() >= 2);
+    op.stop().await;
+}
+
+/// Status says what is true now: a warning that no longer applies is removed, not left behind.
+#[tokio::test]
+async fn a_warning_that_goes_away_leaves_the_status() {
+    let c = Cluster::new().await;
+    let op = wired_blog(&c).await;
+    let mut spec = blog_spec();
+    spec.services[3].subscribes.push(Subscription { ty: "CommentDeleted".into() });
+    c.apply_bus(&service_bus(NS, "blog", spec)).await;
+    eventually("the warning is reported", || async {
+        c.bus("blog").is_some_and(|b| {
+            b["status"]["warnings"] == json!(["query subscribes to CommentDeleted but no service publishes it"])
+        })
+    })
+    .await;
+
+    // The spec is fixed: nobody subscribes to CommentDeleted any more.
+    c.apply_bus(&blog()).await;
+    eventually("the warning is gone from status", || async {
+        c.bus("blog").is_some_and(|b| {
+            b["status"]["observedGeneration"] == 3
+                && b["status"]["warnings"].as_array().is_none_or(|w| w.is_empty())
+                && c.condition("blog", "GraphValid") == Some(("True".into(), "Valid".into()))
+        })
+    })
+    .await;
+    op.stop().await;
+}
+
+/// A reconcile that finds the cluster as it should be writes nothing: no status patch, no
+/// re-apply of the bus's objects, no Event.
+#[tokio::test]
+async fn a_reconcile_with_nothing_to_change_writes_nothing() {
+    let c = Cluster::new().await;
+    let op = wired_blog(&c).await;
+    c.bus_pod_ready("blog");
+    eventually("the bus is Ready", || async { c.condition("blog", "Ready") == Some(("True".into(), "Ready".into())) })
+        .await;
+
+    c.api.clear_requests();
+    // A change to the ServiceBus's metadata only: it triggers a reconcile with nothing to do.
+    op.reconcile_after(async {
+        let touch = json!({ "metadata": { "annotations": { "test/touch": "1" } } });
+        Api::<ServiceBus>::namespaced(c.user(), NS)
+            .patch("blog", &PatchParams::default(), &Patch::Merge(&touch))
+            .await
+            .unwrap();
+    })
+    .await;
+    let writes: Vec<String> = c
+        .api
+        .requests()
+        .into_iter()
+        .filter(|r| r.is_write() && r.user_agent.as_deref() == Some("op-a"))
+        .map(|r| format!("{} {} {:?} (manager {})", r.verb, r.path, r.subresource, r.manager()))
+        .collect();
+    assert!(writes.is_empty(), "a reconcile with nothing to change wrote: {writes:#?}");
+    assert_eq!(c.api.writes_by_field_manager(FIELD_MANAGER), 0);
     op.stop().await;
 }
 
