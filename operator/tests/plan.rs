@@ -186,6 +186,23 @@ fn the_operator_does_exactly_this() {
 }
 
 #[test]
+fn an_invalid_spec_plans_no_write_and_says_why_in_graph_valid() {
+    let mut w = ready_blog().edit_spec(|s| {
+        invalid(s);
+        s.delivery.ack_wait = "soon".into();
+    });
+    let plan = w.plan();
+    assert!(plan.actions.is_empty(), "{:?}", plan.actions);
+    assert_eq!(plan.problems.len(), 2, "{:?}", plan.problems);
+    let graph = plan.status.condition("GraphValid").unwrap();
+    assert_eq!((graph.status.as_str(), graph.reason.as_str()), ("False", "InvalidSpec"));
+    assert!(graph.message.contains("`not valid!` is not a valid event type"), "{}", graph.message);
+    assert!(graph.message.contains("ackWait"), "{}", graph.message);
+    assert_eq!(plan.status.condition("Ready").unwrap().reason, "InvalidSpec");
+    assert_eq!(plan.status.observed_generation, Some(2));
+}
+
+#[test]
 fn deleting_the_servicebus_takes_exactly_this() {
     let unwire_all: Vec<String> =
         ["comments", "moderation", "posts", "query"].iter().map(|d| format!("unwire Deployment {d}")).collect();
