@@ -34,7 +34,7 @@ use self::{
 };
 use crate::{
     crd::{BusRef, ServiceBusStatus},
-    names::{BUS_LABEL, declares},
+    names::{BUS_LABEL, FINALIZER, declares},
     settings::Settings,
 };
 
@@ -156,8 +156,7 @@ pub fn cleanup(bus: &BusRef, spec: &ServiceBusSpec, obs: &Observed) -> Cleanup {
             TransportObserved::JetStream(Err(e)) => {
                 blocked = Some(format!(
                     "cannot delete the JetStream consumers: {e}; the ServiceBus stays until NATS answers \
-                     (or remove the finalizer {} by hand)",
-                    crate::names::FINALIZER
+                     (or remove the finalizer {FINALIZER} by hand)"
                 ))
             }
             _ => {}
