@@ -17,18 +17,22 @@ use std::{
     time::Duration,
 };
 
+#[path = "../tests/support/mod.rs"]
+mod support;
+
 use busbar_operator::{
     controller::{self, RunConfig},
     crd::ServiceBus,
-    fixtures::{chain_spec, deployment, service_bus},
     metrics::Metrics,
-    plan::{Settings, WIRING_HASH_ANNOTATION},
+    names::WIRING_HASH_ANNOTATION,
+    settings::Settings,
 };
 use kube::{
     Api,
     api::{Patch, PatchParams},
 };
 use kube_fake::FakeApiServer;
+use support::{chain_spec, deployment, service_bus};
 use tokio_util::sync::CancellationToken;
 
 const NS: &str = "bench";

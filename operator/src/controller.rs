@@ -1,19 +1,21 @@
-//! Reconcile, error policy and run: the kube-runtime Controller around the plan.
+//! Reconcile, error policy and run: the kube-runtime Controller around observe → plan →
+//! execute. A reconcile reads ([`crate::observe`]), decides ([`crate::plan`]), writes
+//! ([`crate::execute`]), and then reports: the status and its Events, with whatever failed
+//! said in the conditions.
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
-use busbar_domain::spec::TransportKind;
 use futures::StreamExt;
 use k8s_openapi::api::{
     apps::v1::{Deployment, StatefulSet},
     core::v1::{ConfigMap, Service},
 };
 use kube::{
-    Api, Client, Resource, ResourceExt,
+    Api, Client, ResourceExt,
     runtime::{
         Controller, WatchStreamExt,
         controller::Action,
-        events::{Event as KubeEvent, EventType, Recorder, Reporter},
+        events::{Recorder, Reporter},
         finalizer::{self, Event},
         reflector::{self, ObjectRef, Store},
         watcher,
@@ -22,18 +24,16 @@ use kube::{
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    apply,
     crd::ServiceBus,
-    jetstream::Provisioner,
+    execute::{Executor, Outcome},
+    jetstream::Links,
     leader::{LeaderElector, LeaseConfig},
     metrics::Metrics,
-    plan::{
-        self, BUS_LABEL, BusRef, FINALIZER, MANAGED_BY_LABEL, Observed, ObservedDeployment, Settings, TransportState,
-    },
+    names::{BUS_LABEL, FIELD_MANAGER, FINALIZER, MANAGED_BY_LABEL, declares},
+    observe::{Observation, Sources},
+    plan::{self, actions::Failure, observed::Moment, status},
+    settings::Settings,
 };
-
-/// Deployments wired at once during one reconcile.
-const WIRING_CONCURRENCY: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -41,10 +41,12 @@ pub enum Error {
     Kube(#[from] kube::Error),
     #[error("{0}")]
     Finalizer(#[source] Box<finalizer::Error<Error>>),
-    #[error("JetStream: {0}")]
-    JetStream(String),
+    /// Actions the plan asked for failed; status says which, and the next reconcile retries.
+    #[error("{}", failures.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Failed { failures: Vec<Failure> },
+    /// The ServiceBus cannot be deleted yet; the sentence says why and what to do.
     #[error("{0}")]
-    BusKey(String),
+    CleanupBlocked(String),
 }
 
 pub struct Context {
@@ -53,26 +55,28 @@ pub struct Context {
     pub deployments: Store<Deployment>,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
-    pub jetstream: Provisioner,
-    pub http: reqwest::Client,
+    pub jetstream: Links,
 }
 
-fn bus_ref(sb: &ServiceBus) -> BusRef {
-    BusRef {
-        name: sb.name_any(),
-        namespace: sb.namespace().unwrap_or_else(|| "default".into()),
-        uid: sb.uid().unwrap_or_default(),
-        generation: sb.metadata.generation,
+impl Context {
+    fn sources(&self) -> Sources<'_> {
+        Sources {
+            client: &self.client,
+            deployments: &self.deployments,
+            jetstream: &self.jetstream,
+            settings: &self.settings,
+        }
     }
-}
 
-fn deployments_in(store: &Store<Deployment>, namespace: &str) -> BTreeMap<String, ObservedDeployment> {
-    store
-        .state()
-        .iter()
-        .filter(|d| d.namespace().as_deref() == Some(namespace))
-        .map(|d| (d.name_any(), ObservedDeployment::from_deployment(d)))
-        .collect()
+    fn executor<'a>(&'a self, sb: &'a ServiceBus, observation: &'a Observation) -> Executor<'a> {
+        Executor {
+            client: &self.client,
+            recorder: &self.recorder,
+            deployments: &self.deployments,
+            nats: observation.nats.as_ref(),
+            sb,
+        }
+    }
 }
 
 pub async fn reconcile(sb: Arc<ServiceBus>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -80,7 +84,7 @@ pub async fn reconcile(sb: Arc<ServiceBus>, ctx: Arc<Context>) -> Result<Action,
     let started = std::time::Instant::now();
     // The Deployment cache fills on the first list; deciding before it would unwire everything.
     let _ = ctx.deployments.wait_until_ready().await;
-    let api = Api::<ServiceBus>::namespaced(ctx.client.clone(), &bus_ref(&sb).namespace);
+    let api = Api::<ServiceBus>::namespaced(ctx.client.clone(), &sb.bus_ref().namespace);
     let result = finalizer::finalizer(&api, FINALIZER, sb, |event| async {
         match event {
             Event::Apply(sb) => apply(&sb, &ctx).await,
@@ -94,84 +98,28 @@ pub async fn reconcile(sb: Arc<ServiceBus>, ctx: Arc<Context>) -> Result<Action,
 }
 
 async fn apply(sb: &ServiceBus, ctx: &Context) -> Result<Action, Error> {
-    let bus = bus_ref(sb);
+    let bus = sb.bus_ref();
     let spec = &sb.spec.0;
-    let mut observed = Observed {
-        deployments: deployments_in(&ctx.deployments, &bus.namespace),
-        previous: sb.status.clone(),
-        ..Default::default()
-    };
-    // An invalid spec provisions and wires nothing: the plan reports it and stops there.
-    if busbar_domain::spec::validate(spec).is_empty() {
-        let endpoint = plan::endpoint(&bus, spec, &ctx.settings);
-        match endpoint.kind {
-            TransportKind::Builtin => {
-                let key = apply::ensure_bus_key(&ctx.client, &bus).await?;
-                observed.token_secrets = apply::token_secrets(&ctx.client, &bus).await?;
-                let objs = plan::builtin_objects(&bus, spec, &ctx.settings);
-                let ready = apply::ensure_builtin(&ctx.client, &bus, &objs).await?;
-                if ready.unwrap_or(0) > 0 && ctx.settings.bus_stats {
-                    let admin = key.token(busbar_domain::credentials::ADMIN);
-                    observed.stats = apply::builtin_stats(&ctx.http, &endpoint.url, &admin).await;
-                }
-                observed.bus_key = Some(key);
-                observed.transport = Some(TransportState::Builtin { ready_replicas: ready });
-            }
-            TransportKind::JetStream => {
-                let key = apply::ensure_bus_key(&ctx.client, &bus).await?;
-                observed.token_secrets = apply::token_secrets(&ctx.client, &bus).await?;
-                let auth_secret = plan::nats_auth_secret_name(&bus.name);
-                observed.nats_auth =
-                    apply::secret_file(&ctx.client, &bus.namespace, &auth_secret, plan::NATS_AUTH_FILE).await?;
-                ctx.jetstream
-                    .authenticate(&endpoint.url, &bus.name, key.token(busbar_domain::credentials::ADMIN))
-                    .await;
-                observed.bus_key = Some(key);
-                let (state, stats) = ctx.jetstream.provision(&endpoint.url, &bus.name, spec).await;
-                observed.transport = Some(state);
-                observed.stats = stats;
-            }
-        }
-    }
-    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let plan = plan::plan(&bus, spec, &ctx.settings, &observed, &now);
-    // Secrets first: a Deployment wired to a missing Secret would not start.
-    for body in &plan.token_secrets {
-        apply::apply_secret(&ctx.client, &bus.namespace, body).await?;
-    }
-    if let Some(body) = &plan.nats_auth_secret {
-        apply::apply_secret(&ctx.client, &bus.namespace, body).await?;
-    }
-    for name in &plan.delete_token_secrets {
-        apply::delete_secret(&ctx.client, &bus.namespace, name).await?;
-    }
-    // Each wiring is one round trip to the API server; a bounded number run at once so a
-    // bus of many services is wired in a fraction of the time without flooding the server.
-    let wirings: Vec<_> = plan.wire.iter().map(|w| wire_one(ctx, sb, &bus, w)).collect();
-    futures::stream::iter(wirings)
-        .buffer_unordered(WIRING_CONCURRENCY)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect::<Result<Vec<()>, _>>()?;
-    for d in &plan.unwire {
-        apply::unwire(&ctx.client, &bus.namespace, d).await?;
-        tracing::info!(bus = %bus.name, namespace = %bus.namespace, deployment = %d, "unwired");
-        let note = format!("left ServiceBus {}; its wiring was removed", bus.name);
-        publish_on_deployment(ctx, sb, &bus.namespace, d, "Unwired", "Unwire", note).await;
-    }
-    for c in &plan.status.conditions {
-        let before = sb.status.as_ref().and_then(|s| s.condition(&c.type_)).map(|p| p.status.as_str());
-        if before != Some(c.status.as_str()) && (c.type_ == "Ready" || c.status == "False") {
-            let kind = if c.status == "True" { EventType::Normal } else { EventType::Warning };
-            publish(ctx, sb, kind, &c.reason, "Reconcile", format!("{}={}: {}", c.type_, c.status, c.message)).await;
-        }
-    }
+    let observation = ctx.sources().observe(&bus, spec, sb.status.clone()).await?;
+    let moment = Moment::now();
+    let plan = plan::plan(&bus, spec, &ctx.settings, &observation.observed, &moment);
     if !plan.problems.is_empty() {
         tracing::warn!(bus = %bus.name, namespace = %bus.namespace, problems = ?plan.problems, "invalid ServiceBus spec");
     }
-    apply::write_status(&ctx.client, sb, &plan.status).await?;
-    let ready = plan.status.condition("Ready").is_some_and(|c| c.status == "True");
+    let executor = ctx.executor(sb, &observation);
+    let outcome = executor.run(&plan.actions).await;
+    if outcome.stale {
+        // Another operator created the bus key meanwhile: plan again with it.
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    }
+    let previous = sb.status.as_ref();
+    let status = status::with_failures(plan.status, &outcome.failures, &bus, previous, &moment.time);
+    let reported = executor.run(&plan::report(previous, &status, &ctx.settings)).await;
+    let failures: Vec<Failure> = outcome.failures.into_iter().chain(reported.failures).collect();
+    if !failures.is_empty() {
+        return Err(Error::Failed { failures });
+    }
+    let ready = status.condition("Ready").is_some_and(|c| c.status == "True");
     Ok(if !plan.problems.is_empty() {
         Action::await_change()
     } else if ready {
@@ -181,70 +129,19 @@ async fn apply(sb: &ServiceBus, ctx: &Context) -> Result<Action, Error> {
     })
 }
 
-async fn wire_one(ctx: &Context, sb: &ServiceBus, bus: &BusRef, w: &plan::Wiring) -> Result<(), kube::Error> {
-    apply::wire(&ctx.client, bus, w).await?;
-    tracing::info!(bus = %bus.name, namespace = %bus.namespace, deployment = %w.deployment, hash = %w.hash, "wired");
-    let note = format!("wired by ServiceBus {} (wiring {})", bus.name, w.hash);
-    publish_on_deployment(ctx, sb, &bus.namespace, &w.deployment, "Wired", "Wire", note).await;
-    Ok(())
-}
-
 async fn cleanup(sb: &ServiceBus, ctx: &Context) -> Result<Action, Error> {
-    let bus = bus_ref(sb);
-    let spec = &sb.spec.0;
-    let wired: Vec<String> = deployments_in(&ctx.deployments, &bus.namespace)
-        .into_values()
-        .filter(|d| d.labels.get(BUS_LABEL) == Some(&bus.name) || plan::declares(spec, &d.name))
-        .map(|d| d.name)
-        .collect();
-    for d in &wired {
-        apply::unwire(&ctx.client, &bus.namespace, d).await?;
+    let bus = sb.bus_ref();
+    let observation = ctx.sources().observe_for_cleanup(&bus, &sb.spec.0).await?;
+    let cleanup = plan::cleanup(&bus, &sb.spec.0, &observation.observed);
+    let Outcome { failures, .. } = ctx.executor(sb, &observation).run(&cleanup.actions).await;
+    if !failures.is_empty() {
+        return Err(Error::Failed { failures });
     }
-    if let Some(js) = &spec.transport.jetstream {
-        let key_secret = plan::key_secret_name(&bus.name);
-        if let Some(hex) = apply::secret_file(&ctx.client, &bus.namespace, &key_secret, "key").await?
-            && let Ok(key) = busbar_domain::credentials::BusKey::from_hex(&hex)
-        {
-            ctx.jetstream.authenticate(&js.url, &bus.name, key.token(busbar_domain::credentials::ADMIN)).await;
-        }
-        ctx.jetstream.remove_consumers(&js.url, &bus.name).await.map_err(Error::JetStream)?;
+    if let Some(why) = cleanup.blocked {
+        return Err(Error::CleanupBlocked(why));
     }
-    // The built-in bus's objects carry owner references: the API server deletes them.
-    tracing::info!(bus = %bus.name, namespace = %bus.namespace, unwired = wired.len(), "cleaned up");
-    publish(ctx, sb, EventType::Normal, "CleanedUp", "Cleanup", format!("unwired {} Deployment(s)", wired.len())).await;
+    tracing::info!(bus = %bus.name, namespace = %bus.namespace, "cleaned up");
     Ok(Action::await_change())
-}
-
-async fn publish(ctx: &Context, sb: &ServiceBus, type_: EventType, reason: &str, action: &str, note: String) {
-    let ev = KubeEvent { type_, reason: reason.into(), note: Some(note), action: action.into(), secondary: None };
-    if let Err(e) = ctx.recorder.publish(&ev, &sb.object_ref(&())).await {
-        tracing::debug!(error = %e, "cannot record a Kubernetes Event");
-    }
-}
-
-/// An Event about one Deployment (so `kubectl describe deployment` shows it), related to
-/// the ServiceBus. Events about the same object with the same reason are merged into a
-/// series by the recorder; per Deployment they stay apart.
-async fn publish_on_deployment(
-    ctx: &Context,
-    sb: &ServiceBus,
-    namespace: &str,
-    deployment: &str,
-    reason: &str,
-    action: &str,
-    note: String,
-) {
-    let Some(d) = ctx.deployments.get(&ObjectRef::new(deployment).within(namespace)) else { return };
-    let ev = KubeEvent {
-        type_: EventType::Normal,
-        reason: reason.into(),
-        note: Some(note),
-        action: action.into(),
-        secondary: Some(sb.object_ref(&())),
-    };
-    if let Err(e) = ctx.recorder.publish(&ev, &d.object_ref(&())).await {
-        tracing::debug!(error = %e, "cannot record a Kubernetes Event");
-    }
 }
 
 pub fn error_policy(sb: Arc<ServiceBus>, err: &Error, _ctx: Arc<Context>) -> Action {
@@ -277,7 +174,7 @@ pub async fn check_crd(client: &Client) -> anyhow::Result<()> {
 
 /// Runs the controller until `stop`.
 pub async fn run_controller(client: Client, cfg: &RunConfig, metrics: Arc<Metrics>, stop: CancellationToken) {
-    let owned = || watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={}", plan::FIELD_MANAGER));
+    let owned = || watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={FIELD_MANAGER}"));
     let (reader, writer) = reflector::store();
     let deployments = watcher(Api::<Deployment>::all(client.clone()), watcher::Config::default())
         .default_backoff()
@@ -291,11 +188,10 @@ pub async fn run_controller(client: Client, cfg: &RunConfig, metrics: Arc<Metric
         deployments: reader,
         recorder: Recorder::new(
             client.clone(),
-            Reporter { controller: plan::FIELD_MANAGER.into(), instance: Some(cfg.identity.clone()) },
+            Reporter { controller: FIELD_MANAGER.into(), instance: Some(cfg.identity.clone()) },
         ),
         metrics,
-        jetstream: Provisioner::default(),
-        http: reqwest::Client::new(),
+        jetstream: Links::default(),
     });
     controller
         .owns(Api::<StatefulSet>::all(client.clone()), owned())
@@ -309,8 +205,7 @@ pub async fn run_controller(client: Client, cfg: &RunConfig, metrics: Arc<Metric
                 .state()
                 .into_iter()
                 .filter(|sb| {
-                    sb.namespace() == ns
-                        && (plan::declares(&sb.spec, &name) || label.as_deref() == Some(&sb.name_any()))
+                    sb.namespace() == ns && (declares(&sb.spec, &name) || label.as_deref() == Some(&sb.name_any()))
                 })
                 .map(|sb| ObjectRef::from_obj(&*sb))
                 .collect::<Vec<_>>()

@@ -4,7 +4,7 @@
 
 use std::ops::Deref;
 
-use kube::CustomResource;
+use kube::{CustomResource, ResourceExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -25,6 +25,8 @@ use serde::{Deserialize, Serialize};
     printcolumn = r#"{"name":"Transport","type":"string","jsonPath":".status.transport"}"#,
     printcolumn = r#"{"name":"Services","type":"string","description":"wired/declared","jsonPath":".status.wiredServices"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Pending","type":"integer","description":"events waiting, all subscribers","jsonPath":".status.totalPending"}"#,
+    printcolumn = r#"{"name":"Dead","type":"integer","description":"dead-lettered events, all subscribers","jsonPath":".status.totalDeadLettered"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(transparent)]
@@ -57,6 +59,12 @@ pub struct ServiceBusStatus {
     /// One entry per declared service.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub services: Vec<ServiceStatus>,
+    /// Events waiting, summed over the services the transport reports (absent when none does).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_pending: Option<u64>,
+    /// Dead-lettered events, summed over the services the transport reports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_dead_lettered: Option<u64>,
     /// What looks wrong but does not stop the bus, e.g. an event type nobody publishes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
@@ -99,6 +107,13 @@ pub struct ServiceStatus {
     /// Events moved to the dead-letter store.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dead_lettered: Option<u64>,
+    /// Events the subscriber holds back until an earlier version of their aggregate arrives,
+    /// when the transport reports it (the built-in bus does; JetStream does not yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parked: Option<u64>,
+    /// How long the oldest parked event has waited; absent when none is parked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oldest_parked_seconds: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
 }
@@ -106,6 +121,30 @@ pub struct ServiceStatus {
 impl ServiceBusStatus {
     pub fn condition(&self, type_: &str) -> Option<&Condition> {
         self.conditions.iter().find(|c| c.type_ == type_)
+    }
+
+    pub fn service(&self, name: &str) -> Option<&ServiceStatus> {
+        self.services.iter().find(|s| s.name == name)
+    }
+}
+
+/// The ServiceBus being reconciled, reduced to what the decisions need.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BusRef {
+    pub name: String,
+    pub namespace: String,
+    pub uid: String,
+    pub generation: Option<i64>,
+}
+
+impl ServiceBus {
+    pub fn bus_ref(&self) -> BusRef {
+        BusRef {
+            name: self.name_any(),
+            namespace: self.namespace().unwrap_or_else(|| "default".into()),
+            uid: self.uid().unwrap_or_default(),
+            generation: self.metadata.generation,
+        }
     }
 }
 

@@ -8,7 +8,7 @@ use busbar_operator::{
     controller::{self, RunConfig},
     leader::LeaseConfig,
     metrics::Metrics,
-    plan::Settings,
+    settings::Settings,
 };
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
@@ -34,6 +34,15 @@ struct Args {
     /// StorageClass for that volume (default: the cluster's default class).
     #[arg(long, env = "BUSBAR_BUS_STORAGE_CLASS")]
     bus_storage_class: Option<String>,
+    /// A subscriber with more events pending than this gets a Warning Event (LagHigh) when
+    /// it crosses the line, and a Normal one (LagCleared) when it is back under.
+    #[arg(long, env = "BUSBAR_LAG_WARNING", default_value_t = 1000)]
+    lag_warning: u64,
+    /// Read each built-in bus's figures here instead of at its in-cluster Service, with
+    /// `{bus}` and `{namespace}` replaced; for an operator run outside the cluster, e.g.
+    /// `http://127.0.0.1:4005` with `kubectl port-forward`.
+    #[arg(long, env = "BUSBAR_BUS_STATS_URL")]
+    bus_stats_url: Option<String>,
     /// Elect a leader through a Lease so several replicas can run; only the leader writes.
     #[arg(long, env = "BUSBAR_LEADER_ELECTION", default_value_t = false)]
     leader_election: bool,
@@ -93,6 +102,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
             bus_image: args.bus_image,
             bus_storage: args.bus_storage,
             bus_storage_class: args.bus_storage_class,
+            bus_stats_url: args.bus_stats_url,
+            lag_warning: args.lag_warning,
             ..Settings::default()
         },
         identity: identity.clone(),

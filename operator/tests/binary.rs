@@ -7,8 +7,10 @@ use std::{
     time::Duration,
 };
 
-use busbar_operator::fixtures::{blog_spec, deployment, service_bus};
+mod support;
+
 use kube_fake::FakeApiServer;
+use support::{blog_spec, deployment, service_bus};
 
 fn kubeconfig(api: &FakeApiServer, dir: &std::path::Path) -> std::path::PathBuf {
     let path = dir.join("kubeconfig");

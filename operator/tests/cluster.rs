@@ -11,14 +11,16 @@
 //! It uses the current kubeconfig context, works in a namespace of its own
 //! (`busbar-test-<random>`), runs the operator in-process and deletes the namespace at the end.
 
+mod support;
+
 use std::{sync::Arc, time::Duration};
 
 use busbar_operator::{
     controller::{self, RunConfig},
     crd::ServiceBus,
-    fixtures::{blog_spec, deployment, service_bus},
     metrics::Metrics,
-    plan::{Settings, WIRING_HASH_ANNOTATION},
+    names::WIRING_HASH_ANNOTATION,
+    settings::Settings,
 };
 use k8s_openapi::api::{apps::v1::Deployment, core::v1::Namespace};
 use kube::{
@@ -26,6 +28,7 @@ use kube::{
     api::{DeleteParams, PostParams},
 };
 use serde_json::json;
+use support::{blog_spec, deployment, service_bus};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::test]

@@ -1,169 +1,32 @@
 //! The unmodified kube-runtime Controller, end to end, against the in-process fake API
 //! server: given a ServiceBus like this, when that happens, the cluster ends up like so.
 
-use std::{future::Future, sync::Arc, time::Duration};
+mod support;
 
-use busbar_domain::spec::SubscriptionSpec;
+use std::time::Duration;
+
+use busbar_domain::{credentials::BusKey, spec::SubscriptionSpec};
 use busbar_operator::{
-    controller::{self, RunConfig},
+    controller,
     crd::ServiceBus,
-    fixtures::{blog_spec, deployment, service_bus},
     leader::LeaseConfig,
-    metrics::Metrics,
-    plan::{BUS_LABEL, FINALIZER, Settings, WIRING_HASH_ANNOTATION},
+    names::{BUS_LABEL, FIELD_MANAGER, FINALIZER},
+    settings::Settings,
 };
+use busbar_protocol::bus_api::Parked;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::{
-    Api, Client,
+    Api,
     api::{DeleteParams, Patch, PatchParams, PostParams},
 };
 use kube_fake::FakeApiServer;
-use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
-
-const NS: &str = "shop";
-const BLOG: [&str; 4] = ["posts", "comments", "moderation", "query"];
-
-struct Cluster {
-    api: FakeApiServer,
-}
-
-impl Cluster {
-    async fn new() -> Cluster {
-        let api = FakeApiServer::start().await;
-        api.install_crd(busbar_operator::crd::crd_yaml()).expect("the CRD installs");
-        Cluster { api }
-    }
-
-    /// A client whose requests the fake attributes to `who` (its User-Agent).
-    fn client_as(&self, who: &str) -> Client {
-        let mut cfg = self.api.config();
-        cfg.headers.push((http::header::USER_AGENT, http::HeaderValue::from_str(who).unwrap()));
-        Client::try_from(cfg).unwrap()
-    }
-
-    fn user(&self) -> Client {
-        self.client_as("kubectl/test")
-    }
-
-    fn add_deployment(&self, name: &str) {
-        self.api.create(serde_json::to_value(deployment(NS, name)).unwrap()).unwrap();
-    }
-
-    async fn apply_bus(&self, sb: &ServiceBus) {
-        let api = Api::<ServiceBus>::namespaced(self.user(), NS);
-        let body = serde_json::to_value(sb).unwrap();
-        api.patch(sb.metadata.name.as_deref().unwrap(), &PatchParams::apply("kubectl").force(), &Patch::Apply(body))
-            .await
-            .unwrap();
-    }
-
-    /// Starts one operator replica; it stops when the token is cancelled.
-    fn start_operator(&self, identity: &str, leader_election: bool) -> Replica {
-        let stop = CancellationToken::new();
-        let cfg = RunConfig {
-            settings: Settings { bus_stats: false, ..Settings::default() },
-            identity: identity.into(),
-            lease: leader_election.then(|| LeaseConfig {
-                namespace: "busbar-system".into(),
-                name: "busbar-operator".into(),
-                identity: identity.into(),
-                lease_duration: Duration::from_secs(2),
-                retry_period: Duration::from_millis(200),
-            }),
-        };
-        let metrics = Arc::new(Metrics::default());
-        let task = tokio::spawn(controller::run(self.client_as(identity), cfg, metrics.clone(), stop.clone()));
-        Replica { stop, task, metrics }
-    }
-
-    fn deployment(&self, name: &str) -> Deployment {
-        self.api.get_as::<Deployment>(NS, name).unwrap_or_else(|| panic!("Deployment {name} exists"))
-    }
-
-    fn env_of(&self, name: &str) -> Vec<(String, String)> {
-        let d = self.deployment(name);
-        let c = &d.spec.unwrap().template.spec.unwrap().containers[0];
-        c.env.iter().flatten().map(|e| (e.name.clone(), e.value.clone().unwrap_or_default())).collect()
-    }
-
-    fn env_var(&self, name: &str, var: &str) -> Option<String> {
-        self.env_of(name).into_iter().find(|(k, _)| k == var).map(|(_, v)| v)
-    }
-
-    fn wiring_hash(&self, name: &str) -> Option<String> {
-        self.deployment(name).spec?.template.metadata?.annotations?.get(WIRING_HASH_ANNOTATION).cloned()
-    }
-
-    fn bus(&self, name: &str) -> Option<Value> {
-        self.api.get("servicebuses.busbar.dev", NS, name)
-    }
-
-    fn condition(&self, bus: &str, type_: &str) -> Option<(String, String)> {
-        let b = self.bus(bus)?;
-        let c = b["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == type_)?.clone();
-        Some((c["status"].as_str()?.to_owned(), c["reason"].as_str()?.to_owned()))
-    }
-
-    /// Nothing runs pods here: the test says when the bus's pod is ready.
-    fn bus_pod_ready(&self, bus: &str) {
-        self.api
-            .patch_status("statefulsets", NS, &format!("{bus}-event-bus"), json!({ "readyReplicas": 1, "replicas": 1 }))
-            .unwrap();
-    }
-
-    fn event_reasons(&self) -> Vec<String> {
-        self.api.events(NS).iter().filter_map(|e| e["reason"].as_str().map(str::to_owned)).collect()
-    }
-}
-
-/// Every request the operator replicas made is allowed by the RBAC the repository ships
-/// (`rbac.rs`): the fake has no RBAC, so this is where a missing rule would show.
-fn assert_rbac_covers_what_the_operator_did(api: &FakeApiServer) {
-    let rules: Vec<Value> = [busbar_operator::rbac::cluster_rules(), busbar_operator::rbac::lease_rules()]
-        .into_iter()
-        .flat_map(|r| r.as_array().unwrap().clone())
-        .collect();
-    let allowed = |group: &str, resource: &str, verb: &str| {
-        rules.iter().any(|r| {
-            let has = |k: &str, v: &str| r[k].as_array().unwrap().iter().any(|x| x == v);
-            has("apiGroups", group) && has("resources", resource) && has("verbs", verb)
-        })
-    };
-    let mut missing = std::collections::BTreeSet::new();
-    for r in api.requests() {
-        let ua = r.user_agent.as_deref().unwrap_or_default();
-        if !(ua.starts_with("op-") || ua.starts_with("replica-")) || r.verb == "discovery" {
-            continue;
-        }
-        let resource = match &r.subresource {
-            Some(sub) => format!("{}/{sub}", r.resource),
-            None => r.resource.clone(),
-        };
-        if !allowed(&r.group, &resource, &r.verb) {
-            missing.insert(format!("{} {}/{}", r.verb, r.group, resource));
-        }
-    }
-    assert!(missing.is_empty(), "requests the shipped RBAC does not allow: {missing:?}");
-}
-
-struct Replica {
-    stop: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
-    metrics: Arc<Metrics>,
-}
-
-impl Replica {
-    async fn stop(self) {
-        self.stop.cancel();
-        tokio::time::timeout(Duration::from_secs(10), self.task).await.expect("the operator stops").unwrap();
-    }
-}
-
-/// Waits (at most 10 s) until `check` holds.
-async fn eventually<F: Future<Output = bool>>(what: &str, check: impl Fn() -> F) {
-    testkit::wait_until(Duration::from_secs(10), what, || async { check().await.then_some(()) }).await
-}
+use serde_json::json;
+use support::{
+    BLOG, blog_spec,
+    cluster::{Cluster, NS, Replica, assert_rbac_covers_what_the_operator_did, eventually},
+    fake_bus::FakeBus,
+    service_bus,
+};
 
 fn blog() -> ServiceBus {
     service_bus(NS, "blog", blog_spec())
@@ -214,16 +77,133 @@ async fn a_new_servicebus_wires_its_deployments_and_becomes_ready() {
     assert!(
         b["status"]["services"].as_array().unwrap().iter().all(|s| s["wired"] == true && s["deploymentFound"] == true)
     );
-    let reasons = c.event_reasons();
-    assert_eq!(reasons.iter().filter(|r| *r == "Wired").count(), 4, "{reasons:?}");
-    assert!(reasons.iter().any(|r| r == "Ready"), "{reasons:?}");
+    // `kubectl describe` tells the story: each Deployment was wired (on the Deployment and
+    // on the ServiceBus), and the bus became Ready, once.
+    for d in BLOG {
+        assert_eq!(c.events_about("Deployment", d), ["Wired"], "{d}");
+    }
+    let on_bus = c.events_about("ServiceBus", "blog");
+    assert_eq!(on_bus.iter().filter(|r| *r == "Wired").count(), 4, "{on_bus:?}");
+    assert_eq!(on_bus.iter().filter(|r| *r == "Ready").count(), 1, "{on_bus:?}");
+    let related: Vec<String> = c
+        .api
+        .events(NS)
+        .iter()
+        .filter(|e| e["regarding"]["kind"] == "ServiceBus" && e["reason"] == "Wired")
+        .map(|e| e["related"]["name"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(related.len(), 4, "each names its Deployment: {related:?}");
+    op.stop().await;
+}
 
-    // Reconciling again changes nothing: no writes once the cluster matches.
+/// Status says what is true now: a warning that no longer applies is removed, not left behind.
+#[tokio::test]
+async fn a_warning_that_goes_away_leaves_the_status() {
+    let c = Cluster::new().await;
+    let op = wired_blog(&c).await;
+    let mut spec = blog_spec();
+    spec.services[3].subscribes.push(SubscriptionSpec { ty: "CommentDeleted".into() });
+    c.apply_bus(&service_bus(NS, "blog", spec)).await;
+    eventually("the warning is reported", || async {
+        c.bus("blog").is_some_and(|b| {
+            b["status"]["warnings"] == json!(["query subscribes to CommentDeleted but no service publishes it"])
+        })
+    })
+    .await;
+
+    // The spec is fixed: nobody subscribes to CommentDeleted any more.
+    c.apply_bus(&blog()).await;
+    eventually("the warning is gone from status", || async {
+        c.bus("blog").is_some_and(|b| {
+            b["status"]["observedGeneration"] == 3
+                && b["status"]["warnings"].as_array().is_none_or(|w| w.is_empty())
+                && c.condition("blog", "GraphValid") == Some(("True".into(), "Valid".into()))
+        })
+    })
+    .await;
+    op.stop().await;
+}
+
+/// A reconcile that finds the cluster as it should be writes nothing: no status patch, no
+/// re-apply of the bus's objects, no Event.
+#[tokio::test]
+async fn a_reconcile_with_nothing_to_change_writes_nothing() {
+    let c = Cluster::new().await;
+    let op = wired_blog(&c).await;
+    c.bus_pod_ready("blog");
+    eventually("the bus is Ready", || async { c.condition("blog", "Ready") == Some(("True".into(), "Ready".into())) })
+        .await;
+
     c.api.clear_requests();
-    let before = c.api.resource_version();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(c.api.resource_version(), before, "a settled bus is not rewritten");
-    assert!(op.metrics.reconciles.get() >= 2);
+    // A change to the ServiceBus's metadata only: it triggers a reconcile with nothing to do.
+    op.reconcile_after(c.touch("blog")).await;
+    let writes: Vec<String> = c
+        .api
+        .requests()
+        .into_iter()
+        .filter(|r| r.is_write() && r.user_agent.as_deref() == Some("op-a"))
+        .map(|r| format!("{} {} {:?} (manager {})", r.verb, r.path, r.subresource, r.manager()))
+        .collect();
+    assert!(writes.is_empty(), "a reconcile with nothing to change wrote: {writes:#?}");
+    assert_eq!(c.api.writes_by_field_manager(FIELD_MANAGER), 0);
+    op.stop().await;
+}
+
+/// `kubectl get sbus` and `kubectl describe sbus` tell how the subscribers are doing: the
+/// bus's figures (parked events included) reach status and its totals, and dead letters
+/// appearing and lag over `--lag-warning` become Events, each once per transition however
+/// often the operator reconciles.
+#[tokio::test]
+async fn subscriber_trouble_is_in_status_and_described_once_per_transition() {
+    let c = Cluster::new().await;
+    for d in BLOG {
+        c.add_deployment(d);
+    }
+    let bus = FakeBus::start().await;
+    let settings = Settings { bus_stats_url: Some(bus.url()), lag_warning: 100, ..Settings::default() };
+    let op = c.start_operator_with("op-a", false, settings);
+    c.apply_bus(&blog()).await;
+    eventually("the bus's StatefulSet exists", || async { c.api.get("statefulsets", NS, "blog-event-bus").is_some() })
+        .await;
+    c.bus_pod_ready("blog");
+    eventually("the bus is Ready", || async { c.condition("blog", "Ready") == Some(("True".into(), "Ready".into())) })
+        .await;
+    let trouble = || {
+        let kinds = ["LagHigh", "LagCleared", "DeadLettered"];
+        c.events_about("ServiceBus", "blog").into_iter().filter(|r| kinds.contains(&r.as_str())).collect::<Vec<_>>()
+    };
+
+    bus.report("query", 5, 0, Some(Parked { count: 2, oldest_age_ms: 3_500 }));
+    bus.report("comments", 1, 0, None);
+    op.reconcile_after(c.touch("blog")).await;
+    let status = c.bus("blog").unwrap()["status"].clone();
+    let query = status["services"].as_array().unwrap().iter().find(|s| s["name"] == "query").unwrap().clone();
+    assert_eq!(
+        (query["pending"].clone(), query["parked"].clone(), query["oldestParkedSeconds"].clone()),
+        (json!(5), json!(2), json!(3))
+    );
+    assert_eq!((status["totalPending"].clone(), status["totalDeadLettered"].clone()), (json!(6), json!(0)));
+    assert!(trouble().is_empty(), "{:?}", trouble());
+
+    bus.report("query", 500, 0, None);
+    op.reconcile_after(c.touch("blog")).await;
+    op.reconcile_after(c.touch("blog")).await;
+    assert_eq!(trouble(), ["LagHigh"]);
+    bus.report("query", 500, 2, None);
+    op.reconcile_after(c.touch("blog")).await;
+    op.reconcile_after(c.touch("blog")).await;
+    assert_eq!(trouble(), ["LagHigh", "DeadLettered"]);
+    bus.report("query", 0, 2, None);
+    op.reconcile_after(c.touch("blog")).await;
+    op.reconcile_after(c.touch("blog")).await;
+    assert_eq!(trouble(), ["LagHigh", "DeadLettered", "LagCleared"]);
+    let status = c.bus("blog").unwrap()["status"].clone();
+    assert_eq!((status["totalPending"].clone(), status["totalDeadLettered"].clone()), (json!(1), json!(2)));
+
+    // The operator read the figures as the bus's admin.
+    let key = c.api.get_as::<k8s_openapi::api::core::v1::Secret>(NS, "blog-event-bus-key").unwrap();
+    let key = BusKey::from_hex(&String::from_utf8_lossy(&key.data.unwrap()["key"].0)).unwrap();
+    assert_eq!(key.verify(&bus.bearer().unwrap()).as_deref(), Some(busbar_domain::credentials::ADMIN));
     op.stop().await;
 }
 
@@ -371,11 +351,7 @@ async fn each_service_gets_its_own_token_and_the_bus_gets_the_key() {
     let secrets = Api::<Secret>::namespaced(c.user(), NS);
     let forged = json!({ "data": { "token": "Zm9yZ2Vk" } });
     secrets.patch("blog-posts-bus-token", &PatchParams::default(), &Patch::Merge(&forged)).await.unwrap();
-    let touch = json!({ "metadata": { "annotations": { "test/touch": "1" } } });
-    Api::<ServiceBus>::namespaced(c.user(), NS)
-        .patch("blog", &PatchParams::default(), &Patch::Merge(&touch))
-        .await
-        .unwrap();
+    c.touch("blog").await;
     eventually("posts' token is repaired", || async {
         secret("blog-posts-bus-token").is_some_and(|s| key.verify(&data(&s, "token")).as_deref() == Some("posts"))
     })
@@ -451,7 +427,10 @@ async fn with_two_replicas_only_the_leader_writes() {
     let b = c.start_operator("replica-b", true);
     c.apply_bus(&blog()).await;
     eventually("wired by the leader", || async { BLOG.iter().all(|d| c.env_var(d, "BUSBAR_URL").is_some()) }).await;
-    tokio::time::sleep(Duration::from_millis(600)).await; // several of b's lease attempts
+    let lease_attempts_by_b =
+        || c.api.count_requests(|r| r.resource == "leases" && r.user_agent.as_deref() == Some("replica-b"));
+    let before = lease_attempts_by_b();
+    eventually("replica-b tries for the lease several times", || async { lease_attempts_by_b() >= before + 3 }).await;
     let writes_by = |who: &str| {
         c.api.count_requests(|r| r.is_write() && r.resource != "leases" && r.user_agent.as_deref() == Some(who))
     };

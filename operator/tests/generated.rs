@@ -1,13 +1,15 @@
 //! The CRD and RBAC the repository ships are exactly what the code generates, the CRD
 //! schema is structural, and its CEL rules say what they mean.
 
+mod support;
+
 use busbar_operator::{
     crd::{self, ServiceBus},
-    fixtures::{blog_spec, service_bus},
     rbac,
 };
 use kube::CustomResourceExt;
 use serde_json::Value;
+use support::{blog_spec, service_bus};
 
 fn repo_file(path: &str) -> String {
     let full = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path);
@@ -58,7 +60,7 @@ fn the_crd_names_what_the_sdk_parses() {
     assert_eq!(crd.spec.names.short_names.as_deref(), Some(&["sbus".to_owned()][..]));
     assert!(v.subresources.as_ref().unwrap().status.is_some());
     let columns: Vec<&str> = v.additional_printer_columns.iter().flatten().map(|c| c.name.as_str()).collect();
-    assert_eq!(columns, ["Transport", "Services", "Ready", "Age"]);
+    assert_eq!(columns, ["Transport", "Services", "Ready", "Pending", "Dead", "Age"]);
 }
 
 /// The rules of a structural schema (apiextensions.k8s.io/v1) that a derive can break.

@@ -51,9 +51,14 @@ pub fn service_env(
         ("BUSBAR_ACK_WAIT", delivery.ack_wait.clone()),
         ("BUSBAR_MAX_PARKED_FOR", delivery.max_parked_for.clone()),
         ("BUSBAR_BACKOFF", delivery.backoff.join(",")),
-        ("BUSBAR_JETSTREAM_REPLICAS", replicas.to_string()),
     ];
-    vars.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+    let mut env: Vec<(String, String)> = vars.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+    // Only JetStream has stream replicas; leaving it out elsewhere keeps the built-in bus's
+    // wiring (and its hash, which rolls pods) as it was.
+    if at.kind == TransportKind::JetStream {
+        env.push(("BUSBAR_JETSTREAM_REPLICAS".to_owned(), replicas.to_string()));
+    }
+    env
 }
 
 #[cfg(test)]
