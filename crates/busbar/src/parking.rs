@@ -46,16 +46,17 @@ pub struct Limits {
     pub backoff: Backoff,
 }
 
-/// What the service shows of its parked events; updated by the sweeper.
+/// What the service shows of its parked events; updated by the sweeper (`None` until it
+/// has looked).
 #[derive(Debug, Clone, Default)]
-pub struct ParkedGauge(Arc<std::sync::Mutex<Parked>>);
+pub struct ParkedGauge(Arc<std::sync::Mutex<Option<Parked>>>);
 
 impl ParkedGauge {
-    pub fn get(&self) -> Parked {
+    pub fn get(&self) -> Option<Parked> {
         *self.0.lock().expect("parked gauge")
     }
     fn set(&self, p: Parked) {
-        *self.0.lock().expect("parked gauge") = p;
+        *self.0.lock().expect("parked gauge") = Some(p);
     }
 }
 

@@ -130,6 +130,6 @@ async fn receive(
         };
         return Err((status, Json(body)).into_response());
     }
-    receipt.parked = Some(parked.get());
+    receipt.parked = parked.get();
     Ok(Json(receipt))
 }

@@ -345,9 +345,10 @@ async fn render_metrics(db: Db, m: Arc<ServiceMetrics>) -> impl axum::response::
             m.oldest_parked.set(p.oldest_age_ms as f64 / 1000.0);
         }
         Err(_) => {
-            let p = m.parked.get();
-            m.deferred.set(p.count as i64);
-            m.oldest_parked.set(p.oldest_age_ms as f64 / 1000.0);
+            if let Some(p) = m.parked.get() {
+                m.deferred.set(p.count as i64);
+                m.oldest_parked.set(p.oldest_age_ms as f64 / 1000.0);
+            }
         }
     }
     let mut out = String::new();
