@@ -54,9 +54,10 @@ struct Args {
     /// This replica's identity (usually the pod name).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
-    /// Log as JSON lines (for log collectors) instead of text.
-    #[arg(long, env = "BUSBAR_LOG_JSON", default_value_t = false)]
-    log_json: bool,
+    /// Log as `text` or `json` (one object per line, for log collectors). The same
+    /// `BUSBAR_LOG_FORMAT` switch as every busbar process.
+    #[arg(long, env = "BUSBAR_LOG_FORMAT", value_parser = ["text", "json"], default_value = "text")]
+    log_format: String,
 }
 
 #[derive(Clone)]
@@ -67,15 +68,9 @@ struct AppState {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| "info,kube_runtime=warn,kube_client=warn".into());
-    // Logs go to stderr, with the final error, so stdout stays clean.
-    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if args.log_json {
-        fmt.json().init()
-    } else {
-        fmt.init()
-    }
+    // SAFETY: before any thread is started; the flag wins over the environment.
+    unsafe { std::env::set_var("BUSBAR_LOG_FORMAT", &args.log_format) };
+    busbar_client::init_logging("info,kube_runtime=warn,kube_client=warn");
     match run(args).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

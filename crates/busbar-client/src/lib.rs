@@ -4,7 +4,9 @@
 //!
 //! - [`bus`]: the built-in bus's HTTP API (publish, replay, subscribers, dead letters);
 //! - [`jetstream`]: NATS JetStream: the bus's streams, its consumers' settings, publish,
-//!   replay and dead letters.
+//!   replay and dead letters;
+//! - the plumbing every busbar process shares: [`shutdown_signal`], [`init_logging`],
+//!   [`error_chain`].
 
 pub mod bus;
 pub mod jetstream;
@@ -44,6 +46,18 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// How a busbar process logs: to stderr (stdout stays for output), filtered by `RUST_LOG`
+/// (default `default_filter`), as text or, with `BUSBAR_LOG_FORMAT=json`, one JSON object
+/// per line for log collectors. The one switch for every busbar binary.
+pub fn init_logging(default_filter: &str) {
+    use tracing_subscriber::{EnvFilter, fmt};
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let json = std::env::var("BUSBAR_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi && !json);
+    let _ = if json { builder.json().try_init() } else { builder.compact().try_init() };
+}
+
 /// Resolves on SIGTERM or Ctrl-C (SIGINT): every busbar process stops gracefully on either.
 pub async fn shutdown_signal() {
     let ctrl_c = async {
@@ -66,25 +80,4 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// `text` on one line and at most `max` characters, ending in `…` when cut: for errors
-/// shown in tables, logs and headers.
-pub fn one_line(text: &str, max: usize) -> String {
-    let flat: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    if flat.chars().count() <= max {
-        flat
-    } else {
-        format!("{}…", flat.chars().take(max.saturating_sub(1)).collect::<String>())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn one_line_flattens_and_cuts() {
-        assert_eq!(one_line("boom\nline  two", 100), "boom line two");
-        assert_eq!(one_line("abcdef", 4), "abc…");
-        assert_eq!(one_line("abc", 3), "abc");
-    }
-}
+pub use busbar_protocol::text::one_line;

@@ -1,31 +1,16 @@
 //! A service's busbar settings, from `BUSBAR_*` environment variables. The operator and
 //! `busbar up` set them; the errors say what to set when one is missing or wrong.
 
-use std::{fmt, time::Duration};
+use std::time::Duration;
 
-use crate::spec::StartFrom;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TransportChoice {
-    Http,
-    JetStream,
-}
-
-impl fmt::Display for TransportChoice {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            TransportChoice::Http => "http",
-            TransportChoice::JetStream => "jetstream",
-        })
-    }
-}
+use crate::spec::{StartFrom, TransportKind};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BusbarConfig {
     /// `BUSBAR_SERVICE`: this service's name in the ServiceBus; the `source` of its events.
     pub service: String,
     /// `BUSBAR_TRANSPORT`: `http` (the built-in bus, default) or `jetstream`.
-    pub transport: TransportChoice,
+    pub transport: TransportKind,
     /// `BUSBAR_URL`: the bus base URL (http) or NATS URL (jetstream).
     pub url: String,
     /// `BUSBAR_TOKEN`: credential presented to the bus, if it requires one.
@@ -75,33 +60,30 @@ impl BusbarConfig {
                 hint: "use the service's name from the ServiceBus spec (a lower-case DNS label)".into(),
             });
         }
-        let transport = match get("BUSBAR_TRANSPORT").as_deref().map(str::to_ascii_lowercase).as_deref() {
-            None | Some("http") | Some("builtin") => TransportChoice::Http,
-            Some("jetstream") | Some("nats") => TransportChoice::JetStream,
-            Some(other) => {
-                return Err(ConfigError::Invalid {
-                    var: "BUSBAR_TRANSPORT",
-                    value: other.to_owned(),
-                    hint: "use `http` (the built-in bus) or `jetstream`".into(),
-                });
-            }
+        let transport = match get("BUSBAR_TRANSPORT") {
+            None => TransportKind::Builtin,
+            Some(v) => v.parse().map_err(|_| ConfigError::Invalid {
+                var: "BUSBAR_TRANSPORT",
+                value: v.trim().to_ascii_lowercase(),
+                hint: "use `http` (the built-in bus) or `jetstream`".into(),
+            })?,
         };
         let url = match (get("BUSBAR_URL"), transport) {
             (Some(u), _) => u,
-            (None, TransportChoice::Http) => DEFAULT_BUS_URL.to_owned(),
-            (None, TransportChoice::JetStream) => "nats://127.0.0.1:4222".to_owned(),
+            (None, TransportKind::Builtin) => DEFAULT_BUS_URL.to_owned(),
+            (None, TransportKind::JetStream) => "nats://127.0.0.1:4222".to_owned(),
         };
         let scheme_ok = match transport {
-            TransportChoice::Http => url.starts_with("http://") || url.starts_with("https://"),
-            TransportChoice::JetStream => url.starts_with("nats://") || url.starts_with("tls://"),
+            TransportKind::Builtin => url.starts_with("http://") || url.starts_with("https://"),
+            TransportKind::JetStream => url.starts_with("nats://") || url.starts_with("tls://"),
         };
         if !scheme_ok {
             return Err(ConfigError::Invalid {
                 var: "BUSBAR_URL",
                 value: url,
                 hint: match transport {
-                    TransportChoice::Http => "the http transport needs the bus URL, e.g. http://event-bus:4005".into(),
-                    TransportChoice::JetStream => {
+                    TransportKind::Builtin => "the http transport needs the bus URL, e.g. http://event-bus:4005".into(),
+                    TransportKind::JetStream => {
                         "the jetstream transport needs a NATS URL, e.g. nats://nats:4222".into()
                     }
                 },
@@ -199,7 +181,7 @@ mod tests {
     fn defaults_point_at_the_local_bus() {
         let c = cfg(&[]).unwrap();
         assert_eq!(c.service, "posts");
-        assert_eq!(c.transport, TransportChoice::Http);
+        assert_eq!(c.transport, TransportKind::Builtin);
         assert_eq!(c.url, DEFAULT_BUS_URL);
         assert_eq!(c.token, None);
     }
@@ -215,7 +197,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             (c.service.as_str(), c.transport, c.url.as_str(), c.token.as_deref()),
-            ("query", TransportChoice::JetStream, "nats://n:4222", Some("t"))
+            ("query", TransportKind::JetStream, "nats://n:4222", Some("t"))
         );
     }
 

@@ -90,6 +90,27 @@ pub enum TransportKind {
     JetStream,
 }
 
+impl std::fmt::Display for TransportKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TransportKind::Builtin => "builtin",
+            TransportKind::JetStream => "jetstream",
+        })
+    }
+}
+
+impl std::str::FromStr for TransportKind {
+    type Err = String;
+    /// `builtin` (also `http`, its wire name) or `jetstream` (also `nats`), any case.
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "builtin" | "http" => Ok(TransportKind::Builtin),
+            "jetstream" | "nats" => Ok(TransportKind::JetStream),
+            other => Err(format!("`{other}` is not a transport: use `builtin` or `jetstream`")),
+        }
+    }
+}
+
 impl TransportSpec {
     pub fn kind(&self) -> TransportKind {
         if self.jetstream.is_some() { TransportKind::JetStream } else { TransportKind::Builtin }
@@ -262,23 +283,12 @@ fn first_problems(problems: &[String]) -> String {
 
 /// `text` as quoted in an error message: cut short if it is long.
 fn shown(text: &str) -> String {
-    const MAX: usize = 64;
-    match text.char_indices().nth(MAX) {
-        Some((cut, _)) => format!("{}... ({} bytes)", &text[..cut], text.len()),
-        None => text.to_owned(),
-    }
+    busbar_protocol::text::shorten(text, 64)
 }
 
 /// A parser's message, which may quote a huge value, kept to its start and end.
 fn clipped(msg: String) -> String {
-    const KEEP: usize = 200;
-    let n = msg.chars().count();
-    if n <= 3 * KEEP {
-        return msg;
-    }
-    let head: String = msg.chars().take(KEEP).collect();
-    let tail: String = msg.chars().skip(n - KEEP).collect();
-    format!("{head} ... {tail}")
+    busbar_protocol::text::head_and_tail(&msg, 200)
 }
 
 /// Parses and validates a ServiceBus manifest (YAML or JSON).

@@ -150,7 +150,7 @@ fn decode_value(value: serde_json::Value, at: &str) -> Result<CloudEvent, Envelo
         Some(other) => {
             return Err(invalid(format!(
                 "unsupported specversion {}; busbar speaks CloudEvents \"1.0\"",
-                shorten(&other.to_string())
+                crate::text::shorten(&other.to_string(), 40)
             )));
         }
     }
@@ -172,15 +172,6 @@ fn decode_value(value: serde_json::Value, at: &str) -> Result<CloudEvent, Envelo
 /// Serialises events as the JSON array that `POST /events` accepts.
 pub fn encode_batch(events: &[CloudEvent]) -> Vec<u8> {
     serde_json::to_vec(events).expect("CloudEvents serialize to JSON")
-}
-
-/// `text`, cut to a length fit for an error message.
-fn shorten(text: &str) -> String {
-    const MAX: usize = 40;
-    match text.char_indices().nth(MAX) {
-        Some((cut, _)) => format!("{}... ({} bytes)", &text[..cut], text.len()),
-        None => text.to_owned(),
-    }
 }
 
 fn json_kind(v: &serde_json::Value) -> &'static str {

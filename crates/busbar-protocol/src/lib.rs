@@ -4,10 +4,12 @@
 //! - [`envelope`]: the CloudEvents 1.0 envelope every event travels in, and the typed
 //!   [`Event`] trait;
 //! - [`bus_api`]: the built-in bus's HTTP API (publish, push and its answers, replay,
-//!   subscribers, dead letters, redrive), with JSON Schemas.
+//!   subscribers, dead letters, redrive), with JSON Schemas;
+//! - [`text`]: long or untrusted text made fit for messages, logs and headers.
 
 pub mod bus_api;
 pub mod envelope;
+pub mod text;
 
 pub use cloudevents::{AttributesReader, AttributesWriter};
 pub use envelope::{CloudEvent, Event};

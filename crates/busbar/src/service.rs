@@ -24,7 +24,7 @@ use tower_http::{cors::CorsLayer, trace::TraceLayer};
 use crate::{
     Backoff,
     backfill::{self, Backfill},
-    config::{BusbarConfig, ConfigError, TransportChoice},
+    config::{BusbarConfig, ConfigError},
     consumer::{Consumer, Scope},
     db::{Db, DbError, DbOptions, redact},
     handlers::Handlers,
@@ -32,7 +32,7 @@ use crate::{
     outbox::{self, RelayOptions},
     parking::{Limits, ParkedGauge, Sweeper},
     receive::{self, ReceiveStats},
-    spec::StartFrom,
+    spec::{StartFrom, TransportKind},
     subscription::Subscription,
     transport::{PullLoop, Receiving, Transport, http::HttpTransport, jetstream::JetStream},
     web::{self, ApiError},
@@ -125,8 +125,8 @@ impl Service {
         let settings = Settings::from_env(default_name, default_port)?;
         let b = &settings.busbar;
         let transport: Arc<dyn Transport> = match b.transport {
-            TransportChoice::Http => Arc::new(HttpTransport::new(&b.url, b.token.clone())),
-            TransportChoice::JetStream => {
+            TransportKind::Builtin => Arc::new(HttpTransport::new(&b.url, b.token.clone())),
+            TransportKind::JetStream => {
                 let js = match &b.token {
                     Some(token) => JetStream::connect_as(&b.url, &b.bus, &b.service, token).await,
                     None => JetStream::connect(&b.url, &b.bus).await,

@@ -123,10 +123,5 @@ pub async fn not_found(uri: axum::http::Uri, method: axum::http::Method) -> ApiE
 /// Logs to stderr; `RUST_LOG` filters (default `info`), `BUSBAR_LOG_FORMAT=json` switches
 /// to one JSON object per line for log shippers.
 pub fn init_tracing() {
-    use tracing_subscriber::{EnvFilter, fmt};
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let json = std::env::var("BUSBAR_LOG_FORMAT").is_ok_and(|v| v == "json");
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
-    let _ = if json { builder.json().try_init() } else { builder.compact().try_init() };
+    busbar_client::init_logging("info");
 }

@@ -104,16 +104,7 @@ pub fn is_redrive(msg: &jetstream::Message) -> bool {
 /// `text` as a header value: one line (NATS headers cannot hold line breaks), at most
 /// [`MAX_ERROR_LEN`] bytes.
 pub fn header_text(text: &str) -> String {
-    let mut out: String = text.chars().map(|c| if c == '\r' || c == '\n' { ' ' } else { c }).collect();
-    if out.len() > MAX_ERROR_LEN {
-        let mut cut = MAX_ERROR_LEN;
-        while !out.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        out.truncate(cut);
-        out.push('…');
-    }
-    out
+    busbar_protocol::text::one_line_bytes(text, MAX_ERROR_LEN)
 }
 
 impl JetStream {
