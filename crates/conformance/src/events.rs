@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 #[serde(tag = "do", rename_all = "lowercase", deny_unknown_fields)]
 pub enum Poison {
     /// The handler returns an error: always, or only on its first `times` attempts (counted
-    /// by the subscriber process, so a restart starts counting again).
+    /// by the subscriber process, so a restart starts counting again), and never once the
+    /// subscriber was told its aggregate is cured (`POST /cure`).
     Fail {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         times: Option<u32>,

@@ -84,3 +84,10 @@ pub struct Stats {
     /// Events parked in the inbox waiting for an earlier version.
     pub parked: i64,
 }
+
+/// `POST /cure`: `fail` poison on these aggregates passes from now on.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cure {
+    pub aggregates: Vec<String>,
+}

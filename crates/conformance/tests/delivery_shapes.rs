@@ -13,12 +13,17 @@
 
 mod support;
 
-use busbar_conformance::{events::TYPES, wire::EmitItem};
+use busbar::bus_api::DeadLetter;
+use busbar_conformance::{
+    events::{Poison, TYPES},
+    wire::EmitItem,
+};
 use support::{
     BUILTIN_POSTGRES, BUILTIN_SQLITE, CONVERGE, Combo, JETSTREAM_POSTGRES, JETSTREAM_SQLITE, STARTUP,
+    manifest::Delivery,
     probe::Probe,
     truth::{assert_clean, converge, of_types},
-    world::World,
+    world::{Topology, World},
 };
 
 /// One test per combination: `$test` runs `$case` on `$combo`.
@@ -116,3 +121,115 @@ shapes!(start_from_now_subscriber:
     start_from_now_subscriber__jetstream_sqlite = JETSTREAM_SQLITE,
     start_from_now_subscriber__jetstream_postgres = JETSTREAM_POSTGRES,
 );
+
+// ---- a failing parked successor ---------------------------------------------------------
+
+/// Version 2 of an aggregate arrives before version 1 and is parked; v1 arrives, is
+/// applied, and v2's handler fails when it is drained. The event to retry and dead-letter
+/// is v2, with its own error: v1 stays applied, and nothing else is held up.
+async fn failing_parked_successor(case: &str, combo: Combo) {
+    let mut w = World::new(case, combo).await;
+    let mut sub = w.start_subscriber("sub", &TYPES, false).await;
+    let publisher = w.start_publisher().await;
+    let calm = names("calm", 10);
+    let mut expected = publisher.emit(rounds(&calm, 2, |i, r| TYPES[(i + r) % TYPES.len()])).await;
+
+    let v2 = publisher.emit(vec![EmitItem::new("x", "ItemRenamed").version(2).poison(fail_always())]).await;
+    sub.wait_parked(1).await;
+    let v1 = publisher.emit(vec![EmitItem::new("x", "ItemAdded").version(1)]).await;
+    expected.extend(v1.clone());
+    expected.extend(publisher.emit(rounds(&calm, 2, |i, r| TYPES[(i + r + 2) % TYPES.len()])).await);
+
+    let ids = [v1[0].id.clone(), v2[0].id.clone()];
+    let dead = w
+        .await_dead_letters(&sub, CONVERGE, "a dead letter for x (v1 or v2)", |d| {
+            d.iter().any(|d| d.event_id.as_ref().is_some_and(|id| ids.contains(id)))
+        })
+        .await;
+    let of_x: Vec<_> = dead.iter().filter(|d| d.event_id.as_ref().is_some_and(|id| ids.contains(id))).collect();
+    assert!(
+        of_x.len() == 1 && of_x[0].event_id.as_deref() == Some(ids[1].as_str()),
+        "{case}: the dead letter must be v2 ({}, the failing parked successor), not v1 ({}); got {:?}\n{}",
+        ids[1],
+        ids[0],
+        of_x.iter().map(|d| format!("{:?} {:?}: {}", d.ty, d.event_id, d.last_error)).collect::<Vec<_>>(),
+        sub.log_tail()
+    );
+    assert!(
+        of_x[0].last_error.contains("told to fail") && of_x[0].last_error.contains("v2"),
+        "{case}: v2's dead letter must carry v2's own error, got: {}",
+        of_x[0].last_error
+    );
+    let applied = converge(&w, &mut sub, &expected, CONVERGE).await;
+    assert_clean(&w, &sub, &expected, &applied);
+}
+
+shapes!(failing_parked_successor:
+    failing_parked_successor__builtin_sqlite = BUILTIN_SQLITE,
+    failing_parked_successor__builtin_postgres = BUILTIN_POSTGRES,
+    failing_parked_successor__jetstream_sqlite = JETSTREAM_SQLITE,
+    failing_parked_successor__jetstream_postgres = JETSTREAM_POSTGRES,
+);
+
+// ---- parked beyond maxParkedFor ---------------------------------------------------------
+
+/// v1 is poison and is dead-lettered; v2 waits parked for it. After `maxParkedFor`, v2
+/// is dead-lettered too, with a reason naming the missing version. Once the handler is
+/// fixed and both are redriven, everything is applied in order, once.
+async fn parked_beyond_max_parked_for(case: &str, combo: Combo) {
+    let delivery = Delivery { max_parked_for: "2s".into(), ..Delivery::default() };
+    let mut w = World::with(case, combo, delivery, Topology::Single).await;
+    let mut sub = w.start_subscriber("sub", &TYPES, false).await;
+    let publisher = w.start_publisher().await;
+    let calm = names("calm", 10);
+    let mut expected = publisher.emit(rounds(&calm, 2, |i, r| TYPES[(i + r) % TYPES.len()])).await;
+    let v1 = publisher.emit(vec![EmitItem::new("x", "ItemAdded").poison(fail_always())]).await;
+    let v2 = publisher.emit(vec![EmitItem::new("x", "ItemRenamed")]).await;
+    expected.extend(v1.clone());
+    expected.extend(v2.clone());
+    let (v1_id, v2_id) = (v1[0].id.clone(), v2[0].id.clone());
+
+    let has = |d: &[DeadLetter], id: &str| d.iter().any(|d| d.event_id.as_deref() == Some(id));
+    w.await_dead_letters(&sub, CONVERGE, "v1 to be dead-lettered", |d| has(d, &v1_id)).await;
+    let v1_dead = std::time::Instant::now();
+    let dead = w
+        .await_dead_letters(&sub, PARKED_LIMIT_SLACK, "v2, parked beyond maxParkedFor (2s), to be dead-lettered", |d| {
+            has(d, &v2_id)
+        })
+        .await;
+    let reason = &dead.iter().find(|d| d.event_id.as_deref() == Some(v2_id.as_str())).unwrap().last_error;
+    assert!(names_version(reason, 1), "{case}: v2's dead letter must name the missing version 1, got: {reason}");
+    println!("{case}: v2 dead-lettered {:.1?} after v1, reason: {reason}", v1_dead.elapsed());
+
+    // Others are not held up meanwhile.
+    expected.extend(publisher.emit(rounds(&calm, 1, |i, _| TYPES[i % TYPES.len()])).await);
+    sub.cure(&["x"]).await;
+    let redriven = w.redrive_all("sub").await;
+    assert_eq!(redriven, 2, "{case}: both v1 and v2 are redriven");
+    let applied = converge(&w, &mut sub, &expected, CONVERGE).await;
+    assert_clean(&w, &sub, &expected, &applied);
+    let left = w.dead_letters("sub").await.expect("list dead letters");
+    assert!(left.is_empty(), "{case}: dead letters left after a successful redrive: {left:?}");
+}
+
+shapes!(parked_beyond_max_parked_for:
+    parked_beyond_max_parked_for__builtin_sqlite = BUILTIN_SQLITE,
+    parked_beyond_max_parked_for__builtin_postgres = BUILTIN_POSTGRES,
+    parked_beyond_max_parked_for__jetstream_sqlite = JETSTREAM_SQLITE,
+    parked_beyond_max_parked_for__jetstream_postgres = JETSTREAM_POSTGRES,
+);
+
+/// How long past its `maxParkedFor` (2 s here) a parked event may take to be dead-lettered.
+const PARKED_LIMIT_SLACK: std::time::Duration = std::time::Duration::from_secs(20);
+
+fn fail_always() -> Poison {
+    Poison::Fail { times: None }
+}
+
+/// Whether a dead letter's reason names version `v` (as "version 2", "v2" or "version: 2").
+fn names_version(reason: &str, v: i64) -> bool {
+    let r = reason.to_lowercase();
+    [format!("version {v}"), format!("version: {v}"), format!("v{v}")].iter().any(|pat| {
+        r.match_indices(pat.as_str()).any(|(i, _)| !r[i + pat.len()..].starts_with(|c: char| c.is_ascii_digit()))
+    })
+}

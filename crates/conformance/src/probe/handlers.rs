@@ -2,7 +2,10 @@
 //! application (id, type, aggregate, version) in the handler's transaction, after doing
 //! whatever the event's [`Poison`] says.
 
-use std::{collections::HashMap, sync::Mutex};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex},
+};
 
 use busbar::{HandlerError, Handlers, Received, Tx};
 
@@ -11,22 +14,31 @@ use crate::events::{ItemAdded, ItemEvent, ItemPriced, ItemRemoved, ItemRenamed, 
 
 pub struct Probe {
     replica: String,
+    /// Aggregates whose `fail` poison no longer fails: `POST /cure` stands in for
+    /// deploying a fixed handler before redriving its dead letters.
+    pub cured: Mutex<HashSet<String>>,
     /// Attempts per event id in this process, for `Poison::Fail { times }`. In memory on
     /// purpose: the handler's transaction rolls back on failure, so the database cannot
     /// count failures.
     attempts: Mutex<HashMap<String, u32>>,
 }
 
+impl Probe {
+    pub fn new(replica: String) -> Self {
+        Self { replica, cured: Mutex::default(), attempts: Mutex::default() }
+    }
+}
+
 /// Every type is a copy rebuilt from history (`on`), so backfill replays all of them.
-pub fn handlers(replica: String) -> Handlers<Probe> {
-    Handlers::new(Probe { replica, attempts: Mutex::default() })
+pub fn handlers(probe: Arc<Probe>) -> Handlers<Arc<Probe>> {
+    Handlers::new(probe)
         .on::<ItemAdded>(apply::<ItemAdded>)
         .on::<ItemRenamed>(apply::<ItemRenamed>)
         .on::<ItemPriced>(apply::<ItemPriced>)
         .on::<ItemRemoved>(apply::<ItemRemoved>)
 }
 
-async fn apply<E: ItemEvent>(p: &Probe, tx: &mut Tx, ev: Received<E>) -> Result<(), HandlerError> {
+async fn apply<E: ItemEvent>(p: &Arc<Probe>, tx: &mut Tx, ev: Received<E>) -> Result<(), HandlerError> {
     let id = &ev.meta.id;
     let item = ev.data.aggregate_id();
     if let Some(poison) = ev.poison() {
@@ -38,7 +50,9 @@ async fn apply<E: ItemEvent>(p: &Probe, tx: &mut Tx, ev: Received<E>) -> Result<
         };
         let version = ev.meta.version.unwrap_or_default();
         match poison {
-            Poison::Fail { times } if times.is_none_or(|t| attempt <= t) => {
+            Poison::Fail { times }
+                if times.is_none_or(|t| attempt <= t) && !p.cured.lock().expect("cured lock").contains(&item) =>
+            {
                 return Err(format!(
                     "poison: {} {} v{version} told to fail (attempt {attempt} in replica {})",
                     E::TYPE,

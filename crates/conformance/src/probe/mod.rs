@@ -8,11 +8,15 @@
 //!   of its aggregate, kept in the probe's own table, in the emit's transaction;
 //! - `GET /emitted`: every event this database emitted (the publisher's truth);
 //! - `GET /applied`: every application of a received event, in application order;
-//! - `GET /stats`: counts of the above and of parked events.
+//! - `GET /stats`: counts of the above and of parked events;
+//! - `POST /cure` `{"aggregates": [...]}`: from now on, `fail` poison on those aggregates
+//!   passes (a fixed handler deployed before a redrive).
 
 mod handlers;
 mod routes;
 mod store;
+
+use std::sync::Arc;
 
 use busbar::{
     Handlers,
@@ -28,12 +32,13 @@ pub async fn run() -> Result<(), ServiceError> {
         Service::start(NAME, PORT, &sqlx::migrate!("./migrations/sqlite"), &sqlx::migrate!("./migrations/postgres"))
             .await?;
     tracing::info!(%replica, pid = std::process::id(), "probe replica started");
-    let routes = routes::router(service.db().clone());
+    let probe = Arc::new(handlers::Probe::new(replica));
+    let routes = routes::router(service.db().clone(), probe.clone());
     // The wiring sets BUSBAR_SUBSCRIBES to an empty list for a service that subscribes to
     // nothing, and the SDK reads an empty value as unset (then every handled type would be
     // received). A publishing-only probe must receive nothing, so it registers no handler.
     if std::env::var("BUSBAR_SUBSCRIBES").is_ok_and(|v| v.trim().is_empty()) {
         return service.serve(routes, Handlers::none()).await;
     }
-    service.serve(routes, handlers::handlers(replica)).await
+    service.serve(routes, handlers::handlers(probe)).await
 }

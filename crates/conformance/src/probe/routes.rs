@@ -6,22 +6,34 @@ use busbar::{
     web::{ApiError, JsonBody},
 };
 
-use super::store::{self, EmitError};
+use std::sync::Arc;
+
+use super::{
+    handlers::Probe,
+    store::{self, EmitError},
+};
 use crate::{
     events::TYPES,
-    wire::{Applied, EmitRequest, Emitted, Stats},
+    wire::{Applied, Cure, EmitRequest, Emitted, Stats},
 };
 
 /// Most events one `POST /emit` may ask for; a test wanting more sends several.
 const MAX_EVENTS_PER_REQUEST: usize = 20_000;
 
-pub fn router(db: Db) -> Router {
+pub fn router(db: Db, probe: Arc<Probe>) -> Router {
+    let cure = Router::new().route("/cure", post(cure)).with_state(probe);
     Router::new()
         .route("/emit", post(emit))
         .route("/emitted", get(emitted))
         .route("/applied", get(applied))
         .route("/stats", get(stats))
         .with_state(db)
+        .merge(cure)
+}
+
+async fn cure(State(probe): State<Arc<Probe>>, JsonBody(req): JsonBody<Cure>) -> Json<Cure> {
+    probe.cured.lock().expect("cured lock").extend(req.aggregates.iter().cloned());
+    Json(req)
 }
 
 async fn emit(State(db): State<Db>, JsonBody(req): JsonBody<EmitRequest>) -> Result<Json<Vec<Emitted>>, ApiError> {

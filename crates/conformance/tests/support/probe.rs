@@ -3,7 +3,7 @@
 
 use std::{path::PathBuf, process::Command, time::Duration};
 
-use busbar_conformance::wire::{Applied, EmitItem, EmitRequest, Emitted, Stats};
+use busbar_conformance::wire::{Applied, Cure, EmitItem, EmitRequest, Emitted, Stats};
 use testkit::process::Proc;
 
 use super::STARTUP;
@@ -143,6 +143,25 @@ impl Probe {
         self.try_emit(req)
             .await
             .unwrap_or_else(|e| panic!("{} refused to emit: {e}\n{}", self.replica, self.log_tail()))
+    }
+
+    /// Tells the subscriber that `fail` poison on `aggregates` passes from now on.
+    pub async fn cure(&self, aggregates: &[&str]) {
+        let body = Cure { aggregates: aggregates.iter().map(|a| a.to_string()).collect() };
+        let r = self.http.post(format!("{}/cure", self.url)).json(&body).send().await;
+        assert!(r.is_ok_and(|r| r.status().is_success()), "{}: POST /cure failed\n{}", self.replica, self.log_tail());
+    }
+
+    /// Waits until `/stats` shows at least `n` parked events.
+    pub async fn wait_parked(&self, n: i64) {
+        let start = std::time::Instant::now();
+        loop {
+            if self.try_stats().await.is_ok_and(|s| s.parked >= n) {
+                return;
+            }
+            assert!(start.elapsed() < STARTUP, "{} never parked {n} events:\n{}", self.replica, self.log_tail());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, String> {

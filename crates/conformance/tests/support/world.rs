@@ -277,6 +277,40 @@ impl World {
         }
     }
 
+    /// Waits until `subscriber`'s dead letters satisfy `done`, and returns them; fails with
+    /// what it saw and the logs after `timeout`.
+    pub async fn await_dead_letters(
+        &self,
+        sub: &Probe,
+        timeout: std::time::Duration,
+        what: &str,
+        done: impl Fn(&[DeadLetter]) -> bool,
+    ) -> Vec<DeadLetter> {
+        let start = std::time::Instant::now();
+        let mut last = Ok(vec![]);
+        while start.elapsed() < timeout {
+            last = self.dead_letters(&sub.service).await;
+            if let Ok(d) = &last
+                && done(d)
+            {
+                return d.clone();
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let seen = match last {
+            Ok(d) => d.iter().map(|d| format!("\n  {:?} {:?}: {}", d.ty, d.event_id, d.last_error)).collect::<String>(),
+            Err(e) => format!(" cannot list them: {e}"),
+        };
+        panic!(
+            "{} [{}]: timed out after {timeout:?} waiting for {what}; dead letters of {}:{seen}\n{}\n{}",
+            self.case,
+            self.combo,
+            sub.service,
+            sub.log_tail(),
+            self.diagnostics()
+        )
+    }
+
     /// Redrives every dead letter of `subscriber`; returns how many.
     pub async fn redrive_all(&self, subscriber: &str) -> usize {
         match self.combo.transport {
