@@ -13,17 +13,21 @@
 
 mod support;
 
-use busbar::bus_api::DeadLetter;
+use busbar::{
+    bus_api::{DeadLetter, DeadLetterState},
+    names::stream_name,
+};
 use busbar_conformance::{
-    events::{Poison, TYPES},
-    wire::EmitItem,
+    events::{ItemAdded, Poison, TYPES},
+    wire::{EmitItem, EmitRequest},
 };
 use support::{
-    BUILTIN_POSTGRES, BUILTIN_SQLITE, CONVERGE, Combo, JETSTREAM_POSTGRES, JETSTREAM_SQLITE, STARTUP,
+    BUILTIN_POSTGRES, BUILTIN_SQLITE, CONVERGE, Combo, JETSTREAM_POSTGRES, JETSTREAM_SQLITE, STALL, STARTUP,
+    load::{Load, LoadSpec},
     manifest::Delivery,
-    probe::Probe,
-    truth::{assert_clean, converge, of_types},
-    world::{Topology, World},
+    probe::{Probe, metric_sum},
+    truth::{self, assert_clean, converge, of_types},
+    world::{PUBLISHER, Topology, World},
 };
 
 /// One test per combination: `$test` runs `$case` on `$combo`.
@@ -233,3 +237,568 @@ fn names_version(reason: &str, v: i64) -> bool {
         r.match_indices(pat.as_str()).any(|(i, _)| !r[i + pat.len()..].starts_with(|c: char| c.is_ascii_digit()))
     })
 }
+
+// ---- a subscriber added after 10,000 events, killed twice while it backfills ------------
+
+/// Events of history before the subscriber exists.
+const HISTORY: usize = 10_000;
+
+/// A subscriber added after 10,000 events is killed with SIGKILL twice while it catches up
+/// from history. At the end every event is applied exactly once, in order.
+async fn backfill_killed_twice(case: &str, combo: Combo) {
+    let started = std::time::Instant::now();
+    let mut w = World::new(case, combo).await;
+    let publisher = w.start_publisher().await;
+    let aggregates = names("item", 200);
+    let plan = rounds(&aggregates, HISTORY / aggregates.len(), |i, r| TYPES[(i + r) % TYPES.len()]);
+    // 1,000 events per transaction: the history is only the setting, and cheap this way.
+    let history = publisher.emit_req(&EmitRequest { items: plan, per_tx: Some(1000) }).await;
+    assert_eq!(history.len(), HISTORY);
+    let committed = started.elapsed();
+    wait_published(&publisher).await;
+    println!(
+        "{case}: {HISTORY} events of history committed after {committed:.1?}, published after {:.1?}",
+        started.elapsed()
+    );
+
+    let mut sub = w.start_subscriber("late", &TYPES, false).await;
+    let mut seen_before = 0;
+    for kill in 1..=2 {
+        let (applied, readyz) = wait_mid_backfill(&mut sub, seen_before + KILL_EVERY).await;
+        sub.kill9();
+        println!("{case}: kill {kill} with {applied}/{HISTORY} applied; /readyz said {readyz:?}");
+        seen_before = applied;
+        sub.restart().await;
+    }
+    let applied = converge(&w, &mut sub, &history, CONVERGE).await;
+    assert_clean(&w, &sub, &history, &applied);
+    sub.wait_ready(STARTUP).await;
+    println!("{case}: done in {:.1?}", started.elapsed());
+}
+
+/// How many more events the subscriber applies between the harness's kills.
+const KILL_EVERY: i64 = 2_000;
+
+/// Waits until the subscriber is part-way through history: it has applied at least
+/// `at_least` events and fewer than all of them. The first time it must also say it is
+/// backfilling (`/readyz` 503). Returns what it had applied and what `/readyz` said.
+async fn wait_mid_backfill(sub: &mut Probe, at_least: i64) -> (i64, Option<u16>) {
+    let start = std::time::Instant::now();
+    loop {
+        let readyz = sub.readyz().await;
+        if let Ok(s) = sub.try_stats().await {
+            assert!(
+                s.applied < HISTORY as i64,
+                "{}: finished catching up ({} applied) before the harness could kill it mid-backfill\n{}",
+                sub.replica,
+                s.applied,
+                sub.log_tail()
+            );
+            let backfilling = at_least > KILL_EVERY || readyz == Some(503);
+            if s.applied >= at_least && backfilling {
+                return (s.applied, readyz);
+            }
+        }
+        assert!(
+            start.elapsed() < STARTUP,
+            "{}: not seen backfilling (/readyz {readyz:?}) within {STARTUP:?}\n{}",
+            sub.replica,
+            sub.log_tail()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
+shapes!(backfill_killed_twice:
+    backfill_killed_twice__builtin_sqlite = BUILTIN_SQLITE,
+    backfill_killed_twice__builtin_postgres = BUILTIN_POSTGRES,
+    backfill_killed_twice__jetstream_sqlite = JETSTREAM_SQLITE,
+    backfill_killed_twice__jetstream_postgres = JETSTREAM_POSTGRES,
+);
+
+// ---- a process-crashing poison event and a panicking handler ----------------------------
+
+/// One event aborts the subscriber process whenever it is handled, another makes its
+/// handler panic; calm events around them share their batches. The test restarts the
+/// subscriber each time it dies, as Kubernetes would (more than twice `maxDeliver` deaths
+/// is a crash loop and fails): the crashing event must be dead-lettered after `maxDeliver`
+/// attempts counted across restarts, a panic counts as a failed attempt, every calm event
+/// is applied once in order (none is dead-lettered in the poison's place), and `/readyz`
+/// never says ready while the subscriber consumes nothing.
+async fn crashing_poison_and_panicking_handler(case: &str, combo: Combo) {
+    let delivery = Delivery { ack_wait: "2s".into(), ..Delivery::default() };
+    let max_deliver = delivery.max_deliver;
+    let mut w = World::with(case, combo, delivery, Topology::Single).await;
+    let mut sub = w.start_subscriber("sub", &TYPES, false).await;
+    sub.wait_ready(STARTUP).await;
+    let publisher = w.start_publisher().await;
+    let calm = names("calm", 10);
+    let mut plan = rounds(&calm, 2, |i, r| TYPES[(i + r) % TYPES.len()]);
+    plan.push(EmitItem::new("panics", "ItemAdded").poison(Poison::Panic));
+    plan.extend(rounds(&calm, 2, |i, r| TYPES[(i + r + 2) % TYPES.len()]));
+    plan.push(EmitItem::new("crashes", "ItemAdded").poison(Poison::Crash));
+    plan.extend(rounds(&calm, 2, |i, r| TYPES[(i + r) % TYPES.len()]));
+    let emitted = publisher.emit(plan).await;
+    let poison_id = |agg: &str| emitted.iter().find(|e| e.aggregate == agg).unwrap().id.clone();
+    let (panic_id, crash_id) = (poison_id("panics"), poison_id("crashes"));
+    let expected: Vec<_> = emitted.iter().filter(|e| e.id != panic_id && e.id != crash_id).cloned().collect();
+
+    let (mut crashes, start) = (0u32, std::time::Instant::now());
+    let (mut last, mut last_change) = ((0i64, 0usize, 0u32), std::time::Instant::now());
+    loop {
+        if !sub.is_running() {
+            crashes += 1;
+            if crashes > 2 * max_deliver {
+                let dead = w.dead_letters("sub").await.unwrap_or_default();
+                let listed: Vec<String> =
+                    dead.iter().map(|d| format!("{:?} {:?}: {}", d.ty, d.event_id, d.last_error)).collect();
+                panic!(
+                    "{case}: the subscriber died {crashes} times, crash-looping: with maxDeliver {max_deliver} the \
+                     crashing event ({crash_id}) must be dead-lettered after {max_deliver} attempts counted across \
+                     restarts; dead letters so far: {listed:#?}\n{}",
+                    sub.log_tail()
+                );
+            }
+            sub.restart().await;
+            continue;
+        }
+        let dead = w.dead_letters("sub").await.unwrap_or_default();
+        let applied = sub.try_stats().await.map(|s| s.applied).unwrap_or(last.0);
+        let has = |id: &str| dead.iter().any(|d| d.event_id.as_deref() == Some(id));
+        if has(&panic_id) && has(&crash_id) && applied >= expected.len() as i64 {
+            break;
+        }
+        let now = (applied, dead.len(), crashes);
+        if now != last {
+            (last, last_change) = (now, std::time::Instant::now());
+        }
+        if last_change.elapsed() > STALL || start.elapsed() > CONVERGE {
+            let readyz = sub.readyz().await;
+            truth::fail(
+                &w,
+                &sub,
+                &expected,
+                &format!(
+                    "no progress for {:?} ({applied} applied, {} dead letters, {crashes} crashes); /readyz answers \
+                     {readyz:?}: a subscriber that consumes nothing must not say it is ready",
+                    last_change.elapsed(),
+                    dead.len()
+                ),
+            )
+            .await;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let applied = converge(&w, &mut sub, &expected, CONVERGE).await;
+    assert_clean(&w, &sub, &expected, &applied);
+    let dead = w.dead_letters("sub").await.expect("list dead letters");
+    let listed: Vec<String> = dead.iter().map(|d| format!("{:?} {:?}: {}", d.ty, d.event_id, d.last_error)).collect();
+    assert_eq!(dead.len(), 2, "{case}: exactly the two poison events are dead-lettered, got {listed:#?}");
+    let panicked = dead.iter().find(|d| d.event_id.as_deref() == Some(panic_id.as_str())).unwrap();
+    assert!(panicked.last_error.contains("panic"), "{case}: the panic's dead letter says so: {}", panicked.last_error);
+    assert_eq!(sub.readyz().await, Some(200), "{case}: ready once it has consumed everything");
+    println!(
+        "{case}: {crashes} crashes before the crashing event was dead-lettered; attempts recorded: {:?}",
+        dead.iter().map(|d| (d.event_id.as_deref() == Some(crash_id.as_str()), d.attempts)).collect::<Vec<_>>()
+    );
+}
+
+shapes!(crashing_poison_and_panicking_handler:
+    crashing_poison_and_panicking_handler__builtin_sqlite = BUILTIN_SQLITE,
+    crashing_poison_and_panicking_handler__builtin_postgres = BUILTIN_POSTGRES,
+    crashing_poison_and_panicking_handler__jetstream_sqlite = JETSTREAM_SQLITE,
+    crashing_poison_and_panicking_handler__jetstream_postgres = JETSTREAM_POSTGRES,
+);
+
+// ---- redrive during load ----------------------------------------------------------------
+
+/// Two dead letters: A's v1 (its handler is then fixed; A's later versions wait parked)
+/// and B, which still fails. Both are redriven while new events keep flowing. New events
+/// are not held up by the redrive: an event emitted once A's v1 has been applied again is
+/// applied before B, retried with a 1 s backoff, is back among the dead letters. A's
+/// versions, old and new, are applied in order, once.
+async fn redrive_during_load(case: &str, combo: Combo) {
+    let delivery = Delivery { backoff: vec!["1s".into()], ..Delivery::default() };
+    let mut w = World::with(case, combo, delivery, Topology::Single).await;
+    let mut sub = w.start_subscriber("sub", &TYPES, false).await;
+    let publisher = w.start_publisher().await;
+    let a = publisher
+        .emit(vec![
+            EmitItem::new("redrive-a", "ItemAdded").poison(fail_always()),
+            EmitItem::new("redrive-a", "ItemRenamed").count(3),
+        ])
+        .await;
+    let b = publisher.emit(vec![EmitItem::new("redrive-b", "ItemAdded").poison(fail_always())]).await;
+    let (a_id, b_id) = (a[0].id.clone(), b[0].id.clone());
+    let has = |d: &[DeadLetter], id: &str| d.iter().any(|d| d.event_id.as_deref() == Some(id));
+    let dead =
+        w.await_dead_letters(&sub, CONVERGE, "A's v1 and B dead-lettered", |d| has(d, &a_id) && has(d, &b_id)).await;
+    let b_before = dead.iter().find(|d| d.event_id.as_deref() == Some(b_id.as_str())).unwrap().clone();
+
+    let mut aggregates = names("load", 20);
+    aggregates.push("redrive-a".into());
+    let load = Load::start(LoadSpec {
+        targets: vec![publisher.url.clone()],
+        aggregates,
+        per_request: 5,
+        pause: std::time::Duration::from_millis(50),
+        max_events: 5_000,
+        max_time: CONVERGE,
+    });
+    load.progress(50, STARTUP, "load before the redrive").await;
+    sub.cure(&["redrive-a"]).await;
+    assert_eq!(w.redrive_all("sub").await, 2, "{case}: both dead letters are redriven");
+    // The redrive is under way once A's v1 is applied; B is still being retried then.
+    wait_applied(&w, &sub, &a_id, CONVERGE).await;
+    let b_now = w.dead_letters("sub").await.unwrap_or_default();
+    assert!(
+        !b_now.iter().any(|d| d.event_id.as_deref() == Some(b_id.as_str())
+            && d.state == DeadLetterState::Dead
+            && (d.id != b_before.id || d.attempts > b_before.attempts)),
+        "{case}: B's redrive was over before A's v1 was applied; the case cannot tell whether new events wait for it"
+    );
+    let marker = publisher.emit(vec![EmitItem::new("marker", "ItemAdded")]).await;
+    let back = w
+        .await_dead_letters(&sub, CONVERGE, "B, redriven and failing again, back among the dead letters", |d| {
+            d.iter().any(|d| {
+                d.event_id.as_deref() == Some(b_id.as_str())
+                    && d.state == DeadLetterState::Dead
+                    && (d.id != b_before.id || d.attempts > b_before.attempts)
+            })
+        })
+        .await;
+    let b_back_at = back.iter().find(|d| d.event_id.as_deref() == Some(b_id.as_str())).unwrap().dead_at;
+    load.progress(50, STARTUP, "load after the redrive").await;
+    let log = load.stop().await;
+    assert_eq!(log.failed_requests, 0, "{case}: the publisher refused load: {:?}", log.first_errors);
+
+    let expected: Vec<_> = publisher.emitted().await.into_iter().filter(|e| e.id != b_id).collect();
+    let applied = converge(&w, &mut sub, &expected, CONVERGE).await;
+    assert_clean(&w, &sub, &expected, &applied);
+    let marker_at = applied.iter().find(|x| x.id == marker[0].id).unwrap().at;
+    assert!(
+        marker_at < b_back_at,
+        "{case}: the event emitted during the redrive was applied {} ms after B's redrive had failed again: \
+         new events were held up by the redrive",
+        marker_at - b_back_at
+    );
+    println!(
+        "{case}: {} load events; the event emitted during the redrive was applied {} ms before B was back in the dead letters",
+        log.acked.len(),
+        b_back_at - marker_at
+    );
+}
+
+shapes!(redrive_during_load:
+    redrive_during_load__builtin_sqlite = BUILTIN_SQLITE,
+    redrive_during_load__builtin_postgres = BUILTIN_POSTGRES,
+    redrive_during_load__jetstream_sqlite = JETSTREAM_SQLITE,
+    redrive_during_load__jetstream_postgres = JETSTREAM_POSTGRES,
+);
+
+// ---- three replicas of a publishing service, the leading relay killed -------------------
+
+/// Three probe processes publish from one PostgreSQL database under load. Exactly one
+/// outbox relay leads ("one relay publishes per database"); it is killed with SIGKILL, and
+/// another replica's relay takes over. Nothing is lost, nothing applied twice, and the
+/// subscriber sees each aggregate in order. Prints how long until the relays publish again.
+async fn three_replicas_leader_killed(case: &str, combo: Combo) {
+    let mut w = World::new(case, combo).await;
+    let mut sub = w.start_subscriber("sub", &TYPES, false).await;
+    let db = w.database(PUBLISHER).await;
+    let mut replicas = vec![];
+    for i in 1..=3 {
+        replicas.push(w.start_probe(PUBLISHER, &format!("{PUBLISHER}-{i}"), &db).await);
+    }
+    let load = Load::start(LoadSpec {
+        targets: replicas.iter().map(|r| r.url.clone()).collect(),
+        aggregates: names("agg", 30),
+        per_request: 4,
+        pause: std::time::Duration::from_millis(20),
+        max_events: 6_000,
+        max_time: CONVERGE,
+    });
+    load.progress(200, STARTUP, "load on three replicas").await;
+    let leader = one_leader(case, &mut replicas, &[]).await;
+    let before = sub.try_stats().await.map(|s| s.applied).unwrap_or_default();
+    replicas[leader].kill9();
+    let killed = std::time::Instant::now();
+    let new_leader = one_leader(case, &mut replicas, &[leader]).await;
+    let took_lead = killed.elapsed();
+    // Publishing again: an event committed after the kill reaches the subscriber.
+    let after_kill = replicas[new_leader].emit(vec![EmitItem::new("after-kill", "ItemAdded")]).await;
+    wait_applied(&w, &sub, &after_kill[0].id, TAKEOVER).await;
+    let publishing = killed.elapsed();
+    load.progress(200, STARTUP, "load after the takeover").await;
+    let log = load.stop().await;
+
+    let emitted = replicas[new_leader].emitted().await;
+    let ids: std::collections::HashSet<&str> = emitted.iter().map(|e| e.id.as_str()).collect();
+    let unrecorded: Vec<_> = log.acked.iter().filter(|e| !ids.contains(e.id.as_str())).collect();
+    assert!(unrecorded.is_empty(), "{case}: acknowledged emits missing from the publisher's database: {unrecorded:?}");
+    let applied = converge(&w, &mut sub, &emitted, CONVERGE).await;
+    assert_clean(&w, &sub, &emitted, &applied);
+    println!(
+        "{case}: killed {} (leading) with {before} applied; {} led after {took_lead:.1?}; an event committed after \
+         the kill was applied after {publishing:.1?}; {} events, {} load requests failed over",
+        replicas[leader].replica,
+        replicas[new_leader].replica,
+        emitted.len(),
+        log.failed_requests
+    );
+}
+
+/// Longest a takeover may take before the case fails (no timing is asserted below it).
+const TAKEOVER: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Waits until exactly one of `replicas` (those not in `dead`) says its outbox relay
+/// leads, and returns it. A relay says so with the gauge `busbar_outbox_relay_leader` on
+/// `/metrics` (1 leading, 0 standing by), or else in its log: the last line about it says
+/// "outbox relay leading" or "outbox relay standing by".
+async fn one_leader(case: &str, replicas: &mut [Probe], dead: &[usize]) -> usize {
+    let start = std::time::Instant::now();
+    loop {
+        let mut says = vec![];
+        for (i, r) in replicas.iter().enumerate().filter(|(i, _)| !dead.contains(i)) {
+            says.push((i, relay_leads(r).await));
+        }
+        let leaders: Vec<usize> = says.iter().filter(|(_, s)| *s == Some(true)).map(|(i, _)| *i).collect();
+        if let [one] = leaders.as_slice() {
+            return *one;
+        }
+        if start.elapsed() > TAKEOVER {
+            let shown: Vec<String> = says.iter().map(|(i, s)| format!("{}: {s:?}", replicas[*i].replica)).collect();
+            let logs: Vec<String> = replicas.iter().map(Probe::log_tail).collect();
+            panic!(
+                "{case}: expected exactly one replica whose outbox relay leads (one writer per database), within \
+                 {TAKEOVER:?}; each says (Some(true) leads, Some(false) stands by, None says nothing: no \
+                 busbar_outbox_relay_leader gauge and no 'outbox relay leading'/'standing by' log line): {}\n{}",
+                shown.join(", "),
+                logs.join("\n")
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+async fn relay_leads(p: &Probe) -> Option<bool> {
+    if let Some(v) = p.metric("busbar_outbox_relay_leader").await {
+        return Some(v == 1.0);
+    }
+    let log = p.log();
+    let since_start = log.rsplit("===== harness: start").next().unwrap_or_default();
+    since_start.lines().rev().find_map(|l| {
+        if l.contains("outbox relay leading") {
+            Some(true)
+        } else if l.contains("outbox relay standing by") {
+            Some(false)
+        } else {
+            None
+        }
+    })
+}
+
+/// Waits until `sub` has applied event `id`.
+async fn wait_applied(w: &World, sub: &Probe, id: &str, timeout: std::time::Duration) {
+    let start = std::time::Instant::now();
+    while !sub.applied().await.iter().any(|a| a.id == id) {
+        assert!(
+            start.elapsed() < timeout,
+            "{}: event {id} not applied within {timeout:?}\n{}\n{}",
+            w.case,
+            sub.log_tail(),
+            w.diagnostics()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+shapes!(three_replicas_leader_killed:
+    three_replicas_leader_killed__builtin_postgres = BUILTIN_POSTGRES,
+    three_replicas_leader_killed__jetstream_postgres = JETSTREAM_POSTGRES,
+);
+
+// ---- two bus processes on one database, the active one killed ---------------------------
+
+/// Two built-in bus processes share one database. The services are given one bus URL: a
+/// loopback forwarder that, like a Kubernetes Service, sends each connection to a bus
+/// whose `/readyz` says 200. The second bus is a standby while the first holds the lock:
+/// `/readyz` 503, it refuses to ingest, and it delivers nothing. Under load the active bus
+/// is killed with SIGKILL; the standby takes over, and the services, retrying, reach it.
+/// The killed bus comes back as the standby. Nothing lost, nothing applied twice, order
+/// kept. Prints the takeover time.
+async fn two_bus_processes_active_killed(case: &str, combo: Combo) {
+    let mut w = World::with(case, combo, Delivery::default(), Topology::TwoBuses).await;
+    await_standby(&w, 1).await;
+    let refused = publish_directly(&w, 1).await;
+    assert!(refused >= 500, "{case}: the standby bus ingested a publish (HTTP {refused}); it must refuse (503)");
+    let mut sub = w.start_subscriber("sub", &TYPES, false).await;
+    let publisher = w.start_publisher().await;
+    let load = Load::start(LoadSpec {
+        targets: vec![publisher.url.clone()],
+        aggregates: names("agg", 30),
+        per_request: 4,
+        pause: std::time::Duration::from_millis(20),
+        max_events: 6_000,
+        max_time: CONVERGE,
+    });
+    load.progress(200, STARTUP, "load through the active bus").await;
+    let delivered_by_standby = metric_sum(&w.buses[1].metrics().await, "busbar_bus_events_delivered_total");
+    assert!(
+        delivered_by_standby.unwrap_or(0.0) == 0.0,
+        "{case}: the standby bus delivered {delivered_by_standby:?} events while the active one held the lock"
+    );
+
+    w.buses[0].kill9();
+    let killed = std::time::Instant::now();
+    let start = std::time::Instant::now();
+    while w.buses[1].readyz().await != Some(200) {
+        assert!(
+            start.elapsed() < TAKEOVER,
+            "{case}: the standby did not take over within {TAKEOVER:?} of the active bus's death\n{}",
+            w.diagnostics()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let takeover = killed.elapsed();
+    let after_kill = publisher.emit(vec![EmitItem::new("after-kill", "ItemAdded")]).await;
+    wait_applied(&w, &sub, &after_kill[0].id, TAKEOVER).await;
+    let flowing = killed.elapsed();
+    load.progress(200, STARTUP, "load through the bus that took over").await;
+    w.buses[0].restart().await;
+    await_standby(&w, 0).await;
+    let log = load.stop().await;
+
+    let emitted = publisher.emitted().await;
+    let applied = converge(&w, &mut sub, &emitted, CONVERGE).await;
+    assert_clean(&w, &sub, &emitted, &applied);
+    println!(
+        "{case}: the standby was ready {takeover:.2?} after the active bus was killed; an event emitted then was \
+         applied after {flowing:.2?}; {} events, {} load requests retried",
+        emitted.len(),
+        log.failed_requests
+    );
+}
+
+/// Waits until bus `i` serves `/healthz` but answers `/readyz` with 503: a standby.
+async fn await_standby(w: &World, i: usize) {
+    let start = std::time::Instant::now();
+    loop {
+        let status = w.buses[i].readyz().await;
+        if status == Some(503) {
+            return;
+        }
+        assert!(
+            start.elapsed() < STANDBY,
+            "{} [{}]: {} answers /readyz {status:?} while {} holds the database: a standby must answer 503\n{}",
+            w.case,
+            w.combo,
+            w.buses[i].name,
+            w.buses[1 - i].name,
+            w.diagnostics()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// Longest a second bus process may take to settle as the standby.
+const STANDBY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Publishes one valid event straight to bus `i`, bypassing the forwarder; the status.
+async fn publish_directly(w: &World, i: usize) -> u16 {
+    let ev = busbar::envelope::build(PUBLISHER, &ItemAdded { id: "direct".into(), poison: None }, 1);
+    let r = reqwest::Client::new()
+        .post(format!("{}/events", w.buses[i].url))
+        .bearer_auth(w.token(PUBLISHER))
+        .json(&ev)
+        .send()
+        .await
+        .expect("the standby answers");
+    r.status().as_u16()
+}
+
+shapes!(two_bus_processes_active_killed:
+    two_bus_processes_active_killed__builtin_sqlite = BUILTIN_SQLITE,
+    two_bus_processes_active_killed__builtin_postgres = BUILTIN_POSTGRES,
+);
+
+// ---- a three-node JetStream cluster -----------------------------------------------------
+
+/// Three nats-servers in a cluster, the bus's streams with 3 replicas
+/// (`BUSBAR_JETSTREAM_REPLICAS=3`). Under load, the node leading the stream is killed;
+/// events keep flowing with it down; it comes back; then the node leading now is killed,
+/// and comes back. Nothing lost, nothing applied twice.
+async fn three_node_jetstream_cluster(case: &str, combo: Combo) {
+    let mut w = World::with(case, combo, Delivery::default(), Topology::Cluster3).await;
+    let mut sub = w.start_subscriber("sub", &TYPES, false).await;
+    let publisher = w.start_publisher().await;
+    let load = Load::start(LoadSpec {
+        targets: vec![publisher.url.clone()],
+        aggregates: names("agg", 30),
+        per_request: 4,
+        pause: std::time::Duration::from_millis(20),
+        max_events: 8_000,
+        max_time: CONVERGE * 2,
+    });
+    load.progress(100, STARTUP, "load on the cluster").await;
+    let (replicas, _) = stream_cluster(&w).await;
+    assert_eq!(
+        replicas,
+        3,
+        "{case}: stream {} has {replicas} replica(s); with BUSBAR_JETSTREAM_REPLICAS=3 it must have 3",
+        stream_name(&w.id)
+    );
+    for round in 1..=2 {
+        let (_, leader) = stream_cluster(&w).await;
+        let victim = w.cluster.as_ref().unwrap().index_of(&leader).expect("the stream leader is a node");
+        let before = sub.try_stats().await.map(|s| s.applied).unwrap_or_default();
+        w.cluster.as_mut().unwrap().kill9(victim);
+        let killed = std::time::Instant::now();
+        let start = std::time::Instant::now();
+        // Progress with a node down: the subscriber applies events emitted since the kill.
+        while sub.try_stats().await.map(|s| s.applied).unwrap_or_default() < before + 200 {
+            assert!(
+                start.elapsed() < TAKEOVER,
+                "{case}: round {round}: no progress within {TAKEOVER:?} with node {leader} (the stream leader) down\n{}\n{}",
+                sub.log_tail(),
+                w.diagnostics()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        println!("{case}: round {round}: killed {leader}; 200 more events applied {:.1?} later", killed.elapsed());
+        w.cluster.as_mut().unwrap().restart(victim).await;
+        load.progress(100, STARTUP, "load after the node came back").await;
+    }
+    let log = load.stop().await;
+    let emitted = publisher.emitted().await;
+    let applied = converge(&w, &mut sub, &emitted, CONVERGE).await;
+    assert_clean(&w, &sub, &emitted, &applied);
+    println!("{case}: {} events, {} load requests failed", emitted.len(), log.failed_requests);
+}
+
+/// The bus stream's replica count and current leader (waits until it has one).
+async fn stream_cluster(w: &World) -> (usize, String) {
+    let js = w.js().await;
+    let start = std::time::Instant::now();
+    loop {
+        if let Ok(mut stream) = js.context().get_stream(stream_name(&w.id)).await
+            && let Ok(info) = stream.info().await
+            && let Some(leader) = info.cluster.as_ref().and_then(|c| c.leader.clone())
+        {
+            return (info.config.num_replicas, leader);
+        }
+        assert!(
+            start.elapsed() < TAKEOVER,
+            "{}: stream {} has no leader\n{}",
+            w.case,
+            stream_name(&w.id),
+            w.diagnostics()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+shapes!(three_node_jetstream_cluster:
+    three_node_jetstream_cluster__jetstream_sqlite = JETSTREAM_SQLITE,
+    three_node_jetstream_cluster__jetstream_postgres = JETSTREAM_POSTGRES,
+);

@@ -39,9 +39,15 @@ impl NatsCluster {
         NatsCluster { name, nodes, dir: temp_dir() }
     }
 
-    /// Every node's client URL, comma-separated: clients take the list and fail over.
+    /// The first node's client URL. A client connected there learns the other nodes from
+    /// the server (`connect_urls`) and fails over to them when that node dies.
     pub fn url(&self) -> String {
-        self.nodes.iter().map(|n| format!("nats://127.0.0.1:{}", n.port)).collect::<Vec<_>>().join(",")
+        format!("nats://127.0.0.1:{}", self.nodes[0].port)
+    }
+
+    /// Every node's client URL.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| format!("nats://127.0.0.1:{}", n.port)).collect()
     }
 
     /// Starts every node and waits until each reports JetStream healthy (the cluster has

@@ -1,8 +1,10 @@
 //! The probe's SQL: emitting with per-aggregate versions, and recording applications.
 
+use std::collections::{BTreeMap, HashMap};
+
 use busbar::{
     Db, Tx,
-    db::{DbError, now_millis},
+    db::{DbError, now_millis, row_placeholders},
 };
 use sqlx::Row;
 
@@ -36,60 +38,95 @@ pub async fn emit(db: &Db, items: &[EmitItem], per_tx: usize) -> Result<Vec<Emit
     let mut out = Vec::with_capacity(singles.len());
     for chunk in singles.chunks(per_tx.max(1)) {
         let mut tx = db.begin().await?;
+        let mut next = reserve_versions(&mut tx, chunk).await?;
         let mut done = Vec::with_capacity(chunk.len());
         for item in chunk {
-            done.push(emit_one(&mut tx, item).await?);
+            let version = match item.version {
+                Some(v) => pin_version(&mut tx, &item.aggregate, v).await?,
+                None => {
+                    let n = next.get_mut(item.aggregate.as_str()).expect("reserved");
+                    *n += 1;
+                    *n - 1
+                }
+            };
+            done.push(emit_one(&mut tx, item, version).await?);
         }
+        record_emitted(&mut tx, &done).await?;
         tx.commit().await?;
         out.extend(done);
     }
     Ok(out)
 }
 
-async fn emit_one(tx: &mut Tx, item: &EmitItem) -> Result<Emitted, EmitError> {
-    let version: i64 = match item.version {
-        // The upsert's row lock holds other emitters of this aggregate (other replicas on
-        // PostgreSQL) until this transaction commits, so versions commit in order.
-        None => sqlx::query(
-            "INSERT INTO probe_versions (aggregate, version) VALUES ($1, 1) \
-             ON CONFLICT (aggregate) DO UPDATE SET version = probe_versions.version + 1 RETURNING version",
+/// Reserves the next versions of each aggregate for the events of `chunk` that take the
+/// next one: one upsert per aggregate, adding how many it needs. Returns the first version
+/// reserved per aggregate. The upsert's row lock holds other emitters of the aggregate
+/// (other replicas, on PostgreSQL) until this transaction commits, so versions commit in
+/// order; aggregates are taken in sorted order so that two emitters cannot deadlock.
+async fn reserve_versions<'a>(tx: &mut Tx, chunk: &[&'a EmitItem]) -> Result<HashMap<&'a str, i64>, EmitError> {
+    let mut need: BTreeMap<&str, i64> = BTreeMap::new();
+    for item in chunk.iter().filter(|i| i.version.is_none()) {
+        *need.entry(item.aggregate.as_str()).or_default() += 1;
+    }
+    let mut first = HashMap::with_capacity(need.len());
+    for (aggregate, n) in need {
+        let last: i64 = sqlx::query(
+            "INSERT INTO probe_versions (aggregate, version) VALUES ($1, $2) \
+             ON CONFLICT (aggregate) DO UPDATE SET version = probe_versions.version + excluded.version RETURNING version",
         )
-        .bind(&item.aggregate)
+        .bind(aggregate)
+        .bind(n)
         .fetch_one(&mut **tx)
         .await?
-        .try_get(0)?,
-        Some(v) => {
-            sqlx::query(
-                "INSERT INTO probe_versions (aggregate, version) VALUES ($1, $2) ON CONFLICT (aggregate) DO UPDATE \
-                 SET version = CASE WHEN probe_versions.version > excluded.version THEN probe_versions.version \
-                 ELSE excluded.version END",
-            )
-            .bind(&item.aggregate)
-            .bind(v)
-            .execute(&mut **tx)
-            .await?;
-            v
-        }
-    };
+        .try_get(0)?;
+        first.insert(aggregate, last - n + 1);
+    }
+    Ok(first)
+}
+
+/// An explicitly chosen version: the aggregate's counter moves up to it if it is behind.
+async fn pin_version(tx: &mut Tx, aggregate: &str, v: i64) -> Result<i64, EmitError> {
+    sqlx::query(
+        "INSERT INTO probe_versions (aggregate, version) VALUES ($1, $2) ON CONFLICT (aggregate) DO UPDATE \
+         SET version = CASE WHEN probe_versions.version > excluded.version THEN probe_versions.version \
+         ELSE excluded.version END",
+    )
+    .bind(aggregate)
+    .bind(v)
+    .execute(&mut **tx)
+    .await?;
+    Ok(v)
+}
+
+async fn emit_one(tx: &mut Tx, item: &EmitItem, version: i64) -> Result<Emitted, EmitError> {
     let (id, poison) = (item.aggregate.clone(), item.poison.clone());
-    let ev = match item.ty.as_str() {
+    Ok(match item.ty.as_str() {
         "ItemAdded" => emit_typed::<ItemAdded>(tx, id, poison, version).await?,
         "ItemRenamed" => emit_typed::<ItemRenamed>(tx, id, poison, version).await?,
         "ItemPriced" => emit_typed::<ItemPriced>(tx, id, poison, version).await?,
         "ItemRemoved" => emit_typed::<ItemRemoved>(tx, id, poison, version).await?,
         other => return Err(EmitError::UnknownType(other.to_owned())),
-    };
-    sqlx::query(
-        "INSERT INTO probe_emitted (event_id, type, aggregate, version, emitted_at) VALUES ($1, $2, $3, $4, $5)",
-    )
-    .bind(&ev.id)
-    .bind(&ev.ty)
-    .bind(&ev.aggregate)
-    .bind(ev.version)
-    .bind(now_millis())
-    .execute(&mut **tx)
-    .await?;
-    Ok(ev)
+    })
+}
+
+/// Rows per multi-row INSERT: SQLite resolves `$N` placeholders at a cost that grows with
+/// the square of their number, so statements stay small.
+const INSERT_CHUNK: usize = 32;
+
+async fn record_emitted(tx: &mut Tx, done: &[Emitted]) -> Result<(), EmitError> {
+    let now = now_millis();
+    for rows in done.chunks(INSERT_CHUNK) {
+        let sql = format!(
+            "INSERT INTO probe_emitted (event_id, type, aggregate, version, emitted_at) VALUES {}",
+            row_placeholders(1, rows.len(), 5)
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for e in rows {
+            q = q.bind(e.id.clone()).bind(e.ty.clone()).bind(e.aggregate.clone()).bind(e.version).bind(now);
+        }
+        q.execute(&mut **tx).await?;
+    }
+    Ok(())
 }
 
 async fn emit_typed<E: ItemEvent>(

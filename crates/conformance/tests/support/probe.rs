@@ -205,6 +205,19 @@ impl Probe {
     }
 }
 
+/// The sum of every line of metric `name` (all its label sets), or `None` if it is absent.
+pub fn metric_sum(text: &str, name: &str) -> Option<f64> {
+    let values: Vec<f64> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (key, value) = l.rsplit_once(' ')?;
+            (key.split('{').next()? == name).then(|| value.parse().ok()).flatten()
+        })
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
+}
+
 pub fn metric_value(text: &str, name: &str) -> Option<f64> {
     text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
         let (key, value) = l.rsplit_once(' ')?;

@@ -222,13 +222,14 @@ impl World {
     /// Waits until the transport delivers to `name`: the bus has its route and cursor, or
     /// its durable JetStream consumer exists.
     pub async fn await_subscription(&self, name: &str, p: &Probe) {
+        let from_now = self.manifest.services.iter().any(|s| s.name == name && s.start_from_now);
         let start = std::time::Instant::now();
         loop {
             let live = match self.combo.transport {
                 Transport::Builtin => self.admin().subscribers().await.ok().is_some_and(|subs| {
-                    // Before the cursor exists the bus shows position 0 and the whole log
-                    // as lag; once it exists, position is where it starts.
-                    subs.iter().any(|s| s.name == name && (s.position > 0 || s.lag == 0))
+                    // Before its cursor exists the bus shows position 0 and the whole log as
+                    // lag; a subscriber from now is live once its cursor starts at the head.
+                    subs.iter().any(|s| s.name == name && (!from_now || s.position > 0 || s.lag == 0))
                 }),
                 Transport::JetStream => {
                     let js = self.js().await;
@@ -250,6 +251,11 @@ impl World {
             );
             tokio::time::sleep(std::time::Duration::from_millis(25)).await;
         }
+    }
+
+    /// `service`'s token for the built-in bus.
+    pub fn token(&self, service: &str) -> String {
+        self.key.token(service)
     }
 
     /// The admin client of the built-in bus (through the forwarder when there is one).
