@@ -18,15 +18,18 @@ use busbar::{
     names::stream_name,
 };
 use busbar_conformance::{
-    events::{ItemAdded, Poison, TYPES},
+    events::{Poison, TYPES},
     wire::{EmitItem, EmitRequest},
 };
 use support::{
-    BUILTIN_POSTGRES, BUILTIN_SQLITE, CONVERGE, Combo, JETSTREAM_POSTGRES, JETSTREAM_SQLITE, STALL, STARTUP,
+    BUILTIN_POSTGRES, BUILTIN_SQLITE, CONVERGE, Combo, JETSTREAM_POSTGRES, JETSTREAM_SQLITE, STALL, STARTUP, TAKEOVER,
+    cluster::{stream_cluster, stream_replicas_current},
     load::{Load, LoadSpec},
     manifest::Delivery,
+    plan::{fail_always, names, rounds},
     probe::{Probe, metric_sum},
-    truth::{self, assert_clean, converge, of_types},
+    relay::one_leader,
+    truth::{self, assert_clean, converge, names_version, of_types},
     world::{PUBLISHER, Topology, World},
 };
 
@@ -40,33 +43,6 @@ macro_rules! shapes {
             }
         )+
     };
-}
-
-/// `rounds` events on each of `aggregates`, round by round (so one aggregate's versions
-/// interleave with the others'), the type of each chosen by `ty(aggregate index, round)`.
-fn rounds(aggregates: &[String], rounds: usize, ty: impl Fn(usize, usize) -> &'static str) -> Vec<EmitItem> {
-    (0..rounds)
-        .flat_map(|r| aggregates.iter().enumerate().map(move |(i, a)| (i, r, a)))
-        .map(|(i, r, a)| EmitItem::new(a.clone(), ty(i, r)))
-        .collect()
-}
-
-fn names(prefix: &str, n: usize) -> Vec<String> {
-    (0..n).map(|i| format!("{prefix}-{i}")).collect()
-}
-
-/// Waits until the publisher's relay has handed every committed event to the transport.
-async fn wait_published(publisher: &Probe) {
-    let start = std::time::Instant::now();
-    while publisher.metric("busbar_outbox_backlog_events").await != Some(0.0) {
-        assert!(
-            start.elapsed() < STARTUP,
-            "the outbox of {} did not drain:\n{}",
-            publisher.replica,
-            publisher.log_tail()
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
 }
 
 // ---- subset of types --------------------------------------------------------------------
@@ -107,7 +83,7 @@ async fn start_from_now_subscriber(case: &str, combo: Combo) {
     let publisher = w.start_publisher().await;
     let old = names("old", 30);
     let history = publisher.emit(rounds(&old, 5, |i, r| TYPES[(i + r) % TYPES.len()])).await;
-    wait_published(&publisher).await;
+    publisher.wait_published().await;
 
     let mut sub = w.start_subscriber("late", &TYPES, true).await;
     sub.wait_ready(STARTUP).await;
@@ -212,8 +188,8 @@ async fn parked_beyond_max_parked_for(case: &str, combo: Combo) {
     assert_eq!(redriven, 2, "{case}: both v1 and v2 are redriven");
     let applied = converge(&w, &mut sub, &expected, CONVERGE).await;
     assert_clean(&w, &sub, &expected, &applied);
-    let left = w.dead_letters("sub").await.expect("list dead letters");
-    assert!(left.is_empty(), "{case}: dead letters left after a successful redrive: {left:?}");
+    // A dead letter is deleted once its redrive is handled.
+    w.await_dead_letters(&sub, STARTUP, "no dead letters left after the redrive", |d| d.is_empty()).await;
 }
 
 shapes!(parked_beyond_max_parked_for:
@@ -225,18 +201,6 @@ shapes!(parked_beyond_max_parked_for:
 
 /// How long past its `maxParkedFor` (2 s here) a parked event may take to be dead-lettered.
 const PARKED_LIMIT_SLACK: std::time::Duration = std::time::Duration::from_secs(20);
-
-fn fail_always() -> Poison {
-    Poison::Fail { times: None }
-}
-
-/// Whether a dead letter's reason names version `v` (as "version 2", "v2" or "version: 2").
-fn names_version(reason: &str, v: i64) -> bool {
-    let r = reason.to_lowercase();
-    [format!("version {v}"), format!("version: {v}"), format!("v{v}")].iter().any(|pat| {
-        r.match_indices(pat.as_str()).any(|(i, _)| !r[i + pat.len()..].starts_with(|c: char| c.is_ascii_digit()))
-    })
-}
 
 // ---- a subscriber added after 10,000 events, killed twice while it backfills ------------
 
@@ -255,7 +219,7 @@ async fn backfill_killed_twice(case: &str, combo: Combo) {
     let history = publisher.emit_req(&EmitRequest { items: plan, per_tx: Some(1000) }).await;
     assert_eq!(history.len(), HISTORY);
     let committed = started.elapsed();
-    wait_published(&publisher).await;
+    publisher.wait_published().await;
     println!(
         "{case}: {HISTORY} events of history committed after {committed:.1?}, published after {:.1?}",
         started.elapsed()
@@ -305,7 +269,7 @@ async fn wait_mid_backfill(sub: &mut Probe, at_least: i64) -> (i64, Option<u16>)
             sub.replica,
             sub.log_tail()
         );
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
 
@@ -449,7 +413,7 @@ async fn redrive_during_load(case: &str, combo: Combo) {
     sub.cure(&["redrive-a"]).await;
     assert_eq!(w.redrive_all("sub").await, 2, "{case}: both dead letters are redriven");
     // The redrive is under way once A's v1 is applied; B is still being retried then.
-    wait_applied(&w, &sub, &a_id, CONVERGE).await;
+    w.wait_applied(&sub, &a_id, CONVERGE).await;
     let b_now = w.dead_letters("sub").await.unwrap_or_default();
     assert!(
         !b_now.iter().any(|d| d.event_id.as_deref() == Some(b_id.as_str())
@@ -519,15 +483,15 @@ async fn three_replicas_leader_killed(case: &str, combo: Combo) {
         max_time: CONVERGE,
     });
     load.progress(200, STARTUP, "load on three replicas").await;
-    let leader = one_leader(case, &mut replicas, &[]).await;
+    let leader = one_leader(case, &replicas, &[]).await;
     let before = sub.try_stats().await.map(|s| s.applied).unwrap_or_default();
     replicas[leader].kill9();
     let killed = std::time::Instant::now();
-    let new_leader = one_leader(case, &mut replicas, &[leader]).await;
+    let new_leader = one_leader(case, &replicas, &[leader]).await;
     let took_lead = killed.elapsed();
     // Publishing again: an event committed after the kill reaches the subscriber.
     let after_kill = replicas[new_leader].emit(vec![EmitItem::new("after-kill", "ItemAdded")]).await;
-    wait_applied(&w, &sub, &after_kill[0].id, TAKEOVER).await;
+    w.wait_applied(&sub, &after_kill[0].id, TAKEOVER).await;
     let publishing = killed.elapsed();
     load.progress(200, STARTUP, "load after the takeover").await;
     let log = load.stop().await;
@@ -548,71 +512,6 @@ async fn three_replicas_leader_killed(case: &str, combo: Combo) {
     );
 }
 
-/// Longest a takeover may take before the case fails (no timing is asserted below it).
-const TAKEOVER: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// Waits until exactly one of `replicas` (those not in `dead`) says its outbox relay
-/// leads, and returns it. A relay says so with the gauge `busbar_outbox_relay_leader` on
-/// `/metrics` (1 leading, 0 standing by), or else in its log: the last line about it says
-/// "outbox relay leading" or "outbox relay standing by".
-async fn one_leader(case: &str, replicas: &mut [Probe], dead: &[usize]) -> usize {
-    let start = std::time::Instant::now();
-    loop {
-        let mut says = vec![];
-        for (i, r) in replicas.iter().enumerate().filter(|(i, _)| !dead.contains(i)) {
-            says.push((i, relay_leads(r).await));
-        }
-        let leaders: Vec<usize> = says.iter().filter(|(_, s)| *s == Some(true)).map(|(i, _)| *i).collect();
-        if let [one] = leaders.as_slice() {
-            return *one;
-        }
-        if start.elapsed() > TAKEOVER {
-            let shown: Vec<String> = says.iter().map(|(i, s)| format!("{}: {s:?}", replicas[*i].replica)).collect();
-            let logs: Vec<String> = replicas.iter().map(Probe::log_tail).collect();
-            panic!(
-                "{case}: expected exactly one replica whose outbox relay leads (one writer per database), within \
-                 {TAKEOVER:?}; each says (Some(true) leads, Some(false) stands by, None says nothing: no \
-                 busbar_outbox_relay_leader gauge and no 'outbox relay leading'/'standing by' log line): {}\n{}",
-                shown.join(", "),
-                logs.join("\n")
-            );
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-}
-
-async fn relay_leads(p: &Probe) -> Option<bool> {
-    if let Some(v) = p.metric("busbar_outbox_relay_leader").await {
-        return Some(v == 1.0);
-    }
-    let log = p.log();
-    let since_start = log.rsplit("===== harness: start").next().unwrap_or_default();
-    since_start.lines().rev().find_map(|l| {
-        if l.contains("outbox relay leading") {
-            Some(true)
-        } else if l.contains("outbox relay standing by") {
-            Some(false)
-        } else {
-            None
-        }
-    })
-}
-
-/// Waits until `sub` has applied event `id`.
-async fn wait_applied(w: &World, sub: &Probe, id: &str, timeout: std::time::Duration) {
-    let start = std::time::Instant::now();
-    while !sub.applied().await.iter().any(|a| a.id == id) {
-        assert!(
-            start.elapsed() < timeout,
-            "{}: event {id} not applied within {timeout:?}\n{}\n{}",
-            w.case,
-            sub.log_tail(),
-            w.diagnostics()
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-}
-
 shapes!(three_replicas_leader_killed:
     three_replicas_leader_killed__builtin_postgres = BUILTIN_POSTGRES,
     three_replicas_leader_killed__jetstream_postgres = JETSTREAM_POSTGRES,
@@ -629,8 +528,8 @@ shapes!(three_replicas_leader_killed:
 /// kept. Prints the takeover time.
 async fn two_bus_processes_active_killed(case: &str, combo: Combo) {
     let mut w = World::with(case, combo, Delivery::default(), Topology::TwoBuses).await;
-    await_standby(&w, 1).await;
-    let refused = publish_directly(&w, 1).await;
+    w.await_standby(1).await;
+    let refused = w.publish_to_bus(1).await;
     assert!(refused >= 500, "{case}: the standby bus ingested a publish (HTTP {refused}); it must refuse (503)");
     let mut sub = w.start_subscriber("sub", &TYPES, false).await;
     let publisher = w.start_publisher().await;
@@ -662,11 +561,11 @@ async fn two_bus_processes_active_killed(case: &str, combo: Combo) {
     }
     let takeover = killed.elapsed();
     let after_kill = publisher.emit(vec![EmitItem::new("after-kill", "ItemAdded")]).await;
-    wait_applied(&w, &sub, &after_kill[0].id, TAKEOVER).await;
+    w.wait_applied(&sub, &after_kill[0].id, TAKEOVER).await;
     let flowing = killed.elapsed();
     load.progress(200, STARTUP, "load through the bus that took over").await;
     w.buses[0].restart().await;
-    await_standby(&w, 0).await;
+    w.await_standby(0).await;
     let log = load.stop().await;
 
     let emitted = publisher.emitted().await;
@@ -674,47 +573,10 @@ async fn two_bus_processes_active_killed(case: &str, combo: Combo) {
     assert_clean(&w, &sub, &emitted, &applied);
     println!(
         "{case}: the standby was ready {takeover:.2?} after the active bus was killed; an event emitted then was \
-         applied after {flowing:.2?}; {} events, {} load requests retried",
+         applied after {flowing:.2?}; {} events, {} emit requests failed",
         emitted.len(),
         log.failed_requests
     );
-}
-
-/// Waits until bus `i` serves `/healthz` but answers `/readyz` with 503: a standby.
-async fn await_standby(w: &World, i: usize) {
-    let start = std::time::Instant::now();
-    loop {
-        let status = w.buses[i].readyz().await;
-        if status == Some(503) {
-            return;
-        }
-        assert!(
-            start.elapsed() < STANDBY,
-            "{} [{}]: {} answers /readyz {status:?} while {} holds the database: a standby must answer 503\n{}",
-            w.case,
-            w.combo,
-            w.buses[i].name,
-            w.buses[1 - i].name,
-            w.diagnostics()
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-}
-
-/// Longest a second bus process may take to settle as the standby.
-const STANDBY: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// Publishes one valid event straight to bus `i`, bypassing the forwarder; the status.
-async fn publish_directly(w: &World, i: usize) -> u16 {
-    let ev = busbar::envelope::build(PUBLISHER, &ItemAdded { id: "direct".into(), poison: None }, 1);
-    let r = reqwest::Client::new()
-        .post(format!("{}/events", w.buses[i].url))
-        .bearer_auth(w.token(PUBLISHER))
-        .json(&ev)
-        .send()
-        .await
-        .expect("the standby answers");
-    r.status().as_u16()
 }
 
 shapes!(two_bus_processes_active_killed:
@@ -748,9 +610,15 @@ async fn three_node_jetstream_cluster(case: &str, combo: Combo) {
         "{case}: stream {} has {replicas} replica(s); with BUSBAR_JETSTREAM_REPLICAS=3 it must have 3",
         stream_name(&w.id)
     );
+    let mut previous = None;
     for round in 1..=2 {
         let (_, leader) = stream_cluster(&w).await;
-        let victim = w.cluster.as_ref().unwrap().index_of(&leader).expect("the stream leader is a node");
+        let cluster = w.cluster.as_ref().unwrap();
+        let leading = cluster.index_of(&leader).expect("the stream leader is a node");
+        // The node leading the stream, unless it is the one killed last round: then another.
+        let victim = if Some(leading) == previous { (leading + 1) % cluster.nodes.len() } else { leading };
+        let leader = cluster.nodes[victim].name.clone();
+        previous = Some(victim);
         let before = sub.try_stats().await.map(|s| s.applied).unwrap_or_default();
         w.cluster.as_mut().unwrap().kill9(victim);
         let killed = std::time::Instant::now();
@@ -767,6 +635,7 @@ async fn three_node_jetstream_cluster(case: &str, combo: Combo) {
         }
         println!("{case}: round {round}: killed {leader}; 200 more events applied {:.1?} later", killed.elapsed());
         w.cluster.as_mut().unwrap().restart(victim).await;
+        stream_replicas_current(&w).await;
         load.progress(100, STARTUP, "load after the node came back").await;
     }
     let log = load.stop().await;
@@ -774,28 +643,6 @@ async fn three_node_jetstream_cluster(case: &str, combo: Combo) {
     let applied = converge(&w, &mut sub, &emitted, CONVERGE).await;
     assert_clean(&w, &sub, &emitted, &applied);
     println!("{case}: {} events, {} load requests failed", emitted.len(), log.failed_requests);
-}
-
-/// The bus stream's replica count and current leader (waits until it has one).
-async fn stream_cluster(w: &World) -> (usize, String) {
-    let js = w.js().await;
-    let start = std::time::Instant::now();
-    loop {
-        if let Ok(mut stream) = js.context().get_stream(stream_name(&w.id)).await
-            && let Ok(info) = stream.info().await
-            && let Some(leader) = info.cluster.as_ref().and_then(|c| c.leader.clone())
-        {
-            return (info.config.num_replicas, leader);
-        }
-        assert!(
-            start.elapsed() < TAKEOVER,
-            "{}: stream {} has no leader\n{}",
-            w.case,
-            stream_name(&w.id),
-            w.diagnostics()
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
 }
 
 shapes!(three_node_jetstream_cluster:

@@ -6,16 +6,20 @@
 //! - [`manifest`]: the ServiceBus the test declares, and the wiring each process gets;
 //! - [`probe`] and [`bus`]: the child processes, started, killed and restarted;
 //! - [`forwarder`]: a loopback TCP forwarder to whichever bus process is ready;
-//! - [`load`]: steady emit load across publisher replicas;
+//! - [`load`]: steady emit load across publisher replicas; [`plan`]: what cases emit;
+//! - [`relay`]: which replica's outbox relay leads; [`cluster`]: the stream's replicas;
 //! - [`truth`]: what was expected against what was applied.
 
 #![allow(dead_code)] // each test uses a different part of the harness
 
 pub mod bus;
+pub mod cluster;
 pub mod forwarder;
 pub mod load;
 pub mod manifest;
+pub mod plan;
 pub mod probe;
+pub mod relay;
 pub mod truth;
 pub mod world;
 
@@ -28,6 +32,9 @@ pub const CONVERGE: Duration = Duration::from_secs(60);
 pub const STALL: Duration = Duration::from_secs(15);
 /// Longest wait for a process to start, a route to appear, a dead letter to show up.
 pub const STARTUP: Duration = Duration::from_secs(30);
+/// Longest a takeover (a relay, a bus, a stream leader) may take before the case fails;
+/// no timing is asserted below it, the figures are printed.
+pub const TAKEOVER: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {

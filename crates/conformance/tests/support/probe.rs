@@ -152,6 +152,15 @@ impl Probe {
         assert!(r.is_ok_and(|r| r.status().is_success()), "{}: POST /cure failed\n{}", self.replica, self.log_tail());
     }
 
+    /// Waits until the relay has handed every committed event to the transport.
+    pub async fn wait_published(&self) {
+        let start = std::time::Instant::now();
+        while self.metric("busbar_outbox_backlog_events").await != Some(0.0) {
+            assert!(start.elapsed() < STARTUP, "the outbox of {} did not drain:\n{}", self.replica, self.log_tail());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Waits until `/stats` shows at least `n` parked events.
     pub async fn wait_parked(&self, n: i64) {
         let start = std::time::Instant::now();

@@ -166,3 +166,11 @@ pub fn assert_clean(world: &World, sub: &Probe, expected: &[Emitted], applied: &
 pub fn of_types(emitted: &[Emitted], types: &[&str]) -> Vec<Emitted> {
     emitted.iter().filter(|e| types.contains(&e.ty.as_str())).cloned().collect()
 }
+
+/// Whether a dead letter's reason names version `v` (as "version 2", "v2" or "version: 2").
+pub fn names_version(reason: &str, v: i64) -> bool {
+    let r = reason.to_lowercase();
+    [format!("version {v}"), format!("version: {v}"), format!("v{v}")].iter().any(|pat| {
+        r.match_indices(pat.as_str()).any(|(i, _)| !r[i + pat.len()..].starts_with(|c: char| c.is_ascii_digit()))
+    })
+}

@@ -13,7 +13,7 @@ use busbar::{
     transport::jetstream::JetStream,
 };
 use busbar_client::bus::BusClient;
-use busbar_conformance::events::TYPES;
+use busbar_conformance::events::{ItemAdded, ItemEvent, TYPES};
 use testkit::{TempDir, nats_cluster::NatsCluster, pg::TempDb};
 
 use super::{
@@ -37,6 +37,9 @@ pub enum Topology {
 
 /// The publishing service every case declares.
 pub const PUBLISHER: &str = "pub";
+
+/// Longest a second bus process may take to settle as the standby.
+const STANDBY: std::time::Duration = std::time::Duration::from_secs(10);
 
 pub struct World {
     pub case: String,
@@ -253,11 +256,6 @@ impl World {
         }
     }
 
-    /// `service`'s token for the built-in bus.
-    pub fn token(&self, service: &str) -> String {
-        self.key.token(service)
-    }
-
     /// The admin client of the built-in bus (through the forwarder when there is one).
     pub fn admin(&self) -> BusClient {
         BusClient::new(&self.transport_url(), Some(self.key.token(ADMIN)))
@@ -346,6 +344,57 @@ impl World {
                 Ok(info.num_pending == 0 && info.num_ack_pending == 0)
             }
         }
+    }
+
+    /// Waits until `sub` has applied event `id`.
+    pub async fn wait_applied(&self, sub: &Probe, id: &str, timeout: std::time::Duration) {
+        let start = std::time::Instant::now();
+        while !sub.applied().await.iter().any(|a| a.id == id) {
+            assert!(
+                start.elapsed() < timeout,
+                "{}: event {id} not applied within {timeout:?}\n{}\n{}",
+                self.case,
+                sub.log_tail(),
+                self.diagnostics()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until bus `i` answers `/readyz` with 503, as a standby must while the other
+    /// bus process holds the database.
+    pub async fn await_standby(&self, i: usize) {
+        let start = std::time::Instant::now();
+        loop {
+            let status = self.buses[i].readyz().await;
+            if status == Some(503) {
+                return;
+            }
+            assert!(
+                start.elapsed() < STANDBY,
+                "{} [{}]: {} answers /readyz {status:?} while {} holds the database: a standby must answer 503\n{}",
+                self.case,
+                self.combo,
+                self.buses[i].name,
+                self.buses[1 - i].name,
+                self.diagnostics()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Publishes one valid event straight to bus `i`, bypassing the forwarder; returns
+    /// the HTTP status.
+    pub async fn publish_to_bus(&self, i: usize) -> u16 {
+        let ev = busbar::envelope::build(PUBLISHER, &ItemAdded::new("direct".into(), None), 1);
+        let r = reqwest::Client::new()
+            .post(format!("{}/events", self.buses[i].url))
+            .bearer_auth(self.key.token(PUBLISHER))
+            .json(&ev)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{} does not answer: {e}", self.buses[i].name));
+        r.status().as_u16()
     }
 
     /// The logs of the transport's processes, for failure messages.
