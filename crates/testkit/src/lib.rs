@@ -81,6 +81,9 @@ pub struct Nats {
     pub proc: Option<process::Proc>,
     /// Appended to the server's config, e.g. an `authorization` block.
     pub extra_conf: String,
+    /// `jetstream { sync_interval: always }` (the default): needed by tests that kill this
+    /// server. A test that never does may turn it off, sparing an fsync per message.
+    pub sync_always: bool,
 }
 
 impl Nats {
@@ -90,7 +93,7 @@ impl Nats {
 
     /// Picks a port and storage; call [`Nats::start`] to run it.
     pub fn new() -> Nats {
-        Nats { port: free_port(), dir: temp_dir(), proc: None, extra_conf: String::new() }
+        Nats { port: free_port(), dir: temp_dir(), proc: None, extra_conf: String::new(), sync_always: true }
     }
 
     pub async fn start(&mut self) {
@@ -101,8 +104,9 @@ impl Nats {
         std::fs::write(
             &conf,
             format!(
-                "jetstream {{\n  store_dir: \"{}\"\n  sync_interval: always\n}}\n{}",
+                "jetstream {{\n  store_dir: \"{}\"\n{}}}\n{}",
                 self.dir.path().join("js").display(),
+                if self.sync_always { "  sync_interval: always\n" } else { "" },
                 self.extra_conf
             ),
         )

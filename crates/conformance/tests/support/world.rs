@@ -121,6 +121,8 @@ impl World {
             }
             (Transport::JetStream, Topology::Single) => {
                 let mut nats = testkit::Nats::new();
+                // No case kills this server, so an fsync per message would only slow it down.
+                nats.sync_always = false;
                 nats.start().await;
                 w.manifest.nats_url = Some(nats.url());
                 w.nats = Some(nats);
