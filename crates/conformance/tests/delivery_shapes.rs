@@ -211,7 +211,10 @@ const HISTORY: usize = 10_000;
 /// from history. At the end every event is applied exactly once, in order.
 async fn backfill_killed_twice(case: &str, combo: Combo) {
     let started = std::time::Instant::now();
-    let mut w = World::new(case, combo).await;
+    // The bus keeps pushing while the subscriber is down: enough attempts, far enough
+    // apart, to ride out a restart (about 8 s) rather than dead-letter what it pushes then.
+    let delivery = Delivery { max_deliver: 10, backoff: vec!["200ms".into(), "1s".into()], ..Delivery::default() };
+    let mut w = World::with(case, combo, delivery, Topology::Single).await;
     let publisher = w.start_publisher().await;
     let aggregates = names("item", 200);
     let plan = rounds(&aggregates, HISTORY / aggregates.len(), |i, r| TYPES[(i + r) % TYPES.len()]);
@@ -290,7 +293,9 @@ shapes!(backfill_killed_twice:
 /// is applied once in order (none is dead-lettered in the poison's place), and `/readyz`
 /// never says ready while the subscriber consumes nothing.
 async fn crashing_poison_and_panicking_handler(case: &str, combo: Combo) {
-    let delivery = Delivery { ack_wait: "2s".into(), ..Delivery::default() };
+    // Retries 2 s apart: longer than a restart, so the bus's attempts while the subscriber
+    // is down do not use up an event's attempts on their own (only the poison may fail).
+    let delivery = Delivery { ack_wait: "2s".into(), backoff: vec!["2s".into()], ..Delivery::default() };
     let max_deliver = delivery.max_deliver;
     let mut w = World::with(case, combo, delivery, Topology::Single).await;
     let mut sub = w.start_subscriber("sub", &TYPES, false).await;
