@@ -18,7 +18,8 @@ pub struct BusbarConfig {
     /// `BUSBAR_BUS`: the ServiceBus's name; on JetStream it names the stream.
     pub bus: String,
     /// `BUSBAR_SUBSCRIBES`: comma-separated event types to receive; unset means the
-    /// types the service's handler declares.
+    /// types the service's handler declares, set but empty means none (the wiring of a
+    /// service that subscribes to nothing).
     pub subscribes: Option<Vec<String>>,
     /// `BUSBAR_START_FROM`: `beginning` (default) or `now`, for a new subscription.
     pub start_from: StartFrom,
@@ -51,6 +52,7 @@ impl BusbarConfig {
     }
 
     pub fn from_lookup(default_service: &str, get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let raw = |k: &str| get(k);
         let get = |k: &str| get(k).filter(|v| !v.trim().is_empty());
         let service = get("BUSBAR_SERVICE").unwrap_or_else(|| default_service.to_owned());
         if !crate::spec::valid_service_name(&service) {
@@ -95,7 +97,8 @@ impl BusbarConfig {
         if !crate::spec::valid_service_name(&bus) {
             return Err(invalid("BUSBAR_BUS", bus, "use the ServiceBus's name (a lower-case DNS label)"));
         }
-        let subscribes = match get("BUSBAR_SUBSCRIBES") {
+        // Not `get`: an empty value is meaningful here (the spec lists no subscriptions).
+        let subscribes = match raw("BUSBAR_SUBSCRIBES") {
             None => None,
             Some(v) => {
                 let types: Vec<String> = v.split(',').map(|t| t.trim().to_owned()).filter(|t| !t.is_empty()).collect();
@@ -175,6 +178,20 @@ mod tests {
     fn cfg(vars: &[(&str, &str)]) -> Result<BusbarConfig, ConfigError> {
         let m: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         BusbarConfig::from_lookup("posts", |k| m.get(k).cloned())
+    }
+
+    #[test]
+    fn an_empty_subscription_list_means_none_and_an_absent_one_means_the_handlers() {
+        let lookup = |v: Option<&'static str>| {
+            BusbarConfig::from_lookup("svc", move |k| {
+                (k == "BUSBAR_SUBSCRIBES").then_some(v).flatten().map(str::to_owned)
+            })
+            .unwrap()
+            .subscribes
+        };
+        assert_eq!(lookup(None), None);
+        assert_eq!(lookup(Some("")), Some(vec![]));
+        assert_eq!(lookup(Some(" A , B ")), Some(vec!["A".to_owned(), "B".to_owned()]));
     }
 
     #[test]

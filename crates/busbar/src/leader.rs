@@ -52,18 +52,18 @@ pub async fn acquire(db: &Db, role: &str, stop: &CancellationToken) -> Option<Le
     if db.backend() == Backend::Sqlite {
         return acquire_file(db, role, stop).await;
     }
-    let key = format!("busbar:{role}:{}", db.service());
+    let key = format!("busbar:{}:{}", role.replace(' ', "-"), db.service());
     let mut said_standby = false;
     // One connection for all the tries; a new one only after it fails.
     let mut conn: Option<AnyConnection> = None;
     loop {
         match try_lock(db, &key, &mut conn).await {
             Ok(true) => {
-                tracing::info!(role, "this replica leads: it holds the {role} lock");
+                tracing::info!(role, "{role} leading: this process holds its lock");
                 return Some(Lead { conn, _file: None });
             }
             Ok(false) if !said_standby => {
-                tracing::info!(role, "another replica leads the {role}; standing by");
+                tracing::info!(role, "{role} standing by: another process holds its lock");
                 said_standby = true;
             }
             Ok(false) => {}
@@ -84,19 +84,17 @@ async fn acquire_file(db: &Db, role: &str, stop: &CancellationToken) -> Option<L
         // An in-memory database belongs to this process alone.
         return Some(Lead { conn: None, _file: None });
     };
-    let lock_path = format!("{path}.{role}.lock");
+    let lock_path = format!("{path}.{}.lock", role.replace(' ', "-"));
     let mut said_standby = false;
     loop {
         match std::fs::File::options().create(true).truncate(false).write(true).open(&lock_path) {
             Ok(file) => match file.try_lock() {
                 Ok(()) => {
-                    if said_standby {
-                        tracing::info!(role, lock = %lock_path, "this process leads now: it holds the {role} lock");
-                    }
+                    tracing::info!(role, lock = %lock_path, "{role} leading: this process holds its lock");
                     return Some(Lead { conn: None, _file: Some(file) });
                 }
                 Err(std::fs::TryLockError::WouldBlock) if !said_standby => {
-                    tracing::info!(role, lock = %lock_path, "another process on this database leads the {role}; standing by");
+                    tracing::info!(role, lock = %lock_path, "{role} standing by: another process holds its lock");
                     said_standby = true;
                 }
                 Err(std::fs::TryLockError::WouldBlock) => {}
@@ -147,11 +145,11 @@ mod tests {
         let url = format!("sqlite://{}", dir.path().join("s.db").display());
         let db = Db::connect("s", &url, DbOptions { sdk_tables: false, ..DbOptions::default() }).await.unwrap();
         let stop = CancellationToken::new();
-        let first = acquire(&db, "relay", &stop).await.expect("the first leads");
+        let first = acquire(&db, "outbox relay", &stop).await.expect("the first leads");
         // A second contender stands by while the first holds the lock.
         let second = tokio::spawn({
             let (db, stop) = (db.clone(), stop.clone());
-            async move { acquire(&db, "relay", &stop).await.is_some() }
+            async move { acquire(&db, "outbox relay", &stop).await.is_some() }
         });
         tokio::time::sleep(RETRY * 3).await;
         assert!(!second.is_finished(), "the second must stand by while the first leads");

@@ -7,6 +7,7 @@
 
 use std::{sync::Arc, time::Duration};
 
+use prometheus_client::metrics::gauge::Gauge;
 use sqlx::Row;
 use tokio_util::sync::CancellationToken;
 
@@ -27,6 +28,8 @@ pub struct RelayOptions {
     /// Published rows are kept this long (for inspection), then deleted.
     pub retain_published: Duration,
     pub max_backoff: Duration,
+    /// 1 while this process's relay leads (`busbar_outbox_relay_leader`), 0 standing by.
+    pub leading: Gauge,
 }
 
 impl Default for RelayOptions {
@@ -36,6 +39,7 @@ impl Default for RelayOptions {
             idle_poll: Duration::from_secs(1),
             retain_published: Duration::from_secs(3600),
             max_backoff: Duration::from_secs(5),
+            leading: Gauge::default(),
         }
     }
 }
@@ -51,8 +55,10 @@ pub fn spawn_relay(
 }
 
 async fn run(db: Db, transport: Arc<dyn Transport>, opts: RelayOptions, stop: CancellationToken) {
-    while let Some(mut lead) = leader::acquire(&db, "relay", &stop).await {
+    while let Some(mut lead) = leader::acquire(&db, "outbox relay", &stop).await {
+        opts.leading.set(1);
         lead_relay(&db, transport.as_ref(), &opts, &stop, &mut lead).await;
+        opts.leading.set(0);
         if stop.is_cancelled() {
             return;
         }

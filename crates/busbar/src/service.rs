@@ -112,6 +112,7 @@ pub struct Service {
     transport: Arc<dyn Transport>,
     stop: CancellationToken,
     relay: tokio::task::JoinHandle<()>,
+    relay_leader: Gauge,
 }
 
 impl Service {
@@ -138,10 +139,12 @@ impl Service {
         let db = Db::connect(&settings.busbar.service, &settings.database_url, DbOptions::default()).await?;
         db.migrate(sqlite, postgres).await?;
         let stop = CancellationToken::new();
-        let relay = outbox::spawn_relay(db.clone(), transport.clone(), RelayOptions::default(), stop.clone());
+        let relay_opts = RelayOptions::default();
+        let relay_leader = relay_opts.leading.clone();
+        let relay = outbox::spawn_relay(db.clone(), transport.clone(), relay_opts, stop.clone());
         tracing::info!(service = %settings.busbar.service, database = %redact(&settings.database_url),
             transport = %settings.busbar.transport, bus = %settings.busbar.url, "started");
-        Ok(Service { settings, db, transport, stop, relay })
+        Ok(Service { settings, db, transport, stop, relay, relay_leader })
     }
 
     pub fn db(&self) -> &Db {
@@ -211,7 +214,7 @@ impl Service {
             };
             tasks.push(sweeper.spawn(self.stop.clone()));
         }
-        let metrics = Arc::new(ServiceMetrics::new(&stats, gauge));
+        let metrics = Arc::new(ServiceMetrics::new(&stats, gauge, self.relay_leader.clone()));
         let (db, h) = (self.db.clone(), health.clone());
         let db_m = self.db.clone();
         app = app
@@ -313,7 +316,7 @@ struct ServiceMetrics {
 }
 
 impl ServiceMetrics {
-    fn new(stats: &ReceiveStats, parked: ParkedGauge) -> Self {
+    fn new(stats: &ReceiveStats, parked: ParkedGauge, relay_leader: Gauge) -> Self {
         let mut registry = Registry::with_prefix("busbar");
         let (backlog, deferred, oldest_parked) = (Gauge::default(), Gauge::default(), Gauge::default());
         registry.register_with_unit(
@@ -328,6 +331,11 @@ impl ServiceMetrics {
             "How long the oldest parked event has waited for an earlier version",
             Unit::Seconds,
             oldest_parked.clone(),
+        );
+        registry.register(
+            "outbox_relay_leader",
+            "1 while this process's outbox relay publishes; 0 while another replica's does",
+            relay_leader,
         );
         stats.register(&mut registry);
         Self { registry, backlog, deferred, oldest_parked, parked }

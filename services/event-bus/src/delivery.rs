@@ -35,6 +35,11 @@ pub struct PushMode {
 
 const CURSOR_SAVE_EVERY: Duration = Duration::from_millis(200);
 
+/// Retries while a subscriber is down (connection refused): no attempts count, so the wait
+/// grows to a cap instead of following the spec's backoff.
+static UNREACHABLE_RETRY: std::sync::LazyLock<Backoff> =
+    std::sync::LazyLock::new(|| Backoff::exponential(Duration::from_millis(100), Duration::from_secs(5)));
+
 /// Retries of the bus's own database (a locked or unreachable store): quick, then capped.
 static STORE_RETRY: std::sync::LazyLock<Backoff> =
     std::sync::LazyLock::new(|| Backoff::exponential(Duration::from_millis(100), Duration::from_secs(30)));
@@ -71,8 +76,21 @@ impl ParkedReports {
 pub enum Pushed {
     /// All handled; the subscriber's receipt says what it holds parked, if it says.
     All(Option<Parked>),
-    /// The first `handled` events were handled; the next one failed with `error`.
-    Failed { handled: usize, error: String },
+    /// The first `handled` events were handled; the rest were not, because of `error`.
+    Failed { handled: usize, error: String, blame: Blame },
+}
+
+/// Which event, if any, a failed push says is at fault: only that one's attempts count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Blame {
+    /// The subscriber answered: the event after the `handled` ones failed.
+    Event,
+    /// Nothing took the connection: the subscriber is down. No event's fault, so no
+    /// attempt counts and nothing is dead-lettered for it; delivery waits and retries.
+    Nobody,
+    /// The request broke, or got no answer in time, after it was sent: one of its events
+    /// may have crashed or stalled the subscriber. Only a push of one event says which.
+    Unknown,
 }
 
 impl Worker {
@@ -87,6 +105,7 @@ impl Worker {
         };
         tracing::info!(subscriber = %name, endpoint = %self.route.endpoint, types = ?self.route.types, position = cur.position, "delivery started");
         let (mut last_save, mut dirty) = (tokio::time::Instant::now(), false);
+        let (mut isolate_until, mut unreachable) = (0i64, 0u32);
         let lag = self.metrics.lag.get_or_create(&Metrics::sub(&name)).clone();
         loop {
             if self.stop.is_cancelled() {
@@ -106,7 +125,10 @@ impl Worker {
                 }
                 continue;
             }
-            let limit = self.mode.batch as i64;
+            // After a push whose failure could not be blamed on one event, events go one at
+            // a time until past that batch, so the one at fault is found and only it is
+            // charged with attempts.
+            let limit = if cur.position < isolate_until { 1 } else { self.mode.batch as i64 };
             let types = self.route.types.clone();
             let Some(batch) =
                 self.retry_store("reading the log", || self.store.read(cur.position, upto, &types, limit)).await
@@ -123,6 +145,7 @@ impl Worker {
             let last_seq = last.seq;
             match self.push(&batch).await {
                 Pushed::All(parked) => {
+                    unreachable = 0;
                     self.note_parked(parked);
                     self.metrics.delivered.get_or_create(&Metrics::sub(&name)).inc_by(batch.len() as u64);
                     cur.position = if full { last_seq } else { upto };
@@ -130,13 +153,34 @@ impl Worker {
                     cur.last_error = None;
                     self.save_throttled(&cur, &mut last_save, &mut dirty).await;
                 }
-                Pushed::Failed { handled, error } => {
+                Pushed::Failed { handled, error, blame } => {
                     self.metrics.delivered.get_or_create(&Metrics::sub(&name)).inc_by(handled as u64);
                     self.metrics.failed_attempts.get_or_create(&Metrics::sub(&name)).inc();
                     if handled > 0 {
                         cur.position = batch[handled - 1].seq;
                         cur.attempts = 0;
                     }
+                    if blame == Blame::Unknown && batch.len() - handled > 1 {
+                        isolate_until = last_seq;
+                        tracing::info!(subscriber = %name, %error,
+                            "a push of several events broke without an answer; delivering them one at a time to find the one at fault");
+                        continue;
+                    }
+                    if blame == Blame::Nobody {
+                        unreachable += 1;
+                        cur.last_error = Some(error.clone());
+                        let wait = UNREACHABLE_RETRY.random_jittered(unreachable);
+                        if unreachable == 1 || unreachable.is_multiple_of(20) {
+                            tracing::warn!(subscriber = %name, %error, retry_in_ms = wait.as_millis() as u64,
+                                "subscriber unreachable; its events wait (no attempt counts while it is down)");
+                        }
+                        tokio::select! {
+                            _ = tokio::time::sleep(wait) => {}
+                            _ = self.stop.cancelled() => break,
+                        }
+                        continue;
+                    }
+                    unreachable = 0;
                     let failing = &batch[handled];
                     cur.attempts += 1;
                     cur.last_error = Some(error.clone());
@@ -324,12 +368,15 @@ pub async fn push(
             return Pushed::Failed {
                 handled: 0,
                 error: format!("no answer from {endpoint} within ackWait ({timeout:?})"),
+                blame: Blame::Unknown,
             };
         }
         Err(e) => {
+            let blame = if e.is_connect() { Blame::Nobody } else { Blame::Unknown };
             return Pushed::Failed {
                 handled: 0,
                 error: format!("cannot reach {endpoint}: {}", busbar::web::error_chain(&e)),
+                blame,
             };
         }
     };
@@ -345,5 +392,5 @@ pub async fn push(
         Ok(f) => (f.handled.min(batch.len().saturating_sub(1)), f.error),
         Err(_) => (0, busbar::web::one_line(&text, 500)),
     };
-    Pushed::Failed { handled, error: format!("HTTP {}: {reason}", status.as_u16()) }
+    Pushed::Failed { handled, error: format!("HTTP {}: {reason}", status.as_u16()), blame: Blame::Event }
 }

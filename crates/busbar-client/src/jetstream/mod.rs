@@ -113,7 +113,9 @@ impl JetStream {
                     other => tracing::debug!(event = %other, "NATS client event"),
                 }
             })
-            .connect(url)
+            // A comma-separated list names several servers of one cluster: the client tries
+            // them all, and fails over between them.
+            .connect(url.split(',').map(str::trim).filter(|u| !u.is_empty()).collect::<Vec<_>>().as_slice())
             .await
             .map_err(|e| unavailable(format!("cannot connect to {url}: {e}")))?;
         let t = JetStream {
