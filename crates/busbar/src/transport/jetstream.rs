@@ -2,12 +2,21 @@
 //! [`Consumer`] (inbox and ordering), each message acknowledged only after its
 //! transaction commits. Publishing, replay and dead letters are [`JetStream`]'s own.
 //!
-//! **Attempts survive crashes.** An event's attempts are JetStream's own delivery count
-//! for the message (kept by the server, so it goes on counting when the subscriber's
-//! process dies while handling it) plus the retries made in place since this delivery. A
-//! message delivered more than `maxDeliver` times is dead-lettered on arrival, without
-//! running the handler again: an event that crashes the process ends in the dead letters
-//! instead of crashing it forever.
+//! **Attempts survive crashes, and count only against the event at fault.** A message
+//! delivered for the first time goes through the fast path, in a batch. A message
+//! delivered again (the subscriber died, or did not acknowledge in time, while it was in
+//! flight) is handled on its own, and its attempt is written to the database *before*
+//! the handler runs (`busbar_attempts`): if the process dies again while handling it,
+//! that attempt counts, and only against it, not against the other messages that were in
+//! flight with it. Once its recorded attempts exceed `maxDeliver` it is dead-lettered
+//! without running the handler again, so an event that crashes the process ends in the
+//! dead letters instead of crashing it forever.
+//!
+//! **Redriven copies do not hold the stream.** A failing event is normally retried in
+//! place, holding this subscriber's stream, because letting later events pass would break
+//! order. A redriven dead letter that fails again is instead handed back to JetStream with
+//! a delay (NAK): new events keep flowing, and order still holds because the subscriber
+//! parks the later versions of its aggregate until it is applied.
 
 use std::{collections::VecDeque, sync::Arc, time::Duration};
 
@@ -132,7 +141,9 @@ async fn subscribe_once(
     let mut messages = js_consumer
         .stream()
         .max_messages_per_batch(PULL_BATCH)
-        .heartbeat(Duration::from_secs(15))
+        // Missed heartbeats are how a dead server (e.g. a cluster node) is noticed: two of
+        // them end the stream and the runtime resubscribes, through another node.
+        .heartbeat(Duration::from_secs(5))
         .messages()
         .await
         .map_err(|e| e.to_string())?;
@@ -161,31 +172,29 @@ async fn subscribe_once(
                 msg.ack().await.map_err(|e| format!("ack failed: {e}"))?;
                 continue;
             }
-            // Delivered more often than allowed: earlier deliveries died with the process
-            // (or timed out). Running the handler again would likely kill it again.
-            let delivered = delivery_count(&msg);
-            if delivered > opts.max_deliver as i64 {
-                let error = format!(
-                    "delivered {delivered} times without being acknowledged: the subscriber crashed or timed out \
-                     while handling it (last error unknown)"
-                );
-                stats.failed.inc();
-                t.record_dead_letter(&durable, &msg, (delivered - 1) as u32, &error)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                continue;
-            }
             queue.push_back((msg, decoded));
         }
         let mut batch = queue;
         while !batch.is_empty() {
-            // The run of decodable events at the front goes through one transaction.
-            let run = batch.iter().take_while(|(_, d)| d.is_ok()).count();
+            // A message delivered again, or a redriven copy, is handled on its own.
+            if let Some((msg, Ok(ev))) = batch.front()
+                && (delivery_count(msg) > 1 || dlq::is_redrive(msg))
+            {
+                let (msg, ev) = (msg.clone(), ev.clone());
+                batch.pop_front();
+                if !handle_alone(t, opts, consumer, stats, &durable, &msg, &ev, stop).await? {
+                    return Ok(());
+                }
+                continue;
+            }
+            // The run of first deliveries at the front goes through one transaction.
+            let run =
+                batch.iter().take_while(|(m, d)| d.is_ok() && delivery_count(m) == 1 && !dlq::is_redrive(m)).count();
             if run == 0 {
                 let (msg, decoded) = batch.pop_front().expect("not empty");
                 stats.failed.inc();
                 let error = decoded.as_ref().err().cloned().unwrap_or_default();
-                if !retry_in_place(t, opts, consumer, stats, &durable, &msg, &decoded, error, stop).await? {
+                if !retry_in_place(t, opts, consumer, stats, &durable, &msg, &decoded, 1, error, stop).await? {
                     return Ok(());
                 }
                 continue;
@@ -209,13 +218,116 @@ async fn subscribe_once(
             if handled < run {
                 let (msg, decoded) = batch.pop_front().expect("the failing message");
                 stats.failed.inc();
-                if !retry_in_place(t, opts, consumer, stats, &durable, &msg, &decoded, error, stop).await? {
+                if !retry_in_place(t, opts, consumer, stats, &durable, &msg, &decoded, 1, error, stop).await? {
                     return Ok(());
                 }
             }
         }
     }
     Ok(())
+}
+
+/// Handles a message delivered again, or a redriven copy, on its own (see the module docs).
+/// Returns `false` when `stop` interrupted it.
+#[allow(clippy::too_many_arguments)]
+async fn handle_alone(
+    t: &JetStream,
+    opts: &SubscribeOptions,
+    consumer: &Consumer,
+    stats: &ReceiveStats,
+    durable: &str,
+    msg: &jetstream::Message,
+    ev: &CloudEvent,
+    stop: &CancellationToken,
+) -> Result<bool, String> {
+    let attempts = attempts::begin(consumer.db(), ev.id()).await.map_err(|e| e.to_string())?;
+    if attempts > opts.max_deliver as i64 {
+        let error = format!(
+            "{} attempts did not finish: the subscriber crashed or timed out while handling it each time",
+            attempts - 1
+        );
+        stats.failed.inc();
+        t.record_dead_letter(durable, msg, (attempts - 1) as u32, &error).await.map_err(|e| e.to_string())?;
+        attempts::clear(consumer.db(), ev.id()).await.map_err(|e| e.to_string())?;
+        return Ok(true);
+    }
+    match consumer.receive(ev).await {
+        Ok(o) => {
+            stats.record(&o);
+            msg.ack().await.map_err(|e| format!("ack failed: {e}"))?;
+            attempts::clear(consumer.db(), ev.id()).await.map_err(|e| e.to_string())?;
+            Ok(true)
+        }
+        Err(e) if dlq::is_redrive(msg) => {
+            stats.failed.inc();
+            if attempts >= opts.max_deliver.max(1) as i64 {
+                t.record_dead_letter(durable, msg, attempts as u32, &e.to_string()).await.map_err(|e| e.to_string())?;
+                attempts::clear(consumer.db(), ev.id()).await.map_err(|e| e.to_string())?;
+            } else {
+                // Back to JetStream for later: new events pass it meanwhile.
+                let delay = opts.backoff().random_jittered(attempts as u32);
+                tracing::info!(%durable, attempt = attempts, retry_in_ms = delay.as_millis() as u64, error = %e,
+                    "a redriven event failed again; it will be retried without holding up new events");
+                msg.ack_with(AckKind::Nak(Some(delay))).await.map_err(|e| format!("nak failed: {e}"))?;
+            }
+            Ok(true)
+        }
+        Err(e) => {
+            stats.failed.inc();
+            retry_in_place(t, opts, consumer, stats, durable, msg, &Ok(ev.clone()), attempts, e.to_string(), stop).await
+        }
+    }
+}
+
+/// Attempts at events delivered again, recorded before each attempt (`busbar_attempts`).
+mod attempts {
+    use sqlx::Row;
+
+    use crate::db::{Db, DbError, now_millis};
+
+    /// Records one more attempt at `event_id` and returns how many there have been.
+    pub async fn begin(db: &Db, event_id: &str) -> Result<i64, DbError> {
+        let mut tx = db.begin().await?;
+        let n: i64 = sqlx::query(
+            "INSERT INTO busbar_attempts (event_id, attempts, updated_at) VALUES ($1, 1, $2) \
+             ON CONFLICT (event_id) DO UPDATE SET attempts = busbar_attempts.attempts + 1, updated_at = excluded.updated_at \
+             RETURNING attempts",
+        )
+        .bind(event_id)
+        .bind(now_millis())
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get(0)?;
+        tx.commit().await?;
+        Ok(n)
+    }
+
+    /// Records an attempt numbered at least `n` (the ones made in place before any was
+    /// recorded count too) and returns the number recorded.
+    pub async fn begin_at_least(db: &Db, event_id: &str, n: i64) -> Result<i64, DbError> {
+        let mut tx = db.begin().await?;
+        let n: i64 = sqlx::query(
+            "INSERT INTO busbar_attempts (event_id, attempts, updated_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (event_id) DO UPDATE SET attempts = CASE WHEN busbar_attempts.attempts + 1 > excluded.attempts \
+             THEN busbar_attempts.attempts + 1 ELSE excluded.attempts END, updated_at = excluded.updated_at \
+             RETURNING attempts",
+        )
+        .bind(event_id)
+        .bind(n)
+        .bind(now_millis())
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get(0)?;
+        tx.commit().await?;
+        Ok(n)
+    }
+
+    pub async fn clear(db: &Db, event_id: &str) -> Result<(), DbError> {
+        let mut tx = db.begin().await?;
+        sqlx::query("DELETE FROM busbar_attempts WHERE event_id = $1").bind(event_id).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(())
+    }
 }
 
 /// JetStream's count of deliveries of `msg`, this one included (1 when unknown).
@@ -235,16 +347,26 @@ async fn retry_in_place(
     durable: &str,
     msg: &jetstream::Message,
     decoded: &Result<CloudEvent, String>,
+    mut attempts: i64,
     mut error: String,
     stop: &CancellationToken,
 ) -> Result<bool, String> {
     // Failures are retried here, holding this subscriber's stream, rather than NAKed: a
     // NAK lets later messages overtake the failed one. JetStream's own redelivery (after
-    // ack_wait) covers a subscriber that dies, and its delivery count says how often.
-    let mut attempts = delivery_count(msg);
-    loop {
-        if attempts >= opts.max_deliver.max(1) as i64 || decoded.is_err() {
+    // ack_wait) covers a subscriber that dies; each retry is recorded before it runs, so
+    // a crash during one counts.
+    let ev = match decoded {
+        Ok(ev) => ev,
+        Err(_) => {
             t.record_dead_letter(durable, msg, attempts as u32, &error).await.map_err(|e| e.to_string())?;
+            return Ok(true);
+        }
+    };
+    let db = consumer.db();
+    loop {
+        if attempts >= opts.max_deliver.max(1) as i64 {
+            t.record_dead_letter(durable, msg, attempts as u32, &error).await.map_err(|e| e.to_string())?;
+            attempts::clear(db, ev.id()).await.map_err(|e| e.to_string())?;
             return Ok(true);
         }
         let delay = opts.backoff().random_jittered(attempts as u32);
@@ -256,12 +378,12 @@ async fn retry_in_place(
             _ = tokio::time::sleep(delay) => {}
             _ = stop.cancelled() => return Ok(false),
         }
-        attempts += 1;
-        let ev = decoded.as_ref().expect("undecodable messages are dead-lettered at once");
+        attempts = attempts::begin_at_least(db, ev.id(), attempts + 1).await.map_err(|e| e.to_string())?;
         match consumer.receive(ev).await {
             Ok(o) => {
                 stats.record(&o);
                 msg.ack().await.map_err(|e| format!("ack failed: {e}"))?;
+                attempts::clear(db, ev.id()).await.map_err(|e| e.to_string())?;
                 return Ok(true);
             }
             Err(e) => {
