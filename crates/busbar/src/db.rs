@@ -232,10 +232,52 @@ impl Tx {
         ty: &str,
         version: i64,
     ) -> Result<Option<BTreeMap<String, i64>>, DbError> {
-        let rows = sqlx::query("SELECT type, version FROM busbar_aggregate_heads WHERE subject = $1")
-            .bind(subject)
-            .fetch_all(&mut *self.inner)
-            .await?;
+        let rows = match (self.db.backend, version) {
+            // Nothing comes before a first version: no need to look (most events in most
+            // apps create their aggregate).
+            (_, 1) => {
+                sqlx::query(
+                    "INSERT INTO busbar_aggregate_heads (subject, type, version) VALUES ($1, $2, $3) \
+                     ON CONFLICT (subject, type) DO UPDATE SET version = excluded.version",
+                )
+                .bind(subject)
+                .bind(ty)
+                .bind(version)
+                .execute(&mut *self.inner)
+                .await?;
+                vec![]
+            }
+            // One round trip: the SELECT sees the heads as they were before the upsert.
+            (Backend::Postgres, _) => {
+                sqlx::query(
+                    "WITH before AS (SELECT type, version FROM busbar_aggregate_heads WHERE subject = $1), \
+                     up AS (INSERT INTO busbar_aggregate_heads (subject, type, version) VALUES ($1, $2, $3) \
+                     ON CONFLICT (subject, type) DO UPDATE SET version = excluded.version) \
+                     SELECT type, version FROM before",
+                )
+                .bind(subject)
+                .bind(ty)
+                .bind(version)
+                .fetch_all(&mut *self.inner)
+                .await?
+            }
+            (Backend::Sqlite, _) => {
+                let rows = sqlx::query("SELECT type, version FROM busbar_aggregate_heads WHERE subject = $1")
+                    .bind(subject)
+                    .fetch_all(&mut *self.inner)
+                    .await?;
+                sqlx::query(
+                    "INSERT INTO busbar_aggregate_heads (subject, type, version) VALUES ($1, $2, $3) \
+                     ON CONFLICT (subject, type) DO UPDATE SET version = excluded.version",
+                )
+                .bind(subject)
+                .bind(ty)
+                .bind(version)
+                .execute(&mut *self.inner)
+                .await?;
+                rows
+            }
+        };
         let mut prev = BTreeMap::new();
         for r in rows {
             let (t, v): (String, i64) = (r.try_get(0)?, r.try_get(1)?);
@@ -243,15 +285,6 @@ impl Tx {
                 prev.insert(t, v);
             }
         }
-        sqlx::query(
-            "INSERT INTO busbar_aggregate_heads (subject, type, version) VALUES ($1, $2, $3) \
-             ON CONFLICT (subject, type) DO UPDATE SET version = excluded.version",
-        )
-        .bind(subject)
-        .bind(ty)
-        .bind(version)
-        .execute(&mut *self.inner)
-        .await?;
         Ok((version == 1 || !prev.is_empty()).then_some(prev))
     }
 

@@ -35,7 +35,8 @@ impl Probe {
             env,
             log,
             proc: None,
-            http: reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap(),
+            // Generous: emitting a long history on a busy machine (CI builds beside it) takes a while.
+            http: reqwest::Client::builder().timeout(Duration::from_secs(240)).build().unwrap(),
             starts: 0,
         };
         p.spawn().await;
