@@ -29,7 +29,7 @@ use crate::{
     jetstream::Links,
     leader::{LeaderElector, LeaseConfig},
     metrics::Metrics,
-    names::{BUS_LABEL, FIELD_MANAGER, FINALIZER, MANAGED_BY_LABEL, declares},
+    names::{BUS_LABEL, CONTRACTS_LABEL, FIELD_MANAGER, FINALIZER, MANAGED_BY_LABEL, bus_of_contracts, declares},
     observe::{Observation, Sources},
     plan::{self, actions::Failure, observed::Moment, status},
     settings::Settings,
@@ -197,6 +197,15 @@ pub async fn run_controller(client: Client, cfg: &RunConfig, metrics: Arc<Metric
         .owns(Api::<StatefulSet>::all(client.clone()), owned())
         .owns(Api::<ConfigMap>::all(client.clone()), owned())
         .owns(Api::<Service>::all(client.clone()), owned())
+        // A labelled contracts ConfigMap `<bus>-contracts` reconciles its bus when it changes.
+        .watches(
+            Api::<ConfigMap>::all(client.clone()),
+            watcher::Config::default().labels(CONTRACTS_LABEL),
+            |cm: ConfigMap| {
+                let ns = cm.namespace().unwrap_or_default();
+                bus_of_contracts(&cm.name_any()).map(|bus| ObjectRef::<ServiceBus>::new(bus).within(&ns))
+            },
+        )
         // A Deployment maps to every ServiceBus in its namespace that declares it or wired it.
         .watches_stream(deployments, move |d: Deployment| {
             let (ns, name) = (d.namespace(), d.name_any());

@@ -52,7 +52,7 @@ pub struct ServiceBusStatus {
     /// Wired services out of those declared, e.g. `3/4`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wired_services: Option<String>,
-    /// `Ready`, `TransportReady`, `Wired` and `GraphValid`.
+    /// `Ready`, `TransportReady`, `Wired`, `GraphValid` and `ContractsCompatible`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
@@ -68,6 +68,26 @@ pub struct ServiceBusStatus {
     /// What looks wrong but does not stop the bus, e.g. an event type nobody publishes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// Publisher → subscriber edges whose reader does not accept what the writer sends,
+    /// from the contracts in the ConfigMap `<bus>-contracts`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub incompatible_edges: Vec<ContractEdgeStatus>,
+}
+
+/// One publisher → subscriber edge whose contracts do not fit.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ContractEdgeStatus {
+    pub publisher: String,
+    /// The event type.
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub subscriber: String,
+    /// `Held`: a new subscription, not wired until the contracts fit. `Wired`: a
+    /// subscription already wired; its events that do not fit are dead-lettered.
+    pub state: String,
+    /// One line per field that does not fit, naming the type, the field and why.
+    pub problems: Vec<String>,
 }
 
 /// A standard Kubernetes condition (`metav1.Condition`'s shape).

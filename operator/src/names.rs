@@ -24,6 +24,11 @@ pub const TOKEN_KEY: &str = "token";
 pub const BUS_KEY_KEY: &str = "key";
 /// The file in the `<bus>-nats-auth` Secret.
 pub const NATS_AUTH_FILE: &str = "auth.conf";
+/// The key in the contracts ConfigMap: the app's contracts lock, as committed.
+pub const CONTRACTS_FILE: &str = "contracts.lock.json";
+/// Label on a contracts ConfigMap: a change to a labelled one reconciles its bus at once
+/// (without it, at the next periodic reconcile).
+pub const CONTRACTS_LABEL: &str = "busbar.dev/contracts";
 /// The file in the routes ConfigMap.
 pub const ROUTES_FILE: &str = "servicebus.yaml";
 /// Where the built-in bus's routes ConfigMap is mounted.
@@ -41,6 +46,17 @@ pub fn bus_object_name(bus: &str) -> String {
 /// The ConfigMap holding the built-in bus's routes.
 pub fn routes_config_map_name(bus: &str) -> String {
     format!("{}-routes", bus_object_name(bus))
+}
+
+/// The ConfigMap holding the bus's contracts lock ([`CONTRACTS_FILE`]), made by the app's
+/// kustomization or chart from its `contracts.lock.json`.
+pub fn contracts_config_map_name(bus: &str) -> String {
+    format!("{bus}-contracts")
+}
+
+/// The bus whose contracts ConfigMap is named `config_map`.
+pub fn bus_of_contracts(config_map: &str) -> Option<&str> {
+    config_map.strip_suffix("-contracts").filter(|b| !b.is_empty())
 }
 
 /// The Secret holding the bus's key (both transports: tokens derive from it).

@@ -26,7 +26,8 @@ use crate::{
     crd::{BusRef, ServiceBusStatus},
     jetstream::{self, Links},
     names::{
-        BUS_LABEL, TOKEN_FOR_LABEL, bus_object_name, key_secret_name, nats_auth_secret_name, routes_config_map_name,
+        BUS_LABEL, TOKEN_FOR_LABEL, bus_object_name, contracts_config_map_name, key_secret_name, nats_auth_secret_name,
+        routes_config_map_name,
     },
     plan::{
         observed::{BuiltinObserved, Observed, SubscriberFigures, TransportObserved},
@@ -69,6 +70,9 @@ impl Sources<'_> {
             return Ok(Observation { observed, nats: None });
         }
         let kind = spec.transport.kind();
+        observed.contracts = Api::<ConfigMap>::namespaced(self.client.clone(), &bus.namespace)
+            .get_opt(&contracts_config_map_name(&bus.name))
+            .await?;
         observed.secrets = self.secrets(bus, kind).await?;
         let admin = admin_token(bus, &observed.secrets);
         let nats = match kind {

@@ -22,8 +22,9 @@ use kube::{
 use kube_fake::FakeApiServer;
 use serde_json::json;
 use support::{
-    BLOG, blog_spec,
+    BLOG, BLOG_CONTRACTS, blog_contracts_with_title_renamed, blog_spec,
     cluster::{Cluster, NS, Replica, assert_rbac_covers_what_the_operator_did, eventually},
+    contracts_config_map,
     fake_bus::FakeBus,
     service_bus,
 };
@@ -204,6 +205,62 @@ async fn subscriber_trouble_is_in_status_and_described_once_per_transition() {
     let key = c.api.get_as::<k8s_openapi::api::core::v1::Secret>(NS, "blog-event-bus-key").unwrap();
     let key = BusKey::from_hex(&String::from_utf8_lossy(&key.data.unwrap()["key"].0)).unwrap();
     assert_eq!(key.verify(&bus.bearer().unwrap()).as_deref(), Some(busbar_domain::credentials::ADMIN));
+    op.stop().await;
+}
+
+/// Given the blog's contracts in which posts no longer sends the `title` query reads, query's
+/// subscription is held: its Deployment stays unwired and status names the edge, while
+/// comments (which reads only the id) is wired. Once the contracts fit, query is wired.
+#[tokio::test]
+async fn an_incompatible_subscription_is_not_wired_and_is_named_in_status() {
+    let c = Cluster::new().await;
+    for d in BLOG {
+        c.add_deployment(d);
+    }
+    c.apply_config_map(&contracts_config_map(NS, "blog", &blog_contracts_with_title_renamed())).await;
+    let op = c.start_operator("op-a", false);
+    c.apply_bus(&blog()).await;
+    eventually("ContractsCompatible is False, naming the edge", || async {
+        c.condition("blog", "ContractsCompatible") == Some(("False".into(), "SubscriptionHeld".into()))
+    })
+    .await;
+    let b = c.bus("blog").unwrap();
+    assert_eq!(
+        b["status"]["incompatibleEdges"],
+        json!([{
+            "publisher": "posts", "type": "PostCreated", "subscriber": "query", "state": "Held",
+            "problems": ["PostCreated.title: posts → query: query requires it; posts does not send it"]
+        }])
+    );
+    let message = b["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "ContractsCompatible")
+        .unwrap()["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(message.contains("posts → query PostCreated"), "{message}");
+    for d in ["posts", "comments", "moderation"] {
+        assert!(c.env_var(d, "BUSBAR_URL").is_some(), "{d} is wired");
+    }
+    assert_eq!(c.env_var("query", "BUSBAR_URL"), None, "query is not wired");
+    assert_eq!(c.wiring_hash("query"), None);
+    assert_eq!(b["status"]["wiredServices"], "3/4");
+    assert!(c.events_about("ServiceBus", "blog").contains(&"SubscriptionHeld".to_owned()));
+    let routes = c.api.get("configmaps", NS, "blog-event-bus-routes").unwrap();
+    let routed = busbar_domain::spec::parse_manifest(routes["data"]["servicebus.yaml"].as_str().unwrap()).unwrap();
+    assert!(routed.spec.service("query").unwrap().subscribes.is_empty(), "the bus does not deliver to query");
+
+    // The contracts as built: the ConfigMap's change reconciles the bus, and query is wired.
+    c.apply_config_map(&contracts_config_map(NS, "blog", BLOG_CONTRACTS)).await;
+    eventually("query is wired once its contract fits", || async {
+        c.env_var("query", "BUSBAR_URL").is_some()
+            && c.condition("blog", "ContractsCompatible") == Some(("True".into(), "Compatible".into()))
+    })
+    .await;
+    assert_rbac_covers_what_the_operator_did(&c.api);
     op.stop().await;
 }
 

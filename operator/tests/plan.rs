@@ -10,7 +10,7 @@ use std::time::Duration;
 use async_nats::jetstream::consumer::{DeliverPolicy, pull};
 use busbar_domain::spec::{StartFrom, SubscriptionSpec};
 use busbar_operator::{
-    crd::ServiceBusStatus,
+    crd::{ContractEdgeStatus, ServiceBusStatus},
     names::{FIELD_MANAGER, MANAGED_BY_LABEL, ROUTES_FILE, ROUTES_PATH, TOKEN_FOR_LABEL},
     plan::{
         self,
@@ -23,7 +23,7 @@ use busbar_operator::{
     settings::Settings,
 };
 use busbar_protocol::bus_api::Parked;
-use support::{BLOG, blog_spec, chain_spec, world::World};
+use support::{BLOG, BLOG_CONTRACTS, blog_contracts_with_title_renamed, blog_spec, chain_spec, world::World};
 
 /// The blog, wired, with its bus ready: the usual starting point.
 fn ready_blog() -> World {
@@ -535,4 +535,135 @@ proptest::proptest! {
         proptest::prop_assert_eq!(before.len(), 4);
         proptest::prop_assert_eq!(wiring(&mut shuffled), before);
     }
+}
+
+/// The blog wired and ready, with the contracts it was built with.
+fn ready_blog_with_contracts() -> World {
+    World::blog_with_deployments().with_contracts(BLOG_CONTRACTS).settled().bus_ready().settled()
+}
+
+fn condition(w: &World, type_: &str) -> (String, String, String) {
+    let c = w.status.as_ref().unwrap().condition(type_).unwrap_or_else(|| panic!("{type_} is in status"));
+    (c.status.clone(), c.reason.clone(), c.message.clone())
+}
+
+#[test]
+fn contracts_that_fit_are_reported_and_without_them_nothing_is_checked() {
+    let w = ready_blog_with_contracts();
+    let (status, reason, message) = condition(&w, "ContractsCompatible");
+    assert_eq!((status.as_str(), reason.as_str()), ("True", "Compatible"));
+    assert_eq!(message, "every subscriber's reader fits its publisher (6 edge(s))");
+    assert!(w.status.as_ref().unwrap().incompatible_edges.is_empty());
+    assert_eq!(condition(&w, "Ready").0, "True");
+
+    let plain = ready_blog();
+    let (status, reason, message) = condition(&plain, "ContractsCompatible");
+    assert_eq!((status.as_str(), reason.as_str()), ("Unknown", "NoContracts"));
+    assert!(message.starts_with("no ConfigMap blog-contracts: event contracts are not checked"), "{message}");
+    assert_eq!(condition(&plain, "Ready").0, "True", "unchecked contracts do not stop the bus");
+}
+
+#[test]
+fn a_new_subscription_whose_reader_does_not_fit_is_not_wired() {
+    let renamed = blog_contracts_with_title_renamed();
+    let mut w = World::blog_with_deployments().with_contracts(&renamed);
+    let done = w.reconcile();
+    let wired: Vec<&str> = done.iter().filter_map(|a| a.strip_prefix("wire Deployment ")).collect();
+    assert_eq!(wired, ["posts", "comments", "moderation"], "query is held: {done:?}");
+    assert!(
+        done.contains(&"event Warning SubscriptionHeld on ServiceBus about Deployment query".to_owned()),
+        "{done:?}"
+    );
+    assert!(!w.env("query").contains_key("BUSBAR_URL"));
+
+    let status = w.status.clone().unwrap();
+    assert_eq!(
+        status.incompatible_edges,
+        [ContractEdgeStatus {
+            publisher: "posts".into(),
+            event_type: "PostCreated".into(),
+            subscriber: "query".into(),
+            state: "Held".into(),
+            problems: vec!["PostCreated.title: posts → query: query requires it; posts does not send it".into()],
+        }]
+    );
+    let (state, reason, message) = condition(&w, "ContractsCompatible");
+    assert_eq!((state.as_str(), reason.as_str()), ("False", "SubscriptionHeld"));
+    assert!(message.contains("posts → query PostCreated"), "{message}");
+    assert_eq!(condition(&w, "Ready").1, "SubscriptionHeld", "Ready says why first");
+    let query = status.service("query").unwrap();
+    assert!(!query.wired);
+    assert_eq!(
+        query.message.as_deref(),
+        Some(
+            "not wired: its new subscription to PostCreated does not fit posts's contract (see status.incompatibleEdges)"
+        )
+    );
+    // The bus does not deliver query what it could not read; comments (which needs only
+    // the id) still gets PostCreated.
+    let routes = &w.config_map.as_ref().unwrap().data.as_ref().unwrap()[ROUTES_FILE];
+    let routed = busbar_domain::spec::parse_manifest(routes).unwrap().spec;
+    assert!(routed.service("query").unwrap().subscribes.is_empty());
+    assert_eq!(routed.service("comments").unwrap().subscribed_types().len(), 2);
+
+    // Held until the contracts fit: nothing more to do meanwhile, then query is wired.
+    let mut w = w.settled();
+    assert!(w.reconcile().is_empty());
+    let mut w = w.with_contracts(BLOG_CONTRACTS);
+    let done = w.reconcile();
+    assert!(done.contains(&"apply ConfigMap blog-event-bus-routes".to_owned()), "{done:?}");
+    assert!(done.contains(&"wire Deployment query".to_owned()), "{done:?}");
+    assert_eq!(condition(&w, "ContractsCompatible").0, "True");
+    assert!(w.status.as_ref().unwrap().incompatible_edges.is_empty());
+}
+
+#[test]
+fn a_publisher_change_that_breaks_a_wired_reader_is_reported_not_hidden() {
+    let mut w = ready_blog_with_contracts().with_contracts(&blog_contracts_with_title_renamed());
+    assert_eq!(
+        w.reconcile(),
+        [
+            "event Warning ReaderBroken on ServiceBus",
+            "event Warning ReaderBroken on ServiceBus",
+            "event Warning ReaderBroken on ServiceBus about Deployment query",
+            "patch status"
+        ],
+        "Ready and ContractsCompatible turn False, the edge is announced, and query keeps its wiring"
+    );
+    let status = w.status.clone().unwrap();
+    assert_eq!(status.incompatible_edges.len(), 1);
+    assert_eq!(status.incompatible_edges[0].state, "Wired");
+    assert!(status.service("query").unwrap().wired);
+    let (state, reason, message) = condition(&w, "ContractsCompatible");
+    assert_eq!((state.as_str(), reason.as_str()), ("False", "ReaderBroken"));
+    assert!(message.contains("posts → query PostCreated"), "{message}");
+    let note = w.events.last().unwrap();
+    assert_eq!(
+        note.note,
+        "posts's PostCreated no longer fits query, which is wired and dead-letters what it cannot read: \
+         PostCreated.title: posts → query: query requires it; posts does not send it"
+    );
+    assert!(w.reconcile().is_empty(), "announced once");
+}
+
+#[test]
+fn contracts_that_cannot_be_read_are_reported_and_hold_nothing() {
+    let mut w = World::blog_with_deployments().with_contracts("{not json");
+    let done = w.reconcile();
+    assert_eq!(done.iter().filter(|a| a.starts_with("wire Deployment ")).count(), 4);
+    let (state, reason, message) = condition(&w, "ContractsCompatible");
+    assert_eq!((state.as_str(), reason.as_str()), ("False", "InvalidContracts"));
+    assert!(
+        message.starts_with("ConfigMap blog-contracts, key contracts.lock.json: not a busbar contracts lock"),
+        "{message}"
+    );
+}
+
+#[test]
+fn on_jetstream_a_held_subscriber_gets_no_consumer() {
+    let mut w = World::blog_with_deployments().on_jetstream().with_contracts(&blog_contracts_with_title_renamed());
+    let done = w.reconcile();
+    let consumers: Vec<&str> = done.iter().filter_map(|a| a.strip_prefix("put consumer ")).collect();
+    assert_eq!(consumers, ["comments", "moderation"], "{done:?}");
+    assert!(!done.contains(&"wire Deployment query".to_owned()));
 }

@@ -1,5 +1,6 @@
 //! The `busbar` command.
 
+mod contract;
 mod dlq;
 mod up;
 
@@ -65,6 +66,13 @@ enum Cmd {
         #[arg(short = 'f', long = "file")]
         file: Option<PathBuf>,
     },
+    /// Event contracts: check that every subscriber can read what its publishers write.
+    ///
+    /// Events are the only coupling between services, so their schemas are the contract.
+    /// `busbar contract lock` writes every service's contract (generated from its code) to
+    /// a lock file; `busbar contract check` checks every edge of the graph, and with
+    /// --against every change since a lock. See `busbar contract check --help` for the rules.
+    Contract(contract::ContractArgs),
     /// List and redrive dead letters, on the built-in bus or JetStream.
     ///
     /// A dead letter is an event a subscriber gave up on after maxDeliver attempts,
@@ -112,6 +120,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Cmd::Serve { name, args } => return serve(&name, args),
+        Cmd::Contract(args) => return contract::run(args),
         Cmd::Up { file, data_dir, bus_port, database_url_template, transport, nats_url } => {
             let transport = transport.map(|t| match t {
                 TransportArg::Builtin => busbar::spec::TransportKind::Builtin,

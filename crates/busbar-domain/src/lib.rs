@@ -3,6 +3,7 @@
 //! decide the same way because they call these.
 //!
 //! - [`spec`]: the ServiceBus resource, its parsing and validation;
+//! - [`contracts`]: the event schemas each service writes and reads, and whether they fit;
 //! - [`graph`]: who feeds whom, and what looks wrong;
 //! - [`wiring`] and [`config`]: the `BUSBAR_*` environment a service gets, and reading it back;
 //! - [`credentials`]: per-service tokens derived from one bus key;
@@ -12,6 +13,7 @@
 
 pub mod backoff;
 pub mod config;
+pub mod contracts;
 pub mod credentials;
 pub mod graph;
 pub mod names;

@@ -48,8 +48,46 @@ pub enum EnvelopeError {
     NotAnEvent(&'static str),
     #[error("event {id} has type `{got}`, expected `{expected}`")]
     WrongType { id: String, got: String, expected: &'static str },
-    #[error("event {id}: data does not match {ty}: {reason}")]
-    Data { id: String, ty: &'static str, reason: String },
+    /// The data is not what the reader's type says. `dataschema` is the event's own claim
+    /// about what wrote it (the writer schema's digest), so a dead letter names both sides.
+    #[error("event {id}: data does not match {ty} ({}): {reason}", about_dataschema(dataschema.as_deref()))]
+    Data { id: String, ty: &'static str, reason: String, dataschema: Option<String> },
+}
+
+fn about_dataschema(d: Option<&str>) -> String {
+    match d {
+        Some(d) => format!("its dataschema: {d}"),
+        None => "it carries no dataschema".into(),
+    }
+}
+
+/// A CloudEvents `dataschema` value (a URI), parsed once per event type so that emitting
+/// only copies it.
+pub type SchemaUri = url::Url;
+
+/// `text` as a [`SchemaUri`].
+pub fn schema_uri(text: &str) -> Result<SchemaUri, String> {
+    url::Url::parse(text).map_err(|e| format!("`{text}` is not a URI: {e}"))
+}
+
+/// Sets the event's `dataschema`.
+pub fn set_dataschema(ev: &mut CloudEvent, uri: &SchemaUri) {
+    cloudevents::AttributesWriter::set_dataschema(ev, Some(uri.clone()));
+}
+
+/// The event's `dataschema`, if it carries one.
+pub fn dataschema(ev: &CloudEvent) -> Option<String> {
+    ev.dataschema().map(|u| u.to_string())
+}
+
+/// The event's `data` as JSON, whichever way it was carried; `None` when it has none or it
+/// is not JSON.
+pub fn data_json(ev: &CloudEvent) -> Option<serde_json::Value> {
+    match ev.data()? {
+        Data::Json(v) => Some(v.clone()),
+        Data::String(s) => serde_json::from_str(s).ok(),
+        Data::Binary(b) => serde_json::from_slice(b).ok(),
+    }
 }
 
 /// Builds the envelope for a typed event published by `source`.
@@ -105,7 +143,12 @@ pub fn data<E: Event>(ev: &CloudEvent) -> Result<E, EnvelopeError> {
     if ev.ty() != E::TYPE {
         return Err(EnvelopeError::WrongType { id: ev.id().to_owned(), got: ev.ty().to_owned(), expected: E::TYPE });
     }
-    let err = |reason: String| EnvelopeError::Data { id: ev.id().to_owned(), ty: E::TYPE, reason };
+    let err = |reason: String| EnvelopeError::Data {
+        id: ev.id().to_owned(),
+        ty: E::TYPE,
+        reason,
+        dataschema: dataschema(ev),
+    };
     match ev.data() {
         Some(Data::Json(v)) => E::deserialize(v).map_err(|e| err(e.to_string())),
         Some(Data::String(s)) => serde_json::from_str(s).map_err(|e| err(e.to_string())),
@@ -277,6 +320,24 @@ mod tests {
         assert!(matches!(data::<Renamed>(&ev), Err(EnvelopeError::WrongType { .. })));
         let ev = decode_one(r#"{"specversion":"1.0","id":"1","source":"s","type":"Renamed","data":{"id":1}}"#).unwrap();
         assert!(matches!(data::<Renamed>(&ev), Err(EnvelopeError::Data { .. })));
+    }
+
+    #[test]
+    fn a_data_error_names_the_dataschema_the_event_carries() {
+        let mut ev =
+            decode_one(r#"{"specversion":"1.0","id":"1","source":"s","type":"Renamed","data":{"id":"a"}}"#).unwrap();
+        let err = data::<Renamed>(&ev).unwrap_err().to_string();
+        assert!(
+            err.starts_with("event 1: data does not match Renamed (it carries no dataschema): missing field `name`"),
+            "{err}"
+        );
+        set_dataschema(&mut ev, &schema_uri("urn:busbar:schema:Renamed:sha256:00").unwrap());
+        let back = decode_one(&serde_json::to_string(&ev).unwrap()).unwrap();
+        assert_eq!(dataschema(&back).as_deref(), Some("urn:busbar:schema:Renamed:sha256:00"));
+        let err = data::<Renamed>(&back).unwrap_err().to_string();
+        assert!(err.contains("(its dataschema: urn:busbar:schema:Renamed:sha256:00)"), "{err}");
+        assert_eq!(data_json(&back), Some(serde_json::json!({"id": "a"})));
+        assert!(schema_uri("not a uri").is_err());
     }
 
     proptest::proptest! {

@@ -35,6 +35,9 @@ pub enum DbError {
     Migrate { what: &'static str, source: sqlx::migrate::MigrateError },
     #[error(transparent)]
     Sql(#[from] sqlx::Error),
+    /// An emit of a type the service did not declare (see `crate::contract`).
+    #[error("{0}")]
+    Undeclared(String),
 }
 
 /// How durable a SQLite commit is. Both survive SIGKILL of the process (the WAL is in the
@@ -74,6 +77,9 @@ pub struct Db {
     /// the next one the moment the lock is free; left to SQLite, a waiting writer polls
     /// with sleeps of up to 100 ms (its busy handler), which dominates latency under load.
     write_lock: Arc<tokio::sync::Mutex<()>>,
+    /// What the service declared it publishes, when the service runtime opened it: emits
+    /// are checked against it and stamped with their `dataschema`.
+    declared: Option<Arc<crate::contract::Declared>>,
 }
 
 impl Db {
@@ -132,6 +138,7 @@ impl Db {
             url: url.as_str().into(),
             relay_wake: Arc::new(Notify::new()),
             write_lock: Default::default(),
+            declared: None,
         };
         if !opts.sdk_tables {
             return Ok(db);
@@ -170,6 +177,12 @@ impl Db {
     /// The database's URL (with its password: keep it out of logs; see [`redact`]).
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// Emits through this handle (and its clones) are checked against `declared`.
+    pub(crate) fn with_declared(mut self, declared: crate::contract::Declared) -> Db {
+        self.declared = Some(Arc::new(declared));
+        self
     }
 
     pub(crate) fn relay_wake(&self) -> Arc<Notify> {
@@ -214,7 +227,14 @@ impl Tx {
     /// aggregate, so that subscribers of some types only know which earlier event to wait
     /// for (see [`crate::ordering`]).
     pub async fn emit<E: Event>(&mut self, event: &E, version: i64) -> Result<CloudEvent, DbError> {
+        let dataschema = match &self.db.declared {
+            Some(d) => Some(d.dataschema::<E>(self.db.service()).map_err(DbError::Undeclared)?),
+            None => None,
+        };
         let mut ev = envelope::build(self.db.service(), event, version);
+        if let Some(uri) = dataschema {
+            envelope::set_dataschema(&mut ev, uri);
+        }
         if let Some(prev) = self.advance_head(&event.aggregate_id(), E::TYPE, version).await? {
             envelope::set_predecessors(&mut ev, &prev);
         }

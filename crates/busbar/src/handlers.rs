@@ -1,12 +1,15 @@
 //! Typed event handlers: a service says which event types it handles by registering a
-//! function per type, and everything else follows from that one list: the types it
-//! subscribes to, what backfill replays, and the contract its readers need.
+//! function per type, and which it publishes, and everything else follows from that one
+//! list: the types it subscribes to, what backfill replays, and its contract (the reader
+//! schema of each type it handles, the writer schema of each it publishes; see
+//! [`crate::contract`]).
 //!
 //! ```ignore
 //! let handlers = Handlers::new(words)
-//!     .on::<PostCreated>(store::remember_post)          // a copy: rebuilt from history
-//!     .on_new::<CommentModerated>(store::apply_decision); // a reaction: only as it happens
-//! service.serve(routes, Some(handlers)).await
+//!     .on::<PostCreated>(store::remember_post)           // a copy: rebuilt from history
+//!     .on_new::<CommentModerated>(store::apply_decision) // a reaction: only as it happens
+//!     .publishes::<CommentUpdated>();                    // what it emits
+//! let service = Service::start(NAME, PORT, &migrations, &migrations, handlers).await?;
 //!
 //! async fn remember_post(_: &WordList, tx: &mut Tx, post: Received<PostCreated>) -> Result<(), DbError> { ... }
 //! ```
@@ -16,16 +19,24 @@
 //! (and the inbox record, and any event it emits) commit in, and [`Received`] the decoded
 //! `data` plus the envelope's attributes.
 
-use std::{collections::BTreeMap, future::Future, pin::Pin, sync::Arc};
+use std::{
+    any::type_name,
+    collections::BTreeMap,
+    future::Future,
+    pin::Pin,
+    sync::{Arc, OnceLock},
+};
 
 use async_trait::async_trait;
+use busbar_domain::contracts::{ServiceContract, TypeSchema};
 use cloudevents::AttributesReader;
 use schemars::JsonSchema;
 
 use crate::{
     consumer::{Handler, HandlerError},
+    contract::{self, Declared},
     db::Tx,
-    envelope::{self, CloudEvent, Event},
+    envelope::{self, CloudEvent, EnvelopeError, Event},
 };
 
 /// An event's decoded `data`, with what the envelope says about it. Dereferences to the
@@ -94,27 +105,62 @@ trait Route<S>: Send + Sync {
 
 struct Typed<E, F> {
     f: F,
+    /// The reader schema, compiled the first time an event does not decode: it explains
+    /// why, field by field, in the words of the contract.
+    reader: OnceLock<Result<jsonschema::Validator, String>>,
     _event: std::marker::PhantomData<fn() -> E>,
+}
+
+impl<E: Event + JsonSchema, F> Typed<E, F> {
+    /// The error for an event whose data `E` does not decode: what the reader schema says
+    /// is wrong with it (serde's words only if the schema finds nothing), with the
+    /// `dataschema` the event claims, so a dead letter names both sides of the contract.
+    fn rejected(&self, event: &CloudEvent, serde_reason: String) -> EnvelopeError {
+        const SHOWN: usize = 5;
+        let reader = self.reader.get_or_init(|| {
+            jsonschema::validator_for(contract::reader_schema::<E>().as_value()).map_err(|e| e.to_string())
+        });
+        let found: Vec<String> = match (reader, envelope::data_json(event)) {
+            (Ok(v), Some(data)) => v
+                .iter_errors(&data)
+                .take(SHOWN)
+                .map(|e| {
+                    let at = e.instance_path().to_string();
+                    format!("at {}: {e}", if at.is_empty() { "/" } else { &at })
+                })
+                .collect(),
+            _ => vec![],
+        };
+        let reason = match found.is_empty() {
+            true => serde_reason,
+            false => format!("the reader schema rejects it: {}", found.join("; ")),
+        };
+        EnvelopeError::Data { id: event.id().to_owned(), ty: E::TYPE, reason, dataschema: envelope::dataschema(event) }
+    }
 }
 
 impl<S, E, F> Route<S> for Typed<E, F>
 where
     S: Send + Sync + 'static,
-    E: Event + Send + 'static,
+    E: Event + JsonSchema + Send + 'static,
     F: for<'a> HandlerFn<'a, S, E>,
 {
     fn handle<'a>(&'a self, state: &'a S, tx: &'a mut Tx, event: &'a CloudEvent) -> HandlerFuture<'a> {
         // A payload that is not what its type says is the event's fault, and the consumer
         // dead-letters it at once (EnvelopeError::Data); decode before entering the future.
-        let received = envelope::data::<E>(event).map(|data| Received {
-            data,
-            meta: Meta {
-                id: event.id().to_owned(),
-                source: event.source().to_string(),
-                subject: event.subject().map(str::to_owned),
-                version: envelope::aggregate_version(event),
-            },
-        });
+        let received = match envelope::data::<E>(event) {
+            Ok(data) => Ok(Received {
+                data,
+                meta: Meta {
+                    id: event.id().to_owned(),
+                    source: event.source().to_string(),
+                    subject: event.subject().map(str::to_owned),
+                    version: envelope::aggregate_version(event),
+                },
+            }),
+            Err(EnvelopeError::Data { reason, .. }) => Err(self.rejected(event, reason)),
+            Err(other) => Err(other),
+        };
         Box::pin(async move {
             let received = received.map_err(|e| Box::new(e) as HandlerError)?;
             self.f.call(state, tx, received).await.map_err(Into::into)
@@ -130,15 +176,23 @@ struct Registration<S> {
     schema: fn() -> schemars::Schema,
 }
 
-/// The event types a service handles, each with its handler function, and the service's
-/// state they share.
+/// A type the service publishes: the Rust type that stands for it and its writer schema.
+struct Published {
+    rust_type: &'static str,
+    schema: fn() -> serde_json::Value,
+}
+
+/// The event types a service handles, each with its handler function, the service's state
+/// they share, and the types it publishes.
 pub struct Handlers<S = ()> {
     state: Arc<S>,
     by_type: BTreeMap<&'static str, Registration<S>>,
+    publishes: BTreeMap<&'static str, Published>,
 }
 
 impl Handlers<()> {
-    /// No handlers: for a service that only publishes.
+    /// No handlers: for a service that only publishes (what it publishes still has to be
+    /// declared: `Handlers::none().publishes::<PostCreated>()`).
     pub fn none() -> Self {
         Self::new(())
     }
@@ -146,7 +200,21 @@ impl Handlers<()> {
 
 impl<S: Send + Sync + 'static> Handlers<S> {
     pub fn new(state: S) -> Self {
-        Self { state: Arc::new(state), by_type: BTreeMap::new() }
+        Self { state: Arc::new(state), by_type: BTreeMap::new(), publishes: BTreeMap::new() }
+    }
+
+    /// Declares that this service publishes `E`: its writer schema goes into the service's
+    /// contract, and its events carry that schema's digest as their `dataschema`. A
+    /// service cannot emit a type it did not declare (the emit fails, saying so).
+    pub fn publishes<E>(mut self) -> Self
+    where
+        E: Event + JsonSchema,
+    {
+        let previous = self
+            .publishes
+            .insert(E::TYPE, Published { rust_type: type_name::<E>(), schema: contract::writer_schema::<E> });
+        assert!(previous.is_none(), "event type {} is declared twice; declare each published type once", E::TYPE);
+        self
     }
 
     /// Handles `E` with `f`, also when a fresh copy is rebuilt from history (backfill):
@@ -171,9 +239,9 @@ impl<S: Send + Sync + 'static> Handlers<S> {
     where
         E: Event + JsonSchema + Send + 'static,
     {
-        let route = Box::new(Typed::<E, _> { f, _event: std::marker::PhantomData });
+        let route = Box::new(Typed::<E, _> { f, reader: OnceLock::new(), _event: std::marker::PhantomData });
         let previous =
-            self.by_type.insert(E::TYPE, Registration { route, replay, schema: || schemars::schema_for!(E) });
+            self.by_type.insert(E::TYPE, Registration { route, replay, schema: contract::reader_schema::<E> });
         assert!(previous.is_none(), "event type {} is registered twice; one handler per type", E::TYPE);
         self
     }
@@ -191,6 +259,34 @@ impl<S: Send + Sync + 'static> Handlers<S> {
     /// The JSON Schema of each handled type's data, as this service's handlers read it.
     pub fn reader_schemas(&self) -> BTreeMap<&'static str, schemars::Schema> {
         self.by_type.iter().map(|(t, r)| (*t, (r.schema)())).collect()
+    }
+
+    /// Every type declared with [`Self::publishes`], sorted.
+    pub fn published(&self) -> Vec<&'static str> {
+        self.publishes.keys().copied().collect()
+    }
+
+    /// The JSON Schema of each published type's data, as this service writes it.
+    pub fn writer_schemas(&self) -> BTreeMap<&'static str, serde_json::Value> {
+        self.publishes.iter().map(|(t, p)| (*t, (p.schema)())).collect()
+    }
+
+    /// This service's contract: a writer schema per published type, a reader schema per
+    /// handled type.
+    pub fn contract(&self) -> ServiceContract {
+        ServiceContract {
+            publishes: self.writer_schemas().into_iter().map(|(t, s)| (t.to_owned(), TypeSchema::new(s))).collect(),
+            subscribes: self
+                .reader_schemas()
+                .into_iter()
+                .map(|(t, s)| (t.to_owned(), TypeSchema::new(s.to_value())))
+                .collect(),
+        }
+    }
+
+    /// What the database needs to check and stamp what this service emits.
+    pub(crate) fn declared(&self) -> Declared {
+        Declared::new(self.publishes.iter().map(|(t, p)| (*t, p.rust_type, (p.schema)())))
     }
 }
 
@@ -266,10 +362,70 @@ mod tests {
         let bad = envelope::decode_one(r#"{"specversion":"1.0","id":"1","source":"s","type":"Added","data":{"id":1}}"#)
             .unwrap();
         let err = h.handle(&mut tx, &bad).await.unwrap_err();
-        assert!(err.downcast_ref::<envelope::EnvelopeError>().is_some(), "{err}");
+        assert!(matches!(err.downcast_ref::<EnvelopeError>(), Some(EnvelopeError::Data { .. })), "{err}");
         tx.commit().await.unwrap();
         let n: (i64,) = sqlx::query_as("SELECT n FROM t WHERE id = 'a'").fetch_one(db.pool()).await.unwrap();
         assert_eq!(n.0, 40);
+    }
+
+    #[tokio::test]
+    async fn data_the_reader_schema_rejects_is_refused_with_the_schema_error_and_the_dataschema() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::connect("t", &format!("sqlite://{}", dir.path().join("h.db").display()), DbOptions::default())
+            .await
+            .unwrap();
+        let h = Handlers::new(Factor(1)).on::<Added>(add);
+        let mut ev = envelope::decode_one(
+            r#"{"specversion":"1.0","id":"e1","source":"s","type":"Added","data":{"id":"a","n":"four"}}"#,
+        )
+        .unwrap();
+        let uri = "urn:busbar:schema:Added:sha256:0123";
+        envelope::set_dataschema(&mut ev, &envelope::schema_uri(uri).unwrap());
+        let mut tx = db.begin().await.unwrap();
+        let err = h.handle(&mut tx, &ev).await.unwrap_err();
+        let Some(EnvelopeError::Data { reason, dataschema, .. }) = err.downcast_ref::<EnvelopeError>() else {
+            panic!("not a data error: {err}")
+        };
+        assert_eq!(dataschema.as_deref(), Some(uri));
+        assert!(reason.starts_with("the reader schema rejects it: at /n: "), "{reason}");
+        assert!(reason.contains(r#""four" is not of type "integer""#), "{reason}");
+        let text = err.to_string();
+        assert!(
+            text.starts_with(
+                "event e1: data does not match Added (its dataschema: urn:busbar:schema:Added:sha256:0123)"
+            ),
+            "{text}"
+        );
+
+        // Without a dataschema, and with a field missing.
+        let ev =
+            envelope::decode_one(r#"{"specversion":"1.0","id":"e2","source":"s","type":"Added","data":{"id":"a"}}"#)
+                .unwrap();
+        let text = h.handle(&mut tx, &ev).await.unwrap_err().to_string();
+        assert!(
+            text.contains(
+                "(it carries no dataschema): the reader schema rejects it: at /: \"n\" is a required property"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn the_contract_lists_what_is_read_and_what_is_written() {
+        let h = Handlers::new(Factor(1)).on::<Added>(add).publishes::<Noted>();
+        assert_eq!(h.published(), ["Noted"]);
+        let c = h.contract();
+        assert_eq!(c.subscribes.keys().collect::<Vec<_>>(), ["Added"]);
+        assert_eq!(c.publishes.keys().collect::<Vec<_>>(), ["Noted"]);
+        let written = contract::writer_schema::<Noted>();
+        assert_eq!(c.publishes["Noted"], TypeSchema::new(written));
+        assert_eq!(c.subscribes["Added"].schema, contract::reader_schema::<Added>().to_value());
+    }
+
+    #[test]
+    #[should_panic(expected = "declared twice")]
+    fn a_published_type_declared_twice_is_a_programming_error() {
+        let _ = Handlers::none().publishes::<Noted>().publishes::<Noted>();
     }
 
     #[test]

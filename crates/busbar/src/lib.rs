@@ -5,7 +5,8 @@
 //! - [`consumer`]: the idempotent inbox and per-aggregate ordering around a handler;
 //! - [`transport`]: the [`Transport`] trait and its implementations;
 //! - [`receive`]: `POST /events` for services pushed to by the built-in bus;
-//! - [`handlers`]: typed event handlers, one function per event type;
+//! - [`handlers`]: typed event handlers, one function per event type, and what it publishes;
+//! - [`contract`]: the service's contract from its handlers, printed by `--contract`;
 //! - [`subscription`]: what a service receives and replays, from its wiring and handlers;
 //! - [`service`]: the runtime a service's `main` hands its routes and handlers to;
 //! - [`web`]: HTTP plumbing every busbar process shares.
@@ -16,6 +17,7 @@
 
 pub mod backfill;
 pub mod consumer;
+pub mod contract;
 pub mod db;
 pub mod handlers;
 pub mod leader;
@@ -28,7 +30,7 @@ pub mod subscription;
 pub mod transport;
 pub mod web;
 
-pub use busbar_domain::{Backoff, backoff, config, credentials, graph, names, nats_auth, spec, wiring};
+pub use busbar_domain::{Backoff, backoff, config, contracts, credentials, graph, names, nats_auth, spec, wiring};
 pub use busbar_protocol::{bus_api, envelope};
 
 pub use busbar_protocol::{AttributesReader, AttributesWriter};

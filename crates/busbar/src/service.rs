@@ -109,6 +109,8 @@ impl Settings {
 pub struct Service {
     pub settings: Settings,
     db: Db,
+    /// What this service receives, from its handlers and its wiring.
+    subscription: Option<Subscription>,
     transport: Arc<dyn Transport>,
     stop: CancellationToken,
     relay: tokio::task::JoinHandle<()>,
@@ -117,12 +119,16 @@ pub struct Service {
 
 impl Service {
     /// Reads settings, opens and migrates the database, and starts the outbox relay.
-    pub async fn start(
+    /// `handlers` are what the service receives and publishes (see [`Handlers`]); started
+    /// with `--contract`, the process prints the contract they make and exits instead.
+    pub async fn start<S: Send + Sync + 'static>(
         default_name: &str,
         default_port: u16,
         sqlite: &Migrator,
         postgres: &Migrator,
+        handlers: Handlers<S>,
     ) -> Result<Service, ServiceError> {
+        crate::contract::print_if_asked(default_name, &handlers);
         let settings = Settings::from_env(default_name, default_port)?;
         let b = &settings.busbar;
         let transport: Arc<dyn Transport> = match b.transport {
@@ -136,7 +142,9 @@ impl Service {
                 Arc::new(js.with_replicas(b.jetstream_replicas))
             }
         };
-        let db = Db::connect(&settings.busbar.service, &settings.database_url, DbOptions::default()).await?;
+        let db = Db::connect(&settings.busbar.service, &settings.database_url, DbOptions::default())
+            .await?
+            .with_declared(handlers.declared());
         db.migrate(sqlite, postgres).await?;
         let stop = CancellationToken::new();
         let relay_opts = RelayOptions::default();
@@ -144,7 +152,8 @@ impl Service {
         let relay = outbox::spawn_relay(db.clone(), transport.clone(), relay_opts, stop.clone());
         tracing::info!(service = %settings.busbar.service, database = %redact(&settings.database_url),
             transport = %settings.busbar.transport, bus = %settings.busbar.url, "started");
-        Ok(Service { settings, db, transport, stop, relay, relay_leader })
+        let subscription = Subscription::of(&settings.busbar, handlers);
+        Ok(Service { settings, db, subscription, transport, stop, relay, relay_leader })
     }
 
     pub fn db(&self) -> &Db {
@@ -152,14 +161,10 @@ impl Service {
     }
 
     /// Serves `routes` plus the shared endpoints until SIGTERM or Ctrl-C, and receives the
-    /// events `handlers` handle (a service that only publishes passes [`Handlers::none`]).
-    pub async fn serve<S: Send + Sync + 'static>(
-        self,
-        routes: Router,
-        handlers: Handlers<S>,
-    ) -> Result<(), ServiceError> {
+    /// events its handlers handle.
+    pub async fn serve(self, routes: Router) -> Result<(), ServiceError> {
         let b = &self.settings.busbar;
-        let subscription = Subscription::of(b, handlers);
+        let subscription = self.subscription.clone();
         let stats = ReceiveStats::default();
         let health = Health::default();
         let gauge = ParkedGauge::default();

@@ -7,7 +7,9 @@
 //! - a condition that changes status (`Ready` either way, the others when they turn False);
 //! - `DeadLettered` when a subscriber's dead-letter count goes up;
 //! - `LagHigh` when a subscriber's pending count goes over `--lag-warning`, and `LagCleared`
-//!   when it is back under.
+//!   when it is back under;
+//! - `SubscriptionHeld` or `ReaderBroken` for each edge whose contracts stop fitting (or
+//!   fit differently), naming the fields.
 //!
 //! Transitions compare the new status with the previous one. A figure the transport did
 //! not report before (it was starting, or did not answer) counts as zero for dead letters,
@@ -98,6 +100,28 @@ pub fn for_status(previous: Option<&ServiceBusStatus>, next: &ServiceBusStatus, 
                 format!("{}={}: {}", c.type_, c.status, c.message),
             ));
         }
+    }
+    let edges_before = previous.map(|p| p.incompatible_edges.as_slice()).unwrap_or_default();
+    for e in next.incompatible_edges.iter().filter(|e| !edges_before.contains(e)) {
+        let deployment = next.service(&e.subscriber).map(|s| Regarding::Deployment(s.deployment.clone()));
+        let problems = e.problems.join("; ");
+        let (reason, text) = match e.state.as_str() {
+            super::contracts::HELD => (
+                "SubscriptionHeld",
+                format!(
+                    "{}'s new subscription to {} from {} is not wired, its reader does not fit: {problems}",
+                    e.subscriber, e.event_type, e.publisher
+                ),
+            ),
+            _ => (
+                "ReaderBroken",
+                format!(
+                    "{}'s {} no longer fits {}, which is wired and dead-letters what it cannot read: {problems}",
+                    e.publisher, e.event_type, e.subscriber
+                ),
+            ),
+        };
+        out.push(note(Regarding::ServiceBus, deployment, true, reason, "CheckContracts", text));
     }
     for s in &next.services {
         let before = previous.and_then(|p| p.service(&s.name));

@@ -6,6 +6,8 @@
 //! - [`observed`]: the input; [`actions`]: the output;
 //! - [`secrets`], [`bus_objects`], [`consumers`], [`wiring`]: what each kind of object
 //!   should be, and whether the live one already is (with [`drift`] and [`ownership`]);
+//! - [`contracts`]: whether each subscriber's reader fits its publisher's writer, and which
+//!   new subscriptions are held because it does not;
 //! - [`status`]: conditions and figures; [`events`]: what is worth a Kubernetes Event.
 //!
 //! A reconcile is [`plan`], then execute, then [`report`] (the status and its Events, once
@@ -14,6 +16,7 @@
 pub mod actions;
 pub mod bus_objects;
 pub mod consumers;
+pub mod contracts;
 pub mod drift;
 pub mod events;
 pub mod observed;
@@ -57,6 +60,12 @@ pub fn plan(bus: &BusRef, spec: &ServiceBusSpec, settings: &Settings, obs: &Obse
     let mut warnings = busbar_domain::graph::analyze(spec).warnings;
     let key_state = secrets::bus_key(bus, &obs.secrets);
     let transport = status::transport_condition(kind, &problems, &key_state, &obs.transport);
+    let contracts = match problems.is_empty() {
+        true => contracts::assess(bus, spec, obs.contracts.as_ref(), &obs.deployments),
+        false => contracts::Assessment::unknown("InvalidSpec", "contracts are not checked while the spec is invalid"),
+    };
+    // What the transport delivers: without the subscriptions held for their contracts.
+    let delivered = contracts::transport_spec(bus, spec, &contracts.held, &obs.deployments);
     // An invalid spec, or a key Secret that holds no key, leaves the cluster as it is: any
     // write would be a guess (and without the key, every token would be wrong).
     let key = match (&key_state, problems.is_empty()) {
@@ -73,15 +82,18 @@ pub fn plan(bus: &BusRef, spec: &ServiceBusSpec, settings: &Settings, obs: &Obse
             let secret_writes = secrets::writes(bus, spec, key, &obs.secrets);
             actions.extend(secret_writes.apply.into_iter().map(Action::ApplySecret));
             match &obs.transport {
-                TransportObserved::Builtin(live) => actions.extend(bus_objects::actions(bus, spec, settings, live)),
+                TransportObserved::Builtin(live) => {
+                    actions.extend(bus_objects::actions(bus, &delivered, settings, live))
+                }
                 TransportObserved::JetStream(Ok(live)) => {
-                    let (js, cannot) = consumers::actions(&bus.name, spec, live);
+                    let (js, cannot) = consumers::actions(&bus.name, &delivered, live);
                     actions.extend(js);
                     warnings.extend(cannot);
                 }
                 TransportObserved::JetStream(Err(_)) | TransportObserved::NotRead => {}
             }
-            let wiring = wiring::plan(bus, spec, settings, &obs.deployments, &secrets::tokens(bus, spec, key));
+            let tokens = secrets::tokens(bus, spec, key);
+            let wiring = wiring::plan(bus, spec, settings, &obs.deployments, &tokens, &contracts.held);
             actions.extend(wiring.wire.into_iter().map(Action::Wire));
             actions.extend(wiring.unwire.iter().map(|d| unwire(bus, d)));
             actions.extend(secret_writes.delete.into_iter().map(Action::DeleteSecret));
@@ -98,6 +110,8 @@ pub fn plan(bus: &BusRef, spec: &ServiceBusSpec, settings: &Settings, obs: &Obse
         transport,
         services: status::services(spec, &wiring_states, figures(&obs.transport)),
         warnings,
+        contracts: contracts.condition,
+        incompatible_edges: contracts.edges,
     };
     let status = status::assemble(bus, kind, findings, obs.previous.as_ref(), &moment.time);
     Plan { problems, actions, status }

@@ -23,6 +23,8 @@ pub struct Observed {
     /// This bus's Secrets, by name: its key Secret, its token Secrets, its NATS users Secret.
     pub secrets: BTreeMap<String, Secret>,
     pub transport: TransportObserved,
+    /// The ConfigMap `<bus>-contracts` (None: there is none, or the spec is invalid).
+    pub contracts: Option<ConfigMap>,
     /// The status as last written (None before the first write).
     pub previous: Option<ServiceBusStatus>,
 }

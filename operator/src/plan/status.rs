@@ -17,7 +17,7 @@ use super::{
     wiring::ServiceWiring,
 };
 use crate::{
-    crd::{BusRef, Condition, ServiceBusStatus, ServiceStatus},
+    crd::{BusRef, Condition, ContractEdgeStatus, ServiceBusStatus, ServiceStatus},
     names::deployment_name,
 };
 
@@ -102,6 +102,9 @@ pub struct Findings {
     pub transport: Condition,
     pub services: Vec<ServiceStatus>,
     pub warnings: Vec<String>,
+    /// `ContractsCompatible`.
+    pub contracts: Condition,
+    pub incompatible_edges: Vec<ContractEdgeStatus>,
 }
 
 pub fn assemble(
@@ -111,7 +114,7 @@ pub fn assemble(
     previous: Option<&ServiceBusStatus>,
     now: &str,
 ) -> ServiceBusStatus {
-    let Findings { problems, key_problem, transport, services, warnings } = findings;
+    let Findings { problems, key_problem, transport, services, warnings, contracts, incompatible_edges } = findings;
     let graph = if !problems.is_empty() {
         cond("GraphValid", false, "InvalidSpec", &problems.join("; "))
     } else if warnings.is_empty() {
@@ -125,11 +128,12 @@ pub fn assemble(
         observed_generation: bus.generation,
         transport: Some(transport_name(kind).into()),
         wired_services: Some(format!("{}/{}", services.iter().filter(|s| s.wired).count(), services.len())),
-        conditions: vec![transport, wired, graph],
+        conditions: vec![transport, wired, graph, contracts],
         total_pending: total(|s| s.pending),
         total_dead_lettered: total(|s| s.dead_lettered),
         services,
         warnings,
+        incompatible_edges,
     };
     summarise(&mut status, bus, previous, now);
     status
@@ -156,8 +160,12 @@ fn wired_condition(problems: &[String], bad_key: bool, services: &[ServiceStatus
 fn summarise(status: &mut ServiceBusStatus, bus: &BusRef, previous: Option<&ServiceBusStatus>, now: &str) {
     status.conditions.retain(|c| c.type_ != "Ready");
     let by_type = |t: &str| status.conditions.iter().find(|c| c.type_ == t);
-    let blocking =
-        ["GraphValid", "TransportReady", "Wired"].into_iter().filter_map(by_type).find(|c| c.status != "True");
+    // Contracts that were not checked (Unknown) do not stop the bus; contracts that do not
+    // fit do, and say why before the wiring they hold does.
+    let blocking = ["GraphValid", "ContractsCompatible", "TransportReady", "Wired"]
+        .into_iter()
+        .filter_map(by_type)
+        .find(|c| c.status == "False" || (c.status != "True" && c.type_ != "ContractsCompatible"));
     let ready = match blocking {
         None => cond("Ready", true, "Ready", "the transport is up and every service is wired"),
         Some(c) => cond("Ready", false, &c.reason, &c.message),

@@ -80,13 +80,16 @@ pub struct WiringPlan {
     pub services: Vec<ServiceWiring>,
 }
 
-/// `tokens`: each service's (token Secret, token).
+/// `tokens`: each service's (token Secret, token). `held`: services not to (re)wire, with
+/// why (a new subscription whose contract does not fit): their Deployments keep what they
+/// carry.
 pub fn plan(
     bus: &BusRef,
     spec: &ServiceBusSpec,
     settings: &Settings,
     deployments: &BTreeMap<String, Deployment>,
     tokens: &BTreeMap<String, (String, String)>,
+    held: &BTreeMap<String, String>,
 ) -> WiringPlan {
     let at = endpoint(bus, spec, settings);
     let mut out = WiringPlan::default();
@@ -101,6 +104,10 @@ pub fn plan(
             out.services.push(ServiceWiring { found: true, wired: false, message: Some(message) });
             continue;
         };
+        if let Some(why) = held.get(&s.name) {
+            out.services.push(ServiceWiring { found: true, wired: false, message: Some(why.clone()) });
+            continue;
+        }
         let w = wiring(bus, spec, s, &at, container, tokens.get(&s.name));
         if !live_covers(Some(d), &w.body) {
             out.wire.push(w);

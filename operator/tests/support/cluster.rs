@@ -11,7 +11,7 @@ use busbar_operator::{
     names::WIRING_HASH_ANNOTATION,
     settings::Settings,
 };
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::{apps::v1::Deployment, core::v1::ConfigMap};
 use kube::{
     Api, Client,
     api::{Patch, PatchParams},
@@ -48,6 +48,15 @@ impl Cluster {
 
     pub fn add_deployment(&self, name: &str) {
         self.api.create(serde_json::to_value(deployment(NS, name)).unwrap()).unwrap();
+    }
+
+    /// Applies a ConfigMap as `kubectl apply` would.
+    pub async fn apply_config_map(&self, cm: &ConfigMap) {
+        let api = Api::<ConfigMap>::namespaced(self.user(), NS);
+        let body = serde_json::to_value(cm).unwrap();
+        api.patch(cm.metadata.name.as_deref().unwrap(), &PatchParams::apply("kubectl").force(), &Patch::Apply(body))
+            .await
+            .unwrap();
     }
 
     pub async fn apply_bus(&self, sb: &ServiceBus) {

@@ -10,17 +10,51 @@ pub mod world;
 use std::collections::BTreeMap;
 
 use busbar_domain::spec::{ServiceBusSpec, ServiceSpec, SubscriptionSpec};
-use busbar_operator::crd::{self, ServiceBus};
+use busbar_operator::{
+    crd::{self, ServiceBus},
+    names,
+};
 use k8s_openapi::{
     api::{
         apps::v1::{Deployment, DeploymentSpec},
-        core::v1::{Container, EnvVar, PodSpec, PodTemplateSpec},
+        core::v1::{ConfigMap, Container, EnvVar, PodSpec, PodTemplateSpec},
     },
     apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta},
 };
 
 /// The blog's manifest, the same file `busbar up` and k8s/ use.
 pub const BLOG_MANIFEST: &str = include_str!("../../../k8s/base/servicebus.yaml");
+
+/// The blog's contracts lock, as generated from its services (`busbar contract lock`).
+pub const BLOG_CONTRACTS: &str = include_str!("../../../k8s/base/contracts.lock.json");
+
+/// The blog's contracts as if posts had renamed `title` in `PostCreated` to `headline`:
+/// query reads the title; comments reads only the id.
+pub fn blog_contracts_with_title_renamed() -> String {
+    let mut lock = busbar_domain::contracts::Lock::parse(BLOG_CONTRACTS).expect("the blog's lock parses");
+    let posts = lock.services.get_mut("posts").expect("posts has a contract");
+    let mut schema = posts.publishes["PostCreated"].schema.clone();
+    let props = schema["properties"].as_object_mut().unwrap();
+    let title = props.remove("title").expect("PostCreated has a title");
+    props.insert("headline".into(), title);
+    schema["required"] = serde_json::json!(["id", "headline"]);
+    posts.publishes.insert("PostCreated".into(), busbar_domain::contracts::TypeSchema::new(schema));
+    lock.to_pretty_json()
+}
+
+/// The ConfigMap an app's kustomization or chart makes from its contracts lock.
+pub fn contracts_config_map(namespace: &str, bus: &str, lock: &str) -> ConfigMap {
+    ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(names::contracts_config_map_name(bus)),
+            namespace: Some(namespace.into()),
+            labels: Some([(names::CONTRACTS_LABEL.to_owned(), bus.to_owned())].into()),
+            ..Default::default()
+        },
+        data: Some([(names::CONTRACTS_FILE.to_owned(), lock.to_owned())].into()),
+        ..Default::default()
+    }
+}
 
 /// The blog's services, which are also its Deployments.
 pub const BLOG: [&str; 4] = ["posts", "comments", "moderation", "query"];

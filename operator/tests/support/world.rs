@@ -39,6 +39,8 @@ pub struct World {
     pub config_map: Option<ConfigMap>,
     pub service: Option<Service>,
     pub stateful_set: Option<StatefulSet>,
+    /// The ConfigMap `<bus>-contracts`, when the app ships one.
+    pub contracts: Option<ConfigMap>,
     /// What the built-in bus's `/subscribers` says.
     pub bus_figures: BTreeMap<String, SubscriberFigures>,
     /// JetStream as observe would read it, or why it could not.
@@ -66,6 +68,7 @@ impl World {
             config_map: None,
             service: None,
             stateful_set: None,
+            contracts: None,
             bus_figures: BTreeMap::new(),
             nats: Ok(JetStreamObserved { multi_filter: true, ..Default::default() }),
             status: None,
@@ -147,6 +150,12 @@ impl World {
         self
     }
 
+    /// The app's contracts lock, in its ConfigMap.
+    pub fn with_contracts(mut self, lock: &str) -> World {
+        self.contracts = Some(super::contracts_config_map(NS, &self.bus.name, lock));
+        self
+    }
+
     pub fn without_deployment(mut self, name: &str) -> World {
         self.deployments.remove(name);
         self
@@ -190,6 +199,7 @@ impl World {
             return o;
         }
         o.secrets = self.secrets.clone();
+        o.contracts = self.contracts.clone();
         o.transport = match &self.spec.transport.jetstream {
             Some(_) => TransportObserved::JetStream(self.nats.clone()),
             None => {

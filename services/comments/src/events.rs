@@ -2,16 +2,35 @@
 //! history on an empty database) and `CommentModerated` (decisions on its own comments,
 //! only as they happen: on an empty database there are no comments to decide on).
 
-use blog_events::{CommentModerated, PostCreated};
-use busbar::{HandlerError, Handlers, Received, Tx, db::DbError};
+use blog_events::{CommentCreated, CommentModerated, CommentUpdated, PostCreated};
+use busbar::{Event, HandlerError, Handlers, Received, Tx, db::DbError};
+use serde::{Deserialize, Serialize};
 
 use crate::store;
 
 pub fn handlers() -> Handlers {
-    Handlers::new(()).on::<PostCreated>(post_created).on_new::<CommentModerated>(comment_moderated)
+    Handlers::new(())
+        .on::<PostExists>(post_created)
+        .on_new::<CommentModerated>(comment_moderated)
+        .publishes::<CommentCreated>()
+        .publishes::<CommentUpdated>()
 }
 
-async fn post_created(_: &(), tx: &mut Tx, post: Received<PostCreated>) -> Result<(), DbError> {
+/// All comments reads of a `PostCreated`: that the post exists. Its reader schema asks for
+/// the id only, so a post's other fields can change without breaking comments.
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+struct PostExists {
+    id: String,
+}
+
+impl Event for PostExists {
+    const TYPE: &'static str = PostCreated::TYPE;
+    fn aggregate_id(&self) -> String {
+        self.id.clone()
+    }
+}
+
+async fn post_created(_: &(), tx: &mut Tx, post: Received<PostExists>) -> Result<(), DbError> {
     store::remember_post(tx, &post.id).await
 }
 

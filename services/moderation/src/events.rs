@@ -8,7 +8,7 @@ use crate::policy::WordList;
 /// Decisions happen once, when a comment is new: old comments were decided by the
 /// moderation that saw them, so nothing is replayed from history.
 pub fn handlers(words: WordList) -> Handlers<WordList> {
-    Handlers::new(words).on_new::<CommentCreated>(comment_created)
+    Handlers::new(words).on_new::<CommentCreated>(comment_created).publishes::<CommentModerated>()
 }
 
 async fn comment_created(words: &WordList, tx: &mut Tx, c: Received<CommentCreated>) -> Result<(), DbError> {

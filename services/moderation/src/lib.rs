@@ -15,6 +15,6 @@ pub async fn run() -> Result<(), ServiceError> {
     let words = WordList::from_env();
     tracing::info!(words = ?words.words(), "moderation word list (MODERATION_WORDS)");
     let migrations = sqlx::migrate!("./migrations");
-    let service = Service::start(NAME, PORT, &migrations, &migrations).await?;
-    service.serve(axum::Router::new(), events::handlers(words)).await
+    let service = Service::start(NAME, PORT, &migrations, &migrations, events::handlers(words)).await?;
+    service.serve(axum::Router::new()).await
 }

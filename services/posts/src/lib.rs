@@ -3,6 +3,7 @@
 mod routes;
 mod store;
 
+use blog_events::PostCreated;
 use busbar::{
     Handlers,
     service::{Service, ServiceError},
@@ -13,7 +14,8 @@ pub const PORT: u16 = 4000;
 
 pub async fn run() -> Result<(), ServiceError> {
     let migrations = sqlx::migrate!("./migrations");
-    let service = Service::start(NAME, PORT, &migrations, &migrations).await?;
+    let events = Handlers::none().publishes::<PostCreated>();
+    let service = Service::start(NAME, PORT, &migrations, &migrations, events).await?;
     let routes = routes::router(service.db().clone());
-    service.serve(routes, Handlers::none()).await
+    service.serve(routes).await
 }

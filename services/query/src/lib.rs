@@ -13,7 +13,7 @@ pub const PORT: u16 = 4002;
 
 pub async fn run() -> Result<(), ServiceError> {
     let migrations = sqlx::migrate!("./migrations");
-    let service = Service::start(NAME, PORT, &migrations, &migrations).await?;
+    let service = Service::start(NAME, PORT, &migrations, &migrations, events::handlers()).await?;
     let routes = routes::router(service.db().clone());
-    service.serve(routes, events::handlers()).await
+    service.serve(routes).await
 }

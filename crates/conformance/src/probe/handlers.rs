@@ -30,8 +30,17 @@ impl Probe {
 }
 
 /// Every type is a copy rebuilt from history (`on`), so backfill replays all of them.
-pub fn handlers(probe: Arc<Probe>) -> Handlers<Arc<Probe>> {
-    Handlers::new(probe)
+/// The probe publishes every item type; it handles them only when `subscribes`.
+pub fn handlers(probe: Arc<Probe>, subscribes: bool) -> Handlers<Arc<Probe>> {
+    let published = Handlers::new(probe)
+        .publishes::<ItemAdded>()
+        .publishes::<ItemRenamed>()
+        .publishes::<ItemPriced>()
+        .publishes::<ItemRemoved>();
+    if !subscribes {
+        return published;
+    }
+    published
         .on::<ItemAdded>(apply::<ItemAdded>)
         .on::<ItemRenamed>(apply::<ItemRenamed>)
         .on::<ItemPriced>(apply::<ItemPriced>)

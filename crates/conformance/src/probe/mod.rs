@@ -18,27 +18,27 @@ mod store;
 
 use std::sync::Arc;
 
-use busbar::{
-    Handlers,
-    service::{Service, ServiceError},
-};
+use busbar::service::{Service, ServiceError};
 
 pub const NAME: &str = "probe";
 pub const PORT: u16 = 4100;
 
 pub async fn run() -> Result<(), ServiceError> {
     let replica = std::env::var("PROBE_REPLICA").unwrap_or_else(|_| NAME.to_owned());
-    let service =
-        Service::start(NAME, PORT, &sqlx::migrate!("./migrations/sqlite"), &sqlx::migrate!("./migrations/postgres"))
-            .await?;
-    tracing::info!(%replica, pid = std::process::id(), "probe replica started");
-    let probe = Arc::new(handlers::Probe::new(replica));
-    let routes = routes::router(service.db().clone(), probe.clone());
+    let probe = Arc::new(handlers::Probe::new(replica.clone()));
     // The wiring sets BUSBAR_SUBSCRIBES to an empty list for a service that subscribes to
-    // nothing, and the SDK reads an empty value as unset (then every handled type would be
-    // received). A publishing-only probe must receive nothing, so it registers no handler.
-    if std::env::var("BUSBAR_SUBSCRIBES").is_ok_and(|v| v.trim().is_empty()) {
-        return service.serve(routes, Handlers::none()).await;
-    }
-    service.serve(routes, handlers::handlers(probe)).await
+    // nothing. A publishing-only probe must receive nothing, so it registers no handler
+    // (it still declares what it publishes).
+    let subscribes = !std::env::var("BUSBAR_SUBSCRIBES").is_ok_and(|v| v.trim().is_empty());
+    let service = Service::start(
+        NAME,
+        PORT,
+        &sqlx::migrate!("./migrations/sqlite"),
+        &sqlx::migrate!("./migrations/postgres"),
+        handlers::handlers(probe.clone(), subscribes),
+    )
+    .await?;
+    tracing::info!(%replica, pid = std::process::id(), "probe replica started");
+    let routes = routes::router(service.db().clone(), probe);
+    service.serve(routes).await
 }
