@@ -42,10 +42,28 @@ pub enum DbError {
 
 /// How durable a SQLite commit is. Both survive SIGKILL of the process (the WAL is in the
 /// OS page cache at commit); only `Full` also survives power loss, at an fsync per commit.
+///
+/// Set per process with `BUSBAR_SQLITE_SYNC=normal|full` (services default to `normal`, the
+/// built-in bus to `full`: the bus holds every service's events, so a power loss there costs
+/// more than a service's last writes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SqliteSync {
     Normal,
     Full,
+}
+
+impl std::str::FromStr for SqliteSync {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "normal" => Ok(SqliteSync::Normal),
+            "full" => Ok(SqliteSync::Full),
+            other => Err(format!(
+                "`{other}` is not a SQLite sync mode: use `full` (fsync every commit: survives power loss) or \
+                 `normal` (survives a killed process; a power loss may cost the last commits)"
+            )),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -26,7 +26,7 @@ use crate::{
     backfill::{self, Backfill},
     config::{BusbarConfig, ConfigError},
     consumer::{Consumer, Scope},
-    db::{Db, DbError, DbOptions, redact},
+    db::{Db, DbError, DbOptions, SqliteSync, redact},
     handlers::Handlers,
     ordering::Start,
     outbox::{self, RelayOptions},
@@ -62,6 +62,8 @@ pub struct Settings {
     pub port: u16,
     pub database_url: String,
     pub max_body_bytes: usize,
+    /// `BUSBAR_SQLITE_SYNC`: how durable a commit is on SQLite (default `normal`).
+    pub sqlite_sync: SqliteSync,
     pub busbar: BusbarConfig,
 }
 
@@ -101,8 +103,16 @@ impl Settings {
                 hint: "use a number of bytes, e.g. 1048576",
             })?,
         };
+        let sqlite_sync = match get("BUSBAR_SQLITE_SYNC") {
+            None => SqliteSync::Normal,
+            Some(v) => v.parse().map_err(|_| ServiceError::Setting {
+                var: "BUSBAR_SQLITE_SYNC",
+                value: v,
+                hint: "use `full` (fsync every commit: survives power loss) or `normal` (survives a killed process)",
+            })?,
+        };
         let database_url = get("DATABASE_URL").unwrap_or_else(|| format!("sqlite://data/{}.db", busbar.service));
-        Ok(Settings { host, port, database_url, max_body_bytes, busbar })
+        Ok(Settings { host, port, database_url, max_body_bytes, sqlite_sync, busbar })
     }
 }
 
@@ -142,9 +152,13 @@ impl Service {
                 Arc::new(js.with_replicas(b.jetstream_replicas))
             }
         };
-        let db = Db::connect(&settings.busbar.service, &settings.database_url, DbOptions::default())
-            .await?
-            .with_declared(handlers.declared());
+        let db = Db::connect(
+            &settings.busbar.service,
+            &settings.database_url,
+            DbOptions { sqlite_sync: settings.sqlite_sync, ..DbOptions::default() },
+        )
+        .await?
+        .with_declared(handlers.declared());
         db.migrate(sqlite, postgres).await?;
         let stop = CancellationToken::new();
         let relay_opts = RelayOptions::default();
@@ -411,11 +425,24 @@ mod tests {
             (s.port, s.host.to_string(), s.database_url.as_str()),
             (4000, "0.0.0.0".into(), "sqlite://data/posts.db")
         );
+        assert_eq!(s.sqlite_sync, SqliteSync::Normal);
+    }
+
+    #[test]
+    fn the_sqlite_sync_mode_is_a_setting() {
+        assert_eq!(settings(&[("BUSBAR_SQLITE_SYNC", "FULL")]).unwrap().sqlite_sync, SqliteSync::Full);
+        assert_eq!(settings(&[("BUSBAR_SQLITE_SYNC", "normal")]).unwrap().sqlite_sync, SqliteSync::Normal);
     }
 
     #[test]
     fn bad_settings_name_the_variable() {
-        for (var, value) in [("PORT", "eighty"), ("PORT", "0"), ("HOST", "localhost:1"), ("MAX_BODY_BYTES", "-1")] {
+        for (var, value) in [
+            ("PORT", "eighty"),
+            ("PORT", "0"),
+            ("HOST", "localhost:1"),
+            ("MAX_BODY_BYTES", "-1"),
+            ("BUSBAR_SQLITE_SYNC", "off"),
+        ] {
             let err = settings(&[(var, value)]).unwrap_err().to_string();
             assert!(err.starts_with(&format!("{var}=`{value}` is invalid")), "{err}");
         }

@@ -28,7 +28,7 @@ use busbar::{
     credentials::BusKey,
     db::{SqliteSync, redact},
 };
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
 /// busbar's built-in event bus.
@@ -83,14 +83,8 @@ struct Args {
 
     /// SQLite durability: `full` fsyncs every commit (survives power loss); `normal`
     /// survives a killed process but may lose the last commits on power loss.
-    #[arg(long, env = "BUSBAR_SQLITE_SYNC", value_enum, default_value = "full")]
-    sqlite_sync: SyncArg,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum SyncArg {
-    Full,
-    Normal,
+    #[arg(long, env = "BUSBAR_SQLITE_SYNC", default_value = "full", value_name = "full|normal")]
+    sqlite_sync: SqliteSync,
 }
 
 fn duration_arg(s: &str) -> Result<Duration, String> {
@@ -137,14 +131,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     let access = Arc::new(std::sync::RwLock::new(access));
 
-    let opts = DbOptions {
-        sqlite_sync: match args.sqlite_sync {
-            SyncArg::Full => SqliteSync::Full,
-            SyncArg::Normal => SqliteSync::Normal,
-        },
-        sdk_tables: false,
-        ..DbOptions::default()
-    };
+    let opts = DbOptions { sqlite_sync: args.sqlite_sync, sdk_tables: false, ..DbOptions::default() };
     let db = Db::connect("event-bus", &args.database_url, opts).await?;
     let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| {
         format!("cannot listen on {}: is another process using that port? (set --listen)", args.listen)
