@@ -100,7 +100,26 @@ pub async fn reconcile(sb: Arc<ServiceBus>, ctx: Arc<Context>) -> Result<Action,
 async fn apply(sb: &ServiceBus, ctx: &Context) -> Result<Action, Error> {
     let bus = sb.bus_ref();
     let spec = &sb.spec.0;
-    let observation = ctx.sources().observe(&bus, spec, sb.status.clone()).await?;
+    let observation = match ctx.sources().observe(&bus, spec, sb.status.clone()).await {
+        Ok(o) => o,
+        Err(e) => {
+            // Say so in status too: without it an RBAC gap shows only in the operator's log.
+            let previous = sb.status.as_ref();
+            let status = status::unobserved(previous, &bus, &e.to_string(), &Moment::now().time);
+            let executor = Executor {
+                client: &ctx.client,
+                recorder: &ctx.recorder,
+                deployments: &ctx.deployments,
+                nats: None,
+                sb,
+            };
+            let reported = executor.run(&plan::report(previous, &status, &ctx.settings)).await;
+            for f in reported.failures {
+                tracing::warn!(bus = %bus.name, namespace = %bus.namespace, error = %f, "cannot report the failure in status either");
+            }
+            return Err(e.into());
+        }
+    };
     let moment = Moment::now();
     let plan = plan::plan(&bus, spec, &ctx.settings, &observation.observed, &moment);
     if !plan.problems.is_empty() {

@@ -421,6 +421,29 @@ fn a_failure_to_carry_an_action_out_is_reported_in_status_not_lost() {
 }
 
 #[test]
+fn a_cluster_the_operator_cannot_read_turns_ready_false_in_status_keeping_what_was_known() {
+    let w = ready_blog();
+    let known = w.status.clone().expect("a ready blog has a status");
+    assert_eq!(known.condition("Ready").unwrap().status, "True");
+    let error = "ApiError: deployments.apps is forbidden (Forbidden): 403";
+    let status = status::unobserved(Some(&known), &w.bus, error, "t9");
+    let ready = status.condition("Ready").unwrap();
+    assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "ObservationFailed"));
+    assert_eq!(ready.message, format!("cannot read the cluster's state: {error}"));
+    assert_eq!(ready.last_transition_time, "t9");
+    // The rest is the last thing known, not wiped.
+    assert_eq!(status.services, known.services);
+    assert_eq!(status.conditions.iter().filter(|c| c.type_ == "Ready").count(), 1);
+    let report: Vec<String> =
+        plan::report(Some(&known), &status, &w.settings).iter().map(ToString::to_string).collect();
+    assert!(report.iter().any(|a| a.starts_with("event Warning ObservationFailed")), "{report:?}");
+    assert!(report.iter().any(|a| a.contains("status")), "the status is patched: {report:?}");
+    // Failing again later does not move the transition time.
+    let again = status::unobserved(Some(&status), &w.bus, error, "t10");
+    assert_eq!(again.condition("Ready").unwrap().last_transition_time, "t9");
+}
+
+#[test]
 fn wiring_and_deployment_events_name_both_sides() {
     let mut w = World::blog().with_deployments(&["query"]);
     w.reconcile();

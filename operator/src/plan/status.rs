@@ -218,6 +218,23 @@ pub fn with_failures(
     status
 }
 
+/// The status when the operator could not even look at the cluster (a read the plan needs
+/// failed: RBAC, an unreachable API): the previous status, with `Ready` False and the
+/// error, so that `kubectl get sbus` shows why nothing moves and not only the operator's
+/// log. What was observed before is kept; it is the last thing known.
+pub fn unobserved(previous: Option<&ServiceBusStatus>, bus: &BusRef, error: &str, now: &str) -> ServiceBusStatus {
+    let mut status = previous.cloned().unwrap_or_default();
+    status.conditions.retain(|c| c.type_ != "Ready");
+    let mut ready = cond("Ready", false, "ObservationFailed", &format!("cannot read the cluster's state: {error}"));
+    ready.observed_generation = bus.generation;
+    ready.last_transition_time = match previous.and_then(|p| p.condition("Ready")) {
+        Some(prev) if prev.status == ready.status => prev.last_transition_time.clone(),
+        _ => now.to_owned(),
+    };
+    status.conditions.insert(0, ready);
+    status
+}
+
 fn replace(status: &mut ServiceBusStatus, c: Condition) {
     match status.conditions.iter_mut().find(|old| old.type_ == c.type_) {
         Some(old) => *old = c,
