@@ -83,6 +83,19 @@ impl Subscriber {
     }
 }
 
+impl Subscriber {
+    /// Waits until at least `n` distinct events (by id) arrived: after a redelivery,
+    /// [`Self::wait_for`] counts copies and may return before every event came.
+    pub async fn wait_for_distinct(&self, n: usize, timeout: Duration) -> Vec<Value> {
+        crate::wait_until(timeout, &format!("{n} distinct events at subscriber :{}", self.port()), || async {
+            let ev = self.events();
+            let distinct: std::collections::HashSet<&str> = ev.iter().filter_map(|e| e["id"].as_str()).collect();
+            (distinct.len() >= n).then_some(ev.clone())
+        })
+        .await
+    }
+}
+
 impl Drop for Subscriber {
     fn drop(&mut self) {
         if Arc::strong_count(&self.task) == 1 {

@@ -45,7 +45,7 @@ async fn every_accepted_event_survives_sigkill() {
     let accepted = publisher.await.unwrap();
     assert_eq!(accepted.len(), 1500);
 
-    let got = sub.wait_for(1500, Duration::from_secs(30)).await;
+    let got = sub.wait_for_distinct(1500, Duration::from_secs(30)).await;
     // At-least-once: an acknowledged batch may be redelivered after the kill, but the first
     // occurrences are complete and in order.
     let mut seen = std::collections::BTreeSet::new();

@@ -10,11 +10,13 @@ use super::{STALL, probe::Probe, world::World};
 
 /// Waits until `sub` has applied every one of `expected` and the transport has nothing
 /// left for it, then returns everything it applied. Fails (with the verdict so far, the
-/// subscriber's and the transport's logs and the dead letters) when it applies nothing
-/// new for [`STALL`] or has not finished within `within`.
+/// subscriber's and the transport's logs and the dead letters) when it makes no progress
+/// for [`STALL`] (applies nothing new and the transport's backlog for it does not move:
+/// skipping duplicates is progress too) or has not finished within `within`.
 pub async fn converge(world: &World, sub: &mut Probe, expected: &[Emitted], within: Duration) -> Vec<Applied> {
     let start = Instant::now();
     let (mut last_count, mut last_change) = (-1i64, Instant::now());
+    let mut last_backlog = None;
     loop {
         let count = match sub.try_stats().await {
             Ok(s) => s.applied,
@@ -23,8 +25,9 @@ pub async fn converge(world: &World, sub: &mut Probe, expected: &[Emitted], with
             }
             Err(_) => last_count,
         };
-        if count != last_count {
-            (last_count, last_change) = (count, Instant::now());
+        let backlog = world.backlog(&sub.service).await.ok();
+        if count != last_count || backlog != last_backlog {
+            (last_count, last_backlog, last_change) = (count, backlog, Instant::now());
         }
         if count >= expected.len() as i64 {
             let applied = sub.applied().await;
@@ -34,7 +37,11 @@ pub async fn converge(world: &World, sub: &mut Probe, expected: &[Emitted], with
             }
         }
         if last_change.elapsed() > STALL {
-            let why = format!("stuck: {} applied nothing new for {STALL:?} ({count} applications so far)", sub.replica);
+            let why = format!(
+                "stuck: {} applied nothing new and its backlog stayed at {last_backlog:?} for {STALL:?} ({count} \
+                 applications so far)",
+                sub.replica
+            );
             fail(world, sub, expected, &why).await;
         }
         if start.elapsed() > within {

@@ -348,6 +348,24 @@ impl World {
         }
     }
 
+    /// What the transport still holds for `subscriber` (undelivered plus unacknowledged):
+    /// a subscriber working through duplicates applies nothing new but shrinks this.
+    pub async fn backlog(&self, subscriber: &str) -> Result<u64, String> {
+        match self.combo.transport {
+            Transport::Builtin => {
+                let subs = self.admin().subscribers().await.map_err(|e| e.to_string())?;
+                let s = subs.iter().find(|s| s.name == subscriber).ok_or(format!("no subscriber {subscriber}"))?;
+                Ok(s.lag as u64)
+            }
+            Transport::JetStream => {
+                let js = self.js().await;
+                let stream = js.context().get_stream(stream_name(js.bus())).await.map_err(|e| e.to_string())?;
+                let info = stream.consumer_info(durable(subscriber)).await.map_err(|e| e.to_string())?;
+                Ok(info.num_pending + info.num_ack_pending as u64)
+            }
+        }
+    }
+
     /// Waits until `sub` has applied event `id`.
     pub async fn wait_applied(&self, sub: &Probe, id: &str, timeout: std::time::Duration) {
         let start = std::time::Instant::now();
