@@ -59,6 +59,12 @@ fn the_blog_contracts_are_the_committed_lock() {
     assert_lock_is_current("k8s/base/servicebus.yaml", "k8s/base/contracts.lock.json");
 }
 
+#[test]
+fn the_shop_contracts_are_the_committed_lock() {
+    common::build_programs(&common::SHOP);
+    assert_lock_is_current("k8s/shop/servicebus.yaml", "k8s/shop/contracts.lock.json");
+}
+
 /// A chart cannot read files outside its directory, so the blog chart carries a copy of the
 /// lock for its contracts ConfigMap; the copy must not drift from the lock.
 #[test]

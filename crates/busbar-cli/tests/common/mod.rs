@@ -10,6 +10,8 @@ use serde_json::{Value, json};
 use testkit::{pg::TempDb, process::Proc};
 
 pub const SERVICES: [&str; 4] = ["posts", "comments", "moderation", "query"];
+/// The shop's services: each a package whose program has the same name.
+pub const SHOP: [&str; 4] = ["users", "products", "orders", "user-products"];
 pub const T: Duration = Duration::from_secs(30);
 
 /// Ports for the bus and each service, free at the time of asking.
@@ -236,4 +238,34 @@ pub async fn blog_scenario(posts: &str, comments: &str, query: &str) {
 
     let from_comments = get(&format!("{comments}/posts/{post}/comments")).await;
     assert_eq!(from_comments, p["comments"], "comments and query agree");
+}
+
+/// Builds these packages' programs into the directory `busbar` runs from, where `busbar up`
+/// and `busbar contract` look for a service's program, and returns that directory. Cargo
+/// builds only the tested package's own binaries for its tests, so the apps' programs are
+/// built here, once per test binary (a nested cargo waits for the build lock, it does not
+/// fight over it).
+pub fn build_programs(packages: &[&str]) -> PathBuf {
+    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(vec![]);
+    let busbar = PathBuf::from(env!("CARGO_BIN_EXE_busbar"));
+    let bin_dir = busbar.parent().expect("busbar is in a directory").to_path_buf();
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    let missing: Vec<&str> = packages.iter().copied().filter(|p| !built.iter().any(|b| b == p)).collect();
+    if missing.is_empty() {
+        return bin_dir;
+    }
+    let target_dir = bin_dir.parent().expect("the profile directory is in the target directory");
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")).arg("build").arg("--target-dir").arg(target_dir);
+    if bin_dir.file_name().is_some_and(|n| n == "release") {
+        cmd.arg("--release");
+    }
+    cmd.args(missing.iter().flat_map(|p| ["-p", p]));
+    let status = cmd.status().expect("cargo runs");
+    assert!(status.success(), "cargo build {missing:?} failed");
+    for p in &missing {
+        assert!(bin_dir.join(p).is_file(), "cargo built no program {p} in {}", bin_dir.display());
+    }
+    built.extend(missing.iter().map(|p| p.to_string()));
+    bin_dir
 }
