@@ -132,7 +132,7 @@ impl System {
             // As `busbar up` runs it: every request carries and is checked for a token.
             auth: Some(busbar_cli::credentials::ensure(dir.path())?),
         };
-        let procs = plan::plan(&bus, &options, |_| None)
+        let procs = plan::plan(&bus, &options, &busbar_cli::local::LocalRun::default(), |_| None)
             .map_err(|problems| anyhow::anyhow!("cannot plan the blog: {}", problems.join("; ")))?;
         let mut system = System { procs: vec![], bus: bus_name, pg_dbs: vec![], pg_url: opts.pg_url.to_owned(), dir };
         if opts.backend == Backend::Postgres {
