@@ -144,10 +144,9 @@ fn read_lock(path: &Path) -> Result<Lock> {
     Lock::parse(&text).with_context(|| format!("{} is not a contracts lock", path.display()))
 }
 
-/// Each service's contract, as its program prints it, run the way `busbar up` runs it:
-/// the blog's services are built into busbar (`busbar __serve NAME --contract`); any other
-/// runs its command from the local-run declaration beside the manifest, or the program
-/// named after its Deployment next to busbar or on PATH.
+/// Each service's contract, as its program prints it, run the way `busbar up` runs it: its
+/// command from the local-run declaration beside the manifest, or the program named after
+/// its Deployment next to busbar or on PATH.
 fn from_programs(path: &Path, bus: &ServiceBus) -> Result<BTreeMap<String, ServiceContract>> {
     let exe = std::env::current_exe().context("cannot find the busbar executable")?;
     let exe_dir = exe.parent().map(PathBuf::from);

@@ -34,7 +34,7 @@ enum Cmd {
     /// How each service starts comes from the local-run declaration, busbar.local.yaml
     /// beside the manifest (or --local): a `command` per service, optionally `env` and a
     /// `port` for this machine. A service it does not name runs the program named after it,
-    /// next to busbar or on PATH; the blog's services are built into busbar.
+    /// next to busbar or on PATH (`cargo build` puts the blog's and the shop's there).
     ///
     /// A service that exits is started again after a backoff (1s, 2s, 4s, ... up to 30s,
     /// and back to 1s once it has stayed up for a minute), as a cluster restarts a pod;
@@ -116,7 +116,7 @@ enum Cmd {
         #[arg(long, default_value = ".busbar")]
         data_dir: PathBuf,
     },
-    /// Run one built-in service in this process (used by `busbar up`).
+    /// Run the built-in event bus in this process (used by `busbar up`).
     #[command(name = "__serve", hide = true)]
     Serve {
         name: String,
@@ -168,12 +168,11 @@ fn main() -> ExitCode {
 fn serve(name: &str, args: Vec<std::ffi::OsString>) -> ExitCode {
     match name {
         "event-bus" => event_bus::main_with_args(std::iter::once("event-bus".into()).chain(args)),
-        "posts" => busbar::service::main("posts", posts::run),
-        "comments" => busbar::service::main("comments", comments::run),
-        "moderation" => busbar::service::main("moderation", moderation::run),
-        "query" => busbar::service::main("query", query::run),
         other => {
-            eprintln!("busbar: `{other}` is not a built-in service ({})", plan::BUILTIN.join(", "));
+            eprintln!(
+                "busbar: `{other}` is not built in (only {} is); an app's services are programs of their own",
+                plan::BUILTIN.join(", ")
+            );
             ExitCode::from(2)
         }
     }

@@ -10,8 +10,9 @@ use busbar::{
 
 use crate::{credentials::LocalAuth, local::LocalRun};
 
-/// Services this binary can run itself (`busbar __serve NAME`).
-pub const BUILTIN: &[&str] = &["event-bus", "posts", "comments", "moderation", "query"];
+/// What this binary runs itself (`busbar __serve NAME`): the built-in bus, which is part of
+/// busbar, not of any app. An app's services are programs of their own.
+pub const BUILTIN: &[&str] = &["event-bus"];
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -154,18 +155,13 @@ pub fn plan(
     if problems.is_empty() { Ok(procs) } else { Err(problems) }
 }
 
-/// How a service runs: the blog's services are built into busbar unless the local-run
-/// declaration gives them a command; any other service runs its declared command or the
-/// program named after it (see [`LocalRun::command`]).
+/// How a service runs: its command in the local-run declaration, else the program named
+/// after it (see [`LocalRun::command`]).
 pub fn program(
     s: &busbar::spec::ServiceSpec,
     local: &LocalRun,
     find: impl Fn(&str) -> Option<PathBuf>,
 ) -> Result<(Program, Vec<String>), String> {
-    let program_name = s.deployment.as_deref().unwrap_or(&s.name);
-    if local.service(&s.name).is_none() && BUILTIN.contains(&program_name) && program_name != "event-bus" {
-        return Ok((Program::Builtin(program_name.to_owned()), vec![]));
-    }
     let (path, args) = local.command(s, find)?;
     Ok((Program::External(path), args))
 }
@@ -197,20 +193,26 @@ mod tests {
     fn a_url_template_gives_each_process_its_own_database() {
         let bus = parse_manifest(BLOG).unwrap();
         let o = Options { database_url_template: Some("postgres://u@h/blog_{name}".into()), ..opts() };
-        let procs = plan(&bus, &o, &LocalRun::default(), |_| None).unwrap();
+        let procs = plan(&bus, &o, &LocalRun::default(), bin).unwrap();
         assert!(procs[0].args.contains(&"postgres://u@h/blog_event_bus".to_owned()));
         assert!(procs[4].env.contains(&("DATABASE_URL".into(), "postgres://u@h/blog_query".into())));
     }
 
+    /// Every program found in /bin.
+    fn bin(name: &str) -> Option<PathBuf> {
+        Some(PathBuf::from(format!("/bin/{name}")))
+    }
+
     #[test]
-    fn the_blog_runs_built_in_and_wired_to_the_local_bus() {
+    fn the_blog_runs_its_programs_wired_to_the_local_bus() {
         let bus = parse_manifest(BLOG).unwrap();
-        let procs = plan(&bus, &opts(), &LocalRun::default(), |_| None).unwrap();
+        let procs = plan(&bus, &opts(), &LocalRun::default(), bin).unwrap();
         let names: Vec<&str> = procs.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names, ["event-bus", "posts", "comments", "moderation", "query"]);
         assert!(procs[0].args.windows(2).any(|w| w == ["--database-url", "sqlite:///d/event-bus.db"]));
         let comments = &procs[2];
-        assert_eq!(comments.program, Program::Builtin("comments".into()));
+        assert_eq!(procs[0].program, Program::Builtin("event-bus".into()), "the bus is part of busbar");
+        assert_eq!(comments.program, Program::External("/bin/comments".into()));
         assert_eq!(comments.port, 4001);
         let env: std::collections::HashMap<_, _> = comments.env.iter().cloned().collect();
         assert_eq!(env["BUSBAR_URL"], "http://127.0.0.1:4005");
@@ -224,7 +226,7 @@ mod tests {
         let bus = parse_manifest(BLOG).unwrap();
         let key = busbar::credentials::BusKey::generate();
         let o = Options { auth: Some(LocalAuth { key: key.clone(), key_file: "/d/bus.key".into() }), ..opts() };
-        let procs = plan(&bus, &o, &LocalRun::default(), |_| None).unwrap();
+        let procs = plan(&bus, &o, &LocalRun::default(), bin).unwrap();
         assert!(procs[0].args.windows(2).any(|w| w == ["--auth-key-file", "/d/bus.key"]));
         for p in &procs[1..] {
             let token = p.env.iter().find(|(k, _)| k == "BUSBAR_TOKEN").map(|(_, v)| v.as_str());
@@ -232,7 +234,7 @@ mod tests {
         }
         // JetStream: no bus process; the token is the service's NATS password.
         let js = Options { transport: Some(TransportKind::JetStream), ..o };
-        let procs = plan(&bus, &js, &LocalRun::default(), |_| None).unwrap();
+        let procs = plan(&bus, &js, &LocalRun::default(), bin).unwrap();
         assert!(procs.iter().all(|p| p.env.iter().any(|(k, v)| k == "BUSBAR_TOKEN" && key.verify(v).is_some())));
     }
 
@@ -260,7 +262,7 @@ mod tests {
             nats_url: Some("nats://127.0.0.1:5222".into()),
             ..opts()
         };
-        let procs = plan(&bus, &o, &LocalRun::default(), |_| None).unwrap();
+        let procs = plan(&bus, &o, &LocalRun::default(), bin).unwrap();
         assert!(procs.iter().all(|p| p.name != "event-bus"));
         let env: std::collections::HashMap<_, _> = procs[3].env.iter().cloned().collect();
         assert_eq!(procs[3].name, "query");

@@ -126,6 +126,7 @@ fn a_missing_program_is_named_with_what_to_do() {
 #[tokio::test]
 async fn a_service_killed_during_a_load_comes_back_and_nothing_is_lost() {
     let dir = testkit::temp_dir();
+    common::build_programs(&common::SERVICES);
     let (mut p, ports) = busbar_up(dir.path(), &common::SERVICES, |ports| common::blog_spec(ports), &[]).await;
     let (posts, comments, query) = (url(&ports, "posts"), url(&ports, "comments"), url(&ports, "query"));
     let post = create_post(&posts, "busy post").await;

@@ -23,6 +23,7 @@ async fn up_named(
         assert!(spec.contains(&format!("name: {bus}")));
         spec
     };
+    common::build_programs(&common::SERVICES);
     busbar_up(dir, &common::SERVICES, spec, extra).await
 }
 
@@ -153,6 +154,7 @@ fn a_bad_spec_or_busy_port_gets_a_clear_message() {
     assert!(String::from_utf8_lossy(&missing.stderr).contains("cannot read /nonexistent/sb.yaml"));
 
     let ports = ports();
+    common::build_programs(&common::SERVICES);
     std::fs::write(dir.path().join("sb.yaml"), blog_spec(&ports)).unwrap();
     let _busy = std::net::TcpListener::bind(("127.0.0.1", ports["comments"])).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_busbar"))

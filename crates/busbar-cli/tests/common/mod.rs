@@ -1,6 +1,6 @@
 //! The blog across real processes, for end-to-end tests: either `busbar up` as a user
-//! runs it, or each service as its own `busbar __serve` process so a test can kill and
-//! restart one of them.
+//! runs it, or each service as its own process (the bus as `busbar __serve event-bus`) so
+//! a test can kill and restart one of them.
 
 #![allow(dead_code)]
 
@@ -229,8 +229,13 @@ impl Blog {
     }
 
     fn spawn(&self, name: &str) -> Proc {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_busbar"));
-        cmd.args(["__serve", name]);
+        let mut cmd = if name == "event-bus" {
+            let mut c = Command::new(env!("CARGO_BIN_EXE_busbar"));
+            c.args(["__serve", name]);
+            c
+        } else {
+            Command::new(build_programs(&SERVICES).join(name))
+        };
         if name == "event-bus" {
             cmd.args(["--listen", &format!("127.0.0.1:{}", self.ports[name]), "--database-url", &self.db_urls[name]])
                 .arg("--routes")
@@ -340,6 +345,18 @@ pub fn build_programs(packages: &[&str]) -> PathBuf {
     }
     let target_dir = bin_dir.parent().expect("the profile directory is in the target directory");
     let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    // What cargo sets for this test binary alone (its crate name, its package, its binaries)
+    // differs from one test binary to the next; build scripts that watch such variables
+    // would otherwise rebuild the dependencies for every test binary.
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        let per_test =
+            ["CARGO_PKG_", "CARGO_BIN_", "CARGO_MANIFEST_", "CARGO_CRATE_"].iter().any(|p| key.starts_with(p))
+                || ["CARGO_PRIMARY_PACKAGE", "CARGO_TARGET_TMPDIR", "CARGO_RUSTC_CURRENT_DIR"].contains(&key.as_ref());
+        if per_test {
+            cmd.env_remove(key.as_ref());
+        }
+    }
     cmd.current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")).arg("build").arg("--target-dir").arg(target_dir);
     if bin_dir.file_name().is_some_and(|n| n == "release") {
         cmd.arg("--release");
