@@ -123,13 +123,14 @@ impl LocalRun {
             )),
             None if declared => Err(format!(
                 "no program for service {}: `{program}` (its command in {FILE}) is neither next to busbar nor on \
-                 PATH; build it (e.g. `cargo build -p {program}`) or give its path",
+                 PATH; build it next to busbar (e.g. `cargo build -p {program}`, with --release for a release \
+                 busbar) or give its path",
                 s.name
             )),
             None => Err(format!(
                 "no program for service {}: busbar up runs a program named `{program}` next to busbar or on PATH, \
-                 or the command given for it in {FILE} beside the manifest; build it (e.g. `cargo build -p \
-                 {program}`) or declare its command",
+                 or the command given for it in {FILE} beside the manifest; build it next to busbar (e.g. `cargo \
+                 build -p {program}`, with --release for a release busbar) or declare its command",
                 s.name
             )),
         }
