@@ -7,7 +7,6 @@
 //! Readers ignore fields they do not know (no `deny_unknown_fields`), so a writer may add
 //! a field without breaking them (see the README's "Event contracts").
 
-use busbar::Event;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -69,27 +68,20 @@ pub struct OrderCancelled {
     pub quantity: i64,
 }
 
-macro_rules! event {
-    ($t:ident) => {
-        impl Event for $t {
-            const TYPE: &'static str = stringify!($t);
-            fn aggregate_id(&self) -> String {
-                self.id.clone()
-            }
-        }
-    };
-}
-event!(UserSignedUp);
-event!(UserRenamed);
-event!(ProductAdded);
-event!(ProductRenamed);
-event!(ProductPriceChanged);
-event!(OrderPlaced);
-event!(OrderCancelled);
+busbar::id_events!(
+    UserSignedUp,
+    UserRenamed,
+    ProductAdded,
+    ProductRenamed,
+    ProductPriceChanged,
+    OrderPlaced,
+    OrderCancelled
+);
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use busbar::Event;
     use serde_json::json;
 
     #[test]

@@ -3,7 +3,7 @@
 //! takes no renames, so the product versions it sees have gaps; the SDK still applies
 //! a price change only after the product's earlier events it takes.
 
-use busbar::{Event, Handlers, Received, Tx, db::DbError};
+use busbar::{Handlers, Received, Tx, db::DbError};
 use serde::{Deserialize, Serialize};
 use shop_events::{OrderCancelled, OrderPlaced, ProductAdded, ProductPriceChanged, UserSignedUp};
 
@@ -24,13 +24,6 @@ struct UserExists {
     id: String,
 }
 
-impl Event for UserExists {
-    const TYPE: &'static str = UserSignedUp::TYPE;
-    fn aggregate_id(&self) -> String {
-        self.id.clone()
-    }
-}
-
 /// All orders reads of a `ProductAdded`: the product and its price (not its name).
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 struct ProductPrice {
@@ -38,12 +31,7 @@ struct ProductPrice {
     price_cents: i64,
 }
 
-impl Event for ProductPrice {
-    const TYPE: &'static str = ProductAdded::TYPE;
-    fn aggregate_id(&self) -> String {
-        self.id.clone()
-    }
-}
+busbar::id_events!(UserExists = UserSignedUp::TYPE, ProductPrice = ProductAdded::TYPE);
 
 async fn user_signed_up(_: &(), tx: &mut Tx, u: Received<UserExists>) -> Result<(), DbError> {
     store::remember_user(tx, &u.id).await

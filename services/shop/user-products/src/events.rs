@@ -2,7 +2,7 @@
 //! names (created and renamed) and orders (placed and cancelled). It takes no price
 //! changes, so the product versions it sees have gaps; renames still apply in order.
 
-use busbar::{Event, Handlers, Received, Tx, db::DbError};
+use busbar::{Handlers, Received, Tx, db::DbError};
 use serde::{Deserialize, Serialize};
 use shop_events::{OrderCancelled, OrderPlaced, ProductAdded, ProductRenamed, UserRenamed, UserSignedUp};
 
@@ -25,25 +25,11 @@ struct UserName {
     name: String,
 }
 
-impl Event for UserName {
-    const TYPE: &'static str = UserSignedUp::TYPE;
-    fn aggregate_id(&self) -> String {
-        self.id.clone()
-    }
-}
-
 /// All user-products reads of a `ProductAdded`: the product's name (not its price).
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 struct ProductName {
     id: String,
     name: String,
-}
-
-impl Event for ProductName {
-    const TYPE: &'static str = ProductAdded::TYPE;
-    fn aggregate_id(&self) -> String {
-        self.id.clone()
-    }
 }
 
 /// All user-products reads of an `OrderPlaced`: who ordered how many of what (not the price).
@@ -55,12 +41,7 @@ struct OrderLine {
     quantity: i64,
 }
 
-impl Event for OrderLine {
-    const TYPE: &'static str = OrderPlaced::TYPE;
-    fn aggregate_id(&self) -> String {
-        self.id.clone()
-    }
-}
+busbar::id_events!(UserName = UserSignedUp::TYPE, ProductName = ProductAdded::TYPE, OrderLine = OrderPlaced::TYPE);
 
 async fn user_signed_up(_: &(), tx: &mut Tx, u: Received<UserName>) -> Result<(), DbError> {
     store::name(tx, Named::User, &u.id, &u.name).await
