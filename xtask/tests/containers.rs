@@ -53,8 +53,10 @@ fn renaming_a_binary_breaks_its_image_check() {
 fn every_service_binary_has_an_image_and_no_dockerfile_is_forgotten() {
     let packages = workspace_packages();
     let mut problems = Vec::new();
-    // Every binary of a package under services/ is a deployable service.
-    for package in packages.iter().filter(|p| p.dir.starts_with("services")) {
+    // Every binary of a package under services/ is a deployable service, except the
+    // shop's, which run under `busbar up` but have no images, charts or overlays yet
+    // (issue 15: one parameterised Dockerfile and a generic chart are to come).
+    for package in packages.iter().filter(|p| p.dir.starts_with("services") && !p.dir.starts_with("services/shop")) {
         for bin in &package.bins {
             if !IMAGES.iter().any(|i| i.bin == bin) {
                 problems.push(format!("{} builds binary `{bin}` but no image is declared for it", package.name));

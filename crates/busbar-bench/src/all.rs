@@ -201,8 +201,8 @@ pub fn markdown(s: &AllSummary) -> String {
     }
     let _ = writeln!(
         w,
-        "\n`busbar` holds every service (`busbar __serve NAME`, what `busbar up` and these benchmarks run); the \
-         others are the per-service container images' programs."
+        "\n`busbar` holds the built-in bus (`busbar __serve event-bus`, what `busbar up` and these benchmarks run); \
+         each service is a program of its own, as in its container image."
     );
     out
 }
@@ -212,7 +212,7 @@ const METHOD: &str = "## Method
 Everything runs on this one machine over loopback, each run bounded in events and time.
 
 - **blog**: the reference app as separate processes, started from the plan `busbar up` uses (the repository's
-  ServiceBus manifest, `busbar __serve NAME` per process, the same `BUSBAR_*` wiring), on fresh databases (a SQLite
+  ServiceBus manifest, the bus as `busbar __serve event-bus` and each service as its own program, the same `BUSBAR_*` wiring), on fresh databases (a SQLite
   file per service, or a PostgreSQL database per service on the local server) and a fresh bus (the built-in
   event bus, or a JetStream stream). Clients use the public API only. *Visible* means present in query's
   `GET /posts` (for comments: with status `approved`); the benchmark polls it every 2 ms (one page,

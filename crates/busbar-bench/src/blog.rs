@@ -50,8 +50,9 @@ pub struct Args {
     #[arg(long, env = "BUSBAR_TEST_PG_URL", default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
     pub pg_url: String,
 
-    /// The `busbar` binary, which runs every process (`busbar __serve NAME`). Default:
-    /// `busbar` next to this program (`cargo build --release -p busbar-cli`).
+    /// The `busbar` binary, which runs the bus (`busbar __serve event-bus`); the blog's
+    /// programs are found next to it. Default: `busbar` next to this program (`cargo build
+    /// --release -p busbar-cli -p posts -p comments -p moderation -p query`).
     #[arg(long, value_name = "PATH")]
     pub busbar_bin: Option<PathBuf>,
 

@@ -1,6 +1,7 @@
 //! The whole blog as separate processes, started from the plan `busbar up` uses
-//! ([`busbar_cli::plan`]): the repository's ServiceBus manifest, each process a
-//! `busbar __serve NAME`, wired by the same `BUSBAR_*` variables. Only what a benchmark
+//! ([`busbar_cli::plan`]): the repository's ServiceBus manifest, the bus as
+//! `busbar __serve event-bus` and each service as its own program, wired by the same
+//! `BUSBAR_*` variables. Only what a benchmark
 //! must own differs: free loopback ports, a throwaway data directory, uniquely named
 //! PostgreSQL databases or JetStream streams, and timing each process from spawn to ready.
 
@@ -132,7 +133,10 @@ impl System {
             // As `busbar up` runs it: every request carries and is checked for a token.
             auth: Some(busbar_cli::credentials::ensure(dir.path())?),
         };
-        let procs = plan::plan(&bus, &options, |_| None)
+        // The blog's programs are built next to busbar, where `busbar up` finds them too.
+        let bin_dir = opts.busbar_bin.parent().map(Path::to_path_buf).unwrap_or_default();
+        let find = |name: &str| Some(bin_dir.join(name)).filter(|p| p.is_file());
+        let procs = plan::plan(&bus, &options, &busbar_cli::local::LocalRun::default(), find)
             .map_err(|problems| anyhow::anyhow!("cannot plan the blog: {}", problems.join("; ")))?;
         let mut system = System { procs: vec![], bus: bus_name, pg_dbs: vec![], pg_url: opts.pg_url.to_owned(), dir };
         if opts.backend == Backend::Postgres {
@@ -170,8 +174,7 @@ impl System {
                 .stderr(out)
                 .kill_on_drop(true);
             let t0 = clock::now_ns();
-            let child =
-                cmd.spawn().with_context(|| format!("cannot start {} ({})", p.name, opts.busbar_bin.display()))?;
+            let child = cmd.spawn().with_context(|| format!("cannot start {}", p.name))?;
             let pid = child.id().context("a process exited at once")?;
             let mut running = Running { name: p.name.clone(), port: p.port, pid, child, log, ready_ms: 0.0 };
             let ready = wait_ready(&mut running, client).await;

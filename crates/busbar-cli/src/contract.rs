@@ -16,7 +16,10 @@ use busbar::{
     contracts::{CONTRACT_FLAG, Change, EdgeVerdict, Lock, PrintedContract, Report, ServiceContract, check, evolution},
     spec::ServiceBus,
 };
-use busbar_cli::plan::BUILTIN;
+use busbar_cli::{
+    local::LocalRun,
+    plan::{self, Program},
+};
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
@@ -97,7 +100,7 @@ pub fn run(args: ContractArgs) -> ExitCode {
 
 fn lock(file: Option<PathBuf>, output: Option<PathBuf>) -> Result<ExitCode> {
     let (path, bus) = crate::load(file)?;
-    let contracts = from_programs(&bus)?;
+    let contracts = from_programs(&path, &bus)?;
     let report = check::check(&bus.spec, &contracts);
     let output = output.unwrap_or_else(|| beside(&path, LOCK_FILE));
     let lock = Lock::new(contracts);
@@ -113,7 +116,7 @@ fn check_cmd(file: Option<PathBuf>, from: Option<PathBuf>, against: Option<PathB
     let (path, bus) = crate::load(file)?;
     let (contracts, source) = match &from {
         Some(f) => (read_lock(f)?.services, format!("contracts from {}", f.display())),
-        None => (from_programs(&bus)?, "contracts from the services' programs".to_owned()),
+        None => (from_programs(&path, &bus)?, "contracts from the services' programs".to_owned()),
     };
     let report = check::check(&bus.spec, &contracts);
     let changes = match &against {
@@ -141,29 +144,26 @@ fn read_lock(path: &Path) -> Result<Lock> {
     Lock::parse(&text).with_context(|| format!("{} is not a contracts lock", path.display()))
 }
 
-/// Each service's contract, as its program prints it: the blog's services are built into
-/// busbar (`busbar __serve NAME --contract`); any other is a program named after its
-/// Deployment next to busbar or on PATH, as `busbar up` runs it.
-fn from_programs(bus: &ServiceBus) -> Result<BTreeMap<String, ServiceContract>> {
+/// Each service's contract, as its program prints it, run the way `busbar up` runs it: its
+/// command from the local-run declaration beside the manifest, or the program named after
+/// its Deployment next to busbar or on PATH.
+fn from_programs(path: &Path, bus: &ServiceBus) -> Result<BTreeMap<String, ServiceContract>> {
     let exe = std::env::current_exe().context("cannot find the busbar executable")?;
     let exe_dir = exe.parent().map(PathBuf::from);
+    let local = LocalRun::load(path, None).map_err(anyhow::Error::msg)?;
     let mut out = BTreeMap::new();
     for s in &bus.spec.services {
-        let program = s.deployment.clone().unwrap_or_else(|| s.name.clone());
-        let mut cmd = if BUILTIN.contains(&program.as_str()) && program != "event-bus" {
-            let mut c = Command::new(&exe);
-            c.args(["__serve", &program]);
-            c
-        } else if let Some(found) = crate::find_program(&program, exe_dir.as_deref()) {
-            Command::new(found)
-        } else {
-            bail!(
-                "no program for service {}: a program named `{program}` next to busbar or on PATH prints its \
-                 contract; or check a lock with --contracts",
-                s.name
-            );
+        let (program, args) = plan::program(s, &local, |name| crate::find_program(name, exe_dir.as_deref()))
+            .map_err(|e| anyhow::anyhow!("{e}; or check a lock with --contracts"))?;
+        let mut cmd = match program {
+            Program::Builtin(name) => {
+                let mut c = Command::new(&exe);
+                c.args(["__serve", &name]);
+                c
+            }
+            Program::External(p) => Command::new(p),
         };
-        cmd.arg(CONTRACT_FLAG);
+        cmd.args(args).arg(CONTRACT_FLAG);
         let printed = print_contract(cmd).with_context(|| format!("cannot get the contract of service {}", s.name))?;
         out.insert(s.name.clone(), printed.into_contract());
     }

@@ -4,4 +4,5 @@
 //! wiring.
 
 pub mod credentials;
+pub mod local;
 pub mod plan;

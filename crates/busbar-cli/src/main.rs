@@ -29,8 +29,16 @@ enum Cmd {
     /// Each service runs as its own process with its own SQLite database in the data
     /// directory, wired to the bus by the spec. busbar waits until all are ready, prints
     /// their URLs, streams their logs with a prefix, and stops them all on Ctrl-C. Data
-    /// is kept across runs. The blog's services are built in; any other service needs a
-    /// program named after it next to busbar or on PATH.
+    /// is kept across runs.
+    ///
+    /// How each service starts comes from the local-run declaration, busbar.local.yaml
+    /// beside the manifest (or --local): a `command` per service, optionally `env` and a
+    /// `port` for this machine. A service it does not name runs the program named after it,
+    /// next to busbar or on PATH (`cargo build` puts the blog's and the shop's there).
+    ///
+    /// A service that exits is started again after a backoff (1s, 2s, 4s, ... up to 30s,
+    /// and back to 1s once it has stayed up for a minute), as a cluster restarts a pod;
+    /// --no-restart stops everything instead.
     ///
     /// On the built-in bus each service gets its own token (BUSBAR_TOKEN), derived from a
     /// bus key kept in the data directory (bus.key): it may publish only what the spec
@@ -59,6 +67,13 @@ enum Cmd {
         /// nats://127.0.0.1:4222.
         #[arg(long, value_name = "URL")]
         nats_url: Option<String>,
+        /// How to start each service on this machine. Default: busbar.local.yaml beside
+        /// the manifest, if there is one.
+        #[arg(long, value_name = "FILE")]
+        local: Option<PathBuf>,
+        /// Stop everything when a service exits, instead of restarting it.
+        #[arg(long)]
+        no_restart: bool,
     },
     /// Validate a ServiceBus manifest and print its event graph and warnings.
     Graph {
@@ -101,7 +116,7 @@ enum Cmd {
         #[arg(long, default_value = ".busbar")]
         data_dir: PathBuf,
     },
-    /// Run one built-in service in this process (used by `busbar up`).
+    /// Run the built-in event bus in this process (used by `busbar up`).
     #[command(name = "__serve", hide = true)]
     Serve {
         name: String,
@@ -121,7 +136,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Cmd::Serve { name, args } => return serve(&name, args),
         Cmd::Contract(args) => return contract::run(args),
-        Cmd::Up { file, data_dir, bus_port, database_url_template, transport, nats_url } => {
+        Cmd::Up { file, data_dir, bus_port, database_url_template, transport, nats_url, local, no_restart } => {
             let transport = transport.map(|t| match t {
                 TransportArg::Builtin => busbar::spec::TransportKind::Builtin,
                 TransportArg::Jetstream => busbar::spec::TransportKind::JetStream,
@@ -135,7 +150,7 @@ fn main() -> ExitCode {
                 nats_url,
                 auth: None,
             };
-            up(file, opts)
+            up(file, local, opts, up::Restart { enabled: !no_restart })
         }
         Cmd::Graph { file } => graph(file),
         Cmd::Dlq(args) => dlq::run(args),
@@ -153,12 +168,11 @@ fn main() -> ExitCode {
 fn serve(name: &str, args: Vec<std::ffi::OsString>) -> ExitCode {
     match name {
         "event-bus" => event_bus::main_with_args(std::iter::once("event-bus".into()).chain(args)),
-        "posts" => busbar::service::main("posts", posts::run),
-        "comments" => busbar::service::main("comments", comments::run),
-        "moderation" => busbar::service::main("moderation", moderation::run),
-        "query" => busbar::service::main("query", query::run),
         other => {
-            eprintln!("busbar: `{other}` is not a built-in service ({})", plan::BUILTIN.join(", "));
+            eprintln!(
+                "busbar: `{other}` is not built in (only {} is); an app's services are programs of their own",
+                plan::BUILTIN.join(", ")
+            );
             ExitCode::from(2)
         }
     }
@@ -211,8 +225,9 @@ fn nats_auth(file: Option<PathBuf>, data_dir: PathBuf) -> Result<()> {
     Ok(())
 }
 
-fn up(file: Option<PathBuf>, mut opts: plan::Options) -> Result<()> {
+fn up(file: Option<PathBuf>, local: Option<PathBuf>, mut opts: plan::Options, restart: up::Restart) -> Result<()> {
     let (path, bus) = load(file)?;
+    let local = busbar_cli::local::LocalRun::load(&path, local.as_deref()).map_err(anyhow::Error::msg)?;
     for w in busbar::graph::analyze(&bus.spec).warnings {
         eprintln!("busbar: warning: {w}");
     }
@@ -223,10 +238,10 @@ fn up(file: Option<PathBuf>, mut opts: plan::Options) -> Result<()> {
     opts.data_dir = std::fs::canonicalize(&opts.data_dir)?;
     opts.auth = Some(busbar_cli::credentials::ensure(&opts.data_dir)?);
     let exe_dir = std::env::current_exe().ok().and_then(|e| e.parent().map(PathBuf::from));
-    let procs = plan::plan(&bus, &opts, |name| find_program(name, exe_dir.as_deref()))
+    let procs = plan::plan(&bus, &opts, &local, |name| find_program(name, exe_dir.as_deref()))
         .map_err(|problems| anyhow::anyhow!("cannot run {}:\n  - {}", path.display(), problems.join("\n  - ")))?;
     let rt = tokio::runtime::Runtime::new()?;
-    rt.block_on(up::run(procs))
+    rt.block_on(up::run(procs, restart))
 }
 
 fn find_program(name: &str, exe_dir: Option<&std::path::Path>) -> Option<PathBuf> {

@@ -8,10 +8,11 @@ use busbar::{
     wiring::{self, Endpoint},
 };
 
-use crate::credentials::LocalAuth;
+use crate::{credentials::LocalAuth, local::LocalRun};
 
-/// Services this binary can run itself (`busbar __serve NAME`).
-pub const BUILTIN: &[&str] = &["event-bus", "posts", "comments", "moderation", "query"];
+/// What this binary runs itself (`busbar __serve NAME`): the built-in bus, which is part of
+/// busbar, not of any app. An app's services are programs of their own.
+pub const BUILTIN: &[&str] = &["event-bus"];
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -55,13 +56,19 @@ impl Proc {
     }
 }
 
-/// The bus first, then the services in spec order. Every problem is reported at once.
+/// The bus first, then the services in spec order, each run as `local` declares (see
+/// [`crate::local`]). Every problem is reported at once.
 pub fn plan(
     bus: &ServiceBus,
     opts: &Options,
+    local: &LocalRun,
     find: impl Fn(&str) -> Option<PathBuf>,
 ) -> Result<Vec<Proc>, Vec<String>> {
-    let mut problems = vec![];
+    let mut problems: Vec<String> = local
+        .unknown_services(bus)
+        .into_iter()
+        .map(|n| format!("{} declares service {n}, which the manifest does not have", crate::local::FILE))
+        .collect();
     let transport = opts.transport.unwrap_or(bus.spec.transport.kind());
     let sqlite = |name: &str| match &opts.database_url_template {
         Some(t) => t.replace("{name}", &name.replace('-', "_")),
@@ -108,7 +115,8 @@ pub fn plan(
         });
     }
     for s in &bus.spec.services {
-        let Some(port) = s.port else {
+        let declared = local.service(&s.name);
+        let Some(port) = declared.and_then(|l| l.port).or(s.port) else {
             problems.push(format!("service {} has no `port` in the spec; busbar up needs one to run it", s.name));
             continue;
         };
@@ -116,38 +124,46 @@ pub fn plan(
             problems.push(format!("services {} and {} both use port {port}", other.name, s.name));
             continue;
         }
-        let program_name = s.deployment.clone().unwrap_or_else(|| s.name.clone());
-        let program = if BUILTIN.contains(&program_name.as_str()) && program_name != "event-bus" {
-            Program::Builtin(program_name)
-        } else if let Some(path) = find(&program_name) {
-            Program::External(path)
-        } else {
-            problems.push(format!(
-                "no program for service {}: busbar up runs the blog services built in ({}), or a program named `{program_name}` next to busbar or on PATH",
-                s.name,
-                BUILTIN[1..].join(", ")
-            ));
-            continue;
+        let (program, args) = match program(s, local, &find) {
+            Ok(p) => p,
+            Err(e) => {
+                problems.push(e);
+                continue;
+            }
         };
         procs.push(Proc {
             name: s.name.clone(),
             program,
-            args: vec![],
-            env: [
-                ("HOST".into(), "127.0.0.1".into()),
-                ("PORT".into(), port.to_string()),
-                ("DATABASE_URL".into(), sqlite(&s.name)),
-            ]
-            .into_iter()
-            .chain(wiring::service_env(&bus.name, &bus.spec, s, &endpoint))
-            .chain(auth.map(|a| (wiring::TOKEN_ENV.to_owned(), a.key.token(&s.name))))
-            .collect(),
+            args,
+            // The declaration's environment first, so busbar's wiring wins on a clash.
+            env: declared
+                .into_iter()
+                .flat_map(|l| l.env.iter().map(|(k, v)| (k.clone(), v.clone())))
+                .chain([
+                    ("HOST".into(), "127.0.0.1".into()),
+                    ("PORT".into(), port.to_string()),
+                    ("DATABASE_URL".into(), sqlite(&s.name)),
+                ])
+                .chain(wiring::service_env(&bus.name, &bus.spec, s, &endpoint))
+                .chain(auth.map(|a| (wiring::TOKEN_ENV.to_owned(), a.key.token(&s.name))))
+                .collect(),
             port,
             publishes: s.publishes.clone(),
             subscribes: s.subscribed_types().into_iter().map(str::to_owned).collect(),
         });
     }
     if problems.is_empty() { Ok(procs) } else { Err(problems) }
+}
+
+/// How a service runs: its command in the local-run declaration, else the program named
+/// after it (see [`LocalRun::command`]).
+pub fn program(
+    s: &busbar::spec::ServiceSpec,
+    local: &LocalRun,
+    find: impl Fn(&str) -> Option<PathBuf>,
+) -> Result<(Program, Vec<String>), String> {
+    let (path, args) = local.command(s, find)?;
+    Ok((Program::External(path), args))
 }
 
 fn path_str(p: &Path) -> String {
@@ -177,20 +193,26 @@ mod tests {
     fn a_url_template_gives_each_process_its_own_database() {
         let bus = parse_manifest(BLOG).unwrap();
         let o = Options { database_url_template: Some("postgres://u@h/blog_{name}".into()), ..opts() };
-        let procs = plan(&bus, &o, |_| None).unwrap();
+        let procs = plan(&bus, &o, &LocalRun::default(), bin).unwrap();
         assert!(procs[0].args.contains(&"postgres://u@h/blog_event_bus".to_owned()));
         assert!(procs[4].env.contains(&("DATABASE_URL".into(), "postgres://u@h/blog_query".into())));
     }
 
+    /// Every program found in /bin.
+    fn bin(name: &str) -> Option<PathBuf> {
+        Some(PathBuf::from(format!("/bin/{name}")))
+    }
+
     #[test]
-    fn the_blog_runs_built_in_and_wired_to_the_local_bus() {
+    fn the_blog_runs_its_programs_wired_to_the_local_bus() {
         let bus = parse_manifest(BLOG).unwrap();
-        let procs = plan(&bus, &opts(), |_| None).unwrap();
+        let procs = plan(&bus, &opts(), &LocalRun::default(), bin).unwrap();
         let names: Vec<&str> = procs.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names, ["event-bus", "posts", "comments", "moderation", "query"]);
         assert!(procs[0].args.windows(2).any(|w| w == ["--database-url", "sqlite:///d/event-bus.db"]));
         let comments = &procs[2];
-        assert_eq!(comments.program, Program::Builtin("comments".into()));
+        assert_eq!(procs[0].program, Program::Builtin("event-bus".into()), "the bus is part of busbar");
+        assert_eq!(comments.program, Program::External("/bin/comments".into()));
         assert_eq!(comments.port, 4001);
         let env: std::collections::HashMap<_, _> = comments.env.iter().cloned().collect();
         assert_eq!(env["BUSBAR_URL"], "http://127.0.0.1:4005");
@@ -204,7 +226,7 @@ mod tests {
         let bus = parse_manifest(BLOG).unwrap();
         let key = busbar::credentials::BusKey::generate();
         let o = Options { auth: Some(LocalAuth { key: key.clone(), key_file: "/d/bus.key".into() }), ..opts() };
-        let procs = plan(&bus, &o, |_| None).unwrap();
+        let procs = plan(&bus, &o, &LocalRun::default(), bin).unwrap();
         assert!(procs[0].args.windows(2).any(|w| w == ["--auth-key-file", "/d/bus.key"]));
         for p in &procs[1..] {
             let token = p.env.iter().find(|(k, _)| k == "BUSBAR_TOKEN").map(|(_, v)| v.as_str());
@@ -212,7 +234,7 @@ mod tests {
         }
         // JetStream: no bus process; the token is the service's NATS password.
         let js = Options { transport: Some(TransportKind::JetStream), ..o };
-        let procs = plan(&bus, &js, |_| None).unwrap();
+        let procs = plan(&bus, &js, &LocalRun::default(), bin).unwrap();
         assert!(procs.iter().all(|p| p.env.iter().any(|(k, v)| k == "BUSBAR_TOKEN" && key.verify(v).is_some())));
     }
 
@@ -223,12 +245,12 @@ mod tests {
         )
         .unwrap();
         let find = |n: &str| Some(PathBuf::from(format!("/bin/{n}")));
-        let problems = plan(&bus, &opts(), find).unwrap_err();
+        let problems = plan(&bus, &opts(), &LocalRun::default(), find).unwrap_err();
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert!(problems[0].contains("nop has no `port`"));
         // On the built-in bus, its port is taken too.
         let builtin = Options { transport: Some(TransportKind::Builtin), ..opts() };
-        let problems = plan(&bus, &builtin, find).unwrap_err();
+        let problems = plan(&bus, &builtin, &LocalRun::default(), find).unwrap_err();
         assert!(problems[1].contains("event-bus and billing both use port 4005"), "{problems:?}");
     }
 
@@ -240,7 +262,7 @@ mod tests {
             nats_url: Some("nats://127.0.0.1:5222".into()),
             ..opts()
         };
-        let procs = plan(&bus, &o, |_| None).unwrap();
+        let procs = plan(&bus, &o, &LocalRun::default(), bin).unwrap();
         assert!(procs.iter().all(|p| p.name != "event-bus"));
         let env: std::collections::HashMap<_, _> = procs[3].env.iter().cloned().collect();
         assert_eq!(procs[3].name, "query");
@@ -257,9 +279,30 @@ mod tests {
             "apiVersion: busbar.dev/v1alpha1\nkind: ServiceBus\nspec: {services: [{name: billing, port: 5000}]}\n",
         )
         .unwrap();
-        let problems = plan(&bus, &opts(), |_| None).unwrap_err();
+        let problems = plan(&bus, &opts(), &LocalRun::default(), |_| None).unwrap_err();
         assert!(problems[0].contains("no program for service billing"), "{problems:?}");
-        let procs = plan(&bus, &opts(), |_| Some("/opt/billing".into())).unwrap();
+        let procs = plan(&bus, &opts(), &LocalRun::default(), |_| Some("/opt/billing".into())).unwrap();
         assert_eq!(procs[1].program, Program::External("/opt/billing".into()));
+    }
+
+    #[test]
+    fn the_shop_runs_as_its_local_declaration_says() {
+        let bus = parse_manifest(include_str!("../../../k8s/shop/servicebus.yaml")).unwrap();
+        let mut local =
+            LocalRun::parse(include_str!("../../../k8s/shop/busbar.local.yaml"), Path::new("/repo/k8s/shop")).unwrap();
+        let orders = local.services.get_mut("orders").unwrap();
+        orders.env.insert("RUST_LOG".into(), "debug".into());
+        orders.env.insert("PORT".into(), "1".into());
+        orders.port = Some(5102);
+        let procs = plan(&bus, &opts(), &local, |n| Some(PathBuf::from(format!("/target/debug/{n}")))).unwrap();
+        let names: Vec<&str> = procs.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["event-bus", "users", "products", "orders", "user-products"]);
+        let orders = &procs[3];
+        assert_eq!(orders.program, Program::External("/target/debug/orders".into()));
+        assert_eq!(orders.port, 5102, "the declaration's port wins on this machine");
+        let env: std::collections::HashMap<_, _> = orders.env.iter().cloned().collect();
+        assert_eq!((env["RUST_LOG"].as_str(), env["PORT"].as_str()), ("debug", "5102"), "busbar's wiring wins");
+        assert_eq!(env["DATABASE_URL"], "sqlite:///d/orders.db");
+        assert_eq!(procs[4].subscribes.len(), 6);
     }
 }

@@ -19,12 +19,85 @@ use crate::plan::{Proc, Program};
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
+/// Whether a service that exits is started again, as a cluster restarts a pod.
+#[derive(Debug, Clone, Copy)]
+pub struct Restart {
+    pub enabled: bool,
+}
+
+/// Waits before restart `n` in a row: 1 s, 2 s, 4 s, ... up to 30 s, as a kubelet's
+/// CrashLoopBackOff grows (it caps at 5 min; a laptop wants its service back sooner).
+fn restart_backoff() -> busbar::Backoff {
+    busbar::Backoff::exponential(Duration::from_secs(1), Duration::from_secs(30))
+}
+
+/// A process that stayed up this long was healthy: its next exit starts the backoff over.
+const STABLE_AFTER: Duration = Duration::from_secs(60);
+
+/// How many restarts in a row a process that ran for `uptime` is at after its exit.
+fn restarts_in_a_row(before: u32, uptime: Duration) -> u32 {
+    if uptime >= STABLE_AFTER { 1 } else { before + 1 }
+}
+
+/// An exit status as people read it: "exit code 1", "signal 9".
+fn describe(status: &std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit code {code}"),
+        (None, Some(sig)) => format!("signal {sig}"),
+        _ => status.to_string(),
+    }
+}
+
 struct Running {
     name: String,
     pid: u32,
+    /// Not running: exited, and waiting for its restart (or not to be restarted).
+    exited: bool,
+    started: Instant,
+    /// Restarts in a row, for the backoff.
+    restarts: u32,
 }
 
-pub async fn run(procs: Vec<Proc>) -> Result<()> {
+/// An exit: which process, and how it ended.
+type Exit = (String, String);
+
+/// Starts one planned process with its output prefixed; its exit is sent on `exited`.
+fn spawn(p: &Proc, exe: &std::path::Path, prefix: String, exited: &mpsc::UnboundedSender<Exit>) -> Result<u32> {
+    let mut cmd = match &p.program {
+        Program::Builtin(name) => {
+            let mut c = Command::new(exe);
+            c.args(["__serve", name]);
+            c
+        }
+        Program::External(path) => Command::new(path),
+    };
+    cmd.args(&p.args)
+        .envs(p.env.iter().cloned())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // Own process group: Ctrl-C reaches only busbar, which then stops the
+        // services first and the bus last.
+        .process_group(0);
+    let mut child = cmd.spawn().with_context(|| match &p.program {
+        Program::External(path) => format!("cannot start {} ({})", p.name, path.display()),
+        Program::Builtin(_) => format!("cannot start {}", p.name),
+    })?;
+    let pid = child.id().unwrap_or(0);
+    pump(child.stdout.take().expect("piped"), prefix.clone());
+    pump(child.stderr.take().expect("piped"), prefix);
+    let tx = exited.clone();
+    let name = p.name.clone();
+    tokio::spawn(async move {
+        let status = child.wait().await.map(|s| describe(&s)).unwrap_or_else(|e| e.to_string());
+        let _ = tx.send((name, status));
+    });
+    eprintln!("busbar: {} started (pid {pid})", p.name);
+    Ok(pid)
+}
+
+pub async fn run(procs: Vec<Proc>, restart: Restart) -> Result<()> {
     for p in &procs {
         if std::net::TcpListener::bind(("127.0.0.1", p.port)).is_err() {
             bail!(
@@ -38,40 +111,21 @@ pub async fn run(procs: Vec<Proc>) -> Result<()> {
     let exe = std::env::current_exe().context("cannot find the busbar executable")?;
     let color = std::io::stdout().is_terminal();
     let width = procs.iter().map(|p| p.name.len()).max().unwrap_or(8);
-    let (exited_tx, mut exited_rx) = mpsc::unbounded_channel::<(String, String)>();
+    let prefix_of = |i: usize| prefix(&procs[i].name, width, i, color);
+    let (exited_tx, mut exited_rx) = mpsc::unbounded_channel::<Exit>();
     let mut running: Vec<Running> = vec![];
 
     let started = {
         let start_all = async {
             for (i, p) in procs.iter().enumerate() {
-                let mut cmd = match &p.program {
-                    Program::Builtin(name) => {
-                        let mut c = Command::new(&exe);
-                        c.args(["__serve", name]);
-                        c
-                    }
-                    Program::External(path) => Command::new(path),
-                };
-                cmd.args(&p.args)
-                    .envs(p.env.iter().cloned())
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::piped())
-                    // Own process group: Ctrl-C reaches only busbar, which then stops the
-                    // services first and the bus last.
-                    .process_group(0);
-                let mut child = cmd.spawn().with_context(|| format!("cannot start {}", p.name))?;
-                let pid = child.id().unwrap_or(0);
-                let prefix = prefix(&p.name, width, i, color);
-                pump(child.stdout.take().expect("piped"), prefix.clone());
-                pump(child.stderr.take().expect("piped"), prefix);
-                let tx = exited_tx.clone();
-                let name = p.name.clone();
-                tokio::spawn(async move {
-                    let status = child.wait().await.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
-                    let _ = tx.send((name, status));
+                let pid = spawn(p, &exe, prefix_of(i), &exited_tx)?;
+                running.push(Running {
+                    name: p.name.clone(),
+                    pid,
+                    exited: false,
+                    started: Instant::now(),
+                    restarts: 0,
                 });
-                running.push(Running { name: p.name.clone(), pid });
                 // The bus first, and ready, so services publish into a running bus.
                 if i == 0 {
                     wait_ready(p, &mut exited_rx).await?;
@@ -94,9 +148,48 @@ pub async fn run(procs: Vec<Proc>) -> Result<()> {
     }
 
     print_table(&procs);
-    let outcome = tokio::select! {
-        _ = busbar::web::shutdown_signal() => Ok(()),
-        Some((name, status)) = exited_rx.recv() => Err(anyhow::anyhow!("{name} exited unexpectedly ({status}); stopping everything")),
+    // Restarts that are due: the index of the process, sent after its backoff.
+    let (due_tx, mut due_rx) = mpsc::unbounded_channel::<usize>();
+    let shutdown = busbar::web::shutdown_signal();
+    tokio::pin!(shutdown);
+    let outcome = loop {
+        tokio::select! {
+            _ = &mut shutdown => break Ok(()),
+            Some((name, status)) = exited_rx.recv() => {
+                let Some(i) = running.iter().position(|r| r.name == name) else { continue };
+                let r = &mut running[i];
+                r.exited = true;
+                if !restart.enabled {
+                    break Err(anyhow::anyhow!("{name} exited unexpectedly ({status}); stopping everything (--no-restart)"));
+                }
+                r.restarts = restarts_in_a_row(r.restarts, r.started.elapsed());
+                let delay = restart_backoff().delay(r.restarts);
+                eprintln!(
+                    "busbar: {name} exited ({status}); restarting in {} (restart {})",
+                    human(delay),
+                    r.restarts
+                );
+                let due = due_tx.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    let _ = due.send(i);
+                });
+            }
+            Some(i) = due_rx.recv() => {
+                let p = &procs[i];
+                match spawn(p, &exe, prefix_of(i), &exited_tx) {
+                    Ok(pid) => {
+                        let r = &mut running[i];
+                        (r.pid, r.exited, r.started) = (pid, false, Instant::now());
+                        announce_ready(p.clone(), r.restarts);
+                    }
+                    // E.g. the program was deleted: try again after the next backoff.
+                    Err(e) => {
+                        let _ = exited_tx.send((p.name.clone(), format!("{e:#}")));
+                    }
+                }
+            }
+        }
     };
     if let Err(e) = &outcome {
         eprintln!("busbar: {e}");
@@ -105,7 +198,30 @@ pub async fn run(procs: Vec<Proc>) -> Result<()> {
     outcome
 }
 
-async fn wait_ready(p: &Proc, exited: &mut mpsc::UnboundedReceiver<(String, String)>) -> Result<()> {
+/// "1s", "30s", "500ms".
+fn human(d: Duration) -> String {
+    if d.subsec_millis() == 0 { format!("{}s", d.as_secs()) } else { format!("{}ms", d.as_millis()) }
+}
+
+/// Says when a restarted process answers /readyz again, so the log shows it came back.
+fn announce_ready(p: Proc, restarts: u32) {
+    tokio::spawn(async move {
+        let client = reqwest::Client::new();
+        let url = format!("{}/readyz", p.url());
+        let deadline = Instant::now() + READY_TIMEOUT;
+        while Instant::now() < deadline {
+            if let Ok(r) = client.get(&url).timeout(Duration::from_millis(500)).send().await
+                && r.status().is_success()
+            {
+                eprintln!("busbar: {} is ready again (restart {restarts})", p.name);
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+}
+
+async fn wait_ready(p: &Proc, exited: &mut mpsc::UnboundedReceiver<Exit>) -> Result<()> {
     let client = reqwest::Client::new();
     let url = format!("{}/readyz", p.url());
     let start = Instant::now();
@@ -127,12 +243,13 @@ async fn wait_ready(p: &Proc, exited: &mut mpsc::UnboundedReceiver<(String, Stri
 
 /// SIGTERM to the services (newest first), then the bus; SIGKILL to any still running
 /// after the grace period.
-async fn stop(running: &[Running], exited: &mut mpsc::UnboundedReceiver<(String, String)>) {
+async fn stop(running: &[Running], exited: &mut mpsc::UnboundedReceiver<Exit>) {
     if running.is_empty() {
         return;
     }
     eprintln!("busbar: stopping {} processes", running.len());
-    let mut alive: Vec<&Running> = running.iter().collect();
+    // A process waiting for its restart is not running.
+    let mut alive: Vec<&Running> = running.iter().filter(|r| !r.exited).collect();
     // Anything that already reported its exit is gone.
     while let Ok((name, _)) = exited.try_recv() {
         alive.retain(|r| r.name != name);
@@ -190,4 +307,28 @@ fn print_table(procs: &[Proc]) {
         println!("{:<w$}  {:<24}  {:<36}  {}", p.name, p.url(), publishes, p.subscribes.join(","));
     }
     println!("\nAll ready. Press Ctrl-C to stop.\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restarts_back_off_and_start_over_after_a_stable_run() {
+        let waits: Vec<Duration> = (1..=7).map(|n| restart_backoff().delay(n)).collect();
+        let secs: Vec<u64> = waits.iter().map(Duration::as_secs).collect();
+        assert_eq!(secs, [1, 2, 4, 8, 16, 30, 30]);
+        assert_eq!(restarts_in_a_row(0, Duration::from_millis(10)), 1, "the first exit is restart 1");
+        assert_eq!(restarts_in_a_row(3, Duration::from_secs(2)), 4, "a crash loop backs off further");
+        assert_eq!(restarts_in_a_row(5, STABLE_AFTER), 1, "a minute up starts over");
+    }
+
+    #[test]
+    fn exits_read_as_people_say_them() {
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(describe(&std::process::ExitStatus::from_raw(9)), "signal 9");
+        assert_eq!(describe(&std::process::ExitStatus::from_raw(1 << 8)), "exit code 1");
+        assert_eq!(human(Duration::from_secs(2)), "2s");
+        assert_eq!(human(Duration::from_millis(250)), "250ms");
+    }
 }

@@ -56,7 +56,14 @@ fn assert_lock_is_current(manifest: &str, lock: &str) {
 
 #[test]
 fn the_blog_contracts_are_the_committed_lock() {
+    common::build_programs(&common::SERVICES);
     assert_lock_is_current("k8s/base/servicebus.yaml", "k8s/base/contracts.lock.json");
+}
+
+#[test]
+fn the_shop_contracts_are_the_committed_lock() {
+    common::build_programs(&common::SHOP);
+    assert_lock_is_current("k8s/shop/servicebus.yaml", "k8s/shop/contracts.lock.json");
 }
 
 /// A chart cannot read files outside its directory, so the blog chart carries a copy of the
@@ -102,6 +109,7 @@ struct Extended {
 }
 
 fn check(args: &[&str]) -> (Option<i32>, String) {
+    common::build_programs(&common::SERVICES);
     let manifest = repo().join(BLOG);
     let mut all = vec!["contract", "check", "-f", manifest.to_str().unwrap()];
     all.extend_from_slice(args);
@@ -175,8 +183,8 @@ fn a_check_that_cannot_run_says_why_and_exits_2() {
 #[test]
 fn each_service_prints_its_contract_without_a_database_or_a_bus() {
     // No DATABASE_URL, no bus: --contract reads nothing and opens nothing.
-    let out = Command::new(env!("CARGO_BIN_EXE_busbar"))
-        .args(["__serve", "comments", "--contract"])
+    let out = Command::new(common::build_programs(&common::SERVICES).join("comments"))
+        .arg("--contract")
         .env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")
         .env("PORT", "not a port")
         .output()

@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::{Backend, Blog, T, create_comment, create_post, get};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 async fn converged_view(blog: &Blog, posts: usize, comments: usize) -> Value {
     testkit::wait_until(T, "query to converge", || async {
@@ -48,30 +48,7 @@ async fn comments_killed_mid_load_loses_nothing_and_moderates_each_comment_once(
     create_comment(&blog.url("comments"), &post, "warm-up").await;
 
     // 200 comments, one at a time; a request that fails while comments is down is retried.
-    let (url, p) = (blog.url("comments"), post.clone());
-    let load = tokio::spawn(async move {
-        let client = reqwest::Client::new();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-        let mut acknowledged = vec![];
-        for i in 0..200 {
-            let content = if i % 4 == 0 { format!("c{i} orange") } else { format!("c{i}") };
-            loop {
-                assert!(tokio::time::Instant::now() < deadline, "could not create comment {i} within 90 s");
-                let r = client
-                    .post(format!("{url}/posts/{p}/comments"))
-                    .json(&json!({"content": content}))
-                    .timeout(Duration::from_secs(5))
-                    .send()
-                    .await;
-                match r {
-                    Ok(r) if r.status().as_u16() == 201 => break,
-                    _ => tokio::time::sleep(Duration::from_millis(50)).await,
-                }
-            }
-            acknowledged.push(content);
-        }
-        acknowledged
-    });
+    let load = common::comment_load(blog.url("comments"), post.clone(), 200);
 
     let comments_url = blog.url("comments");
     testkit::wait_until(T, "some load", || async {

@@ -5,7 +5,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{T, blog_scenario, blog_spec, get, ports};
+use common::{T, blog_scenario, blog_spec, busbar_up, get, ports};
 use testkit::process::Proc;
 
 async fn up(dir: &std::path::Path, extra: &[String]) -> (Proc, std::collections::HashMap<&'static str, u16>) {
@@ -13,40 +13,18 @@ async fn up(dir: &std::path::Path, extra: &[String]) -> (Proc, std::collections:
 }
 
 /// `busbar up` on the blog manifest renamed to `bus` (on JetStream the name picks the stream).
-/// Ports are picked free but may be taken by a parallel test before busbar binds them; then
-/// busbar up says so and exits, and this tries again with new ports.
 async fn up_named(
     dir: &std::path::Path,
     extra: &[String],
     bus: &str,
 ) -> (Proc, std::collections::HashMap<&'static str, u16>) {
-    for attempt in 1..=3 {
-        let ports = ports();
-        let spec = blog_spec(&ports).replace("metadata:\n  name: blog\n", &format!("metadata:\n  name: {bus}\n"));
+    let spec = |ports: &_| {
+        let spec = blog_spec(ports).replace("metadata:\n  name: blog\n", &format!("metadata:\n  name: {bus}\n"));
         assert!(spec.contains(&format!("name: {bus}")));
-        std::fs::write(dir.join("servicebus.yaml"), spec).unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_busbar"));
-        cmd.arg("up").arg("-f").arg(dir.join("servicebus.yaml")).arg("--data-dir").arg(dir.join("data"));
-        cmd.args(["--bus-port", &ports["event-bus"].to_string()]).args(extra);
-        let mut p = Proc::spawn("busbar up", cmd, &dir.join(format!("up-{attempt}.log")));
-        let deadline = std::time::Instant::now() + 2 * T;
-        loop {
-            if p.log().contains("All ready") {
-                p.wait_ready(&format!("http://127.0.0.1:{}/readyz", ports["query"]), T).await;
-                return (p, ports);
-            }
-            if let Some(status) = p.exited() {
-                let log = p.log();
-                if (log.contains("already in use") || log.contains("cannot listen on")) && attempt < 3 {
-                    break;
-                }
-                panic!("busbar up exited ({status}) before it was ready:\n{}", p.log_tail());
-            }
-            assert!(std::time::Instant::now() < deadline, "busbar up not ready after {:?}:\n{}", 2 * T, p.log_tail());
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-    }
-    unreachable!("the third attempt returns or panics")
+        spec
+    };
+    common::build_programs(&common::SERVICES);
+    busbar_up(dir, &common::SERVICES, spec, extra).await
 }
 
 fn url(ports: &std::collections::HashMap<&str, u16>, name: &str) -> String {
@@ -176,6 +154,7 @@ fn a_bad_spec_or_busy_port_gets_a_clear_message() {
     assert!(String::from_utf8_lossy(&missing.stderr).contains("cannot read /nonexistent/sb.yaml"));
 
     let ports = ports();
+    common::build_programs(&common::SERVICES);
     std::fs::write(dir.path().join("sb.yaml"), blog_spec(&ports)).unwrap();
     let _busy = std::net::TcpListener::bind(("127.0.0.1", ports["comments"])).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_busbar"))

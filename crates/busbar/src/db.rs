@@ -40,6 +40,14 @@ pub enum DbError {
     Undeclared(String),
 }
 
+impl DbError {
+    /// Whether a UNIQUE constraint refused the write (on SQLite and PostgreSQL alike), e.g.
+    /// a second row with a value that must be unique: a 409 for the caller, not a failure.
+    pub fn is_unique_violation(&self) -> bool {
+        matches!(self, DbError::Sql(sqlx::Error::Database(e)) if e.is_unique_violation())
+    }
+}
+
 /// How durable a SQLite commit is. Both survive SIGKILL of the process (the WAL is in the
 /// OS page cache at commit); only `Full` also survives power loss, at an fsync per commit.
 ///

@@ -39,3 +39,37 @@ pub use db::{Backend, Db, DbOptions, Tx};
 pub use envelope::{CloudEvent, Event};
 pub use handlers::{Handlers, Meta, Received};
 pub use transport::{Transport, TransportError, http::HttpTransport};
+
+/// Implements [`Event`] for types whose aggregate is their `id` field, so an app's event
+/// types (and a service's narrower reader types) do not each repeat the same impl.
+/// `Name` is a type named after itself; `Name = "Type"` (or `= Other::TYPE`) is a reader
+/// of another type's events that reads only the fields it needs:
+///
+/// ```
+/// #[derive(serde::Serialize, serde::Deserialize)]
+/// struct UserSignedUp { id: String, email: String, name: String }
+/// /// All a reader needs of a `UserSignedUp`: that the user exists.
+/// #[derive(serde::Serialize, serde::Deserialize)]
+/// struct UserExists { id: String }
+///
+/// busbar::id_events!(UserSignedUp, UserExists = "UserSignedUp");
+/// use busbar::Event;
+/// assert_eq!((UserExists::TYPE, UserExists { id: "u1".into() }.aggregate_id()), ("UserSignedUp", "u1".into()));
+/// ```
+#[macro_export]
+macro_rules! id_events {
+    (@one $t:ident = $ty:expr) => {
+        impl $crate::Event for $t {
+            const TYPE: &'static str = $ty;
+            fn aggregate_id(&self) -> String {
+                self.id.clone()
+            }
+        }
+    };
+    (@one $t:ident) => {
+        $crate::id_events!(@one $t = stringify!($t));
+    };
+    ($($t:ident $(= $ty:expr)?),+ $(,)?) => {
+        $( $crate::id_events!(@one $t $(= $ty)?); )+
+    };
+}

@@ -30,6 +30,27 @@ impl ApiError {
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, message)
     }
+    /// 409: the request clashes with the current state (a taken email, a cancelled order).
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, message)
+    }
+    /// 422: well-formed, but refers to something this service does not know (yet).
+    pub fn unprocessable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, message)
+    }
+}
+
+/// A required text field of a request, trimmed: refused with 400 naming the field when it
+/// is empty or longer than `max` characters.
+pub fn required_text<'a>(field: &str, value: &'a str, max: usize) -> Result<&'a str, ApiError> {
+    let v = value.trim();
+    if v.is_empty() {
+        return Err(ApiError::bad_request(format!("`{field}` must not be empty")));
+    }
+    if v.chars().count() > max {
+        return Err(ApiError::bad_request(format!("`{field}` is longer than {max} characters")));
+    }
+    Ok(v)
 }
 
 impl IntoResponse for ApiError {
@@ -124,4 +145,18 @@ pub async fn not_found(uri: axum::http::Uri, method: axum::http::Method) -> ApiE
 /// to one JSON object per line for log shippers.
 pub fn init_tracing() {
     busbar_client::init_logging("info");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn required_text_is_trimmed_and_bounded() {
+        assert_eq!(required_text("name", "  Ada ", 10).unwrap(), "Ada");
+        let empty = required_text("name", "   ", 10).unwrap_err();
+        assert_eq!((empty.status, empty.message.as_str()), (StatusCode::BAD_REQUEST, "`name` must not be empty"));
+        assert!(required_text("name", "ééééé", 5).is_ok(), "counts characters, not bytes");
+        assert!(required_text("name", "abcdef", 5).unwrap_err().message.contains("longer than 5"));
+    }
 }

@@ -1,6 +1,6 @@
 //! The blog across real processes, for end-to-end tests: either `busbar up` as a user
-//! runs it, or each service as its own `busbar __serve` process so a test can kill and
-//! restart one of them.
+//! runs it, or each service as its own process (the bus as `busbar __serve event-bus`) so
+//! a test can kill and restart one of them.
 
 #![allow(dead_code)]
 
@@ -10,11 +10,97 @@ use serde_json::{Value, json};
 use testkit::{pg::TempDb, process::Proc};
 
 pub const SERVICES: [&str; 4] = ["posts", "comments", "moderation", "query"];
+/// The shop's services: each a package whose program has the same name.
+pub const SHOP: [&str; 4] = ["users", "products", "orders", "user-products"];
 pub const T: Duration = Duration::from_secs(30);
 
 /// Ports for the bus and each service, free at the time of asking.
 pub fn ports() -> HashMap<&'static str, u16> {
-    ["event-bus", "posts", "comments", "moderation", "query"].into_iter().map(|n| (n, testkit::free_port())).collect()
+    ports_for(&SERVICES)
+}
+
+/// Ports for the bus and these services, free at the time of asking.
+pub fn ports_for(services: &[&'static str]) -> HashMap<&'static str, u16> {
+    std::iter::once("event-bus").chain(services.iter().copied()).map(|n| (n, testkit::free_port())).collect()
+}
+
+/// `busbar up` as a user runs it, on the manifest `spec(ports)` (written to
+/// `dir/servicebus.yaml`, with `dir/data` as the data directory), until it says all are
+/// ready. Ports are picked free but may be taken by a parallel test before busbar binds
+/// them; then busbar up says so and exits, and this tries again with new ports.
+pub async fn busbar_up(
+    dir: &std::path::Path,
+    services: &[&'static str],
+    spec: impl Fn(&HashMap<&'static str, u16>) -> String,
+    extra: &[String],
+) -> (Proc, HashMap<&'static str, u16>) {
+    for attempt in 1..=3 {
+        let ports = ports_for(services);
+        std::fs::write(dir.join("servicebus.yaml"), spec(&ports)).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_busbar"));
+        cmd.arg("up").arg("-f").arg(dir.join("servicebus.yaml")).arg("--data-dir").arg(dir.join("data"));
+        cmd.args(["--bus-port", &ports["event-bus"].to_string()]).args(extra);
+        let mut p = Proc::spawn("busbar up", cmd, &dir.join(format!("up-{attempt}.log")));
+        let deadline = std::time::Instant::now() + 2 * T;
+        loop {
+            if p.log().contains("All ready") {
+                let last = services.last().expect("a service");
+                p.wait_ready(&format!("http://127.0.0.1:{}/readyz", ports[last]), T).await;
+                return (p, ports);
+            }
+            if let Some(status) = p.exited() {
+                let log = p.log();
+                if (log.contains("already in use") || log.contains("cannot listen on")) && attempt < 3 {
+                    break;
+                }
+                panic!("busbar up exited ({status}) before it was ready:\n{}", p.log_tail());
+            }
+            assert!(std::time::Instant::now() < deadline, "busbar up not ready after {:?}:\n{}", 2 * T, p.log_tail());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    unreachable!("the third attempt returns or panics")
+}
+
+/// The pid `busbar up` last logged for `service` ("busbar: NAME started (pid N)").
+pub fn logged_pid(log: &str, service: &str) -> Option<i32> {
+    let marker = format!("busbar: {service} started (pid ");
+    let at = log.rfind(&marker)? + marker.len();
+    log[at..].split(')').next()?.parse().ok()
+}
+
+/// SIGKILL to a process `busbar up` started (the test's own grandchild).
+pub fn kill9(pid: i32) {
+    // SAFETY: kill(2) on a pid read from the log of the busbar up this test started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0, "kill -9 {pid}");
+}
+
+/// Comments on `post`, one at a time; a request that fails while comments is down is
+/// retried. Returns the contents comments acknowledged with 201.
+pub fn comment_load(url: String, post: String, n: usize) -> tokio::task::JoinHandle<Vec<String>> {
+    tokio::spawn(async move {
+        let client = reqwest::Client::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+        let mut acknowledged = vec![];
+        for i in 0..n {
+            let content = if i % 4 == 0 { format!("c{i} orange") } else { format!("c{i}") };
+            loop {
+                assert!(tokio::time::Instant::now() < deadline, "could not create comment {i} within 90 s");
+                let r = client
+                    .post(format!("{url}/posts/{post}/comments"))
+                    .json(&json!({"content": content}))
+                    .timeout(Duration::from_secs(5))
+                    .send()
+                    .await;
+                match r {
+                    Ok(r) if r.status().as_u16() == 201 => break,
+                    _ => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            }
+            acknowledged.push(content);
+        }
+        acknowledged
+    })
 }
 
 /// The repository's blog manifest with the given ports, and fast retries.
@@ -143,8 +229,13 @@ impl Blog {
     }
 
     fn spawn(&self, name: &str) -> Proc {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_busbar"));
-        cmd.args(["__serve", name]);
+        let mut cmd = if name == "event-bus" {
+            let mut c = Command::new(env!("CARGO_BIN_EXE_busbar"));
+            c.args(["__serve", name]);
+            c
+        } else {
+            Command::new(build_programs(&SERVICES).join(name))
+        };
         if name == "event-bus" {
             cmd.args(["--listen", &format!("127.0.0.1:{}", self.ports[name]), "--database-url", &self.db_urls[name]])
                 .arg("--routes")
@@ -236,4 +327,43 @@ pub async fn blog_scenario(posts: &str, comments: &str, query: &str) {
 
     let from_comments = get(&format!("{comments}/posts/{post}/comments")).await;
     assert_eq!(from_comments, p["comments"], "comments and query agree");
+}
+
+/// Builds these packages' programs (all their binaries) into the directory `busbar` runs from, where `busbar up`
+/// and `busbar contract` look for a service's program, and returns that directory. Cargo
+/// builds only the tested package's own binaries for its tests, so the apps' programs are
+/// built here, once per test binary (a nested cargo waits for the build lock, it does not
+/// fight over it).
+pub fn build_programs(packages: &[&str]) -> PathBuf {
+    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(vec![]);
+    let busbar = PathBuf::from(env!("CARGO_BIN_EXE_busbar"));
+    let bin_dir = busbar.parent().expect("busbar is in a directory").to_path_buf();
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    let missing: Vec<&str> = packages.iter().copied().filter(|p| !built.iter().any(|b| b == p)).collect();
+    if missing.is_empty() {
+        return bin_dir;
+    }
+    let target_dir = bin_dir.parent().expect("the profile directory is in the target directory");
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    // What cargo sets for this test binary alone (its crate name, its package, its binaries)
+    // differs from one test binary to the next; build scripts that watch such variables
+    // would otherwise rebuild the dependencies for every test binary.
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        let per_test =
+            ["CARGO_PKG_", "CARGO_BIN_", "CARGO_MANIFEST_", "CARGO_CRATE_"].iter().any(|p| key.starts_with(p))
+                || ["CARGO_PRIMARY_PACKAGE", "CARGO_TARGET_TMPDIR", "CARGO_RUSTC_CURRENT_DIR"].contains(&key.as_ref());
+        if per_test {
+            cmd.env_remove(key.as_ref());
+        }
+    }
+    cmd.current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")).arg("build").arg("--target-dir").arg(target_dir);
+    if bin_dir.file_name().is_some_and(|n| n == "release") {
+        cmd.arg("--release");
+    }
+    cmd.args(missing.iter().flat_map(|p| ["-p", p]));
+    let status = cmd.status().expect("cargo runs");
+    assert!(status.success(), "cargo build {missing:?} failed");
+    built.extend(missing.iter().map(|p| p.to_string()));
+    bin_dir
 }

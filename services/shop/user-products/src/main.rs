@@ -1,0 +1,3 @@
+fn main() -> std::process::ExitCode {
+    busbar::service::main("user-products", user_products::run)
+}
