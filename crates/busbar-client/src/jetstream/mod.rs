@@ -10,31 +10,27 @@
 //! - When the last allowed delivery fails, the subscriber copies the event, with the
 //!   error, to the dead-letter stream `BUSBAR_<BUS>_DLQ` and terminates it. [`dlq`]
 //!   records, lists and redrives those dead letters.
+//!
+//! Here: connecting and the streams. Publishing and replay are in `publish`, a
+//! subscriber's consumer settings in `consumer`, dead letters in [`dlq`].
 
 use std::time::Duration;
 
-use async_nats::{
-    HeaderMap,
-    jetstream::{
-        self,
-        consumer::{AckPolicy, DeliverPolicy, pull},
-        stream,
-    },
+use async_nats::jetstream::{
+    self,
+    consumer::{AckPolicy, pull},
+    stream,
 };
-use busbar_domain::{
-    Backoff,
-    names::{all_dead_letter_subjects, all_subjects, dead_letter_stream_name, durable, stream_name, subject},
-    spec::StartFrom,
-};
-use busbar_protocol::{
-    AttributesReader,
-    envelope::{self, CloudEvent},
-};
+use busbar_domain::names::{all_dead_letter_subjects, all_subjects, dead_letter_stream_name, stream_name};
 use futures::StreamExt;
 
-use crate::{ReplayPage, TransportError};
+use crate::TransportError;
 
+mod consumer;
 pub mod dlq;
+mod publish;
+
+pub use consumer::SubscribeOptions;
 
 /// Publishes in flight per call, well under async-nats' limit of pending acks.
 const PUBLISH_WINDOW: usize = 256;
@@ -208,155 +204,5 @@ impl JetStream {
         }
         let _ = stream.delete_consumer(&consumer.cached_info().name).await;
         Ok((out, pending))
-    }
-}
-
-impl JetStream {
-    /// Publishes `events` in order; `Ok` only once JetStream has stored every one.
-    pub async fn publish(&self, events: &[CloudEvent]) -> Result<(), TransportError> {
-        self.streams_ready.get_or_try_init(|| self.ensure_streams()).await?;
-        // Pipelined in windows: send a window, then wait for its acknowledgements. async-nats
-        // admits a bounded number of publishes awaiting acks (5000) and waits for a free slot
-        // without a time limit, so unbounded batches from concurrent callers could deadlock.
-        for window in events.chunks(PUBLISH_WINDOW) {
-            let step = async {
-                let mut acks = Vec::with_capacity(window.len());
-                for ev in window {
-                    let mut headers = HeaderMap::new();
-                    headers.insert("Nats-Msg-Id", ev.id());
-                    let payload = serde_json::to_vec(ev).expect("CloudEvents serialize");
-                    let ack = self
-                        .js
-                        .publish_with_headers(subject(&self.bus, ev.ty()), headers, payload.into())
-                        .await
-                        .map_err(|e| unavailable(format!("publish {}: {e}", ev.id())))?;
-                    acks.push(ack);
-                }
-                for ack in acks {
-                    ack.await.map_err(|e| unavailable(format!("JetStream did not store the event: {e}")))?;
-                }
-                Ok::<_, TransportError>(())
-            };
-            tokio::time::timeout(PUBLISH_TIMEOUT, step)
-                .await
-                .map_err(|_| unavailable(format!("JetStream did not acknowledge within {PUBLISH_TIMEOUT:?}")))??;
-        }
-        Ok(())
-    }
-
-    /// Up to `limit` events of `types` (all if empty) stored after stream sequence `after`.
-    pub async fn replay(&self, after: u64, limit: usize, types: &[&str]) -> Result<ReplayPage, TransportError> {
-        let subjects: Vec<String> = types.iter().map(|t| subject(&self.bus, t)).collect();
-        let (filter_subject, filter_subjects) = match subjects.as_slice() {
-            [one] => (one.clone(), vec![]),
-            _ if self.multi_filter() => (String::new(), subjects),
-            _ => (String::new(), vec![]),
-        };
-        let config = pull::Config {
-            deliver_policy: DeliverPolicy::ByStartSequence { start_sequence: after + 1 },
-            filter_subject,
-            filter_subjects,
-            ..Default::default()
-        };
-        let (messages, pending) = self.read_once(&stream_name(&self.bus), config, limit).await?;
-        // Judged by what was pending, not by a short page: a fetch that ran out of time
-        // early must not end a backfill.
-        let done = messages.len() as u64 >= pending;
-        let (mut events, mut next) = (vec![], after);
-        for msg in messages {
-            next = msg.info().map_err(unavailable)?.stream_sequence;
-            if dlq::is_redrive(&msg) {
-                // A copy of an earlier event put back for one subscriber: not history.
-                continue;
-            }
-            let text = std::str::from_utf8(&msg.payload).map_err(unavailable)?;
-            let ev = envelope::decode_one(text).map_err(unavailable)?;
-            // Servers before 2.10 cannot filter on several subjects: filter here too.
-            if types.is_empty() || types.contains(&ev.ty()) {
-                events.push(ev);
-            }
-        }
-        Ok(ReplayPage { events, next, done })
-    }
-}
-
-/// A durable subscription's settings, from the spec.
-#[derive(Debug, Clone)]
-pub struct SubscribeOptions {
-    /// The consumer's durable name: the subscribing service.
-    pub durable: String,
-    pub types: Vec<String>,
-    pub start_from: StartFrom,
-    pub max_deliver: u32,
-    pub ack_wait: Duration,
-    pub backoff: Vec<Duration>,
-}
-
-impl SubscribeOptions {
-    /// The consumer configuration. `max_deliver` and the backoff are applied by the
-    /// subscriber (which retries in place and dead-letters with the reason), not by the
-    /// server: a server that reaches its own max_deliver drops the message with only an
-    /// advisory, and deliveries to pull requests left over from a lost connection count
-    /// towards it, so messages were lost across NATS restarts. The server redelivers an
-    /// unacknowledged message after `ack_wait`, without limit. Several event types need a server
-    /// that filters on several subjects (NATS 2.10+); on older servers the consumer takes
-    /// the whole bus and the subscriber skips other types (`multi_filter = false`).
-    pub fn consumer_config(&self, bus: &str, multi_filter: bool) -> pull::Config {
-        pull::Config {
-            durable_name: Some(durable(&self.durable)),
-            deliver_policy: match self.start_from {
-                StartFrom::Beginning => DeliverPolicy::All,
-                StartFrom::Now => DeliverPolicy::New,
-            },
-            ack_policy: AckPolicy::Explicit,
-            ack_wait: self.ack_wait,
-            max_deliver: -1,
-            filter_subject: match self.types.as_slice() {
-                [one] => subject(bus, one),
-                _ if multi_filter => String::new(),
-                _ => all_subjects(bus),
-            },
-            filter_subjects: if self.types.len() > 1 && multi_filter {
-                self.types.iter().map(|t| subject(bus, t)).collect()
-            } else {
-                vec![]
-            },
-            ..Default::default()
-        }
-    }
-
-    /// The spec's `delivery.backoff` as a schedule.
-    pub fn backoff(&self) -> Backoff {
-        Backoff::schedule(self.backoff.clone())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn consumer_config_follows_the_spec_and_fits_jetstream_rules() {
-        let o = SubscribeOptions {
-            durable: "query".into(),
-            types: vec!["A".into(), "B".into()],
-            start_from: StartFrom::Now,
-            max_deliver: 3,
-            ack_wait: Duration::from_secs(30),
-            backoff: vec![Duration::from_secs(1), Duration::from_secs(5), Duration::from_secs(30)],
-        };
-        let c = o.consumer_config("blog", true);
-        assert_eq!(c.durable_name.as_deref(), Some("query"));
-        assert_eq!(c.filter_subjects, ["busbar.blog.A", "busbar.blog.B"]);
-        let old_server = o.consumer_config("blog", false);
-        assert_eq!((old_server.filter_subject.as_str(), old_server.filter_subjects.len()), ("busbar.blog.>", 0));
-        let one = SubscribeOptions { types: vec!["A".into()], ..o.clone() }.consumer_config("blog", false);
-        assert_eq!(one.filter_subject, "busbar.blog.A");
-        assert_eq!(c.deliver_policy, DeliverPolicy::New);
-        assert_eq!(c.max_deliver, -1, "the subscriber enforces max_deliver, so the server never drops silently");
-        assert!(c.backoff.is_empty());
-        assert_eq!(c.ack_wait, Duration::from_secs(30));
-        assert_eq!(o.backoff().delay(1), Duration::from_secs(1));
-        assert_eq!(o.backoff().delay(9), Duration::from_secs(30));
     }
 }
