@@ -161,6 +161,10 @@ async fn parked_beyond_max_parked_for(case: &str, combo: Combo) {
     let mut w = World::with(case, combo, delivery, Topology::Single).await;
     let mut sub = w.start_subscriber("sub", &TYPES, false).await;
     let publisher = w.start_publisher().await;
+    // This case is about live delivery: the subscriber finishes its (empty) backfill before
+    // anything is emitted. Otherwise, on JetStream, the backfill can find the poison in
+    // history, and backfill does not dead-letter a poison event (a known gap: it retries it).
+    sub.wait_ready(STARTUP).await;
     let calm = names("calm", 10);
     let mut expected = publisher.emit(rounds(&calm, 2, |i, r| TYPES[(i + r) % TYPES.len()])).await;
     let v1 = publisher.emit(vec![EmitItem::new("x", "ItemAdded").poison(fail_always())]).await;
