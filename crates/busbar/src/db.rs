@@ -268,6 +268,20 @@ impl Tx {
         Ok(ev)
     }
 
+    /// Records `version` as the last of type `ty` for aggregate `subject`.
+    async fn record_head(&mut self, subject: &str, ty: &str, version: i64) -> Result<(), DbError> {
+        sqlx::query(
+            "INSERT INTO busbar_aggregate_heads (subject, type, version) VALUES ($1, $2, $3) \
+             ON CONFLICT (subject, type) DO UPDATE SET version = excluded.version",
+        )
+        .bind(subject)
+        .bind(ty)
+        .bind(version)
+        .execute(&mut *self.inner)
+        .await?;
+        Ok(())
+    }
+
     /// Records `version` as the last of type `ty` for aggregate `subject`, and returns the
     /// last versions per type before it. `None` for an aggregate with earlier versions this
     /// table never saw (emitted before it existed): the event then carries no map, and
@@ -282,15 +296,7 @@ impl Tx {
             // Nothing comes before a first version: no need to look (most events in most
             // apps create their aggregate).
             (_, 1) => {
-                sqlx::query(
-                    "INSERT INTO busbar_aggregate_heads (subject, type, version) VALUES ($1, $2, $3) \
-                     ON CONFLICT (subject, type) DO UPDATE SET version = excluded.version",
-                )
-                .bind(subject)
-                .bind(ty)
-                .bind(version)
-                .execute(&mut *self.inner)
-                .await?;
+                self.record_head(subject, ty, version).await?;
                 vec![]
             }
             // One round trip: the SELECT sees the heads as they were before the upsert.
@@ -312,15 +318,7 @@ impl Tx {
                     .bind(subject)
                     .fetch_all(&mut *self.inner)
                     .await?;
-                sqlx::query(
-                    "INSERT INTO busbar_aggregate_heads (subject, type, version) VALUES ($1, $2, $3) \
-                     ON CONFLICT (subject, type) DO UPDATE SET version = excluded.version",
-                )
-                .bind(subject)
-                .bind(ty)
-                .bind(version)
-                .execute(&mut *self.inner)
-                .await?;
+                self.record_head(subject, ty, version).await?;
                 rows
             }
         };

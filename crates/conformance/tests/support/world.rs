@@ -333,35 +333,30 @@ impl World {
     /// is at the head with no failed attempt pending, or the durable has nothing pending
     /// or unacknowledged.
     pub async fn caught_up(&self, subscriber: &str) -> Result<bool, String> {
-        match self.combo.transport {
-            Transport::Builtin => {
-                let subs = self.admin().subscribers().await.map_err(|e| e.to_string())?;
-                let s = subs.iter().find(|s| s.name == subscriber).ok_or(format!("no subscriber {subscriber}"))?;
-                Ok(s.lag == 0 && s.attempts == 0)
-            }
-            Transport::JetStream => {
-                let js = self.js().await;
-                let stream = js.context().get_stream(stream_name(js.bus())).await.map_err(|e| e.to_string())?;
-                let info = stream.consumer_info(durable(subscriber)).await.map_err(|e| e.to_string())?;
-                Ok(info.num_pending == 0 && info.num_ack_pending == 0)
-            }
-        }
+        let (backlog, retrying) = self.delivery_state(subscriber).await?;
+        Ok(backlog == 0 && !retrying)
     }
 
     /// What the transport still holds for `subscriber` (undelivered plus unacknowledged):
     /// a subscriber working through duplicates applies nothing new but shrinks this.
     pub async fn backlog(&self, subscriber: &str) -> Result<u64, String> {
+        Ok(self.delivery_state(subscriber).await?.0)
+    }
+
+    /// The transport's backlog for `subscriber`, and whether the bus is retrying a failed
+    /// push to it (JetStream counts a message being retried in its backlog).
+    async fn delivery_state(&self, subscriber: &str) -> Result<(u64, bool), String> {
         match self.combo.transport {
             Transport::Builtin => {
                 let subs = self.admin().subscribers().await.map_err(|e| e.to_string())?;
                 let s = subs.iter().find(|s| s.name == subscriber).ok_or(format!("no subscriber {subscriber}"))?;
-                Ok(s.lag as u64)
+                Ok((s.lag as u64, s.attempts != 0))
             }
             Transport::JetStream => {
                 let js = self.js().await;
                 let stream = js.context().get_stream(stream_name(js.bus())).await.map_err(|e| e.to_string())?;
                 let info = stream.consumer_info(durable(subscriber)).await.map_err(|e| e.to_string())?;
-                Ok(info.num_pending + info.num_ack_pending as u64)
+                Ok((info.num_pending + info.num_ack_pending as u64, false))
             }
         }
     }
