@@ -7,8 +7,17 @@
 //! after a restart, and the inbox makes any event applied twice a no-op. Events pushed
 //! live meanwhile are handled as usual; those whose predecessors the backfill has not
 //! reached yet are parked (and do not expire while the backfill runs).
+//!
+//! **A poison event in history does not stop it.** An event whose handler fails is
+//! retried with backoff, its attempts counted in the subscriber's database
+//! ([`crate::attempts`], the count live delivery shares). After `maxDeliver` attempts (at
+//! once for an event whose data its handler cannot decode) it is recorded as a dead letter
+//! on the transport and the backfill moves past it; the later versions of its aggregate
+//! wait parked for it, as they would live. If live delivery gave up on it first, the
+//! backfill just moves past it.
 
 use std::{
+    collections::BTreeSet,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -16,14 +25,17 @@ use std::{
     time::{Duration, Instant},
 };
 
+use cloudevents::AttributesReader;
 use futures::future::BoxFuture;
 use sqlx::Row;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     Backoff,
-    consumer::Consumer,
+    attempts::{self, Attempt},
+    consumer::{ConsumeError, Consumer},
     db::{Db, DbError, now_millis},
+    envelope::CloudEvent,
     receive::ReceiveStats,
     transport::Transport,
 };
@@ -64,6 +76,10 @@ pub struct Backfill {
     pub consumer: Consumer,
     pub transport: Arc<dyn Transport>,
     pub types: Vec<String>,
+    /// The subscriber's name, for the dead letters it records.
+    pub subscriber: String,
+    /// Attempts at an event before it is dead-lettered.
+    pub max_deliver: u32,
     pub stats: ReceiveStats,
     /// True while it runs: `/readyz` answers 503, and parked events do not expire.
     pub running: Arc<AtomicBool>,
@@ -82,18 +98,27 @@ impl Backfill {
         }
         let retry = Backoff::exponential(Duration::from_millis(200), Duration::from_secs(10));
         let (mut after, mut total, mut failures) = (from, 0usize, 0u32);
+        // Events given up on (dead-lettered): left out when their page is applied again.
+        let mut skipped = BTreeSet::new();
+        // The event that failed last, whose attempts are cleared once it is applied.
+        let mut failing: Option<String> = None;
         let mut last_log = Instant::now();
         loop {
             if stop.is_cancelled() {
                 return;
             }
-            match self.page(after, &types).await {
+            let wait = match self.page(after, &types, &skipped).await {
                 Ok((next, n, done)) => {
                     failures = 0;
+                    if let Some(id) = failing.take()
+                        && let Err(e) = attempts::clear(self.consumer.db(), &id).await
+                    {
+                        tracing::warn!(error = %e, event_id = %id, "cannot clear the attempts of an event now applied");
+                    }
                     total += n;
                     after = next;
                     if done {
-                        tracing::info!(events = total, position = after, "backfill complete");
+                        tracing::info!(events = total, position = after, skipped = skipped.len(), "backfill complete");
                         self.running.store(false, Ordering::Relaxed);
                         return;
                     }
@@ -101,31 +126,91 @@ impl Backfill {
                         tracing::info!(events = total, position = after, "backfilling");
                         last_log = Instant::now();
                     }
+                    continue;
                 }
-                Err(e) => {
+                Err(PageError::Event { event, error, undecodable }) => {
+                    let id = event.id().to_string();
+                    match self.give_up_or_retry(&event, &error, undecodable).await {
+                        Ok(None) => {
+                            skipped.insert(id);
+                            failing = None;
+                            continue;
+                        }
+                        Ok(Some(attempt)) => {
+                            failing = Some(id);
+                            retry.delay(attempt)
+                        }
+                        Err(e) => {
+                            failures += 1;
+                            tracing::warn!(error = %e, "backfill cannot record an attempt; retrying");
+                            retry.delay(failures)
+                        }
+                    }
+                }
+                Err(PageError::Other(e)) => {
                     failures += 1;
                     let wait = retry.delay(failures);
                     tracing::warn!(error = %e, attempt = failures, retry_in_ms = wait.as_millis() as u64, "backfill step failed; retrying");
-                    tokio::select! {
-                        _ = tokio::time::sleep(wait) => {}
-                        _ = stop.cancelled() => return,
-                    }
+                    wait
                 }
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = stop.cancelled() => return,
             }
         }
     }
 
+    /// Counts a failed attempt at `event`. `Ok(None)`: it is a dead letter now (or was
+    /// already), move past it; `Ok(Some(n))`: it was attempt `n`, retry it.
+    async fn give_up_or_retry(
+        &self,
+        event: &CloudEvent,
+        error: &str,
+        undecodable: bool,
+    ) -> Result<Option<u32>, String> {
+        let db = self.consumer.db();
+        let n = match attempts::begin(db, event.id()).await.map_err(|e| e.to_string())? {
+            Attempt::DeadLettered => {
+                tracing::info!(event_id = %event.id(), event_type = %event.ty(), "backfill moves past an event already dead-lettered");
+                return Ok(None);
+            }
+            Attempt::Number(n) => n.max(1) as u32,
+        };
+        if !undecodable && n < self.max_deliver.max(1) {
+            tracing::warn!(event_id = %event.id(), event_type = %event.ty(), attempt = n, max_deliver = self.max_deliver,
+                %error, "backfill: handling failed; will retry");
+            return Ok(Some(n));
+        }
+        self.transport.dead_letter(&self.subscriber, event, n, error).await.map_err(|e| e.to_string())?;
+        attempts::dead_lettered(db, event.id()).await.map_err(|e| e.to_string())?;
+        self.stats.failed.inc();
+        tracing::warn!(event_id = %event.id(), event_type = %event.ty(), attempts = n, %error,
+            "backfill gave up on an event: recorded as a dead letter; later versions of its aggregate wait for it");
+        Ok(None)
+    }
+
     /// Applies one page of history and records the position after it, in the
     /// transaction of its last chunk. Returns (next position, events, done).
-    async fn page(&self, after: u64, types: &[&str]) -> Result<(u64, usize, bool), String> {
-        let page = self.transport.replay(after, REPLAY_PAGE, types).await.map_err(|e| e.to_string())?;
+    /// Events in `skipped` are left out.
+    async fn page(
+        &self,
+        after: u64,
+        types: &[&str],
+        skipped: &BTreeSet<String>,
+    ) -> Result<(u64, usize, bool), PageError> {
+        let other = |e: &dyn std::fmt::Display| PageError::Other(e.to_string());
+        let mut page = self.transport.replay(after, REPLAY_PAGE, types).await.map_err(|e| other(&e))?;
+        if !skipped.is_empty() {
+            page.events.retain(|e| !skipped.contains(e.id()));
+        }
         let chunks: Vec<_> = page.events.chunks(CHUNK).collect();
         let (next, done) = (page.next as i64, page.done);
         let save = || record_position(next, done);
         if chunks.is_empty() {
-            let mut tx = self.consumer.db().begin().await.map_err(|e| e.to_string())?;
-            save()(&mut tx).await.map_err(|e| e.to_string())?;
-            tx.commit().await.map_err(|e| e.to_string())?;
+            let mut tx = self.consumer.db().begin().await.map_err(|e| other(&e))?;
+            save()(&mut tx).await.map_err(|e| other(&e))?;
+            tx.commit().await.map_err(|e| other(&e))?;
         }
         for (i, chunk) in chunks.iter().enumerate() {
             let result = if i + 1 == chunks.len() {
@@ -137,7 +222,16 @@ impl Backfill {
                 for o in &done {
                     self.stats.record(o);
                 }
-                format!("event {}: {e}", cloudevents::AttributesReader::id(&chunk[done.len()]))
+                let event = &chunk[done.len()];
+                match e {
+                    ConsumeError::Handler { reason, .. } => {
+                        PageError::Event { event: event.clone(), error: reason, undecodable: false }
+                    }
+                    ConsumeError::Undecodable { reason, .. } => {
+                        PageError::Event { event: event.clone(), error: reason, undecodable: true }
+                    }
+                    ConsumeError::Db(e) => PageError::Other(format!("event {}: {e}", event.id())),
+                }
             })?;
             for o in &outcomes {
                 self.stats.record(o);
@@ -145,6 +239,13 @@ impl Backfill {
         }
         Ok((page.next, page.events.len(), done))
     }
+}
+
+enum PageError {
+    /// `event`'s handler failed: the event is at fault, not the backfill.
+    Event { event: CloudEvent, error: String, undecodable: bool },
+    /// Anything else (the transport, the database): retried as it is.
+    Other(String),
 }
 
 /// Writes the position reached (and whether that is the end), in the transaction given.

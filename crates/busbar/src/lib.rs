@@ -15,6 +15,7 @@
 //! `busbar-domain`; both are re-exported here (`busbar::envelope`, `busbar::spec`, ...) so a
 //! service needs only this crate.
 
+pub mod attempts;
 pub mod backfill;
 pub mod consumer;
 pub mod contract;

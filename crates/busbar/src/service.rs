@@ -214,6 +214,8 @@ impl Service {
                     consumer: consumer.clone(),
                     transport: self.transport.clone(),
                     types: sub.backfill.clone(),
+                    subscriber: b.service.clone(),
+                    max_deliver: b.max_deliver,
                     stats: stats.clone(),
                     running: health.backfilling.clone(),
                 };

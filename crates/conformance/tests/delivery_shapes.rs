@@ -162,8 +162,7 @@ async fn parked_beyond_max_parked_for(case: &str, combo: Combo) {
     let mut sub = w.start_subscriber("sub", &TYPES, false).await;
     let publisher = w.start_publisher().await;
     // This case is about live delivery: the subscriber finishes its (empty) backfill before
-    // anything is emitted. Otherwise, on JetStream, the backfill can find the poison in
-    // history, and backfill does not dead-letter a poison event (a known gap: it retries it).
+    // anything is emitted (a poison found by a backfill is `poison_in_history`).
     sub.wait_ready(STARTUP).await;
     let calm = names("calm", 10);
     let mut expected = publisher.emit(rounds(&calm, 2, |i, r| TYPES[(i + r) % TYPES.len()])).await;
@@ -201,6 +200,55 @@ shapes!(parked_beyond_max_parked_for:
     parked_beyond_max_parked_for__builtin_postgres = BUILTIN_POSTGRES,
     parked_beyond_max_parked_for__jetstream_sqlite = JETSTREAM_SQLITE,
     parked_beyond_max_parked_for__jetstream_postgres = JETSTREAM_POSTGRES,
+);
+
+// ---- a poison event already in history when a subscriber backfills -----------------------
+
+/// History holds a poison event (v1 of `x`, whose handler always fails) and its successor
+/// v2, among calm events, before the subscriber exists. Its backfill must not retry the
+/// poison forever: after maxDeliver attempts it is dead-lettered (once, whichever of the
+/// backfill and live delivery gives up on it first), the backfill finishes (`/readyz`
+/// 200), v2 waits parked and is dead-lettered after `maxParkedFor`, and everything else is
+/// applied. Once cured and redriven, all of it is applied once, in order.
+async fn poison_in_history(case: &str, combo: Combo) {
+    let delivery = Delivery { max_parked_for: "2s".into(), ..Delivery::default() };
+    let mut w = World::with(case, combo, delivery, Topology::Single).await;
+    let publisher = w.start_publisher().await;
+    let calm = names("calm", 20);
+    let mut history = publisher.emit(rounds(&calm, 3, |i, r| TYPES[(i + r) % TYPES.len()])).await;
+    let v1 = publisher.emit(vec![EmitItem::new("x", "ItemAdded").poison(fail_always())]).await;
+    let v2 = publisher.emit(vec![EmitItem::new("x", "ItemRenamed")]).await;
+    history.extend(v1.clone());
+    history.extend(v2.clone());
+    history.extend(publisher.emit(rounds(&calm, 2, |i, r| TYPES[(i + r + 1) % TYPES.len()])).await);
+    publisher.wait_published().await;
+    let (v1_id, v2_id) = (v1[0].id.clone(), v2[0].id.clone());
+
+    let mut sub = w.start_subscriber("late", &TYPES, false).await;
+    // The backfill gets past the poison: the subscriber becomes ready.
+    sub.wait_ready(CONVERGE).await;
+    let count = |d: &[DeadLetter], id: &str| d.iter().filter(|d| d.event_id.as_deref() == Some(id)).count();
+    let dead = w
+        .await_dead_letters(&sub, CONVERGE, "v1 and then v2 (parked beyond maxParkedFor) to be dead-lettered", |d| {
+            count(d, &v1_id) >= 1 && count(d, &v2_id) >= 1
+        })
+        .await;
+    assert_eq!(count(&dead, &v1_id), 1, "{case}: the poison is dead-lettered once, got {dead:#?}");
+    assert_eq!(dead.len(), 2, "{case}: only v1 and v2 are dead-lettered, got {dead:#?}");
+
+    sub.cure(&["x"]).await;
+    let redriven = w.redrive_all("late").await;
+    assert_eq!(redriven, 2, "{case}: v1 and v2 are redriven");
+    let applied = converge(&w, &mut sub, &history, CONVERGE).await;
+    assert_clean(&w, &sub, &history, &applied);
+    w.await_dead_letters(&sub, STARTUP, "no dead letters left after the redrive", |d| d.is_empty()).await;
+}
+
+shapes!(poison_in_history:
+    poison_in_history__builtin_sqlite = BUILTIN_SQLITE,
+    poison_in_history__builtin_postgres = BUILTIN_POSTGRES,
+    poison_in_history__jetstream_sqlite = JETSTREAM_SQLITE,
+    poison_in_history__jetstream_postgres = JETSTREAM_POSTGRES,
 );
 
 /// How long past its `maxParkedFor` (2 s here) a parked event may take to be dead-lettered.

@@ -16,6 +16,14 @@ pub struct Stored {
     pub payload: String,
 }
 
+/// A subscriber's events not given to it yet.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Pending {
+    pub count: i64,
+    /// When the oldest was received (Unix milliseconds).
+    pub oldest_at: Option<i64>,
+}
+
 /// One event to append: its id and type (already validated) and its JSON text.
 #[derive(Debug, Clone)]
 pub struct NewEvent {
@@ -135,6 +143,23 @@ impl Store {
         Ok(Some(Cursor { position: r.try_get(0)?, attempts: attempts as u32, last_error: r.try_get(2)? }))
     }
 
+    /// The events of `types` after `position`: how many, and when the oldest arrived.
+    pub async fn pending(&self, position: i64, types: &[String]) -> Result<Pending, DbError> {
+        if types.is_empty() {
+            return Ok(Pending::default());
+        }
+        let sql = format!(
+            "SELECT COUNT(*), MIN(received_at) FROM bus_events WHERE seq > $1 AND type IN ({})",
+            placeholders(2, types.len())
+        );
+        let mut q = sqlx::query(AssertSqlSafe(sql)).bind(position);
+        for t in types {
+            q = q.bind(t.as_str());
+        }
+        let r = q.fetch_one(self.db.pool()).await?;
+        Ok(Pending { count: r.try_get(0)?, oldest_at: r.try_get(1)? })
+    }
+
     pub async fn save_cursor(&self, subscriber: &str, c: &Cursor) -> Result<(), DbError> {
         let mut tx = self.db.begin().await?;
         sqlx::query("UPDATE bus_cursors SET position = $1, attempts = $2, last_error = $3 WHERE subscriber = $4")
@@ -157,20 +182,16 @@ impl Store {
         error: &str,
     ) -> Result<(), DbError> {
         let mut tx = self.db.begin().await?;
-        sqlx::query(
-            "INSERT INTO bus_dead_letters (subscriber, seq, event_id, type, payload, attempts, last_error, dead_at, state) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'dead')",
-        )
-        .bind(subscriber)
-        .bind(event.seq)
-        .bind(event.event_id.clone())
-        .bind(event.ty.clone())
-        .bind(event.payload.clone())
-        .bind(attempts as i64)
-        .bind(error)
-        .bind(now_millis())
-        .execute(&mut *tx)
-        .await?;
+        let letter = NewLetter {
+            subscriber,
+            seq: event.seq,
+            event_id: &event.event_id,
+            ty: &event.ty,
+            payload: &event.payload,
+            attempts,
+            error,
+        };
+        record_dead_letter(&mut tx, letter).await?;
         sqlx::query("UPDATE bus_cursors SET position = $1, attempts = 0, last_error = NULL WHERE subscriber = $2")
             .bind(event.seq)
             .bind(subscriber)
@@ -198,21 +219,8 @@ impl Store {
             .await?
             .map(|r| r.try_get(0))
             .transpose()?;
-        let id: i64 = sqlx::query(
-            "INSERT INTO bus_dead_letters (subscriber, seq, event_id, type, payload, attempts, last_error, dead_at, state) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'dead') RETURNING id",
-        )
-        .bind(subscriber)
-        .bind(seq.unwrap_or(0))
-        .bind(event_id)
-        .bind(ty)
-        .bind(payload)
-        .bind(attempts as i64)
-        .bind(error)
-        .bind(now_millis())
-        .fetch_one(&mut *tx)
-        .await?
-        .try_get(0)?;
+        let letter = NewLetter { subscriber, seq: seq.unwrap_or(0), event_id, ty, payload, attempts, error };
+        let id = record_dead_letter(&mut tx, letter).await?;
         tx.commit().await?;
         Ok(id)
     }
@@ -291,6 +299,53 @@ impl Store {
             .await?;
         Ok(r.try_get(0)?)
     }
+}
+
+/// A dead letter about to be recorded.
+struct NewLetter<'a> {
+    subscriber: &'a str,
+    seq: i64,
+    event_id: &'a str,
+    ty: &'a str,
+    payload: &'a str,
+    attempts: u32,
+    error: &'a str,
+}
+
+/// Records `letter`, once per subscriber and event: if that subscriber's dead letter for
+/// the event is already waiting (live delivery and the subscriber's backfill can both give
+/// up on one event), it keeps its id and takes the newer attempts and error. Returns its id.
+async fn record_dead_letter(tx: &mut busbar::db::Tx, letter: NewLetter<'_>) -> Result<i64, DbError> {
+    let existing = sqlx::query(
+        "UPDATE bus_dead_letters SET attempts = $1, last_error = $2, dead_at = $3 \
+         WHERE subscriber = $4 AND event_id = $5 AND state = 'dead' RETURNING id",
+    )
+    .bind(letter.attempts as i64)
+    .bind(letter.error)
+    .bind(now_millis())
+    .bind(letter.subscriber)
+    .bind(letter.event_id)
+    .fetch_optional(&mut **tx)
+    .await?;
+    if let Some(row) = existing {
+        return Ok(row.try_get(0)?);
+    }
+    let id = sqlx::query(
+        "INSERT INTO bus_dead_letters (subscriber, seq, event_id, type, payload, attempts, last_error, dead_at, state) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'dead') RETURNING id",
+    )
+    .bind(letter.subscriber)
+    .bind(letter.seq)
+    .bind(letter.event_id)
+    .bind(letter.ty)
+    .bind(letter.payload)
+    .bind(letter.attempts as i64)
+    .bind(letter.error)
+    .bind(now_millis())
+    .fetch_one(&mut **tx)
+    .await?
+    .try_get(0)?;
+    Ok(id)
 }
 
 fn dead_letter_row(r: sqlx::any::AnyRow) -> Result<StoredDeadLetter, sqlx::Error> {

@@ -121,6 +121,15 @@ async fn dead_letters_after_max_deliver_with_the_reason_then_redrives(db_url: Op
     assert!(dls[0]["last_error"].as_str().unwrap().contains("poison event"), "{}", dls[0]);
     assert_eq!(dls[0]["event"]["data"]["n"], 1);
 
+    // The subscriber's backfill may give up on the same event too and report it: that is
+    // the same dead letter, not a second one to redrive.
+    let report = json!({"subscriber": "s", "event": dls[0]["event"], "attempts": 3, "error": "backfill: poison event"});
+    let (status, recorded) = bus.post_json("/deadletters", &report).await;
+    assert_eq!((status, &recorded["id"]), (200, &dls[0]["id"]), "{recorded}");
+    let (_, _, again) = bus.get("/deadletters?subscriber=s").await;
+    assert_eq!(again.as_array().unwrap().len(), 1, "one dead letter per event and subscriber: {again}");
+    assert_eq!(again[0]["last_error"], "backfill: poison event", "the latest error is kept: {again}");
+
     // Fix the subscriber, redrive, and the event arrives; the store empties.
     sub.set(|b| b.poison_ids.clear());
     let (status, body) = bus.post(&format!("/deadletters/{}/redrive", dls[0]["id"])).await;

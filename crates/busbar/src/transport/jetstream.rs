@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{PullLoop, Receiving, ReplayPage, Transport, TransportError};
 use crate::{
+    attempts::{self, Attempt},
     config::BusbarConfig,
     consumer::Consumer,
     envelope::{self, CloudEvent},
@@ -240,7 +241,15 @@ async fn handle_alone(
     ev: &CloudEvent,
     stop: &CancellationToken,
 ) -> Result<bool, String> {
-    let attempts = attempts::begin(consumer.db(), ev.id()).await.map_err(|e| e.to_string())?;
+    let db = consumer.db();
+    if dlq::is_redrive(msg) && delivery_count(msg) == 1 {
+        // A redriven copy starts a new count, whatever was recorded before it died.
+        attempts::clear(db, ev.id()).await.map_err(|e| e.to_string())?;
+    }
+    let attempts = match attempts::begin(db, ev.id()).await.map_err(|e| e.to_string())? {
+        Attempt::Number(n) => n,
+        Attempt::DeadLettered => return already_dead_lettered(durable, msg).await,
+    };
     if attempts > opts.max_deliver as i64 {
         let error = format!(
             "{} attempts did not finish: the subscriber crashed or timed out while handling it each time",
@@ -248,21 +257,21 @@ async fn handle_alone(
         );
         stats.failed.inc();
         t.record_dead_letter(durable, msg, (attempts - 1) as u32, &error).await.map_err(|e| e.to_string())?;
-        attempts::clear(consumer.db(), ev.id()).await.map_err(|e| e.to_string())?;
+        attempts::dead_lettered(db, ev.id()).await.map_err(|e| e.to_string())?;
         return Ok(true);
     }
     match consumer.receive(ev).await {
         Ok(o) => {
             stats.record(&o);
             msg.ack().await.map_err(|e| format!("ack failed: {e}"))?;
-            attempts::clear(consumer.db(), ev.id()).await.map_err(|e| e.to_string())?;
+            attempts::clear(db, ev.id()).await.map_err(|e| e.to_string())?;
             Ok(true)
         }
         Err(e) if dlq::is_redrive(msg) => {
             stats.failed.inc();
             if attempts >= opts.max_deliver.max(1) as i64 {
                 t.record_dead_letter(durable, msg, attempts as u32, &e.to_string()).await.map_err(|e| e.to_string())?;
-                attempts::clear(consumer.db(), ev.id()).await.map_err(|e| e.to_string())?;
+                attempts::dead_lettered(db, ev.id()).await.map_err(|e| e.to_string())?;
             } else {
                 // Back to JetStream for later: new events pass it meanwhile.
                 let delay = opts.backoff().random_jittered(attempts as u32);
@@ -279,55 +288,12 @@ async fn handle_alone(
     }
 }
 
-/// Attempts at events delivered again, recorded before each attempt (`busbar_attempts`).
-mod attempts {
-    use sqlx::Row;
-
-    use crate::db::{Db, DbError, now_millis};
-
-    /// Records one more attempt at `event_id` and returns how many there have been.
-    pub async fn begin(db: &Db, event_id: &str) -> Result<i64, DbError> {
-        let mut tx = db.begin().await?;
-        let n: i64 = sqlx::query(
-            "INSERT INTO busbar_attempts (event_id, attempts, updated_at) VALUES ($1, 1, $2) \
-             ON CONFLICT (event_id) DO UPDATE SET attempts = busbar_attempts.attempts + 1, updated_at = excluded.updated_at \
-             RETURNING attempts",
-        )
-        .bind(event_id)
-        .bind(now_millis())
-        .fetch_one(&mut *tx)
-        .await?
-        .try_get(0)?;
-        tx.commit().await?;
-        Ok(n)
-    }
-
-    /// Records an attempt numbered at least `n` (the ones made in place before any was
-    /// recorded count too) and returns the number recorded.
-    pub async fn begin_at_least(db: &Db, event_id: &str, n: i64) -> Result<i64, DbError> {
-        let mut tx = db.begin().await?;
-        let n: i64 = sqlx::query(
-            "INSERT INTO busbar_attempts (event_id, attempts, updated_at) VALUES ($1, $2, $3) \
-             ON CONFLICT (event_id) DO UPDATE SET attempts = CASE WHEN busbar_attempts.attempts + 1 > excluded.attempts \
-             THEN busbar_attempts.attempts + 1 ELSE excluded.attempts END, updated_at = excluded.updated_at \
-             RETURNING attempts",
-        )
-        .bind(event_id)
-        .bind(n)
-        .bind(now_millis())
-        .fetch_one(&mut *tx)
-        .await?
-        .try_get(0)?;
-        tx.commit().await?;
-        Ok(n)
-    }
-
-    pub async fn clear(db: &Db, event_id: &str) -> Result<(), DbError> {
-        let mut tx = db.begin().await?;
-        sqlx::query("DELETE FROM busbar_attempts WHERE event_id = $1").bind(event_id).execute(&mut *tx).await?;
-        tx.commit().await?;
-        Ok(())
-    }
+/// `msg`'s event was already recorded as a dead letter (by a backfill that gave up on it
+/// too): JetStream stops delivering it, and no second dead letter is written.
+async fn already_dead_lettered(durable: &str, msg: &jetstream::Message) -> Result<bool, String> {
+    tracing::info!(%durable, "event already dead-lettered by this subscriber's backfill; moving past it");
+    msg.ack_with(AckKind::Term).await.map_err(|e| format!("term failed: {e}"))?;
+    Ok(true)
 }
 
 /// JetStream's count of deliveries of `msg`, this one included (1 when unknown).
@@ -366,7 +332,7 @@ async fn retry_in_place(
     loop {
         if attempts >= opts.max_deliver.max(1) as i64 {
             t.record_dead_letter(durable, msg, attempts as u32, &error).await.map_err(|e| e.to_string())?;
-            attempts::clear(db, ev.id()).await.map_err(|e| e.to_string())?;
+            attempts::dead_lettered(db, ev.id()).await.map_err(|e| e.to_string())?;
             return Ok(true);
         }
         let delay = opts.backoff().random_jittered(attempts as u32);
@@ -378,7 +344,10 @@ async fn retry_in_place(
             _ = tokio::time::sleep(delay) => {}
             _ = stop.cancelled() => return Ok(false),
         }
-        attempts = attempts::begin_at_least(db, ev.id(), attempts + 1).await.map_err(|e| e.to_string())?;
+        attempts = match attempts::begin_at_least(db, ev.id(), attempts + 1).await.map_err(|e| e.to_string())? {
+            Attempt::Number(n) => n,
+            Attempt::DeadLettered => return already_dead_lettered(durable, msg).await,
+        };
         match consumer.receive(ev).await {
             Ok(o) => {
                 stats.record(&o);

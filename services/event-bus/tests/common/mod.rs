@@ -81,6 +81,12 @@ impl Bus {
         (status, headers, r.json().await.unwrap_or(Value::Null))
     }
 
+    pub async fn post_json(&self, path: &str, body: &Value) -> (u16, Value) {
+        let r = reqwest::Client::new().post(format!("{}{path}", self.url)).json(body).send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
     pub async fn post(&self, path: &str) -> (u16, Value) {
         let r = reqwest::Client::new().post(format!("{}{path}", self.url)).send().await.unwrap();
         let status = r.status().as_u16();
