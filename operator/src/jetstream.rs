@@ -16,7 +16,7 @@ use async_nats::jetstream::{
     stream::Stream,
 };
 use busbar_client::jetstream::JetStream;
-use busbar_domain::names::{all_dead_letter_subjects, dead_letter_stream_name, dead_letter_subject, stream_name};
+use busbar_domain::names::{dead_letter_stream_name, dead_letter_subject, stream_name};
 use futures::TryStreamExt;
 use tokio::sync::Mutex;
 
@@ -95,13 +95,7 @@ pub async fn observe(js: &JetStream) -> Result<JetStreamObserved, String> {
         };
         let Some(stream) = stream else { return Ok(seen) };
         let dead: BTreeMap<String, usize> = match &dlq {
-            Some(dlq) => dlq
-                .info_with_subjects(all_dead_letter_subjects(&bus))
-                .await
-                .map_err(|e| format!("cannot read the dead letters: {e}"))?
-                .try_collect()
-                .await
-                .map_err(|e| format!("cannot read the dead letters: {e}"))?,
+            Some(_) => js.dead_letter_counts().await.map_err(|e| e.to_string())?,
             None => BTreeMap::new(),
         };
         let infos: Vec<consumer::Info> =

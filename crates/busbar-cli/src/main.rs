@@ -2,6 +2,9 @@
 
 mod contract;
 mod dlq;
+mod status;
+mod table;
+mod target;
 mod up;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -99,6 +102,19 @@ enum Cmd {
     /// --nats-url and --bus to JetStream. For example `busbar dlq list`, then
     /// `busbar dlq redrive 3 4` or `busbar dlq redrive --all --subscriber query`.
     Dlq(dlq::DlqArgs),
+    /// Each subscriber's state: how far it has been delivered, what is pending and for how
+    /// long, what it holds parked, its dead letters and its last error.
+    ///
+    /// DELIVERED is the bus sequence the subscriber has been given everything up to;
+    /// PENDING counts the events of its types after that, and OLDEST PENDING is how long
+    /// the first of them has waited. PARKED (later versions waiting for an earlier one) is
+    /// reported by the subscriber to the built-in bus; JetStream does not know it ("-").
+    /// RETRIES is the failed attempts at the event it is stuck on (on JetStream, its
+    /// redelivered messages).
+    ///
+    /// Talks to the built-in bus (http://127.0.0.1:4005 unless --bus-url) with the admin
+    /// token, or with --nats-url and --bus to JetStream. `--json` prints every field.
+    Status(status::StatusArgs),
     /// Print the NATS users a ServiceBus expects on JetStream, for the server's config.
     ///
     /// One user per service, named after it, whose password is its busbar token (the
@@ -154,6 +170,7 @@ fn main() -> ExitCode {
         }
         Cmd::Graph { file } => graph(file),
         Cmd::Dlq(args) => dlq::run(args),
+        Cmd::Status(args) => status::run(args),
         Cmd::NatsAuth { file, data_dir } => nats_auth(file, data_dir),
     };
     match result {

@@ -24,8 +24,20 @@ const T: Duration = Duration::from_secs(30);
 
 /// Runs `busbar dlq <args>`; returns (success, stdout, stderr).
 async fn dlq(args: &[&str]) -> (bool, String, String) {
+    busbar(&[&["dlq"], args].concat()).await
+}
+
+/// Runs `busbar status <args> --json` and parses its rows.
+async fn status_json(args: &[&str]) -> Value {
+    let (ok, out, err) = busbar(&[&["status"], args, &["--json"]].concat()).await;
+    assert!(ok, "busbar status {args:?} failed: {err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
+}
+
+/// Runs `busbar <args>`; returns (success, stdout, stderr).
+async fn busbar(args: &[&str]) -> (bool, String, String) {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_busbar"));
-    cmd.arg("dlq").args(args).env_remove("BUSBAR_TOKEN").env_remove("BUSBAR_BUS_URL").kill_on_drop(true);
+    cmd.args(args).env_remove("BUSBAR_TOKEN").env_remove("BUSBAR_BUS_URL").kill_on_drop(true);
     let out = tokio::time::timeout(T, cmd.output()).await.expect("busbar dlq finishes").unwrap();
     let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
     (out.status.success(), text(&out.stdout), text(&out.stderr))
@@ -116,6 +128,22 @@ async fn builtin_bus_list_then_redrive_after_the_fix() {
     assert_eq!(list[0]["attempts"], 2);
     assert!(list[0]["last_error"].as_str().unwrap().contains("sink is broken"), "{list}");
     let (first, second) = (list[0]["id"].as_u64().unwrap(), list[1]["id"].as_u64().unwrap());
+
+    // `busbar status` sees the same: the sink was given both events and dead-lettered both.
+    let rows = status_json(&target).await;
+    assert_eq!(rows.as_array().unwrap().len(), 1, "{rows}");
+    let sink_row = &rows[0];
+    assert_eq!(
+        (&sink_row["name"], &sink_row["position"], &sink_row["pending"], &sink_row["deadLetters"]),
+        (&json!("sink"), &json!(2), &json!(0), &json!(2)),
+        "{rows}"
+    );
+    let (ok, table, err) = busbar(&[&["status"], &target[..]].concat()).await;
+    assert!(ok, "{err}");
+    assert!(table.lines().next().unwrap().starts_with("SUBSCRIBER  DELIVERED  PENDING"), "{table}");
+    assert!(table.contains("2 dead letter(s): `busbar dlq list` shows them"), "{table}");
+    let (ok, _, err) = busbar(&[&["status", "--subscriber", "nobody"], &target[..]].concat()).await;
+    assert!(!ok && err.contains("no subscriber nobody"), "{err}");
 
     let (ok, table, _) = dlq(&[&["list"], &target[..]].concat()).await;
     assert!(ok, "{table}");
@@ -212,6 +240,22 @@ async fn jetstream_scenario(ctx: async_nats::jetstream::Context, bus: String) {
     let copy = stream.get_raw_message(1).await.unwrap();
     assert_eq!(copy.headers.get(dlq::REDRIVE_FOR_HEADER).map(|v| v.as_str()), Some("query"));
     assert_eq!(serde_json::from_slice::<Value>(&copy.payload).unwrap()["id"], ids[0]);
+
+    // `busbar status`: a subscriber's durable that has not taken the redriven copy yet.
+    let subject = busbar::names::subject(&bus, "A");
+    stream
+        .create_consumer(async_nats::jetstream::consumer::pull::Config {
+            durable_name: Some("query".into()),
+            filter_subject: subject.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let rows = status_json(&target).await;
+    let query = rows.as_array().unwrap().iter().find(|r| r["name"] == "query").unwrap_or_else(|| panic!("{rows}"));
+    assert_eq!((&query["pending"], &query["deadLetters"], &query["position"]), (&json!(1), &json!(0), &json!(0)));
+    assert_eq!(query["types"], json!(["A"]), "{rows}");
+    assert!(query["oldestPendingAgeMs"].as_u64().is_some(), "the copy waits: {rows}");
 
     let (ok, _, err) = dlq(&["list", "--nats-url", &nats, "--bus", "no-such-bus-dlqcli"]).await;
     assert!(!ok && err.contains("has no dead-letter stream"), "{err}");

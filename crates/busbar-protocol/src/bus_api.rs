@@ -107,6 +107,13 @@ pub struct SubscriberStatus {
     pub position: i64,
     /// Events in the log after its position (of any type).
     pub lag: i64,
+    /// Events of its types after its position: what it has yet to be given.
+    #[serde(default)]
+    pub pending: i64,
+    /// How long the oldest of those has waited, in milliseconds (none when nothing is
+    /// pending).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oldest_pending_age_ms: Option<u64>,
     /// Failed attempts at the event it is stuck on (0 when it is not).
     pub attempts: u32,
     pub last_error: Option<String>,

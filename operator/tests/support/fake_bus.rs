@@ -41,6 +41,8 @@ impl FakeBus {
             types: vec![],
             position: 0,
             lag,
+            pending: lag,
+            oldest_pending_age_ms: None,
             attempts: 0,
             last_error: None,
             dead_letters,

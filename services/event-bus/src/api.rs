@@ -262,6 +262,7 @@ async fn subscribers(State(s): State<AppState>, headers: HeaderMap) -> Result<Js
             .map_err(|e| ApiError::internal(e.to_string()))?
             .unwrap_or_default();
         let dead = s.store.dead_letter_count(&r.subscriber).await.map_err(|e| ApiError::internal(e.to_string()))?;
+        let waiting = s.store.pending(c.position, &r.types).await.map_err(|e| ApiError::internal(e.to_string()))?;
         let parked = s.supervisor.parked.get(&r.subscriber);
         out.push(SubscriberStatus {
             name: r.subscriber,
@@ -269,6 +270,8 @@ async fn subscribers(State(s): State<AppState>, headers: HeaderMap) -> Result<Js
             types: r.types,
             position: c.position,
             lag: head - c.position,
+            pending: waiting.count,
+            oldest_pending_age_ms: waiting.oldest_at.map(|at| (busbar::db::now_millis() - at).max(0) as u64),
             attempts: c.attempts,
             last_error: c.last_error,
             dead_letters: dead,

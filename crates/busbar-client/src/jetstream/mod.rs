@@ -12,7 +12,8 @@
 //!   records, lists and redrives those dead letters.
 //!
 //! Here: connecting and the streams. Publishing and replay are in `publish`, a
-//! subscriber's consumer settings in `consumer`, dead letters in [`dlq`].
+//! subscriber's consumer settings in `consumer`, dead letters in [`dlq`], each subscriber's
+//! figures in `status`.
 
 use std::time::Duration;
 
@@ -29,6 +30,7 @@ use crate::TransportError;
 mod consumer;
 pub mod dlq;
 mod publish;
+mod status;
 
 pub use consumer::SubscribeOptions;
 
