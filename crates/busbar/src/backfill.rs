@@ -225,10 +225,10 @@ impl Backfill {
                 let event = &chunk[done.len()];
                 match e {
                     ConsumeError::Handler { reason, .. } => {
-                        PageError::Event { event: event.clone(), error: reason, undecodable: false }
+                        PageError::Event { event: Box::new(event.clone()), error: reason, undecodable: false }
                     }
                     ConsumeError::Undecodable { reason, .. } => {
-                        PageError::Event { event: event.clone(), error: reason, undecodable: true }
+                        PageError::Event { event: Box::new(event.clone()), error: reason, undecodable: true }
                     }
                     ConsumeError::Db(e) => PageError::Other(format!("event {}: {e}", event.id())),
                 }
@@ -243,7 +243,7 @@ impl Backfill {
 
 enum PageError {
     /// `event`'s handler failed: the event is at fault, not the backfill.
-    Event { event: CloudEvent, error: String, undecodable: bool },
+    Event { event: Box<CloudEvent>, error: String, undecodable: bool },
     /// Anything else (the transport, the database): retried as it is.
     Other(String),
 }
