@@ -4,6 +4,7 @@ mod contract;
 mod dlq;
 mod status;
 mod table;
+mod tail;
 mod target;
 mod up;
 
@@ -115,6 +116,19 @@ enum Cmd {
     /// Talks to the built-in bus (http://127.0.0.1:4005 unless --bus-url) with the admin
     /// token, or with --nats-url and --bus to JetStream. `--json` prints every field.
     Status(status::StatusArgs),
+    /// Follow events as they are published, one readable line each.
+    ///
+    /// Each line shows when the event happened, its type, the service that published it,
+    /// its aggregate and version, its trace id (when it carries a W3C traceparent) and its
+    /// data. --json prints each CloudEvent whole, one per line. Filters: --type (repeat
+    /// for several), --service (the publisher), --subject (one aggregate, e.g. a post id).
+    /// --from-start shows the history first; --count stops after that many events.
+    ///
+    /// Talks to the built-in bus (http://127.0.0.1:4005 unless --bus-url) with the admin
+    /// token, or with --nats-url and --bus to JetStream; it keeps watching while the bus
+    /// restarts. For example `busbar tail --type CommentModerated` or
+    /// `busbar tail --from-start --subject 0190f0a0-... --json`.
+    Tail(tail::TailArgs),
     /// Print the NATS users a ServiceBus expects on JetStream, for the server's config.
     ///
     /// One user per service, named after it, whose password is its busbar token (the
@@ -171,6 +185,7 @@ fn main() -> ExitCode {
         Cmd::Graph { file } => graph(file),
         Cmd::Dlq(args) => dlq::run(args),
         Cmd::Status(args) => status::run(args),
+        Cmd::Tail(args) => tail::run(args),
         Cmd::NatsAuth { file, data_dir } => nats_auth(file, data_dir),
     };
     match result {

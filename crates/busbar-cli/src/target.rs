@@ -102,6 +102,19 @@ impl Builtin {
         }
     }
 
+    /// A transport error from the bus, as the user should read it.
+    pub fn explain_transport(&self, e: busbar_client::TransportError) -> anyhow::Error {
+        match e {
+            busbar_client::TransportError::Rejected { status: 401 | 403, .. } => {
+                self.explain(BusError::Refused { status: 403, message: e.to_string() })
+            }
+            busbar_client::TransportError::Unavailable { .. } => {
+                anyhow!("{e} (is `busbar up` running? pass --bus-url)")
+            }
+            other => anyhow!("{other}"),
+        }
+    }
+
     pub async fn dead_letters(&self, subscriber: Option<&str>, limit: u64) -> Result<Vec<DeadLetter>> {
         self.bus.dead_letters(subscriber, limit).await.map_err(|e| self.explain(e))
     }

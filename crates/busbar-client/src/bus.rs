@@ -111,6 +111,27 @@ impl BusClient {
         Ok(ReplayPage { events, next, done })
     }
 
+    /// The log's last sequence now (the [`bus_api::HEAD_HEADER`] of a one-event replay).
+    pub async fn head(&self) -> Result<u64, TransportError> {
+        let unavailable = |reason: String| TransportError::Unavailable { transport: "http", reason };
+        let resp = self
+            .request(reqwest::Method::GET, "/events")
+            .query(&[("limit", "1")])
+            .send()
+            .await
+            .map_err(|e| unavailable(format!("GET {}/events: {e}", self.base)))?;
+        let status = resp.status();
+        if !status.is_success() {
+            let reason = error_text(&resp.text().await.unwrap_or_default());
+            return Err(TransportError::Rejected { transport: "http", status: status.as_u16(), reason });
+        }
+        resp.headers()
+            .get(bus_api::HEAD_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| unavailable(format!("the bus's replay answer lacks {}", bus_api::HEAD_HEADER)))
+    }
+
     /// Records that `subscriber` gives up on `event` (`POST /deadletters`).
     pub async fn record_dead_letter(
         &self,

@@ -48,6 +48,12 @@ impl JetStream {
     }
 
     /// Up to `limit` events of `types` (all if empty) stored after stream sequence `after`.
+    /// The bus stream's last sequence now.
+    pub async fn head(&self) -> Result<u64, TransportError> {
+        let stream = self.context().get_stream(stream_name(&self.bus)).await.map_err(unavailable)?;
+        Ok(stream.cached_info().state.last_sequence)
+    }
+
     pub async fn replay(&self, after: u64, limit: usize, types: &[&str]) -> Result<ReplayPage, TransportError> {
         let subjects: Vec<String> = types.iter().map(|t| subject(&self.bus, t)).collect();
         let (filter_subject, filter_subjects) = match subjects.as_slice() {

@@ -1,5 +1,6 @@
-//! `busbar dlq` as a user runs it: against a real built-in bus whose subscriber fails,
-//! against JetStream, and against a stand-in bus that checks the admin token.
+//! `busbar dlq`, `busbar status` and `busbar tail` as a user runs them: against a real
+//! built-in bus whose subscriber fails, against JetStream, and against a stand-in bus that
+//! checks the admin token.
 
 use std::{
     path::Path,
@@ -32,6 +33,32 @@ async fn status_json(args: &[&str]) -> Value {
     let (ok, out, err) = busbar(&[&["status"], args, &["--json"]].concat()).await;
     assert!(ok, "busbar status {args:?} failed: {err}");
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
+}
+
+/// Runs `busbar tail <args> --json` to its end (give it --count); returns the events.
+async fn tail_json(args: &[&str]) -> Vec<Value> {
+    let (ok, out, err) = busbar(&[&["tail"], args, &["--json"]].concat()).await;
+    assert!(ok, "busbar tail {args:?} failed: {err}");
+    out.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))).collect()
+}
+
+/// Starts `busbar tail <args>` following live and waits until it says from where.
+async fn tail_live(args: &[&str]) -> tokio::process::Child {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_busbar"))
+        .arg("tail")
+        .args(args)
+        .env_remove("BUSBAR_TOKEN")
+        .env_remove("BUSBAR_BUS_URL")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let first = tokio::time::timeout(T, lines.next_line()).await.expect("busbar tail starts").unwrap();
+    assert!(first.as_deref().is_some_and(|l| l.contains("following events after sequence")), "{first:?}");
+    child
 }
 
 /// Runs `busbar <args>`; returns (success, stdout, stderr).
@@ -178,6 +205,26 @@ async fn builtin_bus_list_then_redrive_after_the_fix() {
     })
     .await;
 
+    // `busbar tail` shows the history, then follows what is published next.
+    let seen = tail_json(&[&["--from-start", "--count", "2"], &target[..]].concat()).await;
+    assert_eq!(seen.iter().map(|e| e["id"].clone()).collect::<Vec<_>>(), [json!(ids[0]), json!(ids[1])]);
+    let live = tail_live(&[&["--subject", "agg-9", "--count", "1"], &target[..]].concat()).await;
+    let mut other = event("0190f0a0-0000-7000-8000-000000000003");
+    let mut wanted = event("0190f0a0-0000-7000-8000-000000000004");
+    wanted["subject"] = json!("agg-9");
+    wanted["traceparent"] = json!("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+    other["type"] = json!("A");
+    let r = reqwest::Client::new().post(format!("{url}/events")).json(&json!([other, wanted])).send().await.unwrap();
+    assert!(r.status().is_success());
+    let out = tokio::time::timeout(T, live.wait_with_output()).await.expect("tail stops after one event").unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert_eq!(text.lines().count(), 1, "only the event about agg-9: {text}");
+    assert!(
+        text.contains("A  from producer  agg-9") && text.contains("trace 4bf92f3577b34da6a3ce929d0e0e4736"),
+        "{text}"
+    );
+
     bus.kill9();
     let (ok, _, err) = dlq(&[&["list"], &target[..]].concat()).await;
     assert!(!ok && err.contains(&format!("cannot reach the bus at {url}")) && err.contains("--bus-url"), "{err}");
@@ -256,6 +303,20 @@ async fn jetstream_scenario(ctx: async_nats::jetstream::Context, bus: String) {
     assert_eq!((&query["pending"], &query["deadLetters"], &query["position"]), (&json!(1), &json!(0), &json!(0)));
     assert_eq!(query["types"], json!(["A"]), "{rows}");
     assert!(query["oldestPendingAgeMs"].as_u64().is_some(), "the copy waits: {rows}");
+
+    // `busbar tail` reads history without the redriven copy, then follows new events.
+    let js = JetStream::connect_now(&nats, &bus).await.unwrap();
+    let published: Vec<busbar::CloudEvent> = (0..2)
+        .map(|_| busbar::envelope::decode_one(&event(&uuid::Uuid::now_v7().to_string()).to_string()).unwrap())
+        .collect();
+    js.publish(&published[..1]).await.unwrap();
+    let seen = tail_json(&[&["--from-start", "--count", "1"], &target[..]].concat()).await;
+    assert_eq!(seen[0]["id"], json!(busbar::AttributesReader::id(&published[0])), "{seen:?}");
+    let live = tail_live(&[&["--count", "1", "--type", "A", "--json"], &target[..]].concat()).await;
+    js.publish(&published[1..]).await.unwrap();
+    let out = tokio::time::timeout(T, live.wait_with_output()).await.expect("tail stops after one event").unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains(busbar::AttributesReader::id(&published[1])), "{text}");
 
     let (ok, _, err) = dlq(&["list", "--nats-url", &nats, "--bus", "no-such-bus-dlqcli"]).await;
     assert!(!ok && err.contains("has no dead-letter stream"), "{err}");
