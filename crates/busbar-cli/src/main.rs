@@ -79,11 +79,22 @@ enum Cmd {
         #[arg(long)]
         no_restart: bool,
     },
-    /// Validate a ServiceBus manifest and print its event graph and warnings.
+    /// Validate a ServiceBus manifest and print or draw its event graph and warnings.
+    ///
+    /// Every service is a node and every route (an event type from its publisher to a
+    /// subscriber) an edge labelled with the type. In the drawings, a subscription to a type
+    /// nobody publishes comes from a dashed "(no publisher)" node and a type nobody
+    /// subscribes to goes to a dashed "(no subscriber)" node; the warnings are written in
+    /// too. For example `busbar graph --format svg > graph.svg` (busbar lays it out, no
+    /// other tool needed), `busbar graph --format dot | dot -Tpng > graph.png` (with
+    /// Graphviz), or `busbar graph --format mermaid` into a `mermaid` code block in Markdown.
     Graph {
         /// The ServiceBus manifest (same default as `up`).
         #[arg(short = 'f', long = "file")]
         file: Option<PathBuf>,
+        /// What to print.
+        #[arg(long, value_enum, default_value_t = GraphFormat::Text)]
+        format: GraphFormat,
     },
     /// Event contracts: check that every subscriber can read what its publishers write.
     ///
@@ -155,6 +166,20 @@ enum Cmd {
     },
 }
 
+/// How `busbar graph` prints the graph.
+#[derive(Clone, Copy, ValueEnum)]
+enum GraphFormat {
+    /// One line per route, then the warnings.
+    Text,
+    /// Mermaid `flowchart LR` source, for Markdown that renders Mermaid (GitHub, GitLab)
+    /// or mermaid.live.
+    Mermaid,
+    /// Graphviz `digraph` source: pipe it to `dot -Tpng` or `dot -Tsvg`.
+    Dot,
+    /// An SVG image laid out by busbar itself, no Graphviz needed: open it in a browser.
+    Svg,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum TransportArg {
     Builtin,
@@ -182,7 +207,7 @@ fn main() -> ExitCode {
             };
             up(file, local, opts, up::Restart { enabled: !no_restart })
         }
-        Cmd::Graph { file } => graph(file),
+        Cmd::Graph { file, format } => graph(file, format),
         Cmd::Dlq(args) => dlq::run(args),
         Cmd::Status(args) => status::run(args),
         Cmd::Tail(args) => tail::run(args),
@@ -229,9 +254,17 @@ fn load(file: Option<PathBuf>) -> Result<(PathBuf, busbar::spec::ServiceBus)> {
     Ok((path, bus))
 }
 
-fn graph(file: Option<PathBuf>) -> Result<()> {
+fn graph(file: Option<PathBuf>, format: GraphFormat) -> Result<()> {
+    use busbar::graph::render;
     let (path, bus) = load(file)?;
     let g = busbar::graph::analyze(&bus.spec);
+    let drawing = || render::Drawing::new(&bus.name, &bus.spec, &g);
+    match format {
+        GraphFormat::Text => {}
+        GraphFormat::Mermaid => return print_all(&render::mermaid(&drawing())),
+        GraphFormat::Dot => return print_all(&render::dot(&drawing())),
+        GraphFormat::Svg => return print_all(&render::svg(&drawing())),
+    }
     println!(
         "ServiceBus {} ({}): {} services, {} routes",
         bus.name,
@@ -246,6 +279,16 @@ fn graph(file: Option<PathBuf>) -> Result<()> {
         println!("warning: {w}");
     }
     Ok(())
+}
+
+/// Writes `text` to stdout; a closed pipe (`| head`) is not an error worth a panic.
+fn print_all(text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
 }
 
 fn nats_auth(file: Option<PathBuf>, data_dir: PathBuf) -> Result<()> {

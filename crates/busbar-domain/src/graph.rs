@@ -1,4 +1,10 @@
 //! The event graph of a ServiceBus: who feeds whom, and what looks wrong. Pure.
+//!
+//! [`render`] draws it (Mermaid, Graphviz DOT, or SVG laid out by [`layout`]).
+
+pub mod layout;
+pub mod render;
+mod svg;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -16,6 +22,17 @@ pub struct Graph {
     pub edges: Vec<Edge>,
     /// Readable sentences, e.g. "query subscribes to CommentDeleted but no service publishes it".
     pub warnings: Vec<String>,
+    /// Subscriptions to a type no service publishes (also among the warnings), sorted.
+    pub unpublished: Vec<Dangling>,
+    /// Published types no service subscribes to (also among the warnings), sorted.
+    pub unsubscribed: Vec<Dangling>,
+}
+
+/// One end of a route with nothing at the other end: a service and an event type.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Dangling {
+    pub service: String,
+    pub event_type: String,
 }
 
 pub fn analyze(spec: &ServiceBusSpec) -> Graph {
@@ -42,6 +59,7 @@ pub fn analyze(spec: &ServiceBusSpec) -> Graph {
             None => {
                 for s in subs {
                     g.warnings.push(format!("{s} subscribes to {t} but no service publishes it"));
+                    g.unpublished.push(Dangling { service: s.to_string(), event_type: t.to_string() });
                 }
             }
             Some(pubs) => {
@@ -61,10 +79,13 @@ pub fn analyze(spec: &ServiceBusSpec) -> Graph {
         if !subscribers.contains_key(t) {
             for p in pubs {
                 g.warnings.push(format!("{p} publishes {t} but no service subscribes to it"));
+                g.unsubscribed.push(Dangling { service: p.to_string(), event_type: t.to_string() });
             }
         }
     }
     g.edges.sort();
+    g.unpublished.sort();
+    g.unsubscribed.sort();
     g
 }
 
@@ -98,5 +119,8 @@ mod tests {
                 "a publishes Y but no service subscribes to it"
             ]
         );
+        let d = |s: &str, t: &str| Dangling { service: s.into(), event_type: t.into() };
+        assert_eq!(g.unpublished, vec![d("query", "CommentDeleted")]);
+        assert_eq!(g.unsubscribed, vec![d("a", "Y")]);
     }
 }

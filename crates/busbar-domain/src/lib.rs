@@ -4,7 +4,8 @@
 //!
 //! - [`spec`]: the ServiceBus resource, its parsing and validation;
 //! - [`contracts`]: the event schemas each service writes and reads, and whether they fit;
-//! - [`graph`]: who feeds whom, and what looks wrong;
+//! - [`graph`]: who feeds whom, and what looks wrong; [`graph::render`] draws it as Mermaid,
+//!   Graphviz DOT or SVG (laid out by [`graph::layout`]);
 //! - [`wiring`] and [`config`]: the `BUSBAR_*` environment a service gets, and reading it back;
 //! - [`credentials`]: per-service tokens derived from one bus key;
 //! - [`names`]: the JetStream streams, subjects and durables of a bus;
