@@ -236,6 +236,8 @@ mod tests {
             types: vec!["A".into()],
             position: 4,
             lag: 1,
+            pending: 1,
+            oldest_pending_age_ms: Some(40),
             attempts: 0,
             last_error: None,
             dead_letters: 2,
