@@ -108,7 +108,8 @@ pub fn plan(
             name: "event-bus".into(),
             program: Program::Builtin("event-bus".into()),
             args,
-            env: vec![],
+            // Traces name each process, even when OTEL_SERVICE_NAME is set for `busbar up`.
+            env: vec![("OTEL_SERVICE_NAME".into(), "event-bus".into())],
             port: opts.bus_port,
             publishes: vec![],
             subscribes: vec![],
@@ -143,6 +144,7 @@ pub fn plan(
                     ("HOST".into(), "127.0.0.1".into()),
                     ("PORT".into(), port.to_string()),
                     ("DATABASE_URL".into(), sqlite(&s.name)),
+                    ("OTEL_SERVICE_NAME".into(), s.name.clone()),
                 ])
                 .chain(wiring::service_env(&bus.name, &bus.spec, s, &endpoint))
                 .chain(auth.map(|a| (wiring::TOKEN_ENV.to_owned(), a.key.token(&s.name))))

@@ -10,6 +10,7 @@
 
 pub mod bus;
 pub mod jetstream;
+pub mod telemetry;
 
 use busbar_protocol::CloudEvent;
 

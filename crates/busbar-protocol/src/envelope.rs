@@ -138,6 +138,19 @@ pub fn set_predecessors(ev: &mut CloudEvent, map: &BTreeMap<String, i64>) {
     ev.set_extension(PREDECESSORS_EXT, text);
 }
 
+/// Names span `ctx` as the one the event was emitted in: its handlers continue that trace.
+pub fn set_trace(ev: &mut CloudEvent, ctx: &crate::trace::TraceContext) {
+    ev.set_extension(TRACEPARENT_EXT, ctx.header());
+}
+
+/// The trace the event was emitted in, if it carries a valid `traceparent`.
+pub fn trace(ev: &CloudEvent) -> Option<crate::trace::TraceContext> {
+    match ev.extension(TRACEPARENT_EXT)? {
+        cloudevents::event::ExtensionValue::String(s) => crate::trace::TraceContext::parse(s),
+        _ => None,
+    }
+}
+
 /// The `data` of `ev` decoded as `E`, after checking that the type matches.
 pub fn data<E: Event>(ev: &CloudEvent) -> Result<E, EnvelopeError> {
     if ev.ty() != E::TYPE {

@@ -5,11 +5,13 @@
 //!   [`Event`] trait;
 //! - [`bus_api`]: the built-in bus's HTTP API (publish, push and its answers, replay,
 //!   subscribers, dead letters, redrive), with JSON Schemas;
-//! - [`text`]: long or untrusted text made fit for messages, logs and headers.
+//! - [`text`]: long or untrusted text made fit for messages, logs and headers;
+//! - [`trace`]: W3C Trace Context, as `traceparent` headers and event extensions carry it.
 
 pub mod bus_api;
 pub mod envelope;
 pub mod text;
+pub mod trace;
 
 pub use cloudevents::{AttributesReader, AttributesWriter};
 pub use envelope::{CloudEvent, Event};

@@ -23,10 +23,13 @@ use cloudevents::AttributesReader;
 use futures::{FutureExt, future::BoxFuture};
 use sqlx::Row;
 
+use busbar_client::telemetry::{Kind, Span};
+
 use crate::{
     db::{Backend, Db, DbError, Tx, now_millis},
     envelope::{self, CloudEvent},
     ordering::{self, Decision, Start},
+    trace,
 };
 
 /// What a handler returns when it cannot apply an event. The transaction is rolled back
@@ -298,10 +301,21 @@ impl Consumer {
     }
 
     async fn apply(&self, tx: &mut Tx, event: &CloudEvent) -> Result<(), ConsumeError> {
-        let result = match AssertUnwindSafe(self.handler.handle(tx, event)).catch_unwind().await {
+        // Handling continues the trace the event was emitted in (or starts one).
+        let parent = envelope::trace(event);
+        let ctx = parent.map(|p| p.child()).unwrap_or_else(trace::TraceContext::root);
+        let mut span = Span::start(format!("handle {}", event.ty()), Kind::Consumer, ctx, parent.map(|p| p.span_id));
+        span.attr("messaging.message.id", event.id().to_owned());
+        let handling = async {
+            tracing::debug!(event_id = %event.id(), event_type = %event.ty(), "handling");
+            AssertUnwindSafe(self.handler.handle(tx, event)).catch_unwind().await
+        };
+        let handled = trace::within(ctx, handling).await;
+        let result = match handled {
             Ok(r) => r,
             Err(panic) => Err(format!("the handler panicked: {}", panic_text(&panic)).into()),
         };
+        span.end(result.as_ref().err().map(|e| e.to_string()).as_deref());
         result.map_err(|e| {
             let (event_id, event_type, reason) = (event.id().to_owned(), event.ty().to_owned(), e.to_string());
             match e.downcast_ref::<envelope::EnvelopeError>() {

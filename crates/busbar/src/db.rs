@@ -261,6 +261,9 @@ impl Tx {
         if let Some(uri) = dataschema {
             envelope::set_dataschema(&mut ev, uri);
         }
+        if let Some(ctx) = crate::trace::current() {
+            envelope::set_trace(&mut ev, &ctx);
+        }
         if let Some(prev) = self.advance_head(&event.aggregate_id(), E::TYPE, version).await? {
             envelope::set_predecessors(&mut ev, &prev);
         }

@@ -246,7 +246,9 @@ impl Service {
             .layer(DefaultBodyLimit::max(self.settings.max_body_bytes))
             // The course's React client calls the services straight from the browser.
             .layer(CorsLayer::permissive())
-            .layer(TraceLayer::new_for_http());
+            .layer(TraceLayer::new_for_http())
+            // Outermost, so that the request's own log lines carry its trace id too.
+            .layer(axum::middleware::from_fn(crate::trace::http_span));
 
         let addr = SocketAddr::new(self.settings.host, self.settings.port);
         let listener =
@@ -393,6 +395,7 @@ where
     Fut: Future<Output = Result<(), ServiceError>>,
 {
     web::init_tracing();
+    busbar_client::telemetry::init(&std::env::var("BUSBAR_SERVICE").unwrap_or_else(|_| name.to_owned()));
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -400,7 +403,10 @@ where
             return std::process::ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run()) {
+    let outcome = rt.block_on(run());
+    // What is still buffered is exported before the process goes.
+    busbar_client::telemetry::shutdown();
+    match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");

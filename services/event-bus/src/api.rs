@@ -32,6 +32,7 @@ use busbar::{
         self, Accepted, DeadLetter, NewDeadLetter, RecordedDeadLetter, RedriveResult, ReplayQuery, SubscriberStatus,
     },
     envelope,
+    telemetry::Kind,
     web::{self, ApiError, Body, PathParam},
 };
 use serde::Deserialize;
@@ -43,6 +44,7 @@ use crate::{
     metrics::Metrics,
     store::{NewEvent, Store},
     supervisor::Supervisor,
+    traces,
 };
 
 pub const DEFAULT_PAGE: i64 = 1000;
@@ -123,7 +125,10 @@ async fn publish(State(s): State<AppState>, headers: HeaderMap, Body(body): Body
             payload: serde_json::to_string(ev).expect("CloudEvents serialize"),
         })
         .collect();
-    s.ingest.append(rows).await.map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
+    let spans = traces::spans(&events, Kind::Consumer, |ev| format!("bus store {}", ev.ty()));
+    let stored = s.ingest.append(rows).await;
+    traces::end(spans, stored.as_ref().err().map(String::as_str));
+    stored.map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
     Ok(Json(Accepted { accepted: n }))
 }
 

@@ -14,6 +14,7 @@ use busbar::{
     Backoff,
     bus_api::{Parked, PushFailure, Receipt},
     spec::StartFrom,
+    telemetry::Kind,
 };
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
@@ -22,6 +23,7 @@ use crate::{
     metrics::Metrics,
     routes::Route,
     store::{Cursor, Store, Stored},
+    traces,
 };
 
 #[derive(Debug, Clone, Copy)]
@@ -282,7 +284,18 @@ impl Worker {
 
     async fn push(&self, batch: &[Stored]) -> Pushed {
         let token = self.route.token.as_ref().map(|t| t.0.as_str());
-        push(&self.client, &self.route.endpoint, token, batch, self.mode, self.route.policy.ack_wait).await
+        let sub = &self.route.subscriber;
+        let spans = traces::spans_of_stored(batch.iter().map(|e| e.payload.as_str()), Kind::Producer, |ev| {
+            format!("bus deliver {} to {sub}", busbar::AttributesReader::ty(ev))
+        });
+        let pushed =
+            push(&self.client, &self.route.endpoint, token, batch, self.mode, self.route.policy.ack_wait).await;
+        let error = match &pushed {
+            Pushed::All(_) => None,
+            Pushed::Failed { error, .. } => Some(error.as_str()),
+        };
+        traces::end(spans, error);
+        pushed
     }
 
     /// Saves the cursor at most every [`CURSOR_SAVE_EVERY`] while events stream. Each save

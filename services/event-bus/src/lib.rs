@@ -13,6 +13,7 @@ mod routes;
 mod standby;
 mod store;
 mod supervisor;
+mod traces;
 
 use std::{
     net::SocketAddr,
@@ -95,8 +96,11 @@ fn duration_arg(s: &str) -> Result<Duration, String> {
 pub fn main_with_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> std::process::ExitCode {
     let args = Args::parse_from(args);
     busbar::web::init_tracing();
+    busbar::telemetry::init("event-bus");
     let rt = tokio::runtime::Runtime::new().expect("start the async runtime");
-    match rt.block_on(run(args)) {
+    let outcome = rt.block_on(run(args));
+    busbar::telemetry::shutdown();
+    match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");

@@ -34,12 +34,23 @@ pub async fn busbar_up(
     spec: impl Fn(&HashMap<&'static str, u16>) -> String,
     extra: &[String],
 ) -> (Proc, HashMap<&'static str, u16>) {
+    busbar_up_with_env(dir, services, spec, extra, &[]).await
+}
+
+/// [`busbar_up`] with `env` set for busbar up (its processes inherit it).
+pub async fn busbar_up_with_env(
+    dir: &std::path::Path,
+    services: &[&'static str],
+    spec: impl Fn(&HashMap<&'static str, u16>) -> String,
+    extra: &[String],
+    env: &[(&str, &str)],
+) -> (Proc, HashMap<&'static str, u16>) {
     for attempt in 1..=3 {
         let ports = ports_for(services);
         std::fs::write(dir.join("servicebus.yaml"), spec(&ports)).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_busbar"));
         cmd.arg("up").arg("-f").arg(dir.join("servicebus.yaml")).arg("--data-dir").arg(dir.join("data"));
-        cmd.args(["--bus-port", &ports["event-bus"].to_string()]).args(extra);
+        cmd.args(["--bus-port", &ports["event-bus"].to_string()]).args(extra).envs(env.iter().copied());
         let mut p = Proc::spawn("busbar up", cmd, &dir.join(format!("up-{attempt}.log")));
         let deadline = std::time::Instant::now() + 2 * T;
         loop {
