@@ -17,6 +17,8 @@ use tokio::{
 use crate::plan::{Proc, Program};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often `busbar up` says who it is still waiting for.
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// Whether a service that exits is started again, as a cluster restarts a pod.
@@ -224,17 +226,30 @@ fn announce_ready(p: Proc, restarts: u32) {
 async fn wait_ready(p: &Proc, exited: &mut mpsc::UnboundedReceiver<Exit>) -> Result<()> {
     let client = reqwest::Client::new();
     let url = format!("{}/readyz", p.url());
-    let start = Instant::now();
+    // The timeout runs from the last sign of progress: a service catching up on a long
+    // history is slow to be ready, not stuck.
+    let (mut since, mut said, mut last_reason) = (Instant::now(), Instant::now(), String::new());
     loop {
-        if let Ok(r) = client.get(&url).timeout(Duration::from_millis(500)).send().await
-            && r.status().is_success()
-        {
-            return Ok(());
+        if let Ok(r) = client.get(&url).timeout(Duration::from_millis(500)).send().await {
+            if r.status().is_success() {
+                return Ok(());
+            }
+            let reason = r.json::<serde_json::Value>().await.ok().and_then(|v| v["error"].as_str().map(str::to_owned));
+            if let Some(reason) = reason.filter(|r| r.starts_with("backfilling")) {
+                if reason != last_reason {
+                    since = Instant::now();
+                }
+                if said.elapsed() >= PROGRESS_EVERY {
+                    eprintln!("busbar: {} is still catching up ({reason})", p.name);
+                    said = Instant::now();
+                }
+                last_reason = reason;
+            }
         }
         if let Ok((name, status)) = exited.try_recv() {
             bail!("{name} exited before it was ready ({status}); see its log lines above");
         }
-        if start.elapsed() > READY_TIMEOUT {
+        if since.elapsed() > READY_TIMEOUT {
             bail!("{} was not ready at {url} after {READY_TIMEOUT:?}; see its log lines above", p.name);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -20,7 +20,7 @@ use std::{
     collections::BTreeSet,
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -83,6 +83,8 @@ pub struct Backfill {
     pub stats: ReceiveStats,
     /// True while it runs: `/readyz` answers 503, and parked events do not expire.
     pub running: Arc<AtomicBool>,
+    /// Events gone through so far, for `/readyz` to say how far it is.
+    pub progress: Arc<AtomicU64>,
 }
 
 impl Backfill {
@@ -116,6 +118,7 @@ impl Backfill {
                         tracing::warn!(error = %e, event_id = %id, "cannot clear the attempts of an event now applied");
                     }
                     total += n;
+                    self.progress.store(total as u64, Ordering::Relaxed);
                     after = next;
                     if done {
                         tracing::info!(events = total, position = after, skipped = skipped.len(), "backfill complete");

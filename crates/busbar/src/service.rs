@@ -7,7 +7,7 @@ use std::{
     net::{IpAddr, SocketAddr},
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -218,6 +218,7 @@ impl Service {
                     max_deliver: b.max_deliver,
                     stats: stats.clone(),
                     running: health.backfilling.clone(),
+                    progress: health.backfilled.clone(),
                 };
                 tasks.push(tokio::spawn(run.run(from, self.stop.clone())));
             }
@@ -271,13 +272,19 @@ impl Service {
 struct Health {
     /// A backfill is running: the copy is not complete yet.
     backfilling: Arc<AtomicBool>,
+    /// Events the running backfill has gone through so far.
+    backfilled: Arc<AtomicU64>,
     /// The pull loop is running (always true for push transports).
     consuming: Arc<AtomicBool>,
 }
 
 impl Default for Health {
     fn default() -> Self {
-        Self { backfilling: Arc::new(AtomicBool::new(false)), consuming: Arc::new(AtomicBool::new(true)) }
+        Self {
+            backfilling: Arc::new(AtomicBool::new(false)),
+            backfilled: Arc::default(),
+            consuming: Arc::new(AtomicBool::new(true)),
+        }
     }
 }
 
@@ -321,7 +328,8 @@ async fn supervise_pull(
 async fn readyz(db: Db, health: Health) -> Result<&'static str, ApiError> {
     let unavailable = |m: String| ApiError::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, m);
     if health.backfilling.load(Ordering::Relaxed) {
-        return Err(unavailable("backfilling from history".into()));
+        let n = health.backfilled.load(Ordering::Relaxed);
+        return Err(unavailable(format!("backfilling from history: {n} events so far")));
     }
     if !health.consuming.load(Ordering::Relaxed) {
         return Err(unavailable("not receiving events: the subscription is restarting (see the log)".into()));

@@ -322,6 +322,20 @@ async fn wait_mid_backfill(sub: &mut Probe, at_least: i64) -> (i64, Option<u16>)
             );
             let backfilling = at_least > KILL_EVERY || readyz == Some(503);
             if s.applied >= at_least && backfilling {
+                if at_least <= KILL_EVERY {
+                    // It says how far it is, for `busbar up` and a person to see.
+                    // (Unless it finished in between.)
+                    let said = sub.readyz_text().await.unwrap_or_default();
+                    let count = said
+                        .split_once("backfilling from history: ")
+                        .and_then(|(_, rest)| rest.split_once(" events so far"))
+                        .map(|(n, _)| n.parse::<u64>().is_ok());
+                    assert!(
+                        count == Some(true) || !said.contains("backfilling"),
+                        "{}: /readyz while backfilling said {said}",
+                        sub.replica
+                    );
+                }
                 return (s.applied, readyz);
             }
         }

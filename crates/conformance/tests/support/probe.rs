@@ -203,6 +203,12 @@ impl Probe {
         Some(r.status().as_u16())
     }
 
+    /// What `/readyz` says, when it answers.
+    pub async fn readyz_text(&self) -> Option<String> {
+        let r = self.http.get(format!("{}/readyz", self.url)).timeout(Duration::from_secs(2)).send().await.ok()?;
+        r.text().await.ok()
+    }
+
     pub async fn metrics(&self) -> Option<String> {
         let r = self.http.get(format!("{}/metrics", self.url)).timeout(Duration::from_secs(2)).send().await.ok()?;
         r.text().await.ok()
