@@ -12,8 +12,8 @@
 //! - `GET /` and `GET /graph.svg`: the dashboard (`dashboard.rs`).
 //!
 //! With a bus key, all but health, metrics and the dashboard need `Authorization: Bearer
-//! <token>`; see `access.rs` for who may do what. 401 means no valid token, 403 a valid token asking
-//! for something its spec does not grant; either way nothing is stored.
+//! <token>`; see `access.rs` for who may do what. 401 means no valid token, 403 a valid
+//! token asking for something its spec does not grant; either way nothing is stored.
 
 use std::sync::{
     Arc,

@@ -41,6 +41,8 @@ async fn page() -> Response {
             "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:",
         ),
     );
+    // A bus upgraded in place serves its own page on the next load, not a cached one.
+    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     r
 }
 
