@@ -1,5 +1,6 @@
 //! Helpers for busbar's integration tests. Everything here talks to loopback only.
 //!
+//! - [`browser`]: a headless Chromium driven over WebDriver, and where screenshots go;
 //! - [`pg`]: a throwaway PostgreSQL database per test, dropped afterwards;
 //! - [`subscriber`]: a real HTTP subscriber on 127.0.0.1 that records what it receives
 //!   and can be told to fail or stall;
@@ -8,6 +9,7 @@
 //!   cluster, each killable and restartable;
 //! - [`wait_until`]: bounded polling.
 
+pub mod browser;
 pub mod nats_cluster;
 pub mod pg;
 pub mod process;

@@ -9,10 +9,11 @@
 //!   `POST /deadletters/redrive[?subscriber=]`.
 //! - `GET /subscribers`: each subscriber's cursor, lag, retry state and dead letters.
 //! - `/healthz`, `/readyz`, `/metrics`.
+//! - `GET /` and `GET /graph.svg`: the dashboard (`dashboard.rs`).
 //!
-//! With a bus key, all but the last three need `Authorization: Bearer <token>`; see
-//! `access.rs` for who may do what. 401 means no valid token, 403 a valid token asking
-//! for something its spec does not grant; either way nothing is stored.
+//! With a bus key, all but health, metrics and the dashboard need `Authorization: Bearer
+//! <token>`; see `access.rs` for who may do what. 401 means no valid token, 403 a valid
+//! token asking for something its spec does not grant; either way nothing is stored.
 
 use std::sync::{
     Arc,
@@ -40,6 +41,7 @@ use tokio::sync::watch;
 
 use crate::{
     access::{Access, Caller},
+    dashboard::CurrentSpec,
     ingest::Ingest,
     metrics::Metrics,
     store::{NewEvent, Store},
@@ -59,6 +61,8 @@ pub struct AppState {
     pub metrics: Metrics,
     pub ready: Arc<AtomicBool>,
     pub access: Arc<std::sync::RwLock<Access>>,
+    /// For the dashboard's graph.
+    pub spec: CurrentSpec,
 }
 
 impl AppState {
@@ -91,6 +95,7 @@ pub fn router(state: AppState, max_body: usize) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .merge(crate::dashboard::routes())
         .fallback(web::not_found)
         .method_not_allowed_fallback(|m: axum::http::Method, u: axum::http::Uri| async move {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, format!("{m} is not allowed on {}", u.path()))

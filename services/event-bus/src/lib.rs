@@ -6,6 +6,7 @@
 
 mod access;
 mod api;
+mod dashboard;
 mod delivery;
 mod ingest;
 mod metrics;
@@ -126,7 +127,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 std::fs::read_to_string(path).with_context(|| format!("cannot read routes file {}", path.display()))?;
             let bus = busbar::spec::parse_manifest(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
             access.set_spec(&bus.spec);
-            Some((text, routes::routes_from_spec(&bus.spec, &args.endpoint_template, &access)))
+            let routes = routes::routes_from_spec(&bus.spec, &args.endpoint_template, &access);
+            Some((text, routes, bus))
         }
         None => None,
     };
@@ -134,6 +136,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         tracing::warn!("no --auth-key-file: any client that reaches this bus may publish and read every event type");
     }
     let access = Arc::new(std::sync::RwLock::new(access));
+    let spec: dashboard::CurrentSpec = Arc::default();
 
     let opts = DbOptions { sqlite_sync: args.sqlite_sync, sdk_tables: false, ..DbOptions::default() };
     let db = Db::connect("event-bus", &args.database_url, opts).await?;
@@ -171,11 +174,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let sup = supervisor::Supervisor::new(store.clone(), head_rx.clone(), metrics.clone(), mode);
     let stop = CancellationToken::new();
     let mut watcher = None;
-    if let (Some(path), Some((text, routes))) = (&args.routes, initial_routes) {
+    if let (Some(path), Some((text, routes, bus))) = (&args.routes, initial_routes) {
+        *spec.write().expect("spec lock") = Some(bus);
         sup.apply(routes).await;
         watcher = Some(tokio::spawn(supervisor::watch_routes(
             sup.clone(),
             access.clone(),
+            spec.clone(),
             path.clone(),
             args.endpoint_template.clone(),
             args.reload_interval,
@@ -194,6 +199,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         metrics,
         ready: ready.clone(),
         access,
+        spec,
     };
     let app = api::router(state, args.max_body_bytes).layer(tower_http::trace::TraceLayer::new_for_http());
     active.set(app);

@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     access::Access,
+    dashboard::CurrentSpec,
     delivery::{ParkedReports, PushMode, Worker},
     metrics::Metrics,
     routes::{self, Route},
@@ -113,13 +114,15 @@ impl Supervisor {
     }
 }
 
-/// Re-reads the routes file every `interval` and applies it (routes and access) when its
-/// content changes. Polling, not inotify: a Kubernetes ConfigMap volume updates by
-/// swapping a symlink, which file watches on the path miss.
+/// Re-reads the routes file every `interval` and applies it (routes, access, and the
+/// parsed spec the dashboard draws) when its content changes. Polling, not inotify: a
+/// Kubernetes ConfigMap volume updates by swapping a symlink, which file watches on the
+/// path miss.
 #[allow(clippy::too_many_arguments)]
 pub async fn watch_routes(
     sup: Arc<Supervisor>,
     access: Arc<std::sync::RwLock<Access>>,
+    spec: CurrentSpec,
     path: PathBuf,
     template: String,
     interval: Duration,
@@ -150,6 +153,7 @@ pub async fn watch_routes(
                     access.set_spec(&bus.spec);
                     routes::routes_from_spec(&bus.spec, &template, &access)
                 };
+                *spec.write().expect("spec lock") = Some(bus);
                 sup.apply(routes).await;
             }
             Err(e) => {
