@@ -1,7 +1,8 @@
 //! Trace context end to end: one comment on a post, made with a W3C `traceparent`, is one
 //! trace across every process it reaches (comments → bus → moderation → bus → comments →
 //! bus → query), exported over OTLP/HTTP to a collector stand-in in this test, each span
-//! linked to its parent, and the trace id is in every process's logs.
+//! linked to its parent, and the trace id is in every process's logs. The same run checks
+//! that every process shows the shared metrics under the same names.
 
 mod common;
 
@@ -188,5 +189,44 @@ async fn one_comment_is_one_trace_across_every_service() {
             up.log_tail()
         );
     }
+
+    // The same metric names on every process, with what this comment did in them.
+    let metrics = |name: &str| {
+        let url = format!("{}/metrics", url(name));
+        async move { reqwest::get(url).await.unwrap().text().await.unwrap() }
+    };
+    let comments = metrics("comments").await;
+    assert!(
+        sample(
+            &comments,
+            r#"busbar_http_request_duration_seconds_count{method="POST",route="/posts/{id}/comments",status="201"}"#
+        ) >= Some(1.0),
+        "{comments}"
+    );
+    assert!(sample(&comments, "busbar_outbox_oldest_seconds").is_some(), "{comments}");
+    let moderation = metrics("moderation").await;
+    assert!(
+        sample(&moderation, r#"busbar_handler_duration_seconds_count{event_type="CommentCreated",result="ok"}"#)
+            >= Some(1.0),
+        "{moderation}"
+    );
+    let query = metrics("query").await;
+    assert!(
+        sample(&query, r#"busbar_events_received_total{event_type="CommentUpdated",outcome="applied"}"#) >= Some(1.0),
+        "{query}"
+    );
+    let bus = metrics("event-bus").await;
+    assert!(
+        sample(&bus, r#"busbar_http_request_duration_seconds_count{method="POST",route="/events",status="200"}"#)
+            >= Some(1.0),
+        "{bus}"
+    );
+    // (Its value lags by the bus's cursor-save interval, so only its presence is checked.)
+    assert!(sample(&bus, r#"busbar_bus_subscriber_pending{subscriber="query"}"#).is_some(), "{bus}");
     assert_eq!(up.terminate(std::time::Duration::from_secs(20)), Some(0));
+}
+
+/// The value of the sample named exactly `series` (name and labels) in Prometheus text.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
 }

@@ -206,6 +206,7 @@ impl Consumer {
         // aggregate's lock go in one statement, and the last applied version and whether
         // anything is parked in the next.
         if !record_in_inbox(tx, event, aggregate.map(|(subject, _)| (source.as_str(), subject))).await? {
+            crate::metrics::received(event.ty(), "duplicate");
             return Ok(Outcome::Duplicate);
         }
         let Some((subject, version)) = aggregate else {
@@ -238,10 +239,12 @@ impl Consumer {
                 .execute(&mut **tx)
                 .await?;
                 tracing::debug!(event_id = event.id(), %source, subject, version, waiting_for, "parked: waiting for an earlier version");
+                crate::metrics::received(event.ty(), "parked");
                 Outcome::Deferred { waiting_for }
             }
             Decision::Stale => {
                 tracing::warn!(event_id = event.id(), %source, subject, version, ?last, "ignoring stale event: a newer version was already applied");
+                crate::metrics::received(event.ty(), "stale");
                 Outcome::Stale
             }
         };
@@ -310,12 +313,14 @@ impl Consumer {
             tracing::debug!(event_id = %event.id(), event_type = %event.ty(), "handling");
             AssertUnwindSafe(self.handler.handle(tx, event)).catch_unwind().await
         };
+        let started = std::time::Instant::now();
         let handled = trace::within(ctx, handling).await;
         let result = match handled {
             Ok(r) => r,
             Err(panic) => Err(format!("the handler panicked: {}", panic_text(&panic)).into()),
         };
         span.end(result.as_ref().err().map(|e| e.to_string()).as_deref());
+        crate::metrics::handled(event.ty(), started.elapsed().as_secs_f64(), result.is_ok());
         result.map_err(|e| {
             let (event_id, event_type, reason) = (event.id().to_owned(), event.ty().to_owned(), e.to_string());
             match e.downcast_ref::<envelope::EnvelopeError>() {

@@ -22,6 +22,7 @@ pub mod contract;
 pub mod db;
 pub mod handlers;
 pub mod leader;
+pub mod metrics;
 pub mod ordering;
 pub mod outbox;
 pub mod parking;

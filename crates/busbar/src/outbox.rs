@@ -220,6 +220,14 @@ async fn prune(db: &Db, retain: Duration) -> Result<(), RelayError> {
 
 /// Counts rows not yet published: the relay's backlog.
 pub async fn backlog(db: &Db) -> Result<i64, DbError> {
-    let row = sqlx::query("SELECT COUNT(*) FROM busbar_outbox WHERE published_at IS NULL").fetch_one(db.pool()).await?;
-    Ok(row.try_get(0)?)
+    Ok(backlog_and_age(db).await?.0)
+}
+
+/// The backlog, and how long its oldest event has waited in milliseconds (0 when empty).
+pub async fn backlog_and_age(db: &Db) -> Result<(i64, i64), DbError> {
+    let row = sqlx::query("SELECT COUNT(*), MIN(created_at) FROM busbar_outbox WHERE published_at IS NULL")
+        .fetch_one(db.pool())
+        .await?;
+    let oldest: Option<i64> = row.try_get(1)?;
+    Ok((row.try_get(0)?, oldest.map_or(0, |at| (now_millis() - at).max(0))))
 }

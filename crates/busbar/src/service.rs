@@ -249,7 +249,8 @@ impl Service {
             .layer(CorsLayer::permissive())
             .layer(TraceLayer::new_for_http())
             // Outermost, so that the request's own log lines carry its trace id too.
-            .layer(axum::middleware::from_fn(crate::trace::http_span));
+            .layer(axum::middleware::from_fn(crate::trace::http_span))
+            .route_layer(axum::middleware::from_fn(crate::metrics::time_requests));
 
         let addr = SocketAddr::new(self.settings.host, self.settings.port);
         let listener =
@@ -341,6 +342,7 @@ async fn readyz(db: Db, health: Health) -> Result<&'static str, ApiError> {
 struct ServiceMetrics {
     registry: Registry,
     backlog: Gauge,
+    outbox_oldest: Gauge<f64, std::sync::atomic::AtomicU64>,
     deferred: Gauge,
     oldest_parked: Gauge<f64, std::sync::atomic::AtomicU64>,
     parked: ParkedGauge,
@@ -350,6 +352,7 @@ impl ServiceMetrics {
     fn new(stats: &ReceiveStats, parked: ParkedGauge, relay_leader: Gauge) -> Self {
         let mut registry = Registry::with_prefix("busbar");
         let (backlog, deferred, oldest_parked) = (Gauge::default(), Gauge::default(), Gauge::default());
+        let outbox_oldest = Gauge::default();
         registry.register_with_unit(
             "outbox_backlog",
             "Committed events not yet published",
@@ -368,15 +371,24 @@ impl ServiceMetrics {
             "1 while this process's outbox relay publishes; 0 while another replica's does",
             relay_leader,
         );
+        registry.register_with_unit(
+            "outbox_oldest",
+            "How long the oldest event not yet published has waited in the outbox (the relay's lag)",
+            Unit::Seconds,
+            outbox_oldest.clone(),
+        );
         stats.register(&mut registry);
-        Self { registry, backlog, deferred, oldest_parked, parked }
+        crate::metrics::register_http(&mut registry);
+        crate::metrics::register_events(&mut registry);
+        Self { registry, backlog, outbox_oldest, deferred, oldest_parked, parked }
     }
 }
 
 async fn render_metrics(db: Db, m: Arc<ServiceMetrics>) -> impl axum::response::IntoResponse {
     // Read at scrape time: both are small indexed counts.
-    if let Ok(n) = outbox::backlog(&db).await {
+    if let Ok((n, oldest_ms)) = outbox::backlog_and_age(&db).await {
         m.backlog.set(n);
+        m.outbox_oldest.set(oldest_ms as f64 / 1000.0);
     }
     match crate::parking::summary(&db).await {
         Ok(p) => {

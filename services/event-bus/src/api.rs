@@ -101,6 +101,7 @@ pub fn router(state: AppState, max_body: usize) -> Router {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, format!("{m} is not allowed on {}", u.path()))
         })
         .layer(DefaultBodyLimit::max(max_body))
+        .route_layer(axum::middleware::from_fn(busbar::metrics::time_requests))
         .with_state(state)
 }
 
@@ -303,5 +304,18 @@ async fn readyz(State(s): State<AppState>) -> Result<&'static str, ApiError> {
 }
 
 async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
+    // Pending per subscriber is read now: a count per subscriber, cheap at scrape rates.
+    for r in s.supervisor.routes().await {
+        let position = match s.store.peek_cursor(&r.subscriber).await {
+            Ok(c) => c.unwrap_or_default().position,
+            Err(_) => continue,
+        };
+        if let Ok(p) = s.store.pending(position, &r.types).await {
+            let sub = Metrics::sub(&r.subscriber);
+            s.metrics.pending.get_or_create(&sub).set(p.count);
+            let age = p.oldest_at.map_or(0.0, |at| (busbar::db::now_millis() - at).max(0) as f64 / 1000.0);
+            s.metrics.oldest_pending.get_or_create(&sub).set(age);
+        }
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], s.metrics.render())
 }

@@ -30,11 +30,17 @@ pub struct Metrics {
     pub lag: Family<Sub, Gauge<i64, AtomicI64>>,
     pub parked: Family<Sub, Gauge<i64, AtomicI64>>,
     pub oldest_parked: Family<Sub, Gauge<f64, AtomicU64>>,
+    pub pending: Family<Sub, Gauge<i64, AtomicI64>>,
+    pub oldest_pending: Family<Sub, Gauge<f64, AtomicU64>>,
 }
 
 impl Metrics {
     pub fn new() -> Self {
-        let mut r = Registry::with_prefix("busbar_bus");
+        // `busbar_bus_*` for the bus's own, and the names every busbar process shares
+        // (`busbar_http_request_duration_seconds`) at the top.
+        let mut top = Registry::with_prefix("busbar");
+        busbar::metrics::register_http(&mut top);
+        let r = top.sub_registry_with_prefix("bus");
         let m = Metrics {
             registry: Arc::new(Registry::default()),
             published: Counter::default(),
@@ -48,6 +54,8 @@ impl Metrics {
             lag: Family::default(),
             parked: Family::default(),
             oldest_parked: Family::default(),
+            pending: Family::default(),
+            oldest_pending: Family::default(),
         };
         r.register("events_stored", "Events appended to the log", m.published.clone());
         r.register(
@@ -77,7 +85,18 @@ impl Metrics {
             prometheus_client::registry::Unit::Seconds,
             m.oldest_parked.clone(),
         );
-        Metrics { registry: Arc::new(r), ..m }
+        r.register(
+            "subscriber_pending",
+            "Events of the subscriber's types it has not been given yet (read when scraped)",
+            m.pending.clone(),
+        );
+        r.register_with_unit(
+            "subscriber_oldest_pending",
+            "How long the oldest of those has waited (read when scraped)",
+            prometheus_client::registry::Unit::Seconds,
+            m.oldest_pending.clone(),
+        );
+        Metrics { registry: Arc::new(top), ..m }
     }
 
     pub fn sub(name: &str) -> Sub {
