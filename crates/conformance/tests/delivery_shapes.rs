@@ -280,6 +280,10 @@ async fn backfill_killed_twice(case: &str, combo: Combo) {
         started.elapsed()
     );
 
+    // A millisecond per application: catching up takes seconds, not a blink, so the
+    // harness sees it part-way through even when the machine is loaded and the subscriber
+    // is not.
+    w.set_probe_env("PROBE_APPLY_DELAY_MS", "1");
     let mut sub = w.start_subscriber("late", &TYPES, false).await;
     let mut seen_before = 0;
     for kill in 1..=2 {

@@ -21,11 +21,18 @@ pub struct Probe {
     /// purpose: the handler's transaction rolls back on failure, so the database cannot
     /// count failures.
     attempts: Mutex<HashMap<String, u32>>,
+    /// `PROBE_APPLY_DELAY_MS`: time each application takes, so that a harness can catch
+    /// the subscriber part-way through however fast, or loaded, the machine is.
+    delay: Option<std::time::Duration>,
 }
 
 impl Probe {
     pub fn new(replica: String) -> Self {
-        Self { replica, cured: Mutex::default(), attempts: Mutex::default() }
+        let delay = std::env::var("PROBE_APPLY_DELAY_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(std::time::Duration::from_millis);
+        Self { replica, cured: Mutex::default(), attempts: Mutex::default(), delay }
     }
 }
 
@@ -78,6 +85,9 @@ async fn apply<E: ItemEvent>(p: &Arc<Probe>, tx: &mut Tx, ev: Received<E>) -> Re
                 std::process::abort();
             }
         }
+    }
+    if let Some(d) = p.delay {
+        tokio::time::sleep(d).await;
     }
     store::record_applied(tx, id, E::TYPE, &item, ev.meta.version).await?;
     Ok(())

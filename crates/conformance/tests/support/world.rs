@@ -188,6 +188,11 @@ impl World {
     }
 
     /// Starts a probe process for declared `service`, named `replica`, on `db_url`.
+    /// Sets `key=value` in the environment of every probe started from now on.
+    pub fn set_probe_env(&mut self, key: &str, value: &str) {
+        self.extra_env.push((key.to_owned(), value.to_owned()));
+    }
+
     pub async fn start_probe(&self, service: &str, replica: &str, db_url: &str) -> Probe {
         let decl = self.manifest.services.iter().find(|s| s.name == service).expect("declared service");
         let port = decl.port.unwrap_or_else(testkit::free_port);
