@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     Backoff,
-    attempts::{self, Attempt},
+    attempts::{self, Attempt, Claim},
     consumer::{ConsumeError, Consumer},
     db::{Db, DbError, now_millis},
     envelope::CloudEvent,
@@ -165,7 +165,7 @@ impl Backfill {
     }
 
     /// Counts a failed attempt at `event`. `Ok(None)`: it is a dead letter now (or was
-    /// already), move past it; `Ok(Some(n))`: it was attempt `n`, retry it.
+    /// already), move past it; `Ok(Some(n))`: it was attempt `n`, try again after a while.
     async fn give_up_or_retry(
         &self,
         event: &CloudEvent,
@@ -185,11 +185,24 @@ impl Backfill {
                 %error, "backfill: handling failed; will retry");
             return Ok(Some(n));
         }
-        self.transport.dead_letter(&self.subscriber, event, n, error).await.map_err(|e| e.to_string())?;
-        attempts::dead_lettered(db, event.id()).await.map_err(|e| e.to_string())?;
-        self.stats.failed.inc();
-        tracing::warn!(event_id = %event.id(), event_type = %event.ty(), attempts = n, %error,
-            "backfill gave up on an event: recorded as a dead letter; later versions of its aggregate wait for it");
+        match attempts::claim(db, event.id()).await.map_err(|e| e.to_string())? {
+            Claim::Mine => {
+                if let Err(e) = self.transport.dead_letter(&self.subscriber, event, n, error).await {
+                    let _ = attempts::release(db, event.id()).await;
+                    return Err(e.to_string());
+                }
+                attempts::dead_lettered(db, event.id()).await.map_err(|e| e.to_string())?;
+                self.stats.failed.inc();
+                tracing::warn!(event_id = %event.id(), event_type = %event.ty(), attempts = n, %error,
+                    "backfill gave up on an event: recorded as a dead letter; later versions of its aggregate wait for it");
+            }
+            Claim::Done => {
+                tracing::info!(event_id = %event.id(), event_type = %event.ty(), "backfill moves past an event live delivery dead-lettered");
+            }
+            // Live delivery is recording it right now: look again shortly (its claim is
+            // taken over if its holder died before finishing).
+            Claim::Taken => return Ok(Some(n)),
+        }
         Ok(None)
     }
 

@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{PullLoop, Receiving, ReplayPage, Transport, TransportError};
 use crate::{
-    attempts::{self, Attempt},
+    attempts::{self, Attempt, Claim},
     config::BusbarConfig,
     consumer::Consumer,
     envelope::{self, CloudEvent},
@@ -256,9 +256,7 @@ async fn handle_alone(
             attempts - 1
         );
         stats.failed.inc();
-        t.record_dead_letter(durable, msg, (attempts - 1) as u32, &error).await.map_err(|e| e.to_string())?;
-        attempts::dead_lettered(db, ev.id()).await.map_err(|e| e.to_string())?;
-        return Ok(true);
+        return give_up(t, db, durable, msg, ev, (attempts - 1) as u32, &error).await;
     }
     match consumer.receive(ev).await {
         Ok(o) => {
@@ -270,8 +268,7 @@ async fn handle_alone(
         Err(e) if dlq::is_redrive(msg) => {
             stats.failed.inc();
             if attempts >= opts.max_deliver.max(1) as i64 {
-                t.record_dead_letter(durable, msg, attempts as u32, &e.to_string()).await.map_err(|e| e.to_string())?;
-                attempts::dead_lettered(db, ev.id()).await.map_err(|e| e.to_string())?;
+                return give_up(t, db, durable, msg, ev, attempts as u32, &e.to_string()).await;
             } else {
                 // Back to JetStream for later: new events pass it meanwhile.
                 let delay = opts.backoff().random_jittered(attempts as u32);
@@ -295,6 +292,40 @@ async fn already_dead_lettered(durable: &str, msg: &jetstream::Message) -> Resul
     msg.ack_with(AckKind::Term).await.map_err(|e| format!("term failed: {e}"))?;
     Ok(true)
 }
+
+/// Gives up on `msg` after `attempts`: records it as a dead letter unless the backfill (or
+/// another replica) is doing so or has done so ([`attempts::claim`]).
+async fn give_up(
+    t: &JetStream,
+    db: &crate::Db,
+    durable: &str,
+    msg: &jetstream::Message,
+    ev: &CloudEvent,
+    attempts: u32,
+    error: &str,
+) -> Result<bool, String> {
+    match attempts::claim(db, ev.id()).await.map_err(|e| e.to_string())? {
+        Claim::Mine => {
+            if let Err(e) = t.record_dead_letter(durable, msg, attempts, error).await {
+                let _ = attempts::release(db, ev.id()).await;
+                return Err(e.to_string());
+            }
+            attempts::dead_lettered(db, ev.id()).await.map_err(|e| e.to_string())?;
+            Ok(true)
+        }
+        Claim::Done => already_dead_lettered(durable, msg).await,
+        Claim::Taken => {
+            // Being recorded right now by the backfill: look again later, in case its
+            // holder dies before it has (the claim is then taken over).
+            tracing::info!(%durable, event_id = ev.id(), "another path is dead-lettering this event; looking again later");
+            msg.ack_with(AckKind::Nak(Some(CLAIM_RECHECK))).await.map_err(|e| format!("nak failed: {e}"))?;
+            Ok(true)
+        }
+    }
+}
+
+/// When a message whose dead letter someone else is recording comes back.
+const CLAIM_RECHECK: Duration = Duration::from_secs(5);
 
 /// JetStream's count of deliveries of `msg`, this one included (1 when unknown).
 fn delivery_count(msg: &jetstream::Message) -> i64 {
@@ -331,9 +362,7 @@ async fn retry_in_place(
     let db = consumer.db();
     loop {
         if attempts >= opts.max_deliver.max(1) as i64 {
-            t.record_dead_letter(durable, msg, attempts as u32, &error).await.map_err(|e| e.to_string())?;
-            attempts::dead_lettered(db, ev.id()).await.map_err(|e| e.to_string())?;
-            return Ok(true);
+            return give_up(t, db, durable, msg, ev, attempts as u32, &error).await;
         }
         let delay = opts.backoff().random_jittered(attempts as u32);
         tracing::info!(%durable, attempt = attempts, max_deliver = opts.max_deliver, retry_in_ms = delay.as_millis() as u64,
