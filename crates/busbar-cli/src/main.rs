@@ -1,5 +1,6 @@
 //! The `busbar` command.
 
+mod cluster;
 mod contract;
 mod dlq;
 mod status;
@@ -88,10 +89,27 @@ enum Cmd {
     /// too. For example `busbar graph --format svg > graph.svg` (busbar lays it out, no
     /// other tool needed), `busbar graph --format dot | dot -Tpng > graph.png` (with
     /// Graphviz), or `busbar graph --format mermaid` into a `mermaid` code block in Markdown.
+    ///
+    /// `busbar graph --cluster NAME` draws the ServiceBus NAME as a cluster has it (through
+    /// the kubeconfig, as kubectl does), every edge labelled with its subscriber's figures
+    /// from the ServiceBus's status: events pending and dead letters, e.g.
+    /// `CommentCreated · pending 3 · dead 1`.
     Graph {
         /// The ServiceBus manifest (same default as `up`).
-        #[arg(short = 'f', long = "file")]
+        #[arg(short = 'f', long = "file", group = "source")]
         file: Option<PathBuf>,
+        /// Read the ServiceBus NAME from the cluster instead of a manifest, with its figures.
+        #[arg(long, group = "source", requires = "name")]
+        cluster: bool,
+        /// The ServiceBus to read with --cluster.
+        #[arg(value_name = "NAME", requires = "cluster")]
+        name: Option<String>,
+        /// Its namespace. Default: the kubeconfig context's, else `default`.
+        #[arg(short = 'n', long, requires = "cluster")]
+        namespace: Option<String>,
+        /// The kubeconfig context to use. Default: the current one.
+        #[arg(long, requires = "cluster")]
+        context: Option<String>,
         /// What to print.
         #[arg(long, value_enum, default_value_t = GraphFormat::Text)]
         format: GraphFormat,
@@ -207,7 +225,11 @@ fn main() -> ExitCode {
             };
             up(file, local, opts, up::Restart { enabled: !no_restart })
         }
-        Cmd::Graph { file, format } => graph(file, format),
+        Cmd::Graph { file, cluster: false, format, .. } => graph(file, format),
+        Cmd::Graph { name, namespace, context, format, .. } => {
+            let name = name.expect("clap requires NAME with --cluster");
+            graph_cluster(&name, namespace.as_deref(), context.as_deref(), format)
+        }
         Cmd::Dlq(args) => dlq::run(args),
         Cmd::Status(args) => status::run(args),
         Cmd::Tail(args) => tail::run(args),
@@ -255,25 +277,39 @@ fn load(file: Option<PathBuf>) -> Result<(PathBuf, busbar::spec::ServiceBus)> {
 }
 
 fn graph(file: Option<PathBuf>, format: GraphFormat) -> Result<()> {
-    use busbar::graph::render;
     let (path, bus) = load(file)?;
-    let g = busbar::graph::analyze(&bus.spec);
-    let drawing = || render::Drawing::new(&bus.name, &bus.spec, &g);
+    draw(&bus.name, &path.display().to_string(), &bus.spec, Default::default(), format)
+}
+
+fn graph_cluster(name: &str, namespace: Option<&str>, context: Option<&str>, format: GraphFormat) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let bus = rt.block_on(cluster::read(name, namespace, context))?;
+    let source = format!("namespace {}", bus.namespace);
+    draw(&bus.name, &source, &bus.spec, bus.figures, format)
+}
+
+/// Prints the graph of `spec` in `format`; `source` says where it comes from (in the text),
+/// `figures` are each subscriber's, from a live bus.
+fn draw(
+    name: &str,
+    source: &str,
+    spec: &busbar::spec::ServiceBusSpec,
+    figures: std::collections::BTreeMap<String, busbar::graph::render::Figures>,
+    format: GraphFormat,
+) -> Result<()> {
+    use busbar::graph::render;
+    let g = busbar::graph::analyze(spec);
+    let drawing = || render::Drawing::new(name, spec, &g).with_figures(figures.clone());
     match format {
         GraphFormat::Text => {}
         GraphFormat::Mermaid => return print_all(&render::mermaid(&drawing())),
         GraphFormat::Dot => return print_all(&render::dot(&drawing())),
         GraphFormat::Svg => return print_all(&render::svg(&drawing())),
     }
-    println!(
-        "ServiceBus {} ({}): {} services, {} routes",
-        bus.name,
-        path.display(),
-        bus.spec.services.len(),
-        g.edges.len()
-    );
+    println!("ServiceBus {name} ({source}): {} services, {} routes", spec.services.len(), g.edges.len());
     for e in &g.edges {
-        println!("  {} --{}--> {}", e.publisher, e.event_type, e.subscriber);
+        let f = figures.get(&e.subscriber).map(|f| f.suffix()).unwrap_or_default();
+        println!("  {} --{}--> {}{f}", e.publisher, e.event_type, e.subscriber);
     }
     for w in &g.warnings {
         println!("warning: {w}");

@@ -13,6 +13,12 @@
 //! one edge per route reads like `busbar graph`'s text (one line per route). The SVG
 //! layout is simpler, so there the types between one pair share one edge with the types
 //! stacked in its label (see [`svg`]).
+//!
+//! A drawing of a live bus ([`Drawing::with_figures`]) also carries each subscriber's
+//! figures (events pending, dead letters) in the labels of the edges into it:
+//! `CommentCreated · pending 3 · dead 1`. They are the subscriber's, over all the types it
+//! receives, so every edge into it shows the same. Without figures the labels are the bare
+//! event types.
 
 use std::collections::BTreeMap;
 
@@ -36,6 +42,33 @@ pub struct Drawing {
     /// The routes (sorted as in [`Graph::edges`]), then the dangling ends.
     pub edges: Vec<Arrow>,
     pub warnings: Vec<String>,
+    /// Each subscriber's figures, by service name (empty for a manifest).
+    pub figures: BTreeMap<String, Figures>,
+}
+
+/// A subscriber's figures on a live bus, as its ServiceBus's status reports them. A figure
+/// the status does not report is `None` and not drawn.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Figures {
+    /// Events of its types not yet delivered to it.
+    pub pending: Option<u64>,
+    /// Its dead letters.
+    pub dead: Option<u64>,
+}
+
+impl Figures {
+    /// What follows an event type in a label: ` · pending 3 · dead 1`, only the figures
+    /// there are (empty with none).
+    pub fn suffix(&self) -> String {
+        let mut s = String::new();
+        if let Some(n) = self.pending {
+            s.push_str(&format!(" · pending {n}"));
+        }
+        if let Some(n) = self.dead {
+            s.push_str(&format!(" · dead {n}"));
+        }
+        s
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,7 +134,24 @@ impl Drawing {
                 }
             }
         }
-        Drawing { name: name.to_string(), nodes, edges, warnings: graph.warnings.clone() }
+        Drawing { name: name.to_string(), nodes, edges, warnings: graph.warnings.clone(), figures: BTreeMap::new() }
+    }
+
+    /// The same drawing with each subscriber's figures (by service name) in the labels of
+    /// the edges into it. Figures of a name that is no service's are not drawn.
+    pub fn with_figures(mut self, figures: BTreeMap<String, Figures>) -> Drawing {
+        self.figures = figures;
+        self
+    }
+
+    /// The label of an edge: its event type, then its subscriber's figures if there are
+    /// any (none into a placeholder).
+    pub fn label(&self, e: &Arrow) -> String {
+        let to = &self.nodes[e.to];
+        match self.figures.get(&to.label) {
+            Some(f) if !to.placeholder => format!("{}{}", e.event_type, f.suffix()),
+            _ => e.event_type.clone(),
+        }
     }
 
     /// The number of routes between services (edges that are not dashed).
@@ -138,7 +188,7 @@ pub fn mermaid(d: &Drawing) -> String {
     for e in &d.edges {
         let arrow = if e.dashed { "-.->" } else { "-->" };
         let (from, to) = (&d.nodes[e.from].id, &d.nodes[e.to].id);
-        s.push_str(&format!("    {from} {arrow}|\"{}\"| {to}\n", mermaid_text(&e.event_type)));
+        s.push_str(&format!("    {from} {arrow}|\"{}\"| {to}\n", mermaid_text(&d.label(e))));
     }
     if d.nodes.iter().any(|n| n.placeholder) {
         s.push_str("    classDef missing stroke-dasharray: 5 5,color:#666\n");
@@ -164,7 +214,7 @@ pub fn dot(d: &Drawing) -> String {
     for e in &d.edges {
         let style = if e.dashed { ", style=dashed" } else { "" };
         let (from, to) = (&d.nodes[e.from].id, &d.nodes[e.to].id);
-        s.push_str(&format!("    \"{from}\" -> \"{to}\" [label=\"{}\"{style}];\n", dot_text(&e.event_type)));
+        s.push_str(&format!("    \"{from}\" -> \"{to}\" [label=\"{}\"{style}];\n", dot_text(&d.label(e))));
     }
     if !d.warnings.is_empty() {
         // `\l` ends a left-justified line of the label.
@@ -299,6 +349,63 @@ pub(super) mod tests {
         assert_eq!(s.matches("stroke-dasharray").count(), 4, "two dashed nodes and two dashed edges:\n{s}");
         assert!(s.contains(">(no publisher)</text>") && s.contains(">(no subscriber)</text>"), "{s}");
         assert!(s.contains(">warning: query subscribes to Ghost but no service publishes it</text>"), "{s}");
+    }
+
+    #[test]
+    fn figures_go_into_the_labels_of_the_edges_into_their_subscriber() {
+        let d = drawing(
+            "[{name: a, publishes: [X, Y, Orphan]}, {name: b, port: 1, subscribes: [{type: X}, {type: Y}, {type: Ghost}]}, \
+             {name: c, port: 2, subscribes: [{type: X}]}]",
+        );
+        let plain = (mermaid(&d), dot(&d), svg(&d));
+        let figures = BTreeMap::from([
+            ("b".to_string(), Figures { pending: Some(3), dead: Some(1) }),
+            ("c".to_string(), Figures { pending: Some(0), dead: None }),
+            ("nobody".to_string(), Figures { pending: Some(9), dead: Some(9) }),
+        ]);
+        let d = d.with_figures(figures);
+        let labels: Vec<String> = d.edges.iter().map(|e| d.label(e)).collect();
+        assert_eq!(
+            labels,
+            [
+                "X · pending 3 · dead 1",
+                "X · pending 0",
+                "Y · pending 3 · dead 1",
+                "Ghost · pending 3 · dead 1",
+                "Orphan"
+            ]
+        );
+        let m = mermaid(&d);
+        for line in [
+            "    svc_a -->|\"X · pending 3 · dead 1\"| svc_b\n",
+            "    svc_a -->|\"X · pending 0\"| svc_c\n",
+            "    no_publisher -.->|\"Ghost · pending 3 · dead 1\"| svc_b\n",
+            "    svc_a -.->|\"Orphan\"| no_subscriber\n",
+        ] {
+            assert!(m.contains(line), "{line:?} not in:\n{m}");
+        }
+        let g = dot(&d);
+        assert!(g.contains("    \"svc_a\" -> \"svc_b\" [label=\"Y · pending 3 · dead 1\"];\n"), "{g}");
+        let s = svg(&d);
+        let doc = roxmltree::Document::parse(&s).unwrap();
+        let texts: Vec<&str> = doc.descendants().filter(|n| n.has_tag_name("text")).filter_map(|n| n.text()).collect();
+        for t in ["X · pending 3 · dead 1", "Y · pending 3 · dead 1", "X · pending 0", "Orphan"] {
+            assert!(texts.contains(&t), "{t:?} not in {texts:?}");
+        }
+        // No figures, no change.
+        let none = drawing(
+            "[{name: a, publishes: [X, Y, Orphan]}, {name: b, port: 1, subscribes: [{type: X}, {type: Y}, {type: Ghost}]}, \
+             {name: c, port: 2, subscribes: [{type: X}]}]",
+        )
+        .with_figures(BTreeMap::from([("b".to_string(), Figures::default())]));
+        assert_eq!((mermaid(&none), dot(&none), svg(&none)), plain);
+    }
+
+    #[test]
+    fn figures_show_only_what_is_reported() {
+        assert_eq!(Figures::default().suffix(), "");
+        assert_eq!(Figures { pending: Some(3), dead: Some(1) }.suffix(), " · pending 3 · dead 1");
+        assert_eq!(Figures { pending: None, dead: Some(2) }.suffix(), " · dead 2");
     }
 
     #[test]

@@ -29,10 +29,11 @@ const GAP_Y: f64 = 16.0;
 const LOOP_H: f64 = 40.0;
 
 /// The edges from one node to another: one or more event types.
-struct Group<'a> {
+struct Group {
     from: usize,
     to: usize,
-    types: Vec<&'a str>,
+    /// Each type's label ([`Drawing::label`]).
+    types: Vec<String>,
     dashed: bool,
 }
 
@@ -41,7 +42,7 @@ pub fn svg(d: &Drawing) -> String {
     let mut by_pair: BTreeMap<(usize, usize), Group> = BTreeMap::new();
     for e in &d.edges {
         let g = by_pair.entry((e.from, e.to)).or_insert(Group { from: e.from, to: e.to, types: vec![], dashed: false });
-        g.types.push(&e.event_type);
+        g.types.push(d.label(e));
         g.dashed |= e.dashed;
     }
     let groups: Vec<Group> = by_pair.into_values().collect();
@@ -356,6 +357,7 @@ mod tests {
             ],
             edges: vec![Arrow { from: 0, to: 1, event_type: "T<1>".into(), dashed: false }],
             warnings: vec!["x & <y>\u{1}".into()],
+            figures: Default::default(),
         };
         let s = svg(&d);
         assert!(s.contains(">a&lt;b&gt;&amp;&quot;c&quot; &apos;d&apos;</text>"), "{s}");
