@@ -2,6 +2,7 @@
 
 mod cluster;
 mod contract;
+mod dashboard;
 mod dlq;
 mod status;
 mod table;
@@ -158,6 +159,14 @@ enum Cmd {
     /// restarts. For example `busbar tail --type CommentModerated` or
     /// `busbar tail --from-start --subject 0190f0a0-... --json`.
     Tail(tail::TailArgs),
+    /// Serve the dashboard for a bus on JetStream (the built-in bus serves its own at /).
+    ///
+    /// The same page as the built-in bus's: the event graph (from -f), each subscriber's
+    /// delivered, pending, dead letters and retries refreshing every second, the dead
+    /// letters with a Redrive button, and a live tail, all read from JetStream with the
+    /// credentials given. It listens on 127.0.0.1:4006 (--listen). For example
+    /// `busbar dashboard -f k8s/base/servicebus.yaml --nats-url nats://127.0.0.1:4222 --bus blog`.
+    Dashboard(dashboard::DashboardArgs),
     /// Print the NATS users a ServiceBus expects on JetStream, for the server's config.
     ///
     /// One user per service, named after it, whose password is its busbar token (the
@@ -233,6 +242,7 @@ fn main() -> ExitCode {
         Cmd::Dlq(args) => dlq::run(args),
         Cmd::Status(args) => status::run(args),
         Cmd::Tail(args) => tail::run(args),
+        Cmd::Dashboard(args) => dashboard::run(args),
         Cmd::NatsAuth { file, data_dir } => nats_auth(file, data_dir),
     };
     match result {

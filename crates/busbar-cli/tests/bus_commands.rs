@@ -61,6 +61,23 @@ async fn tail_live(args: &[&str]) -> tokio::process::Child {
     child
 }
 
+/// Starts `busbar <args>` (a server that says `http://ADDR` on stderr when it listens) and
+/// returns it with that URL.
+async fn start_server(args: &[&str]) -> (tokio::process::Child, String) {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_busbar"))
+        .args(args)
+        .env_remove("BUSBAR_TOKEN")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let first = tokio::time::timeout(T, lines.next_line()).await.expect("it starts").unwrap().unwrap_or_default();
+    let url = first.split_whitespace().find(|w| w.starts_with("http://")).unwrap_or_else(|| panic!("{first}"));
+    (child, url.to_owned())
+}
+
 /// Runs `busbar <args>`; returns (success, stdout, stderr).
 async fn busbar(args: &[&str]) -> (bool, String, String) {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_busbar"));
@@ -317,6 +334,33 @@ async fn jetstream_scenario(ctx: async_nats::jetstream::Context, bus: String) {
     let out = tokio::time::timeout(T, live.wait_with_output()).await.expect("tail stops after one event").unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && text.contains(busbar::AttributesReader::id(&published[1])), "{text}");
+
+    // `busbar dashboard` serves the page and the bus API it calls, from JetStream.
+    let dashboard = start_server(&[&["dashboard", "--listen", "127.0.0.1:0"], &target[..]].concat()).await;
+    let (mut child, url) = dashboard;
+    let http = reqwest::Client::new();
+    let page = http.get(format!("{url}/")).send().await.unwrap();
+    assert!(page.status().is_success());
+    assert!(page.text().await.unwrap().contains("<title>busbar</title>"));
+    let subs: Value = http.get(format!("{url}/subscribers")).send().await.unwrap().json().await.unwrap();
+    assert!(subs.as_array().unwrap().iter().any(|r| r["name"] == "query" && r["pending"].is_u64()), "{subs}");
+    let letters: Value = http.get(format!("{url}/deadletters")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(letters.as_array().unwrap().len(), 1, "comments' letter: {letters}");
+    let events = http.get(format!("{url}/events?after=0&limit=10")).send().await.unwrap();
+    let head: u64 = events.headers()["x-busbar-head"].to_str().unwrap().parse().unwrap();
+    assert!(head >= 3, "the stream holds the redriven copy and the two published events");
+    let events: Value = events.json().await.unwrap();
+    assert_eq!(events.as_array().unwrap().len(), 2, "replay leaves the redriven copy out: {events}");
+    let graph = http.get(format!("{url}/graph.svg")).send().await.unwrap();
+    assert_eq!(graph.status().as_u16(), 404, "no manifest was given, so no graph");
+    let id = letters[0]["id"].as_u64().unwrap();
+    let r = http.post(format!("{url}/deadletters/{id}/redrive")).send().await.unwrap();
+    assert!(r.status().is_success());
+    let letters: Value = http.get(format!("{url}/deadletters")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(letters, json!([]), "redriven from the page's button");
+    let r = http.post(format!("{url}/deadletters/{id}/redrive")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+    child.kill().await.unwrap();
 
     let (ok, _, err) = dlq(&["list", "--nats-url", &nats, "--bus", "no-such-bus-dlqcli"]).await;
     assert!(!ok && err.contains("has no dead-letter stream"), "{err}");

@@ -32,7 +32,7 @@ pub fn routes() -> Router<AppState> {
     Router::new().route("/", get(page)).route("/graph.svg", get(graph_svg))
 }
 
-async fn page() -> Response {
+pub async fn page() -> Response {
     let mut r = Html(PAGE).into_response();
     // The page loads nothing from anywhere but this bus; say so to the browser too.
     r.headers_mut().insert(
@@ -52,7 +52,7 @@ async fn graph_svg(State(s): State<AppState>) -> Result<Response, ApiError> {
     Ok((headers, svg).into_response())
 }
 
-fn svg_of(bus: Option<&ServiceBus>) -> Result<String, ApiError> {
+pub fn svg_of(bus: Option<&ServiceBus>) -> Result<String, ApiError> {
     let bus = bus.ok_or_else(|| {
         ApiError::not_found("this bus runs without a ServiceBus manifest (--routes), so it has no event graph")
     })?;

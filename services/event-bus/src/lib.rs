@@ -6,7 +6,7 @@
 
 mod access;
 mod api;
-mod dashboard;
+pub mod dashboard;
 mod delivery;
 mod ingest;
 mod metrics;
