@@ -190,6 +190,28 @@ async fn one_comment_is_one_trace_across_every_service() {
         );
     }
 
+    // `busbar status` and `busbar tail` against the running blog (the admin token is the
+    // one `busbar up` wrote in the data directory): the subscribers, and the moderation
+    // event with this trace's id.
+    let data_dir = dir.path().join("data");
+    let target = ["--bus-url", &url("event-bus"), "--data-dir", data_dir.to_str().unwrap()].map(str::to_owned);
+    let cli = |args: Vec<String>| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_busbar")).args(&args).args(&target).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "busbar {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        text
+    };
+    let rows: Value = serde_json::from_str(&cli(vec!["status".into(), "--json".into()])).unwrap();
+    let names: BTreeSet<&str> = rows.as_array().unwrap().iter().filter_map(|r| r["name"].as_str()).collect();
+    assert_eq!(names, BTreeSet::from(["comments", "moderation", "query"]), "{rows}");
+    assert!(rows.as_array().unwrap().iter().all(|r| r["deadLetters"] == 0), "{rows}");
+    let tailed =
+        cli(["tail", "--from-start", "--type", "CommentModerated", "--count", "1"].map(str::to_owned).to_vec());
+    assert!(
+        tailed.contains("CommentModerated  from moderation") && tailed.contains(&format!("trace {trace_id}")),
+        "{tailed}"
+    );
+
     // The same metric names on every process, with what this comment did in them.
     let metrics = |name: &str| {
         let url = format!("{}/metrics", url(name));
