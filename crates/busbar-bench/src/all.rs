@@ -94,7 +94,16 @@ pub async fn run(args: Args) -> anyhow::Result<AllSummary> {
     let mut b = common.clone();
     b.push(format!("--pg-url={}", args.pg_url));
     b.extend(smoke.clone());
-    let blog = blog::run(parse(b)).await.context("blog")?;
+    let mut blog = blog::run(parse(b)).await.context("blog")?;
+    // What tracing costs: the same blog on SQLite and the built-in bus, every process
+    // exporting its spans; its rows sit beside the others in the blog tables.
+    let mut traced = common.clone();
+    traced.extend(
+        ["--backends=sqlite", "--transports=builtin", "--rates=1000", "--comment-rates=500", "--trace-export"]
+            .map(str::to_owned),
+    );
+    traced.extend(smoke.clone());
+    blog.runs.extend(blog::run(parse(traced)).await.context("blog with trace export")?.runs);
 
     let mut r = bus.clone();
     r.push(format!("--events={}", args.replay_events));

@@ -96,6 +96,11 @@ pub struct Args {
     #[arg(long, default_value_t = 120.0, value_parser = crate::bus_raw::positive_secs)]
     pub drain_timeout: f64,
 
+    /// Every process exports its traces over OTLP/HTTP to a collector stand-in inside the
+    /// benchmark (which only counts them): what tracing costs. Rows say `traces exported`.
+    #[arg(long)]
+    pub trace_export: bool,
+
     /// Tiny bounds so CI can prove the scenario works in seconds: --duration 1, one rate
     /// of 100/s, one comment rate of 50/s, --rate-duration 1 (every backend and transport
     /// in the lists still runs).
@@ -179,6 +184,10 @@ pub async fn run(mut args: Args) -> anyhow::Result<BlogSummary> {
         false => None,
     };
     let client = client(args.max_in_flight as usize)?;
+    let sink = match args.trace_export {
+        true => Some(crate::otlp_sink::OtlpSink::start().await?),
+        false => None,
+    };
     let mut runs = vec![];
     let mut result = Ok(());
     'all: for &backend in &args.backends {
@@ -194,6 +203,7 @@ pub async fn run(mut args: Args) -> anyhow::Result<BlogSummary> {
                 nats_url: nats.as_ref().map(|n| n.info.url.as_str()),
                 pg_url: &args.pg_url,
                 run_id: &run_id,
+                otlp_endpoint: sink.as_ref().map(|s| s.url.as_str()),
             };
             eprintln!("[{SCENARIO}] {}, {}: starting the blog", backend.name(), transport_name(transport));
             match one_system(&args, &opts, &client, nats.as_ref()).await {
@@ -204,6 +214,13 @@ pub async fn run(mut args: Args) -> anyhow::Result<BlogSummary> {
                 }
             }
         }
+    }
+    if let Some(sink) = &sink {
+        let (requests, bytes) = sink.received();
+        eprintln!(
+            "[{SCENARIO}] the collector stand-in received {requests} exports, {:.1} MB of spans",
+            bytes as f64 / 1e6
+        );
     }
     let nats_info = nats.as_ref().map(|n| n.info.clone());
     if let Some(n) = nats {
@@ -404,7 +421,12 @@ async fn measure_system(
     }
     Ok(SystemRun {
         backend: opts.backend.name(),
-        transport: if opts.transport == TransportKind::Builtin { "builtin" } else { "jetstream" },
+        transport: match (opts.transport, opts.otlp_endpoint.is_some()) {
+            (TransportKind::Builtin, false) => "builtin",
+            (TransportKind::Builtin, true) => "builtin, traces exported",
+            (TransportKind::JetStream, false) => "jetstream",
+            (TransportKind::JetStream, true) => "jetstream, traces exported",
+        },
         procs,
         flows,
         load_average: crate::proc::load_average(),

@@ -10,6 +10,7 @@ mod bus_raw;
 mod clock;
 mod load;
 mod nats;
+mod otlp_sink;
 mod proc;
 mod replay;
 mod report;

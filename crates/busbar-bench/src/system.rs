@@ -59,6 +59,8 @@ pub struct SystemOpts<'a> {
     pub pg_url: &'a str,
     /// Unique per run: names databases and the bus (hence the JetStream stream).
     pub run_id: &'a str,
+    /// Where every process exports its traces (OTLP/HTTP), if anywhere.
+    pub otlp_endpoint: Option<&'a str>,
 }
 
 /// One running process of the blog.
@@ -169,10 +171,15 @@ impl System {
                 .env("NO_PROXY", "*")
                 .env_remove("HTTP_PROXY")
                 .env_remove("http_proxy")
+                .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+                .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
                 .stdin(Stdio::null())
                 .stdout(out.try_clone()?)
                 .stderr(out)
                 .kill_on_drop(true);
+            if let Some(endpoint) = opts.otlp_endpoint {
+                cmd.env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint);
+            }
             let t0 = clock::now_ns();
             let child = cmd.spawn().with_context(|| format!("cannot start {}", p.name))?;
             let pid = child.id().context("a process exited at once")?;
