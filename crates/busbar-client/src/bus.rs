@@ -82,54 +82,39 @@ impl BusClient {
 
     /// Up to `limit` events of `types` (all if empty) stored after `after`, oldest first.
     pub async fn replay(&self, after: u64, limit: usize, types: &[&str]) -> Result<ReplayPage, TransportError> {
-        let unavailable = |reason: String| TransportError::Unavailable { transport: "http", reason };
         let query = bus_api::ReplayQuery {
             after: Some(after as i64),
             limit: Some(limit as i64),
             ty: (!types.is_empty()).then(|| types.join(",")),
         };
-        let resp = self
-            .request(reqwest::Method::GET, "/events")
-            .query(&query)
-            .send()
-            .await
-            .map_err(|e| unavailable(format!("GET {}/events: {e}", self.base)))?;
-        let status = resp.status();
-        if !status.is_success() {
-            let reason = error_text(&resp.text().await.unwrap_or_default());
-            return Err(TransportError::Rejected { transport: "http", status: status.as_u16(), reason });
-        }
-        let next = resp
-            .headers()
-            .get(bus_api::NEXT_AFTER_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| unavailable(format!("the bus's replay answer lacks {}", bus_api::NEXT_AFTER_HEADER)))?;
-        let body = resp.bytes().await.map_err(|e| unavailable(e.to_string()))?;
-        let events = envelope::decode_batch(&body).map_err(|e| unavailable(format!("bad replay page: {e}")))?;
+        let resp = self.get_events(&query).await?;
+        let next = number_header(&resp, bus_api::NEXT_AFTER_HEADER)?;
+        let body = resp.bytes().await.map_err(|e| http_unavailable(e.to_string()))?;
+        let events = envelope::decode_batch(&body).map_err(|e| http_unavailable(format!("bad replay page: {e}")))?;
         let done = events.len() < limit;
         Ok(ReplayPage { events, next, done })
     }
 
     /// The log's last sequence now (the [`bus_api::HEAD_HEADER`] of a one-event replay).
     pub async fn head(&self) -> Result<u64, TransportError> {
-        let unavailable = |reason: String| TransportError::Unavailable { transport: "http", reason };
+        let query = bus_api::ReplayQuery { after: None, limit: Some(1), ty: None };
+        number_header(&self.get_events(&query).await?, bus_api::HEAD_HEADER)
+    }
+
+    /// `GET /events` (replay); a refusal is [`TransportError::Rejected`] with the bus's reason.
+    async fn get_events(&self, query: &bus_api::ReplayQuery) -> Result<reqwest::Response, TransportError> {
         let resp = self
             .request(reqwest::Method::GET, "/events")
-            .query(&[("limit", "1")])
+            .query(query)
             .send()
             .await
-            .map_err(|e| unavailable(format!("GET {}/events: {e}", self.base)))?;
+            .map_err(|e| http_unavailable(format!("GET {}/events: {e}", self.base)))?;
         let status = resp.status();
         if !status.is_success() {
             let reason = error_text(&resp.text().await.unwrap_or_default());
             return Err(TransportError::Rejected { transport: "http", status: status.as_u16(), reason });
         }
-        resp.headers()
-            .get(bus_api::HEAD_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| unavailable(format!("the bus's replay answer lacks {}", bus_api::HEAD_HEADER)))
+        Ok(resp)
     }
 
     /// Records that `subscriber` gives up on `event` (`POST /deadletters`).
@@ -219,6 +204,19 @@ fn error_text(body: &str) -> String {
         Ok(e) => e.error,
         Err(_) => one_line(body, 300),
     }
+}
+
+fn http_unavailable(reason: String) -> TransportError {
+    TransportError::Unavailable { transport: "http", reason }
+}
+
+/// A numeric header of a replay answer.
+fn number_header(resp: &reqwest::Response, name: &str) -> Result<u64, TransportError> {
+    resp.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| http_unavailable(format!("the bus's replay answer lacks {name}")))
 }
 
 #[cfg(test)]
