@@ -19,10 +19,10 @@ struct Image {
 }
 
 const IMAGES: [Image; 6] = [
-    Image { dockerfile: "services/posts/Dockerfile", bin: "posts", port: 4000 },
-    Image { dockerfile: "services/comments/Dockerfile", bin: "comments", port: 4001 },
-    Image { dockerfile: "services/query/Dockerfile", bin: "query", port: 4002 },
-    Image { dockerfile: "services/moderation/Dockerfile", bin: "moderation", port: 4003 },
+    Image { dockerfile: "services/blog/posts/Dockerfile", bin: "posts", port: 4000 },
+    Image { dockerfile: "services/blog/comments/Dockerfile", bin: "comments", port: 4001 },
+    Image { dockerfile: "services/blog/query/Dockerfile", bin: "query", port: 4002 },
+    Image { dockerfile: "services/blog/moderation/Dockerfile", bin: "moderation", port: 4003 },
     Image { dockerfile: "services/event-bus/Dockerfile", bin: "event-bus", port: 4005 },
     Image { dockerfile: "operator/Dockerfile", bin: "busbar-operator", port: 8080 },
 ];
