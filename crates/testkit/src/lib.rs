@@ -36,9 +36,46 @@ where
     }
 }
 
-/// A port that was free a moment ago on 127.0.0.1.
+/// A port on 127.0.0.1 for a server a test starts, held for this test process alone.
+///
+/// Asking the kernel for a free port (`bind(0)`, close, hand the number to a child) races:
+/// until the child binds it, the kernel may give the same port to another test's `bind(0)`
+/// or to any outgoing connection, since both draw from the ephemeral range. So ports come
+/// from below that range (the kernel never hands those out by itself), and each is claimed
+/// with a lock on a file named after it, shared by every test process on the machine and
+/// held until this process exits (a lock is released with its process, even on SIGKILL).
+/// A port somebody else already listens on is skipped.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use std::sync::Mutex;
+    // The claims this process holds; never released before exit, so never handed out twice.
+    static HELD: Mutex<Vec<std::fs::File>> = Mutex::new(Vec::new());
+    const FIRST: u16 = 20_000;
+    const COUNT: u16 = 12_000; // up to 31999, below Linux's default ephemeral range (32768..)
+    let dir = port_lock_path(0).parent().unwrap().to_owned();
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+    // Start somewhere different in each process so parallel test processes rarely meet.
+    let start = (std::process::id() as u64).wrapping_mul(7_919) ^ uuid::Uuid::now_v7().as_u128() as u64; // its low bits are random
+    let mut held = HELD.lock().unwrap_or_else(|e| e.into_inner());
+    for i in 0..u64::from(COUNT) {
+        let port = FIRST + ((start + i) % u64::from(COUNT)) as u16;
+        let path = port_lock_path(port);
+        let file = std::fs::File::options().create(true).truncate(false).write(true).open(&path);
+        let file = file.unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()));
+        if file.try_lock().is_err() {
+            continue; // another test process (or an earlier call here) holds it
+        }
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
+            continue; // something outside the tests listens on it
+        }
+        held.push(file);
+        return port;
+    }
+    panic!("no free port in {FIRST}..{}: every one is claimed or in use", FIRST + COUNT);
+}
+
+/// The file whose lock claims `port` for one test process (see [`free_port`]).
+pub fn port_lock_path(port: u16) -> std::path::PathBuf {
+    std::env::temp_dir().join("busbar-test-ports").join(port.to_string())
 }
 
 /// A unique temporary directory, removed when dropped.

@@ -19,15 +19,14 @@ pub fn ports() -> HashMap<&'static str, u16> {
     ports_for(&SERVICES)
 }
 
-/// Ports for the bus and these services, free at the time of asking.
+/// Ports for the bus and these services, held for this test process (see `testkit::free_port`).
 pub fn ports_for(services: &[&'static str]) -> HashMap<&'static str, u16> {
     std::iter::once("event-bus").chain(services.iter().copied()).map(|n| (n, testkit::free_port())).collect()
 }
 
 /// `busbar up` as a user runs it, on the manifest `spec(ports)` (written to
 /// `dir/servicebus.yaml`, with `dir/data` as the data directory), until it says all are
-/// ready. Ports are picked free but may be taken by a parallel test before busbar binds
-/// them; then busbar up says so and exits, and this tries again with new ports.
+/// ready.
 pub async fn busbar_up(
     dir: &std::path::Path,
     services: &[&'static str],
@@ -45,32 +44,23 @@ pub async fn busbar_up_with_env(
     extra: &[String],
     env: &[(&str, &str)],
 ) -> (Proc, HashMap<&'static str, u16>) {
-    for attempt in 1..=3 {
-        let ports = ports_for(services);
-        std::fs::write(dir.join("servicebus.yaml"), spec(&ports)).unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_busbar"));
-        cmd.arg("up").arg("-f").arg(dir.join("servicebus.yaml")).arg("--data-dir").arg(dir.join("data"));
-        cmd.args(["--bus-port", &ports["event-bus"].to_string()]).args(extra).envs(env.iter().copied());
-        let mut p = Proc::spawn("busbar up", cmd, &dir.join(format!("up-{attempt}.log")));
-        let deadline = std::time::Instant::now() + 2 * T;
-        loop {
-            if p.log().contains("All ready") {
-                let last = services.last().expect("a service");
-                p.wait_ready(&format!("http://127.0.0.1:{}/readyz", ports[last]), T).await;
-                return (p, ports);
-            }
-            if let Some(status) = p.exited() {
-                let log = p.log();
-                if (log.contains("already in use") || log.contains("cannot listen on")) && attempt < 3 {
-                    break;
-                }
-                panic!("busbar up exited ({status}) before it was ready:\n{}", p.log_tail());
-            }
-            assert!(std::time::Instant::now() < deadline, "busbar up not ready after {:?}:\n{}", 2 * T, p.log_tail());
-            tokio::time::sleep(Duration::from_millis(50)).await;
+    let ports = ports_for(services);
+    std::fs::write(dir.join("servicebus.yaml"), spec(&ports)).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_busbar"));
+    cmd.arg("up").arg("-f").arg(dir.join("servicebus.yaml")).arg("--data-dir").arg(dir.join("data"));
+    cmd.args(["--bus-port", &ports["event-bus"].to_string()]).args(extra).envs(env.iter().copied());
+    let mut p = Proc::spawn("busbar up", cmd, &dir.join("up.log"));
+    let deadline = std::time::Instant::now() + 2 * T;
+    while !p.log().contains("All ready") {
+        if let Some(status) = p.exited() {
+            panic!("busbar up exited ({status}) before it was ready:\n{}", p.log_tail());
         }
+        assert!(std::time::Instant::now() < deadline, "busbar up not ready after {:?}:\n{}", 2 * T, p.log_tail());
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    unreachable!("the third attempt returns or panics")
+    let last = services.last().expect("a service");
+    p.wait_ready(&format!("http://127.0.0.1:{}/readyz", ports[last]), T).await;
+    (p, ports)
 }
 
 /// The pid `busbar up` last logged for `service` ("busbar: NAME started (pid N)").
