@@ -4,7 +4,10 @@
 
 mod events;
 mod routes;
-mod store;
+/// Public for its tests.
+pub mod store;
+
+pub use routes::router;
 
 use busbar::service::{Service, ServiceError};
 
@@ -14,6 +17,10 @@ pub const PORT: u16 = 4002;
 pub async fn run() -> Result<(), ServiceError> {
     let migrations = sqlx::migrate!("./migrations");
     let service = Service::start(NAME, PORT, &migrations, &migrations, events::handlers()).await?;
+    let rendered = store::render_missing(service.db()).await?;
+    if rendered > 0 {
+        tracing::info!(posts = rendered, "rendered the views of posts stored before views were kept");
+    }
     let routes = routes::router(service.db().clone());
     service.serve(routes).await
 }

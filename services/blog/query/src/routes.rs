@@ -6,15 +6,17 @@
 //! `limit` of them, with their comments.
 
 use axum::{
-    Json, Router,
+    Router,
+    body::{Body, Bytes},
     extract::{Query, State, rejection::QueryRejection},
+    http::header,
+    response::{IntoResponse, Response},
     routing::get,
 };
-use busbar::{Db, web::ApiError};
+use busbar::{Db, db::DbError, web::ApiError};
 use serde::Deserialize;
-use serde_json::{Map, Value};
 
-use crate::store::{self, Page};
+use crate::store::{self, Chunk, Page};
 
 /// Largest page `limit` accepts.
 pub const MAX_PAGE: i64 = 10_000;
@@ -42,12 +44,66 @@ fn page(q: PageQuery) -> Result<Option<Page>, ApiError> {
     Ok(Some(Page { after: q.after.unwrap_or_default(), limit }))
 }
 
-async fn list(State(db): State<Db>, q: Result<Query<PageQuery>, QueryRejection>) -> Result<Json<Value>, ApiError> {
+/// Posts per database round trip while the view streams out.
+const CHUNK: i64 = 1000;
+
+/// The view, streamed: stored post documents, a chunk at a time, so neither a large view
+/// nor many readers hold it all in memory. The first chunk is read before answering, so
+/// a database that cannot be read gives a plain 500 rather than a cut-off 200.
+async fn list(State(db): State<Db>, q: Result<Query<PageQuery>, QueryRejection>) -> Result<Response, ApiError> {
     let Query(q) = q.map_err(|e| ApiError::bad_request(format!("{}; use ?after=<postId>&limit=<n>", e.body_text())))?;
-    let posts = store::view(&db, page(q)?.as_ref()).await?;
-    let map: Map<String, Value> =
-        posts.into_iter().map(|p| (p.id.clone(), serde_json::to_value(p).expect("serializes"))).collect();
-    Ok(Json(Value::Object(map)))
+    let (after, left) = match page(q)? {
+        Some(Page { after, limit }) => (after, limit),
+        None => (String::new(), i64::MAX),
+    };
+    let asked = left.min(CHUNK);
+    let first = store::chunk(&db, &after, asked).await?;
+    let reader = Reader { db, pending: first, asked, left, next_after: None, opened: false, closed: false };
+    let body = Body::from_stream(futures::stream::try_unfold(reader, Reader::step));
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+/// Where a streaming `GET /posts` is.
+struct Reader {
+    db: Db,
+    /// A chunk read and not yet sent.
+    pending: Option<Chunk>,
+    /// The limit the last chunk was read with (a full chunk may have more after it).
+    asked: i64,
+    /// Posts the request may still get.
+    left: i64,
+    /// Read the next chunk after this id.
+    next_after: Option<String>,
+    opened: bool,
+    closed: bool,
+}
+
+impl Reader {
+    async fn step(mut self) -> Result<Option<(Bytes, Reader)>, DbError> {
+        if self.pending.is_none()
+            && let Some(after) = self.next_after.take()
+        {
+            self.asked = self.left.min(CHUNK);
+            self.pending = store::chunk(&self.db, &after, self.asked).await.inspect_err(|e| {
+                tracing::error!(error = %e, "GET /posts: cannot read the next chunk; the response is cut off");
+            })?;
+        }
+        if let Some(c) = self.pending.take() {
+            let mut out = String::with_capacity(c.members.len() + 1);
+            out.push(if self.opened { ',' } else { '{' });
+            out.push_str(&c.members);
+            self.opened = true;
+            self.left -= c.posts;
+            self.next_after = (c.posts == self.asked && self.left > 0).then_some(c.last);
+            return Ok(Some((Bytes::from(out), self)));
+        }
+        if self.closed {
+            return Ok(None);
+        }
+        self.closed = true;
+        let end = if self.opened { "}" } else { "{}" };
+        Ok(Some((Bytes::from_static(end.as_bytes()), self)))
+    }
 }
 
 #[cfg(test)]

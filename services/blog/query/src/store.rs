@@ -1,5 +1,8 @@
+//! query's database: posts and comments as events describe them, and each post's view
+//! rendered once per change (`posts.doc`), so a read concatenates stored JSON.
+
 use blog_events::PostCreated;
-use busbar::{Db, Tx, db::DbError};
+use busbar::{Db, Tx, db::Backend, db::DbError};
 use serde::Serialize;
 use sqlx::Row;
 
@@ -9,7 +12,7 @@ pub async fn upsert_post(tx: &mut Tx, p: &PostCreated) -> Result<(), DbError> {
         .bind(&p.title)
         .execute(&mut **tx)
         .await?;
-    Ok(())
+    render(tx, &p.id).await
 }
 
 pub async fn upsert_comment(tx: &mut Tx, id: &str, post_id: &str, content: &str, status: &str) -> Result<(), DbError> {
@@ -23,7 +26,7 @@ pub async fn upsert_comment(tx: &mut Tx, id: &str, post_id: &str, content: &str,
     .bind(status)
     .execute(&mut **tx)
     .await?;
-    Ok(())
+    render(tx, post_id).await
 }
 
 #[derive(Debug, Serialize, PartialEq)]
@@ -33,11 +36,66 @@ pub struct CommentView {
     pub status: String,
 }
 
+/// One post of the view, as `GET /posts` shows it.
 #[derive(Debug, Serialize, PartialEq)]
-pub struct PostView {
-    pub id: String,
+pub struct PostView<'a> {
+    pub id: &'a str,
     pub title: String,
     pub comments: Vec<CommentView>,
+}
+
+/// Renders post `id`'s view from its row and its comments into `posts.doc`, inside the
+/// transaction that changed them. A comment whose post has not arrived yet waits in
+/// `comments`; the post's own render picks it up.
+async fn render(tx: &mut Tx, id: &str) -> Result<(), DbError> {
+    let Some(title) = sqlx::query_scalar::<_, String>("SELECT title FROM posts WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await?
+    else {
+        return Ok(());
+    };
+    let doc = document(tx, id, title).await?;
+    sqlx::query("UPDATE posts SET doc = $1 WHERE id = $2").bind(doc).bind(id).execute(&mut **tx).await?;
+    Ok(())
+}
+
+async fn document(tx: &mut Tx, id: &str, title: String) -> Result<String, DbError> {
+    let comments = sqlx::query("SELECT id, content, status FROM comments WHERE post_id = $1 ORDER BY id")
+        .bind(id)
+        .fetch_all(&mut **tx)
+        .await?
+        .into_iter()
+        .map(|r| CommentView { id: r.get(0), content: r.get(1), status: r.get(2) })
+        .collect();
+    Ok(serde_json::to_string(&PostView { id, title, comments }).expect("a view serialises"))
+}
+
+/// Renders every post that has no document yet (rows written before documents existed).
+/// Runs before the service receives events; a render racing it wins, since this only
+/// fills a document that is still missing. Returns how many it rendered.
+pub async fn render_missing(db: &Db) -> Result<u64, DbError> {
+    let mut done = 0;
+    loop {
+        let mut tx = db.begin().await?;
+        let rows = sqlx::query("SELECT id, title FROM posts WHERE doc IS NULL ORDER BY id LIMIT 500")
+            .fetch_all(&mut *tx)
+            .await?;
+        if rows.is_empty() {
+            return Ok(done);
+        }
+        for r in rows {
+            let id: String = r.get(0);
+            let doc = document(&mut tx, &id, r.get(1)).await?;
+            sqlx::query("UPDATE posts SET doc = $1 WHERE id = $2 AND doc IS NULL")
+                .bind(doc)
+                .bind(&id)
+                .execute(&mut *tx)
+                .await?;
+            done += 1;
+        }
+        tx.commit().await?;
+    }
 }
 
 /// A slice of the view: posts whose ids sort after `after`, at most `limit` of them.
@@ -47,47 +105,32 @@ pub struct Page {
     pub limit: i64,
 }
 
-/// Every post (or one page of them) with its comments, oldest first. Two queries, joined
-/// in memory.
-pub async fn view(db: &Db, page: Option<&Page>) -> Result<Vec<PostView>, DbError> {
-    let mut conn = db.pool().acquire().await?;
-    let (posts, comments) = match page {
-        None => {
-            let posts = sqlx::query("SELECT id, title FROM posts ORDER BY id").fetch_all(&mut *conn).await?;
-            let comments = sqlx::query("SELECT id, post_id, content, status FROM comments ORDER BY post_id, id")
-                .fetch_all(&mut *conn)
-                .await?;
-            (posts, comments)
+/// Up to `limit` posts whose ids sort after `after`, as the members of a JSON object
+/// (`"<id>":<view>,...`, in id order, without braces), joined by the database itself so a
+/// chunk crosses the driver as one value instead of one row per post.
+#[derive(Debug, PartialEq)]
+pub struct Chunk {
+    pub members: String,
+    /// The last id in the chunk, where the next one starts.
+    pub last: String,
+    pub posts: i64,
+}
+
+pub async fn chunk(db: &Db, after: &str, limit: i64) -> Result<Option<Chunk>, DbError> {
+    let sql = match db.backend() {
+        Backend::Sqlite => {
+            "SELECT group_concat(json_quote(id) || ':' || doc, ',' ORDER BY id), max(id), count(*) \
+             FROM (SELECT id, doc FROM posts WHERE id > $1 ORDER BY id LIMIT $2)"
         }
-        Some(p) => {
-            let posts = sqlx::query("SELECT id, title FROM posts WHERE id > $1 ORDER BY id LIMIT $2")
-                .bind(&p.after)
-                .bind(p.limit)
-                .fetch_all(&mut *conn)
-                .await?;
-            let Some(last) = posts.last().map(|r| r.get::<String, _>(0)) else { return Ok(vec![]) };
-            // The page's posts are exactly the ids in (after, last]: one indexed range.
-            let comments = sqlx::query(
-                "SELECT id, post_id, content, status FROM comments WHERE post_id > $1 AND post_id <= $2 \
-                 ORDER BY post_id, id",
-            )
-            .bind(&p.after)
-            .bind(last)
-            .fetch_all(&mut *conn)
-            .await?;
-            (posts, comments)
+        Backend::Postgres => {
+            "SELECT string_agg(to_json(id)::text || ':' || doc, ',' ORDER BY id), max(id), count(*) \
+             FROM (SELECT id, doc FROM posts WHERE id > $1 ORDER BY id LIMIT $2) page"
         }
     };
-    let mut by_post: std::collections::HashMap<String, Vec<CommentView>> = std::collections::HashMap::new();
-    for r in comments {
-        by_post.entry(r.get(1)).or_default().push(CommentView { id: r.get(0), content: r.get(2), status: r.get(3) });
+    let row = sqlx::query(sql).bind(after).bind(limit).fetch_one(db.pool()).await?;
+    let posts: i64 = row.get(2);
+    if posts == 0 {
+        return Ok(None);
     }
-    Ok(posts
-        .into_iter()
-        .map(|r| {
-            let id: String = r.get(0);
-            let comments = by_post.remove(&id).unwrap_or_default();
-            PostView { id, title: r.get(1), comments }
-        })
-        .collect())
+    Ok(Some(Chunk { members: row.get(0), last: row.get(1), posts }))
 }

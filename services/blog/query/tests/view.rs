@@ -1,0 +1,190 @@
+//! query's `GET /posts`, served from the post documents it keeps, on SQLite and PostgreSQL:
+//! what the course's client reads, in pages, across the chunks it streams in, and from a
+//! database written before documents were kept.
+
+use std::path::Path;
+
+use blog_events::PostCreated;
+use busbar::{Db, DbOptions};
+use query::store;
+use serde_json::{Value, json};
+
+enum Keep {
+    #[allow(dead_code)] // held for its Drop
+    Dir(testkit::TempDir),
+    #[allow(dead_code)]
+    Pg(testkit::pg::TempDb),
+}
+
+async fn database(backend: &str) -> (String, Keep) {
+    match backend {
+        "sqlite" => {
+            let dir = testkit::temp_dir();
+            (format!("sqlite://{}/query.db", dir.path().display()), Keep::Dir(dir))
+        }
+        _ => {
+            let db = testkit::pg::TempDb::create().await;
+            (db.url.clone(), Keep::Pg(db))
+        }
+    }
+}
+
+async fn migrated(url: &str) -> Db {
+    let db = Db::connect("query", url, DbOptions::default()).await.unwrap();
+    let m = sqlx::migrate!("./migrations");
+    db.migrate(&m, &m).await.unwrap();
+    db
+}
+
+/// query's routes on 127.0.0.1, on a port of their own; the base URL.
+async fn serve(db: &Db) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let app = query::router(db.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    url
+}
+
+async fn get(url: &str) -> Value {
+    let r = reqwest::get(url).await.unwrap();
+    assert_eq!(r.status(), 200, "GET {url}");
+    assert_eq!(r.headers()["content-type"], "application/json");
+    r.json().await.unwrap()
+}
+
+async fn post(db: &Db, id: &str, title: &str) {
+    let mut tx = db.begin().await.unwrap();
+    store::upsert_post(&mut tx, &PostCreated { id: id.into(), title: title.into() }).await.unwrap();
+    tx.commit().await.unwrap();
+}
+
+async fn comment(db: &Db, id: &str, post_id: &str, content: &str, status: &str) {
+    let mut tx = db.begin().await.unwrap();
+    store::upsert_comment(&mut tx, id, post_id, content, status).await.unwrap();
+    tx.commit().await.unwrap();
+}
+
+async fn the_view_follows_posts_and_comments(backend: &str) {
+    let (url, _keep) = database(backend).await;
+    let db = migrated(&url).await;
+    let base = serve(&db).await;
+    assert_eq!(get(&format!("{base}/posts")).await, json!({}));
+
+    // A comment may arrive before its post: it shows once the post does.
+    comment(&db, "c1", "p1", "early", "pending").await;
+    assert_eq!(get(&format!("{base}/posts")).await, json!({}));
+    post(&db, "p1", "first").await;
+    comment(&db, "c2", "p1", "second \"quoted\" ✓", "pending").await;
+    comment(&db, "c1", "p1", "early", "approved").await;
+    post(&db, "p2", "other").await;
+    let p1 = json!({"id": "p1", "title": "first", "comments": [
+        {"id": "c1", "content": "early", "status": "approved"},
+        {"id": "c2", "content": "second \"quoted\" ✓", "status": "pending"},
+    ]});
+    let p2 = json!({"id": "p2", "title": "other", "comments": []});
+    assert_eq!(get(&format!("{base}/posts")).await, json!({"p1": p1, "p2": p2}), "{backend}");
+
+    // Pages: after an id, at most `limit` posts.
+    assert_eq!(get(&format!("{base}/posts?limit=1")).await, json!({"p1": p1}));
+    assert_eq!(get(&format!("{base}/posts?after=p1&limit=5")).await, json!({"p2": p2}));
+    assert_eq!(get(&format!("{base}/posts?after=p2")).await, json!({}));
+}
+
+#[tokio::test]
+async fn the_view_follows_posts_and_comments_on_sqlite() {
+    the_view_follows_posts_and_comments("sqlite").await;
+}
+
+#[tokio::test]
+async fn the_view_follows_posts_and_comments_on_postgres() {
+    the_view_follows_posts_and_comments("postgres").await;
+}
+
+async fn a_large_view_streams_whole_and_in_order(backend: &str) {
+    let (url, _keep) = database(backend).await;
+    let db = migrated(&url).await;
+    let base = serve(&db).await;
+    // More posts than one chunk of the stream (1,000), with comments on some.
+    let n = 2_345;
+    let mut tx = db.begin().await.unwrap();
+    for i in 0..n {
+        let id = format!("p{i:05}");
+        store::upsert_post(&mut tx, &PostCreated { id: id.clone(), title: format!("t{i}") }).await.unwrap();
+        if i % 100 == 0 {
+            store::upsert_comment(&mut tx, &format!("c{i}"), &id, "hi", "approved").await.unwrap();
+        }
+    }
+    tx.commit().await.unwrap();
+
+    let view = get(&format!("{base}/posts")).await;
+    let view = view.as_object().unwrap();
+    assert_eq!(view.len(), n, "{backend}");
+    assert_eq!(
+        view["p01700"],
+        json!({"id": "p01700", "title": "t1700", "comments": [{"id": "c1700", "content": "hi", "status": "approved"}]})
+    );
+    assert_eq!(view["p02344"], json!({"id": "p02344", "title": "t2344", "comments": []}));
+
+    // The body lists posts in id order (the stream's chunks follow one another).
+    let text = reqwest::get(format!("{base}/posts")).await.unwrap().text().await.unwrap();
+    let at = |id: &str| text.find(&format!("\"{id}\":")).unwrap_or_else(|| panic!("{id} missing"));
+    assert!(at("p00999") < at("p01000") && at("p01999") < at("p02000"));
+
+    // A page larger than a chunk stops at its limit.
+    let page = get(&format!("{base}/posts?after=p00010&limit=1500")).await;
+    let keys: Vec<&String> = page.as_object().unwrap().keys().collect();
+    assert_eq!((keys.len(), keys[0].as_str(), keys[1499].as_str()), (1500, "p00011", "p01510"));
+}
+
+#[tokio::test]
+async fn a_large_view_streams_whole_and_in_order_on_sqlite() {
+    a_large_view_streams_whole_and_in_order("sqlite").await;
+}
+
+#[tokio::test]
+async fn a_large_view_streams_whole_and_in_order_on_postgres() {
+    a_large_view_streams_whole_and_in_order("postgres").await;
+}
+
+/// A database of an earlier query, which kept no documents: only the first migration.
+async fn database_from_before_documents(url: &str) -> Db {
+    let db = Db::connect("query", url, DbOptions::default()).await.unwrap();
+    let dir = testkit::temp_dir();
+    let first = Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/1_query.sql");
+    std::fs::copy(first, dir.path().join("1_query.sql")).unwrap();
+    let m = sqlx::migrate::Migrator::new(dir.path()).await.unwrap();
+    db.migrate(&m, &m).await.unwrap();
+    for sql in [
+        "INSERT INTO posts (id, title) VALUES ('p1', 'one'), ('p2', 'two')",
+        "INSERT INTO comments (id, post_id, content, status) VALUES ('c1', 'p2', 'kept', 'approved')",
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(sql)).execute(db.pool()).await.unwrap();
+    }
+    db
+}
+
+async fn an_earlier_database_is_rendered_at_start(backend: &str) {
+    let (url, _keep) = database(backend).await;
+    database_from_before_documents(&url).await.close().await;
+    let db = migrated(&url).await;
+    assert_eq!(store::render_missing(&db).await.unwrap(), 2, "{backend}");
+    assert_eq!(store::render_missing(&db).await.unwrap(), 0, "a second start renders nothing");
+    let base = serve(&db).await;
+    assert_eq!(
+        get(&format!("{base}/posts")).await,
+        json!({
+            "p1": {"id": "p1", "title": "one", "comments": []},
+            "p2": {"id": "p2", "title": "two", "comments": [{"id": "c1", "content": "kept", "status": "approved"}]},
+        })
+    );
+}
+
+#[tokio::test]
+async fn an_earlier_database_is_rendered_at_start_on_sqlite() {
+    an_earlier_database_is_rendered_at_start("sqlite").await;
+}
+
+#[tokio::test]
+async fn an_earlier_database_is_rendered_at_start_on_postgres() {
+    an_earlier_database_is_rendered_at_start("postgres").await;
+}
