@@ -25,7 +25,7 @@ use crate::{
     nats::{self, Nats},
     stats::{self, Latency},
     system::{Backend, System, SystemOpts},
-    watch::{self, Want, Watcher},
+    watch::{self, Read, Want, Watcher},
 };
 
 const SCENARIO: &str = "blog";
@@ -91,6 +91,17 @@ pub struct Args {
     #[arg(long, default_value_t = 2.0, value_parser = crate::bus_raw::positive_secs)]
     pub poll_ms: f64,
 
+    /// Open loop of posts while a client polls the whole `GET /posts` every
+    /// --full-poll-ms, as the course's React client does (the paged runs above read one
+    /// page at a time): offered rates, comma-separated; one run per rate.
+    #[arg(long, value_delimiter = ',', default_value = "200,1000", value_parser = crate::bus_raw::positive_rate)]
+    pub full_poll_rates: Vec<f64>,
+
+    /// Milliseconds between full `GET /posts` polls in the --full-poll-rates runs (a poll
+    /// starts only after the previous one's answer is read).
+    #[arg(long, default_value_t = 5.0, value_parser = crate::bus_raw::positive_secs)]
+    pub full_poll_ms: f64,
+
     /// Seconds to wait, after writing stops, for every write to be visible. Any still
     /// missing then is a failure (exit status 1).
     #[arg(long, default_value_t = 120.0, value_parser = crate::bus_raw::positive_secs)]
@@ -133,6 +144,9 @@ pub struct FlowRow {
     pub mode: &'static str,
     pub load: String,
     pub target_per_s: Option<f64>,
+    /// Open loop: seen by polling the whole `GET /posts` (the course client's read) rather
+    /// than one page.
+    pub full_get: bool,
     /// Writes answered 201.
     pub written: u64,
     /// Writes that failed (not counted, not awaited).
@@ -173,6 +187,7 @@ pub async fn run(mut args: Args) -> anyhow::Result<BlogSummary> {
         args.duration = 1.0;
         args.rates = vec![100.0];
         args.comment_rates = vec![50.0];
+        args.full_poll_rates = vec![100.0];
         args.rate_duration = 1.0;
         args.drain_timeout = args.drain_timeout.min(60.0);
     }
@@ -372,6 +387,7 @@ async fn measure_system(
         mode: "closed",
         load: format!("{k} clients"),
         target_per_s: None,
+        full_get: false,
         written: written.ids.len() as u64,
         errors: written.errors,
         first_error: written.first_error.clone(),
@@ -384,12 +400,26 @@ async fn measure_system(
     progress(&who, flows.last());
     system.check_alive()?;
 
-    let watcher = Watcher::start(client.clone(), query.clone(), Duration::from_secs_f64(args.poll_ms / 1e3));
+    let watcher =
+        Watcher::start(client.clone(), query.clone(), Duration::from_secs_f64(args.poll_ms / 1e3), Read::Paged);
     for &rate in &args.rates {
         eprintln!("{who}: posts, open loop, {rate}/s, {} s", args.rate_duration);
         flows.push(open_posts(args, client, &posts_url, &watcher, rate).await?);
         progress(&who, flows.last());
         system.check_alive()?;
+    }
+    if !args.full_poll_rates.is_empty() {
+        let every = Duration::from_secs_f64(args.full_poll_ms / 1e3);
+        let full = Watcher::start(client.clone(), query.clone(), every, Read::Full);
+        for &rate in &args.full_poll_rates {
+            eprintln!("{who}: posts, open loop, {rate}/s, {} s, full GET /posts every {every:?}", args.rate_duration);
+            let mut row = open_posts(args, client, &posts_url, &full, rate).await?;
+            row.load = format!("{rate}/s, full GET /posts every {} ms", args.full_poll_ms);
+            row.full_get = true;
+            flows.push(row);
+            progress(&who, flows.last());
+            system.check_alive()?;
+        }
     }
 
     if !args.comment_rates.is_empty() {
@@ -691,6 +721,7 @@ async fn finish_open(
         mode: "open",
         load: format!("{rate}/s"),
         target_per_s: Some(rate),
+        full_get: false,
         written,
         errors,
         first_error,

@@ -183,6 +183,15 @@ pub fn wall_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
+/// How the watcher reads the view.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Read {
+    /// One page from just below the oldest awaited post (see the module's doc).
+    Paged,
+    /// The whole `GET /posts`, as the course's React client reads it, however large.
+    Full,
+}
+
 /// Polls query's view every `interval` while anything is awaited; stopped when dropped.
 pub struct Watcher {
     state: Arc<Mutex<WatchState>>,
@@ -190,14 +199,17 @@ pub struct Watcher {
 }
 
 impl Watcher {
-    pub fn start(client: reqwest::Client, query_url: String, interval: Duration) -> Watcher {
+    pub fn start(client: reqwest::Client, query_url: String, interval: Duration, read: Read) -> Watcher {
         let state = Arc::new(Mutex::new(WatchState::default()));
         let s = state.clone();
         let task = tokio::spawn(async move {
             loop {
                 let mut from = s.lock().expect("watch lock poisoned").poll_from();
                 while let Some(after) = from.take() {
-                    let url = format!("{query_url}/posts?after={after}&limit={PAGE}");
+                    let url = match read {
+                        Read::Paged => format!("{query_url}/posts?after={after}&limit={PAGE}"),
+                        Read::Full => format!("{query_url}/posts"),
+                    };
                     let page = async {
                         let r = client.get(&url).send().await.map_err(|e| e.to_string())?;
                         if !r.status().is_success() {
@@ -209,7 +221,8 @@ impl Watcher {
                     let now = clock::now_ns();
                     let mut g = s.lock().expect("watch lock poisoned");
                     match page {
-                        Ok(page) => from = g.absorb(&page, now),
+                        // The whole view needs no next page.
+                        Ok(page) => from = g.absorb(&page, now).filter(|_| read == Read::Paged),
                         Err(e) => {
                             g.poll_errors += 1;
                             g.first_error.get_or_insert(format!("GET {url}: {e}"));
