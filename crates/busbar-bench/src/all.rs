@@ -99,8 +99,15 @@ pub async fn run(args: Args) -> anyhow::Result<AllSummary> {
     // exporting its spans; its rows sit beside the others in the blog tables.
     let mut traced = common.clone();
     traced.extend(
-        ["--backends=sqlite", "--transports=builtin", "--rates=1000", "--comment-rates=500", "--trace-export"]
-            .map(str::to_owned),
+        [
+            "--backends=sqlite",
+            "--transports=builtin",
+            "--rates=1000",
+            "--comment-rates=500",
+            "--trace-export",
+            "--no-reads",
+        ]
+        .map(str::to_owned),
     );
     traced.extend(smoke.clone());
     blog.runs.extend(blog::run(parse(traced)).await.context("blog with trace export")?.runs);
@@ -303,6 +310,26 @@ fn targets_markdown(s: &AllSummary) -> String {
             p50.zip(p99).map(|(a, b)| a <= 5.0 && b <= 20.0),
         );
     }
+    let read_of = |posts: u64| {
+        s.blog.reads.iter().find(|r| r.backend == "sqlite").and_then(|r| r.rows.iter().find(|v| v.posts >= posts))
+    };
+    if let Some(v) = read_of(10_000) {
+        let p50 = v.latency.map(|l| l.p50_ms);
+        row(
+            "query `GET /posts` holding 10,000 posts",
+            "<= 3 ms",
+            format!("{} ms p50 ({} posts, SQLite)", opt(p50, 1), v.posts),
+            p50.map(|p| p <= 3.0),
+        );
+    }
+    if let Some(v) = read_of(50_000) {
+        row(
+            "peak RSS of query serving `GET /posts` of 50k posts",
+            "<= 40 MB",
+            format!("{} MiB ({} posts)", opt(v.query_peak_rss_mib, 1), v.posts),
+            v.query_peak_rss_mib.map(|m| m <= 40.0),
+        );
+    }
     let closed = |transport: &str| {
         s.bus_raw
             .rows
@@ -384,6 +411,32 @@ pub fn blog_markdown(s: &BlogSummary) -> String {
             .map(|r| format!("{}/{} {}", r.backend, r.transport, r.load_average))
             .collect::<Vec<_>>()
             .join("; ")
+    );
+    let _ = writeln!(
+        w,
+        "### Reading the whole view\n\n| db | transport | posts | MB | reads | p50 ms | max ms | query peak RSS MiB |\n\
+         |---|---|---:|---:|---:|---:|---:|---:|"
+    );
+    for r in &s.reads {
+        for v in &r.rows {
+            let _ = writeln!(
+                w,
+                "| {} | {} | {} | {:.1} | {} | {} | {} | {} |",
+                r.backend,
+                r.transport,
+                v.posts,
+                v.bytes as f64 / 1e6,
+                v.reads,
+                ms(&v.latency, |l| l.p50_ms),
+                ms(&v.latency, |l| l.max_ms),
+                opt(v.query_peak_rss_mib, 1)
+            );
+        }
+    }
+    let _ = writeln!(
+        w,
+        "\nFull `GET /posts` one after another, each timed to its last byte, once query holds at least that many \
+         posts; query's peak RSS is its high-water mark over those reads.\n"
     );
     let _ = writeln!(
         w,

@@ -102,6 +102,20 @@ pub struct Args {
     #[arg(long, default_value_t = 5.0, value_parser = crate::bus_raw::positive_secs)]
     pub full_poll_ms: f64,
 
+    /// Reading the whole view: once query holds this many posts (the benchmark posts more
+    /// until it does), time --reads full `GET /posts` one after another and note query's
+    /// peak RSS while serving them; comma-separated, one measurement per size.
+    #[arg(long, value_delimiter = ',', default_value = "10000,50000", value_parser = clap::value_parser!(u64).range(1..))]
+    pub read_sizes: Vec<u64>,
+
+    /// Skips reading the whole view (--read-sizes).
+    #[arg(long)]
+    pub no_reads: bool,
+
+    /// Full `GET /posts` requests timed per --read-sizes size.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub reads: u32,
+
     /// Seconds to wait, after writing stops, for every write to be visible. Any still
     /// missing then is a failure (exit status 1).
     #[arg(long, default_value_t = 120.0, value_parser = crate::bus_raw::positive_secs)]
@@ -164,6 +178,20 @@ pub struct FlowRow {
     pub missing: u64,
 }
 
+/// Reading the whole view of one size.
+#[derive(Debug, Serialize)]
+pub struct ReadRow {
+    /// Posts in the view (at least the size asked for).
+    pub posts: u64,
+    /// Size of one answer.
+    pub bytes: u64,
+    pub reads: u32,
+    /// Request to the last byte of the answer, one request at a time.
+    pub latency: Option<Latency>,
+    /// query's resident-memory high-water mark over the reads (reset just before them).
+    pub query_peak_rss_mib: Option<f64>,
+}
+
 #[derive(Debug, Serialize)]
 pub struct SystemRun {
     pub backend: &'static str,
@@ -173,12 +201,22 @@ pub struct SystemRun {
     pub load_average: String,
 }
 
+/// Reading the whole view, on a fresh system of its own (the read path is query and its
+/// database; the transport only fills it).
+#[derive(Debug, Serialize)]
+pub struct ReadRun {
+    pub backend: &'static str,
+    pub transport: &'static str,
+    pub rows: Vec<ReadRow>,
+}
+
 #[derive(Debug, Serialize)]
 pub struct BlogSummary {
     pub busbar_bin: String,
     pub nats: Option<nats::NatsInfo>,
     pub poll_ms: f64,
     pub runs: Vec<SystemRun>,
+    pub reads: Vec<ReadRun>,
     pub ok: bool,
 }
 
@@ -188,6 +226,8 @@ pub async fn run(mut args: Args) -> anyhow::Result<BlogSummary> {
         args.rates = vec![100.0];
         args.comment_rates = vec![50.0];
         args.full_poll_rates = vec![100.0];
+        args.read_sizes = vec![args.read_sizes.iter().copied().min().unwrap_or(1).min(500)];
+        args.reads = args.reads.min(3);
         args.rate_duration = 1.0;
         args.drain_timeout = args.drain_timeout.min(60.0);
     }
@@ -204,9 +244,10 @@ pub async fn run(mut args: Args) -> anyhow::Result<BlogSummary> {
         false => None,
     };
     let mut runs = vec![];
+    let mut reads = vec![];
     let mut result = Ok(());
     'all: for &backend in &args.backends {
-        for &transport in &args.transports {
+        for (i, &transport) in args.transports.iter().enumerate() {
             let run_id = uuid::Uuid::now_v7().simple().to_string()[20..].to_owned();
             let opts = SystemOpts {
                 busbar_bin: &bin,
@@ -220,12 +261,27 @@ pub async fn run(mut args: Args) -> anyhow::Result<BlogSummary> {
                 run_id: &run_id,
                 otlp_endpoint: sink.as_ref().map(|s| s.url.as_str()),
             };
+            let what = format!("{} on {}", backend.name(), transport_name(transport));
             eprintln!("[{SCENARIO}] {}, {}: starting the blog", backend.name(), transport_name(transport));
             match one_system(&args, &opts, &client, nats.as_ref()).await {
                 Ok(r) => runs.push(r),
                 Err(e) => {
-                    result = Err(e.context(format!("{} on {}", backend.name(), transport_name(transport))));
+                    result = Err(e.context(what));
                     break 'all;
+                }
+            }
+            // The whole view's reads, once per database, on a fresh system.
+            if i == 0 && !args.no_reads {
+                let opts = SystemOpts { run_id: &format!("{run_id}r"), ..opts };
+                eprintln!("[{SCENARIO}] {}, {}: starting the blog to read", backend.name(), transport_name(transport));
+                match read_system(&args, &opts, &client, nats.as_ref()).await {
+                    Ok(rows) => {
+                        reads.push(ReadRun { backend: backend.name(), transport: transport_name(transport), rows })
+                    }
+                    Err(e) => {
+                        result = Err(e.context(format!("reading the view, {what}")));
+                        break 'all;
+                    }
                 }
             }
         }
@@ -243,7 +299,7 @@ pub async fn run(mut args: Args) -> anyhow::Result<BlogSummary> {
     }
     result?;
     let ok = runs.iter().flat_map(|r| &r.flows).all(|f| f.missing == 0);
-    Ok(BlogSummary { busbar_bin: bin.display().to_string(), nats: nats_info, poll_ms: args.poll_ms, runs, ok })
+    Ok(BlogSummary { busbar_bin: bin.display().to_string(), nats: nats_info, poll_ms: args.poll_ms, runs, reads, ok })
 }
 
 fn transport_name(t: Transport) -> &'static str {
@@ -308,6 +364,65 @@ async fn one_system(
     result
 }
 
+/// Starts one system, fills query's view to each of --read-sizes in turn and times full
+/// reads of it, and stops the system (also on error).
+async fn read_system(
+    args: &Args,
+    opts: &SystemOpts<'_>,
+    client: &reqwest::Client,
+    nats: Option<&Nats>,
+) -> anyhow::Result<Vec<ReadRow>> {
+    let mut system = System::start(opts, client).await?;
+    let streams = match opts.transport {
+        TransportKind::JetStream => jetstream_cleanup(&system, nats).await,
+        TransportKind::Builtin => None,
+    };
+    let who = format!("[{SCENARIO}] {}, {}", opts.backend.name(), transport_name_of(opts.transport));
+    let posts_url = system.get("posts").url("/posts");
+    let query = system.get("query").url("");
+    let mut sizes = args.read_sizes.clone();
+    sizes.sort_unstable();
+    sizes.dedup();
+    let mut rows = vec![];
+    let mut result = Ok(());
+    for size in sizes {
+        eprintln!("{who}: reading the whole view of {size} posts, {} times", args.reads);
+        match read_view(args, client, &posts_url, &query, &system, size).await {
+            Ok(row) => {
+                eprintln!(
+                    "{who}: whole view of {} posts ({:.1} MB): p50 {} max {} ms, query peak RSS {} MiB",
+                    row.posts,
+                    row.bytes as f64 / 1e6,
+                    row.latency.as_ref().map_or("-".into(), |l| format!("{:.1}", l.p50_ms)),
+                    row.latency.as_ref().map_or("-".into(), |l| format!("{:.1}", l.max_ms)),
+                    row.query_peak_rss_mib.map_or("-".into(), |m| format!("{m:.1}")),
+                );
+                rows.push(row);
+            }
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        }
+        if let Err(e) = system.check_alive() {
+            result = Err(e);
+            break;
+        }
+    }
+    system.stop().await;
+    if let Some((js, names)) = streams {
+        nats::delete_streams(&js, &names).await;
+    }
+    result.map(|()| rows)
+}
+
+fn transport_name_of(t: TransportKind) -> &'static str {
+    match t {
+        TransportKind::Builtin => "builtin",
+        TransportKind::JetStream => "jetstream",
+    }
+}
+
 /// The streams the services create for this system's bus, noted for deletion whatever
 /// happens (a server we started is thrown away anyway).
 async fn jetstream_cleanup(
@@ -337,11 +452,7 @@ async fn measure_system(
     client: &reqwest::Client,
     system: &mut System,
 ) -> anyhow::Result<SystemRun> {
-    let who = format!(
-        "[{SCENARIO}] {}, {}",
-        opts.backend.name(),
-        if opts.transport == TransportKind::Builtin { "builtin" } else { "jetstream" }
-    );
+    let who = format!("[{SCENARIO}] {}, {}", opts.backend.name(), transport_name_of(opts.transport));
     let mut procs: Vec<ProcFigures> = system
         .procs
         .iter()
@@ -582,6 +693,49 @@ async fn wait_applied(client: &reqwest::Client, base: &str, target: u64, timeout
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+/// Posts until query's view holds at least `size`, then times `args.reads` full
+/// `GET /posts`, one at a time, each to its last byte.
+async fn read_view(
+    args: &Args,
+    client: &reqwest::Client,
+    posts_url: &str,
+    query: &str,
+    system: &System,
+    size: u64,
+) -> anyhow::Result<ReadRow> {
+    let url = format!("{query}/posts");
+    let count = |body: &[u8]| -> anyhow::Result<u64> {
+        let view: std::collections::HashMap<String, serde::de::IgnoredAny> =
+            serde_json::from_slice(body).with_context(|| format!("GET {url}: not a JSON object"))?;
+        Ok(view.len() as u64)
+    };
+    let have = count(&client.get(&url).send().await?.error_for_status()?.bytes().await?)?;
+    if have < size {
+        let applied0 = applied(client, query).await?;
+        let more =
+            closed_posts(client, posts_url, args.concurrency as usize, Duration::from_secs(3600), size - have).await;
+        if more.errors > 0 {
+            bail!("posting up to {size} posts failed: {}", more.first_error.unwrap_or_default());
+        }
+        wait_applied(client, query, applied0 + more.ids.len() as u64, args.drain_timeout)
+            .await?
+            .context("query did not apply the posts in time")?;
+    }
+    let query_pid = system.get("query").pid;
+    let peak_reset = crate::proc::reset_peak_rss(query_pid);
+    let (mut took, mut bytes, mut posts) = (vec![], 0, 0);
+    for i in 0..args.reads {
+        let start = clock::now_ns();
+        let body = client.get(&url).send().await?.error_for_status()?.bytes().await?;
+        took.push(clock::now_ns() - start);
+        if i == 0 {
+            (bytes, posts) = (body.len() as u64, count(&body)?);
+        }
+    }
+    let peak = crate::proc::rss_mib(query_pid).map(|r| r.1).filter(|_| peak_reset);
+    Ok(ReadRow { posts, bytes, reads: args.reads, latency: stats::latency(&mut took), query_peak_rss_mib: peak })
 }
 
 /// Counts written posts that query's view does not show, reading the view from just

@@ -217,6 +217,12 @@ pub fn rss_mib(pid: u32) -> Option<(f64, f64)> {
     Some((kib("VmRSS:")? / 1024.0, kib("VmHWM:")? / 1024.0))
 }
 
+/// Restarts `pid`'s resident-memory high-water mark (VmHWM) at its current RSS, so that a
+/// later [`rss_mib`] shows the peak of what happened since (Linux's `clear_refs` 5).
+pub fn reset_peak_rss(pid: u32) -> bool {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok()
+}
+
 /// The 1, 5 and 15-minute load averages, as `uptime` prints them.
 pub fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
