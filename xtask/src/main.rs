@@ -87,7 +87,19 @@ fn bench(args: &[String]) -> Result<ExitCode> {
     let smoke = args.iter().any(|a| a == "--smoke");
     let (profile, build_flag) = if smoke { ("debug", None) } else { ("release", Some("--release")) };
     // Every program a deployment ships, so the report has their sizes too.
-    let packages = ["busbar-bench", "busbar-cli", "event-bus", "posts", "comments", "moderation", "query"];
+    let packages = [
+        "busbar-bench",
+        "busbar-cli",
+        "event-bus",
+        "posts",
+        "comments",
+        "moderation",
+        "query",
+        "users",
+        "products",
+        "orders",
+        "user-products",
+    ];
     let status = Command::new(&cargo)
         .arg("build")
         .args(build_flag)

@@ -14,6 +14,7 @@ use crate::{
     proc::{self, BusOpts},
     replay::{self, ReplaySummary},
     report::{Machine, Summary},
+    shop::{self, ShopSummary},
     stats::Latency,
 };
 
@@ -36,7 +37,7 @@ pub struct Args {
     #[arg(long, env = "BUSBAR_TEST_NATS_URL", value_name = "URL")]
     pub nats_url: Option<String>,
 
-    /// PostgreSQL admin URL for the blog's postgres runs.
+    /// PostgreSQL admin URL for the blog's and the shop's postgres runs.
     #[arg(long, env = "BUSBAR_TEST_PG_URL", default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
     pub pg_url: String,
 
@@ -53,6 +54,7 @@ pub struct AllSummary {
     pub bus_raw: Summary,
     pub bus_raw_load: String,
     pub blog: BlogSummary,
+    pub shop: ShopSummary,
     pub replay: ReplaySummary,
     pub replay_load: String,
 }
@@ -112,6 +114,11 @@ pub async fn run(args: Args) -> anyhow::Result<AllSummary> {
     traced.extend(smoke.clone());
     blog.runs.extend(blog::run(parse(traced)).await.context("blog with trace export")?.runs);
 
+    let mut sh = common.clone();
+    sh.push(format!("--pg-url={}", args.pg_url));
+    sh.extend(smoke.clone());
+    let shop = shop::run(parse(sh)).await.context("shop")?;
+
     let mut r = bus.clone();
     r.push(format!("--events={}", args.replay_events));
     r.extend(smoke);
@@ -133,6 +140,7 @@ pub async fn run(args: Args) -> anyhow::Result<AllSummary> {
         bus_raw,
         bus_raw_load,
         blog,
+        shop,
         replay,
         replay_load,
     };
@@ -147,7 +155,7 @@ pub async fn run(args: Args) -> anyhow::Result<AllSummary> {
 /// was built with); `None` when one is not built there.
 fn binary_sizes() -> Vec<(String, Option<u64>)> {
     let dir = std::env::current_exe().ok().and_then(|p| p.parent().map(PathBuf::from));
-    ["busbar", "event-bus", "posts", "comments", "moderation", "query"]
+    ["busbar", "event-bus", "posts", "comments", "moderation", "query", "users", "products", "orders", "user-products"]
         .iter()
         .map(|name| {
             let size = dir.as_ref().and_then(|d| std::fs::metadata(d.join(name)).ok()).map(|m| m.len());
@@ -207,6 +215,7 @@ pub fn markdown(s: &AllSummary) -> String {
     let _ = writeln!(w, "{}", METHOD);
     out.push_str(&targets_markdown(s));
     out.push_str(&blog_markdown(&s.blog));
+    out.push_str(&shop::markdown(&s.shop));
     out.push_str(&bus_raw_markdown(&s.bus_raw));
     out.push_str(&replay_markdown(&s.replay));
     let w = &mut out;
@@ -237,6 +246,11 @@ Everything runs on this one machine over loopback, each run bounded in events an
   divided by the time from the first request until query had applied all of them. Open loop: a fixed rate, each
   write stamped with its scheduled time (queueing in the client counts as latency). Comments: one comment per post
   on posts comments already knows; the path is comments → bus → moderation → bus → comments → bus → query.
+- **shop**: the second app, started the same way from `k8s/shop/servicebus.yaml`. 20 users and 100 products are
+  created first; then orders (quantity 1) go through `POST /orders`. *Visible* means counted in user-products'
+  `GET /users/:id/products` (orders → bus → user-products), polled every 2 ms for each user with an order not yet
+  seen. Closed loop: 32 clients for 5 s, `visible/s` up to the moment user-products had applied every order. Open
+  loop: a fixed rate, each order on a (user, product) pair with a known count to reach.
 - **Footprint**: start-to-ready is spawn to the first `/readyz` 200 on a fresh database, each process started and
   waited for in turn. Idle RSS one second after all are ready; loaded RSS at the end of the closed loop; peak RSS is
   the process's high-water mark (VmHWM) at the end. CPU is user+system time of each process over the closed loop per

@@ -250,6 +250,7 @@ pub async fn run(mut args: Args) -> anyhow::Result<BlogSummary> {
         for (i, &transport) in args.transports.iter().enumerate() {
             let run_id = uuid::Uuid::now_v7().simple().to_string()[20..].to_owned();
             let opts = SystemOpts {
+                app: &crate::system::BLOG,
                 busbar_bin: &bin,
                 backend,
                 transport: match transport {
@@ -302,14 +303,14 @@ pub async fn run(mut args: Args) -> anyhow::Result<BlogSummary> {
     Ok(BlogSummary { busbar_bin: bin.display().to_string(), nats: nats_info, poll_ms: args.poll_ms, runs, reads, ok })
 }
 
-fn transport_name(t: Transport) -> &'static str {
+pub(crate) fn transport_name(t: Transport) -> &'static str {
     match t {
         Transport::Builtin => "builtin",
         Transport::Jetstream => "jetstream",
     }
 }
 
-fn locate_busbar(explicit: Option<&PathBuf>) -> anyhow::Result<PathBuf> {
+pub(crate) fn locate_busbar(explicit: Option<&PathBuf>) -> anyhow::Result<PathBuf> {
     let path = match explicit {
         Some(p) => p.clone(),
         None => std::env::current_exe()
@@ -318,8 +319,8 @@ fn locate_busbar(explicit: Option<&PathBuf>) -> anyhow::Result<PathBuf> {
     };
     if !path.is_file() {
         bail!(
-            "busbar binary not found at {}: run `cargo build --release -p busbar-cli` (it lands next to \
-             busbar-bench), or pass --busbar-bin PATH",
+            "busbar binary not found at {}: run `cargo build --release -p busbar-cli` and the app's services \
+             (they land next to busbar-bench), or pass --busbar-bin PATH",
             path.display()
         );
     }
@@ -416,7 +417,7 @@ async fn read_system(
     result.map(|()| rows)
 }
 
-fn transport_name_of(t: TransportKind) -> &'static str {
+pub(crate) fn transport_name_of(t: TransportKind) -> &'static str {
     match t {
         TransportKind::Builtin => "builtin",
         TransportKind::JetStream => "jetstream",
@@ -425,7 +426,7 @@ fn transport_name_of(t: TransportKind) -> &'static str {
 
 /// The streams the services create for this system's bus, noted for deletion whatever
 /// happens (a server we started is thrown away anyway).
-async fn jetstream_cleanup(
+pub(crate) async fn jetstream_cleanup(
     system: &System,
     nats: Option<&Nats>,
 ) -> Option<(async_nats::jetstream::Context, Vec<String>)> {
@@ -440,7 +441,7 @@ async fn jetstream_cleanup(
             Some((js, names))
         }
         Err(e) => {
-            eprintln!("[{SCENARIO}] cannot connect to NATS to clean up later ({e:#}); delete {names:?} by hand");
+            eprintln!("[busbar-bench] cannot connect to NATS to clean up later ({e:#}); delete {names:?} by hand");
             None
         }
     }
@@ -664,7 +665,7 @@ async fn closed_posts(client: &reqwest::Client, url: &str, clients: usize, durat
 }
 
 /// Events a service has applied so far, from its `/metrics`.
-async fn applied(client: &reqwest::Client, base: &str) -> anyhow::Result<u64> {
+pub(crate) async fn applied(client: &reqwest::Client, base: &str) -> anyhow::Result<u64> {
     let text = client
         .get(format!("{base}/metrics"))
         .send()
@@ -682,7 +683,12 @@ fn metric(text: &str, name: &str) -> Option<f64> {
 
 /// Waits until the service at `base` has applied `target` events; when (`clock`), or
 /// `None` on timeout.
-async fn wait_applied(client: &reqwest::Client, base: &str, target: u64, timeout: f64) -> anyhow::Result<Option<u64>> {
+pub(crate) async fn wait_applied(
+    client: &reqwest::Client,
+    base: &str,
+    target: u64,
+    timeout: f64,
+) -> anyhow::Result<Option<u64>> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(timeout);
     loop {
         if applied(client, base).await? >= target {

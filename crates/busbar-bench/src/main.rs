@@ -14,6 +14,7 @@ mod otlp_sink;
 mod proc;
 mod replay;
 mod report;
+mod shop;
 mod stats;
 mod subscriber;
 mod system;
@@ -57,10 +58,15 @@ enum Scenario {
     /// process's start-to-ready time, idle and peak RSS and CPU per 10k posts. Exits 1 only
     /// if a write never became visible.
     Blog(blog::Args),
+    /// The shop end to end, as separate processes started from `busbar up`'s plan, per
+    /// database and transport: orders/s counted in user-products' view (closed loop),
+    /// order-to-visible latency at fixed rates, and each process's CPU per 10k orders.
+    /// Exits 1 only if an order never became visible.
+    Shop(shop::Args),
     /// A log already holding many events (1M by default), read back page by page through
     /// the SDK's replay and by a new subscriber catching up, per transport.
     Replay(replay::Args),
-    /// Every scenario in turn (bus-raw with 1 to 8 subscribers, blog, replay), plus
+    /// Every scenario in turn (bus-raw with 1 to 8 subscribers, blog, shop, replay), plus
     /// release binary sizes; with --write, also as the Markdown of BENCHMARKS.md.
     All(all::Args),
 }
@@ -71,6 +77,7 @@ enum Scenario {
 enum Output {
     BusRaw(report::Summary),
     Blog(blog::BlogSummary),
+    Shop(shop::ShopSummary),
     Replay(replay::ReplaySummary),
     All(Box<all::AllSummary>),
 }
@@ -83,6 +90,7 @@ async fn main() -> ExitCode {
         anyhow::Ok(match cli.scenario {
             Scenario::BusRaw(args) => Output::BusRaw(bus_raw::run(args).await?),
             Scenario::Blog(args) => Output::Blog(blog::run(args).await?),
+            Scenario::Shop(args) => Output::Shop(shop::run(args).await?),
             Scenario::Replay(args) => Output::Replay(replay::run(args).await?),
             Scenario::All(args) => Output::All(Box::new(all::run(args).await?)),
         })
@@ -108,6 +116,7 @@ async fn main() -> ExitCode {
         match &output {
             Output::BusRaw(s) => report::print_table(s),
             Output::Blog(s) => print!("{}", all::blog_markdown(s)),
+            Output::Shop(s) => print!("{}", shop::markdown(s)),
             Output::Replay(s) => print!("{}", all::replay_markdown(s)),
             Output::All(s) => print!("{}", all::markdown(s)),
         }
@@ -115,12 +124,13 @@ async fn main() -> ExitCode {
     let lost = match &output {
         Output::BusRaw(s) => lost_bus_raw(s),
         Output::Blog(s) => lost_blog(s),
+        Output::Shop(s) => lost_shop(s),
         Output::Replay(_) => 0,
-        Output::All(s) => lost_bus_raw(&s.bus_raw) + lost_blog(&s.blog),
+        Output::All(s) => lost_bus_raw(&s.bus_raw) + lost_blog(&s.blog) + lost_shop(&s.shop),
     };
     if lost > 0 {
         eprintln!(
-            "busbar-bench: FAILED: {lost} acknowledged events or writes never reached their subscriber or query's view \
+            "busbar-bench: FAILED: {lost} acknowledged events or writes never reached their subscriber or the app's view \
              (see the `missing` column)"
         );
         return ExitCode::FAILURE;
@@ -134,4 +144,8 @@ fn lost_bus_raw(s: &report::Summary) -> u64 {
 
 fn lost_blog(s: &blog::BlogSummary) -> u64 {
     s.runs.iter().flat_map(|r| &r.flows).map(|f| f.missing).sum()
+}
+
+fn lost_shop(s: &shop::ShopSummary) -> u64 {
+    s.runs.iter().flat_map(|r| &r.rows).map(|r| r.missing).sum()
 }

@@ -1,5 +1,5 @@
-//! The whole blog as separate processes, started from the plan `busbar up` uses
-//! ([`busbar_cli::plan`]): the repository's ServiceBus manifest, the bus as
+//! A whole app (the blog or the shop) as separate processes, started from the plan
+//! `busbar up` uses ([`busbar_cli::plan`]): the repository's ServiceBus manifest, the bus as
 //! `busbar __serve event-bus` and each service as its own program, wired by the same
 //! `BUSBAR_*` variables. Only what a benchmark
 //! must own differs: free loopback ports, a throwaway data directory, uniquely named
@@ -23,10 +23,28 @@ use crate::{
     proc::{self, TempDir},
 };
 
-/// The blog's manifest, as `busbar up` reads it by default.
-const BLOG_MANIFEST: &str = include_str!("../../../k8s/base/servicebus.yaml");
-/// The ports the manifest gives each service, replaced by free ones.
-const MANIFEST_PORTS: [(&str, u16); 4] = [("posts", 4000), ("comments", 4001), ("query", 4002), ("moderation", 4003)];
+/// An app the benchmark runs: its manifest as the repository has it.
+pub struct App {
+    /// The ServiceBus's name in the manifest (replaced by a unique one per run).
+    pub name: &'static str,
+    pub manifest: &'static str,
+    /// The ports the manifest gives each service, replaced by free ones.
+    pub ports: &'static [(&'static str, u16)],
+}
+
+/// The blog, as `busbar up` runs it by default.
+pub const BLOG: App = App {
+    name: "blog",
+    manifest: include_str!("../../../k8s/base/servicebus.yaml"),
+    ports: &[("posts", 4000), ("comments", 4001), ("query", 4002), ("moderation", 4003)],
+};
+
+/// The shop (`busbar up -f k8s/shop/servicebus.yaml`).
+pub const SHOP: App = App {
+    name: "shop",
+    manifest: include_str!("../../../k8s/shop/servicebus.yaml"),
+    ports: &[("users", 4100), ("products", 4101), ("orders", 4102), ("user-products", 4103)],
+};
 /// Longest a process may take from spawn to `/readyz` 200.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -50,6 +68,7 @@ impl Backend {
 }
 
 pub struct SystemOpts<'a> {
+    pub app: &'a App,
     pub busbar_bin: &'a Path,
     pub backend: Backend,
     pub transport: TransportKind,
@@ -96,6 +115,7 @@ impl Running {
 }
 
 pub struct System {
+    pub app: &'static str,
     /// In start order: the bus first (on the built-in transport), then the services.
     pub procs: Vec<Running>,
     /// The ServiceBus's name (on JetStream, it names the stream).
@@ -110,16 +130,19 @@ impl System {
     /// Starts every process of the blog in plan order, each waited for until ready (so
     /// each start-to-ready time is its own, not its neighbours').
     pub async fn start(opts: &SystemOpts<'_>, client: &reqwest::Client) -> anyhow::Result<System> {
-        let dir = TempDir::new("blog")?;
+        let app = opts.app;
+        let dir = TempDir::new(app.name)?;
         let bus_name = format!("bench-{}", opts.run_id);
-        let mut manifest =
-            BLOG_MANIFEST.replace("metadata:\n  name: blog\n", &format!("metadata:\n  name: {bus_name}\n"));
-        for (_, port) in MANIFEST_PORTS {
+        let mut manifest = app
+            .manifest
+            .replace(&format!("metadata:\n  name: {}\n", app.name), &format!("metadata:\n  name: {bus_name}\n"));
+        for (_, port) in app.ports {
             manifest = manifest.replace(&format!("port: {port}\n"), &format!("port: {}\n", proc::free_port()?));
         }
-        let bus = busbar::spec::parse_manifest(&manifest).map_err(|e| anyhow::anyhow!("the blog manifest: {e}"))?;
+        let bus =
+            busbar::spec::parse_manifest(&manifest).map_err(|e| anyhow::anyhow!("the {} manifest: {e}", app.name))?;
         if bus.name != bus_name {
-            bail!("k8s/base/servicebus.yaml no longer names its bus `blog`; update the benchmark");
+            bail!("the {0} manifest no longer names its bus `{0}`; update the benchmark", app.name);
         }
         let spec_path = dir.path().join("servicebus.yaml");
         std::fs::write(&spec_path, &manifest).with_context(|| format!("cannot write {}", spec_path.display()))?;
@@ -135,12 +158,13 @@ impl System {
             // As `busbar up` runs it: every request carries and is checked for a token.
             auth: Some(busbar_cli::credentials::ensure(dir.path())?),
         };
-        // The blog's programs are built next to busbar, where `busbar up` finds them too.
+        // The app's programs are built next to busbar, where `busbar up` finds them too.
         let bin_dir = opts.busbar_bin.parent().map(Path::to_path_buf).unwrap_or_default();
         let find = |name: &str| Some(bin_dir.join(name)).filter(|p| p.is_file());
         let procs = plan::plan(&bus, &options, &busbar_cli::local::LocalRun::default(), find)
-            .map_err(|problems| anyhow::anyhow!("cannot plan the blog: {}", problems.join("; ")))?;
-        let mut system = System { procs: vec![], bus: bus_name, pg_dbs: vec![], pg_url: opts.pg_url.to_owned(), dir };
+            .map_err(|problems| anyhow::anyhow!("cannot plan the {}: {}", app.name, problems.join("; ")))?;
+        let mut system =
+            System { app: app.name, procs: vec![], bus: bus_name, pg_dbs: vec![], pg_url: opts.pg_url.to_owned(), dir };
         if opts.backend == Backend::Postgres {
             let mut conn = PgConnection::connect(opts.pg_url)
                 .await
@@ -197,7 +221,7 @@ impl System {
     }
 
     pub fn get(&self, name: &str) -> &Running {
-        self.procs.iter().find(|p| p.name == name).unwrap_or_else(|| panic!("the blog has no process {name}"))
+        self.procs.iter().find(|p| p.name == name).unwrap_or_else(|| panic!("the {} has no process {name}", self.app))
     }
 
     /// Fails, with the log's tail, if any process has exited.
@@ -230,12 +254,12 @@ impl System {
                 for name in self.pg_dbs.drain(..) {
                     let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
                     if let Err(e) = conn.execute(sqlx::AssertSqlSafe(sql)).await {
-                        eprintln!("[blog] could not drop database {name} ({e}); drop it by hand");
+                        eprintln!("[{}] could not drop database {name} ({e}); drop it by hand", self.app);
                     }
                 }
                 let _ = conn.close().await;
             }
-            Err(e) => eprintln!("[blog] could not drop databases {:?} ({e}); drop them by hand", self.pg_dbs),
+            Err(e) => eprintln!("[{}] could not drop databases {:?} ({e}); drop them by hand", self.app, self.pg_dbs),
         }
     }
 }
@@ -277,10 +301,13 @@ mod tests {
     }
 
     #[test]
-    fn the_manifest_still_has_the_ports_and_name_the_bench_replaces() {
-        assert!(BLOG_MANIFEST.contains("metadata:\n  name: blog\n"));
-        for (_, port) in MANIFEST_PORTS {
-            assert!(BLOG_MANIFEST.contains(&format!("port: {port}\n")), "port {port}");
+    fn the_manifests_still_have_the_ports_and_names_the_bench_replaces() {
+        for app in [BLOG, SHOP] {
+            assert!(app.manifest.contains(&format!("metadata:\n  name: {}\n", app.name)), "{}", app.name);
+            for (service, port) in app.ports {
+                assert!(app.manifest.contains(&format!("port: {port}\n")), "{} port {port}", app.name);
+                assert!(app.manifest.contains(&format!("name: {service}\n")), "{} service {service}", app.name);
+            }
         }
     }
 }
