@@ -426,7 +426,7 @@ fn dockerignore_literals(text: &str) -> Vec<Ignored> {
 fn dockerignore_patterns_match_like_docker() {
     let ignored = dockerignore_literals("# c\nhelm/\n**/target/\n*.md\n!keep\n");
     let hits = |p: &str| ignored.iter().any(|i| i.matches(Path::new(p)));
-    assert!(hits("helm/blog/values.yaml"));
+    assert!(hits("helm/busbar-app/values.yaml"));
     assert!(hits("crates/x/target/debug/y"));
     assert!(!hits("k8s/base/servicebus.yaml"));
     assert!(!hits("helmet/x"));
