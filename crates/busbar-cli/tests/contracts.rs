@@ -66,15 +66,17 @@ fn the_shop_contracts_are_the_committed_lock() {
     assert_lock_is_current("k8s/shop/servicebus.yaml", "k8s/shop/contracts.lock.json");
 }
 
-/// A chart cannot read files outside its directory, so the blog chart carries a copy of the
-/// lock for its contracts ConfigMap; the copy must not drift from the lock.
+/// A chart cannot read files outside its directory, so the app chart carries a copy of each
+/// example app's lock for its contracts ConfigMap; the copies must not drift from the locks.
 #[test]
-fn the_blog_chart_carries_the_same_lock() {
+fn the_app_chart_carries_the_same_locks() {
     let read = |p: &str| std::fs::read_to_string(repo().join(p)).unwrap_or_else(|e| panic!("{p}: {e}"));
-    assert!(
-        read("helm/blog/contracts.lock.json") == read("k8s/base/contracts.lock.json"),
-        "helm/blog/contracts.lock.json differs from k8s/base/contracts.lock.json: copy the lock into the chart"
-    );
+    for (copy, lock) in [
+        ("helm/busbar-app/files/blog-contracts.lock.json", "k8s/base/contracts.lock.json"),
+        ("helm/busbar-app/files/shop-contracts.lock.json", "k8s/shop/contracts.lock.json"),
+    ] {
+        assert!(read(copy) == read(lock), "{copy} differs from {lock}: copy the lock into the chart");
+    }
 }
 
 const BLOG: &str = "k8s/base/servicebus.yaml";
