@@ -40,7 +40,7 @@ use tokio_util::sync::CancellationToken;
 /// events that keep failing to a dead-letter store. The spec file is re-read while
 /// running, so routes change without a restart.
 #[derive(Parser, Debug)]
-#[command(name = "event-bus", version)]
+#[command(name = "event-bus", bin_name = "event-bus", version)]
 struct Args {
     /// Address to serve the HTTP API on.
     #[arg(long, env = "BUSBAR_LISTEN", default_value = "0.0.0.0:4005")]

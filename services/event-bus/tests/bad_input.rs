@@ -68,3 +68,16 @@ async fn a_bad_routes_file_stops_startup_with_a_clear_message() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("duplicate service name `a`") && err.contains("bad.yaml"), "{err}");
 }
+
+/// Every container image starts its program as `/usr/local/bin/service` (one Dockerfile
+/// for all), so the help must not take its name from the path it was started by.
+#[test]
+fn help_names_the_bus_whatever_path_started_it() {
+    let dir = testkit::temp_dir();
+    let link = dir.path().join("service");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_event-bus"), &link).unwrap();
+    let out = std::process::Command::new(&link).arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("Usage: event-bus [OPTIONS]"), "{help}");
+}
