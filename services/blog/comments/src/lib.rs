@@ -1,9 +1,13 @@
 //! comments: owns comments. Emits `CommentCreated` and `CommentUpdated`; keeps its own
 //! copy of which posts exist from `PostCreated`, and applies `CommentModerated`.
 
+mod doc;
 mod events;
 mod routes;
-mod store;
+/// Public for its tests.
+pub mod store;
+
+pub use routes::router;
 
 use busbar::service::{Service, ServiceError};
 

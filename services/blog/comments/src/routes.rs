@@ -1,13 +1,19 @@
 //! `GET /posts/:id/comments` and `POST /posts/:id/comments`.
 
-use axum::{Json, Router, extract::State, http::StatusCode, routing::get};
+use axum::{
+    Router,
+    extract::State,
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::get,
+};
 use busbar::{
     Db,
     web::{ApiError, JsonBody, PathParam},
 };
 use serde::Deserialize;
 
-use crate::store::{self, Comment};
+use crate::store;
 
 const MAX_CONTENT: usize = 5000;
 
@@ -27,12 +33,17 @@ fn unknown_post(id: &str) -> ApiError {
     ))
 }
 
-async fn list(State(db): State<Db>, PathParam(post_id): PathParam<String>) -> Result<Json<Vec<Comment>>, ApiError> {
+/// A comment array as stored: JSON text, sent as is.
+fn json(status: StatusCode, array: String) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/json")], array).into_response()
+}
+
+async fn list(State(db): State<Db>, PathParam(post_id): PathParam<String>) -> Result<Response, ApiError> {
     let mut conn = db.pool().acquire().await?;
-    if !store::post_exists(&mut conn, &post_id).await? {
-        return Err(unknown_post(&post_id));
+    match store::array(&mut conn, &post_id).await? {
+        Some(array) => Ok(json(StatusCode::OK, array)),
+        None => Err(unknown_post(&post_id)),
     }
-    Ok(Json(store::for_post(&mut conn, &post_id).await?))
 }
 
 /// Answers 201 with the post's whole comment array, as the course does.
@@ -40,7 +51,7 @@ async fn create(
     State(db): State<Db>,
     PathParam(post_id): PathParam<String>,
     JsonBody(body): JsonBody<NewComment>,
-) -> Result<(StatusCode, Json<Vec<Comment>>), ApiError> {
+) -> Result<Response, ApiError> {
     let content = body.content.trim();
     if content.is_empty() {
         return Err(ApiError::bad_request("`content` must not be empty"));
@@ -49,7 +60,7 @@ async fn create(
         return Err(ApiError::bad_request(format!("`content` is longer than {MAX_CONTENT} characters")));
     }
     match store::create(&db, &post_id, content).await? {
-        Some(all) => Ok((StatusCode::CREATED, Json(all))),
+        Some(array) => Ok(json(StatusCode::CREATED, array)),
         None => Err(unknown_post(&post_id)),
     }
 }

@@ -1,18 +1,11 @@
 use blog_events::{CommentCreated, CommentStatus, CommentUpdated};
-use busbar::{Db, Tx, db::DbError};
-use serde::Serialize;
+use busbar::{
+    Db, Tx,
+    db::{Backend, DbError},
+};
 use sqlx::{AnyConnection, Row};
 
-#[derive(Debug, Serialize)]
-pub struct Comment {
-    pub id: String,
-    pub content: String,
-    pub status: String,
-}
-
-pub async fn post_exists(conn: &mut AnyConnection, post_id: &str) -> Result<bool, DbError> {
-    Ok(sqlx::query("SELECT 1 FROM known_posts WHERE id = $1").bind(post_id).fetch_optional(conn).await?.is_some())
-}
+use crate::doc::{self, Comment};
 
 pub async fn remember_post(tx: &mut Tx, post_id: &str) -> Result<(), DbError> {
     sqlx::query("INSERT INTO known_posts (id) VALUES ($1) ON CONFLICT (id) DO NOTHING")
@@ -22,23 +15,66 @@ pub async fn remember_post(tx: &mut Tx, post_id: &str) -> Result<(), DbError> {
     Ok(())
 }
 
-/// Comments of a post, oldest first (UUIDv7 ids sort by creation time).
-pub async fn for_post(conn: &mut AnyConnection, post_id: &str) -> Result<Vec<Comment>, DbError> {
+/// The JSON array of a known post's comments, oldest first; `None` for an unknown post.
+pub async fn array(conn: &mut AnyConnection, post_id: &str) -> Result<Option<String>, DbError> {
+    let Some(stored) = sqlx::query_scalar::<_, Option<String>>("SELECT comments_doc FROM known_posts WHERE id = $1")
+        .bind(post_id)
+        .fetch_optional(&mut *conn)
+        .await?
+    else {
+        return Ok(None);
+    };
+    match stored {
+        Some(doc) => Ok(Some(doc)),
+        None => Ok(Some(render(conn, post_id).await?)),
+    }
+}
+
+/// A post's array from its rows (UUIDv7 ids sort by creation time), for a post stored
+/// before arrays were kept.
+async fn render(conn: &mut AnyConnection, post_id: &str) -> Result<String, DbError> {
     let rows = sqlx::query("SELECT id, content, status FROM comments WHERE post_id = $1 ORDER BY id")
         .bind(post_id)
         .fetch_all(conn)
         .await?;
-    Ok(rows.into_iter().map(|r| Comment { id: r.get(0), content: r.get(1), status: r.get(2) }).collect())
+    Ok(rows.iter().fold("[]".to_owned(), |doc, r| {
+        doc::append(&doc, &doc::entry(&Comment { id: r.get(0), content: r.get(1), status: r.get(2) }))
+    }))
+}
+
+/// The post's array, locked for this transaction's update (PostgreSQL: two comments on one
+/// post at once must not both append to the same old array; SQLite's writers already take
+/// turns). `None` for an unknown post.
+async fn array_for_update(tx: &mut Tx, post_id: &str) -> Result<Option<String>, DbError> {
+    if tx.backend() == Backend::Postgres {
+        let locked = sqlx::query("SELECT 1 FROM known_posts WHERE id = $1 FOR UPDATE")
+            .bind(post_id)
+            .fetch_optional(&mut **tx)
+            .await?;
+        if locked.is_none() {
+            return Ok(None);
+        }
+    }
+    array(tx, post_id).await
+}
+
+async fn store_array(tx: &mut Tx, post_id: &str, doc: &str) -> Result<(), DbError> {
+    sqlx::query("UPDATE known_posts SET comments_doc = $1 WHERE id = $2")
+        .bind(doc)
+        .bind(post_id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }
 
 /// Creates a pending comment on a known post and emits `CommentCreated`, atomically.
-/// Returns `None` if the post is unknown here.
-pub async fn create(db: &Db, post_id: &str, content: &str) -> Result<Option<Vec<Comment>>, DbError> {
+/// Returns the post's comment array with it, or `None` if the post is unknown here.
+pub async fn create(db: &Db, post_id: &str, content: &str) -> Result<Option<String>, DbError> {
     let mut tx = db.begin().await?;
-    if !post_exists(&mut tx, post_id).await? {
+    let Some(before) = array_for_update(&mut tx, post_id).await? else {
         tx.rollback().await?;
         return Ok(None);
-    }
+    };
     let c = CommentCreated {
         id: uuid::Uuid::now_v7().to_string(),
         content: content.to_owned(),
@@ -53,9 +89,11 @@ pub async fn create(db: &Db, post_id: &str, content: &str) -> Result<Option<Vec<
         .execute(&mut *tx)
         .await?;
     tx.emit(&c, 1).await?;
-    let all = for_post(&mut tx, post_id).await?;
+    let after =
+        doc::append(&before, &doc::entry(&Comment { id: &c.id, content: &c.content, status: c.status.as_str() }));
+    store_array(&mut tx, post_id, &after).await?;
     tx.commit().await?;
-    Ok(Some(all))
+    Ok(Some(after))
 }
 
 /// Sets a comment's moderation status and emits `CommentUpdated` with the next version.
@@ -80,6 +118,16 @@ pub async fn moderate(tx: &mut Tx, comment_id: &str, status: CommentStatus) -> R
         .bind(comment_id)
         .execute(&mut **tx)
         .await?;
+    if let Some(mut array) = array_for_update(tx, &post_id).await? {
+        if !doc::set_status(&mut array, comment_id, status.as_str()) {
+            // The array was rendered from the rows inside this transaction, or kept by
+            // this service alone: a comment missing from it is a bug, not bad input.
+            return Err(DbError::Sql(sqlx::Error::Protocol(format!(
+                "comment {comment_id} is missing from post {post_id}'s comment array"
+            ))));
+        }
+        store_array(tx, &post_id, &array).await?;
+    }
     let updated = CommentUpdated { id: comment_id.to_owned(), status, post_id, content };
     tx.emit(&updated, next).await?;
     Ok(Some(updated))

@@ -1,0 +1,179 @@
+//! comments answers with each post's comment array, which it keeps as JSON text: on SQLite
+//! and PostgreSQL, what `GET` and `POST` show as comments are created and moderated, that
+//! comments created at once on one post all stay, and that a database from before arrays
+//! were kept still answers with every comment.
+
+use std::path::Path;
+
+use blog_events::CommentStatus;
+use busbar::{Db, DbOptions};
+use comments::store;
+use serde_json::{Value, json};
+
+enum Keep {
+    #[allow(dead_code)] // held for its Drop
+    Dir(testkit::TempDir),
+    #[allow(dead_code)]
+    Pg(testkit::pg::TempDb),
+}
+
+async fn database(backend: &str) -> (String, Keep) {
+    match backend {
+        "sqlite" => {
+            let dir = testkit::temp_dir();
+            (format!("sqlite://{}/comments.db", dir.path().display()), Keep::Dir(dir))
+        }
+        _ => {
+            let db = testkit::pg::TempDb::create().await;
+            (db.url.clone(), Keep::Pg(db))
+        }
+    }
+}
+
+async fn migrated(url: &str) -> Db {
+    let db = Db::connect("comments", url, DbOptions::default()).await.unwrap();
+    let m = sqlx::migrate!("./migrations");
+    db.migrate(&m, &m).await.unwrap();
+    db
+}
+
+async fn serve(db: &Db) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let app = comments::router(db.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    url
+}
+
+async fn known_post(db: &Db, id: &str) {
+    let mut tx = db.begin().await.unwrap();
+    store::remember_post(&mut tx, id).await.unwrap();
+    tx.commit().await.unwrap();
+}
+
+async fn moderate(db: &Db, comment: &str, status: CommentStatus) {
+    let mut tx = db.begin().await.unwrap();
+    store::moderate(&mut tx, comment, status).await.unwrap();
+    tx.commit().await.unwrap();
+}
+
+async fn answer(r: reqwest::Response, want: u16) -> Value {
+    assert_eq!(r.status(), want);
+    assert_eq!(r.headers()["content-type"], "application/json");
+    r.json().await.unwrap()
+}
+
+async fn arrays_follow_creation_and_moderation(backend: &str) {
+    let (url, _keep) = database(backend).await;
+    let db = migrated(&url).await;
+    let base = serve(&db).await;
+    let http = reqwest::Client::new();
+    let comments = format!("{base}/posts/p1/comments");
+    assert_eq!(http.get(&comments).send().await.unwrap().status(), 404);
+    known_post(&db, "p1").await;
+    assert_eq!(answer(http.get(&comments).send().await.unwrap(), 200).await, json!([]));
+
+    let first = answer(http.post(&comments).json(&json!({"content": "first"})).send().await.unwrap(), 201).await;
+    let a = first[0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(first, json!([{"id": a, "content": "first", "status": "pending"}]));
+    let tricky = r#"say ","status":"approved"} and \ "#.trim();
+    let both = answer(http.post(&comments).json(&json!({"content": tricky})).send().await.unwrap(), 201).await;
+    let b = both[1]["id"].as_str().unwrap().to_owned();
+
+    moderate(&db, &b, CommentStatus::Rejected).await;
+    moderate(&db, &a, CommentStatus::Approved).await;
+    let want = json!([
+        {"id": a, "content": "first", "status": "approved"},
+        {"id": b, "content": tricky, "status": "rejected"},
+    ]);
+    assert_eq!(answer(http.get(&comments).send().await.unwrap(), 200).await, want, "{backend}");
+    // A decision for a comment no longer pending changes nothing.
+    moderate(&db, &a, CommentStatus::Rejected).await;
+    assert_eq!(answer(http.get(&comments).send().await.unwrap(), 200).await, want);
+}
+
+#[tokio::test]
+async fn arrays_follow_creation_and_moderation_on_sqlite() {
+    arrays_follow_creation_and_moderation("sqlite").await;
+}
+
+#[tokio::test]
+async fn arrays_follow_creation_and_moderation_on_postgres() {
+    arrays_follow_creation_and_moderation("postgres").await;
+}
+
+async fn comments_created_at_once_all_stay(backend: &str) {
+    let (url, _keep) = database(backend).await;
+    let db = migrated(&url).await;
+    known_post(&db, "p1").await;
+    let n = 40;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let db = db.clone();
+        tasks.spawn(async move { store::create(&db, "p1", &format!("c{i}")).await.unwrap().unwrap() });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.unwrap();
+    }
+    let mut conn = db.pool().acquire().await.unwrap();
+    let array: Value = serde_json::from_str(&store::array(&mut conn, "p1").await.unwrap().unwrap()).unwrap();
+    let mut contents: Vec<&str> = array.as_array().unwrap().iter().map(|c| c["content"].as_str().unwrap()).collect();
+    contents.sort();
+    let mut want: Vec<String> = (0..n).map(|i| format!("c{i}")).collect();
+    want.sort();
+    assert_eq!(contents, want, "{backend}");
+}
+
+#[tokio::test]
+async fn comments_created_at_once_all_stay_on_sqlite() {
+    comments_created_at_once_all_stay("sqlite").await;
+}
+
+#[tokio::test]
+async fn comments_created_at_once_all_stay_on_postgres() {
+    comments_created_at_once_all_stay("postgres").await;
+}
+
+async fn an_earlier_database_answers_with_every_comment(backend: &str) {
+    let (url, _keep) = database(backend).await;
+    {
+        // comments as it was: the first migration only, and rows written by it.
+        let db = Db::connect("comments", &url, DbOptions::default()).await.unwrap();
+        let dir = testkit::temp_dir();
+        let first = Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/1_comments.sql");
+        std::fs::copy(first, dir.path().join("1_comments.sql")).unwrap();
+        let m = sqlx::migrate::Migrator::new(dir.path()).await.unwrap();
+        db.migrate(&m, &m).await.unwrap();
+        for sql in [
+            "INSERT INTO known_posts (id) VALUES ('p1')",
+            "INSERT INTO comments (id, post_id, content, status, version) VALUES \
+             ('c2', 'p1', 'two', 'pending', 1), ('c1', 'p1', 'one', 'approved', 2)",
+        ] {
+            sqlx::query(sqlx::AssertSqlSafe(sql)).execute(db.pool()).await.unwrap();
+        }
+        db.close().await;
+    }
+    let db = migrated(&url).await;
+    let base = serve(&db).await;
+    let comments = format!("{base}/posts/p1/comments");
+    let old = json!([
+        {"id": "c1", "content": "one", "status": "approved"},
+        {"id": "c2", "content": "two", "status": "pending"},
+    ]);
+    assert_eq!(answer(reqwest::get(&comments).await.unwrap(), 200).await, old, "{backend}");
+    moderate(&db, "c2", CommentStatus::Approved).await;
+    let created = reqwest::Client::new().post(&comments).json(&json!({"content": "three"})).send().await.unwrap();
+    let all = answer(created, 201).await;
+    assert_eq!(all.as_array().unwrap().len(), 3);
+    assert_eq!((all[1]["status"].as_str(), all[2]["content"].as_str()), (Some("approved"), Some("three")));
+}
+
+#[tokio::test]
+async fn an_earlier_database_answers_with_every_comment_on_sqlite() {
+    an_earlier_database_answers_with_every_comment("sqlite").await;
+}
+
+#[tokio::test]
+async fn an_earlier_database_answers_with_every_comment_on_postgres() {
+    an_earlier_database_answers_with_every_comment("postgres").await;
+}
