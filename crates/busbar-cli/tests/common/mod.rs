@@ -108,7 +108,11 @@ pub fn comment_load(url: String, post: String, n: usize) -> tokio::task::JoinHan
 pub fn blog_spec(ports: &HashMap<&str, u16>) -> String {
     let mut s = include_str!("../../../../k8s/base/servicebus.yaml").to_owned();
     for (name, default) in [("posts", 4000), ("comments", 4001), ("query", 4002), ("moderation", 4003)] {
-        s = s.replace(&format!("port: {default}"), &format!("port: {}", ports[name]));
+        // Whole lines only: a port already put in may begin with the digits of a later one
+        // (posts on 40019, then "port: 4001" for comments).
+        let line = format!("port: {default}\n");
+        assert_eq!(s.matches(&line).count(), 1, "{line:?} in the manifest");
+        s = s.replace(&line, &format!("port: {}\n", ports[name]));
     }
     s.replace("backoff: [1s, 5s, 30s]", "backoff: [50ms, 200ms]")
 }
