@@ -102,7 +102,7 @@ async fn applied(c: &Consumer) -> Vec<i64> {
         .collect()
 }
 
-async fn publisher(backend: &str) -> (Db, common::Keep) {
+async fn publisher(backend: &str) -> (Db, testkit::TempDatabase) {
     let (url, keep) = database(backend).await;
     (Db::connect("items", &url, DbOptions::default()).await.unwrap(), keep)
 }

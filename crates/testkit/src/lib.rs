@@ -78,6 +78,28 @@ pub fn port_lock_path(port: u16) -> std::path::PathBuf {
     std::env::temp_dir().join("busbar-test-ports").join(port.to_string())
 }
 
+/// A throwaway database, and what keeps it alive: dropping it removes the SQLite file's
+/// directory or drops the PostgreSQL database.
+pub enum TempDatabase {
+    Sqlite(TempDir),
+    Postgres(pg::TempDb),
+}
+
+/// A fresh database on `backend` (`sqlite` or `postgres`); its URL and its keeper.
+pub async fn database(backend: &str) -> (String, TempDatabase) {
+    match backend {
+        "sqlite" => {
+            let dir = temp_dir();
+            (format!("sqlite://{}/svc.db", dir.path().display()), TempDatabase::Sqlite(dir))
+        }
+        "postgres" => {
+            let db = pg::TempDb::create().await;
+            (db.url.clone(), TempDatabase::Postgres(db))
+        }
+        other => panic!("unknown backend {other}: sqlite or postgres"),
+    }
+}
+
 /// A unique temporary directory, removed when dropped.
 pub use tempfile::TempDir;
 

@@ -82,25 +82,7 @@ impl busbar::Event for NoteWritten {
     }
 }
 
-/// A database on the named backend, plus whatever keeps it alive.
-pub enum Keep {
-    Dir(tempfile::TempDir),
-    Pg(testkit::pg::TempDb),
-}
-
-pub async fn database(backend: &str) -> (String, Keep) {
-    match backend {
-        "sqlite" => {
-            let dir = testkit::temp_dir();
-            (format!("sqlite://{}/svc.db", dir.path().display()), Keep::Dir(dir))
-        }
-        "postgres" => {
-            let db = testkit::pg::TempDb::create().await;
-            (db.url.clone(), Keep::Pg(db))
-        }
-        other => panic!("unknown backend {other}"),
-    }
-}
+pub use testkit::database;
 
 /// Connects as service `notes` and creates its one table.
 pub async fn notes_db(url: &str) -> Db {

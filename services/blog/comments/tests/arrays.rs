@@ -9,26 +9,7 @@ use blog_events::CommentStatus;
 use busbar::{Db, DbOptions};
 use comments::store;
 use serde_json::{Value, json};
-
-enum Keep {
-    #[allow(dead_code)] // held for its Drop
-    Dir(testkit::TempDir),
-    #[allow(dead_code)]
-    Pg(testkit::pg::TempDb),
-}
-
-async fn database(backend: &str) -> (String, Keep) {
-    match backend {
-        "sqlite" => {
-            let dir = testkit::temp_dir();
-            (format!("sqlite://{}/comments.db", dir.path().display()), Keep::Dir(dir))
-        }
-        _ => {
-            let db = testkit::pg::TempDb::create().await;
-            (db.url.clone(), Keep::Pg(db))
-        }
-    }
-}
+use testkit::database;
 
 async fn migrated(url: &str) -> Db {
     let db = Db::connect("comments", url, DbOptions::default()).await.unwrap();

@@ -8,26 +8,7 @@ use blog_events::PostCreated;
 use busbar::{Db, DbOptions};
 use query::store;
 use serde_json::{Value, json};
-
-enum Keep {
-    #[allow(dead_code)] // held for its Drop
-    Dir(testkit::TempDir),
-    #[allow(dead_code)]
-    Pg(testkit::pg::TempDb),
-}
-
-async fn database(backend: &str) -> (String, Keep) {
-    match backend {
-        "sqlite" => {
-            let dir = testkit::temp_dir();
-            (format!("sqlite://{}/query.db", dir.path().display()), Keep::Dir(dir))
-        }
-        _ => {
-            let db = testkit::pg::TempDb::create().await;
-            (db.url.clone(), Keep::Pg(db))
-        }
-    }
-}
+use testkit::database;
 
 async fn migrated(url: &str) -> Db {
     let db = Db::connect("query", url, DbOptions::default()).await.unwrap();
