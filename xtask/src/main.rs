@@ -7,7 +7,8 @@
 //! PostgreSQL server and (for the JetStream transport) a NATS server with JetStream. If
 //! none answers on the usual loopback ports, throwaway instances are started in a
 //! temporary directory for the duration of the run and stopped afterwards. ARGS go to
-//! `cargo test` (e.g. `cargo xtask test -p event-bus`).
+//! `cargo test --no-run` (e.g. `cargo xtask test -p event-bus`); the binaries then run a few
+//! at a time (see `runner`).
 
 use std::{
     net::{SocketAddr, TcpStream},
@@ -18,11 +19,18 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
+mod runner;
+
 const HELP: &str = "\
 cargo xtask <task>
 
 Tasks:
-  test [ARGS...]   Run every test in the workspace (cargo test --workspace ARGS).
+  test [ARGS...] [-- TEST-ARGS...]
+                   Run every test in the workspace: cargo builds the test binaries (cargo test
+                   --workspace --no-run ARGS), then they run --jobs N at a time (default
+                   BUSBAR_TEST_JOBS, else 2), longest first by the last run's times; TEST-ARGS go
+                   to each binary (e.g. a test name filter). Doc tests follow. Ends with the
+                   slowest binaries and which failed; every binary runs even when one fails.
                    Uses PostgreSQL at BUSBAR_TEST_PG_URL (default postgres://postgres@127.0.0.1:5432/postgres)
                    and NATS at BUSBAR_TEST_NATS_URL (default nats://127.0.0.1:4222); starts throwaway
                    servers on free loopback ports when those do not answer (or NATS is older than
@@ -64,19 +72,82 @@ fn main() -> ExitCode {
     }
 }
 
-fn test(cargo_args: &[String]) -> Result<ExitCode> {
+fn test(args: &[String]) -> Result<ExitCode> {
     let _pg = ensure_postgres()?;
     let _nats = ensure_nats()?;
     ensure_chromium()?;
+    let (mut cargo_args, test_args) = match args.iter().position(|a| a == "--") {
+        Some(i) => (args[..i].to_vec(), args[i + 1..].to_vec()),
+        None => (args.to_vec(), vec![]),
+    };
+    let jobs = take_jobs(&mut cargo_args)?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     // Package selections (-p) narrow the run; otherwise test the whole workspace.
     let narrowed = cargo_args.iter().any(|a| a == "-p" || a.starts_with("--package"));
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .arg("test")
-        .args(if narrowed { None } else { Some("--workspace") })
-        .args(cargo_args)
-        .status()
-        .context("running cargo test")?;
-    Ok(if status.success() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    let started = Instant::now();
+    let bins = runner::build(&cargo, &cargo_args, !narrowed)?;
+    let times_file = target_dir().join("xtask-test-times.json");
+    let bins = runner::schedule(bins, &runner::load_times(&times_file));
+    println!("xtask: running {} test binaries, {jobs} at a time", bins.len());
+    let outcomes = runner::run_all(bins, &test_args, jobs);
+    runner::save_times(&times_file, &outcomes);
+    // Doc tests, unless the selection names other targets (cargo refuses --doc with them).
+    let selects_targets = cargo_args.iter().any(|a| {
+        ["--test", "--tests", "--lib", "--bin", "--bins", "--example", "--examples", "--bench", "--benches"]
+            .iter()
+            .any(|f| a == f || a.starts_with(&format!("{f}=")))
+    });
+    let doc_ok = selects_targets || {
+        Command::new(&cargo)
+            .args(["test", "--doc"])
+            .args(if narrowed { None } else { Some("--workspace") })
+            .args(&cargo_args)
+            .arg("--")
+            .args(&test_args)
+            .status()
+            .context("running cargo test --doc")?
+            .success()
+    };
+    let failed: Vec<&str> = outcomes.iter().filter(|o| !o.ok).map(|o| o.name.as_str()).collect();
+    let mut slowest: Vec<_> = outcomes.iter().collect();
+    slowest.sort_by_key(|o| std::cmp::Reverse(o.took));
+    let top: Vec<String> =
+        slowest.iter().take(5).map(|o| format!("{} {:.0} s", o.name, o.took.as_secs_f64())).collect();
+    println!(
+        "\nxtask: {} test binaries in {:.0} s ({jobs} at a time); slowest: {}",
+        outcomes.len(),
+        started.elapsed().as_secs_f64(),
+        top.join(", ")
+    );
+    if !failed.is_empty() || !doc_ok {
+        let docs = if doc_ok { "" } else { " and the doc tests" };
+        eprintln!("xtask: FAILED: {}{docs}", failed.join(", "));
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Takes `--jobs N` (or `-j N`) out of the cargo arguments: how many test binaries run at
+/// once. Default BUSBAR_TEST_JOBS, else 2.
+fn take_jobs(cargo_args: &mut Vec<String>) -> Result<usize> {
+    let mut jobs = match std::env::var("BUSBAR_TEST_JOBS") {
+        Ok(v) => v.parse().with_context(|| format!("BUSBAR_TEST_JOBS={v} is not a number"))?,
+        Err(_) => 2,
+    };
+    if let Some(i) = cargo_args.iter().position(|a| a == "--jobs" || a == "-j") {
+        let v = cargo_args.get(i + 1).context("--jobs needs a number")?.clone();
+        jobs = v.parse().with_context(|| format!("--jobs {v} is not a number"))?;
+        cargo_args.drain(i..=i + 1);
+    }
+    if jobs == 0 {
+        bail!("--jobs must be at least 1");
+    }
+    Ok(jobs)
+}
+
+fn target_dir() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace");
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from)
 }
 
 fn bench(args: &[String]) -> Result<ExitCode> {
@@ -111,8 +182,7 @@ fn bench(args: &[String]) -> Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("xtask lives in the workspace")?;
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
-    let mut cmd = Command::new(target.join(profile).join("busbar-bench"));
+    let mut cmd = Command::new(target_dir().join(profile).join("busbar-bench"));
     cmd.arg("all").args(args.iter().filter(|a| *a != "--locked"));
     if !smoke {
         cmd.arg("--write").arg(root.join("BENCHMARKS.md"));
