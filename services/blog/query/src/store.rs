@@ -6,13 +6,21 @@ use busbar::{Db, Tx, db::Backend, db::DbError};
 use serde::Serialize;
 use sqlx::Row;
 
+/// Stores a post with its rendered view: one read (its comments, which may have arrived
+/// first) and one write.
 pub async fn upsert_post(tx: &mut Tx, p: &PostCreated) -> Result<(), DbError> {
-    sqlx::query("INSERT INTO posts (id, title) VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET title = excluded.title")
-        .bind(&p.id)
-        .bind(&p.title)
-        .execute(&mut **tx)
-        .await?;
-    render(tx, &p.id).await
+    let comments = comments_of(tx, &p.id).await?;
+    let doc = document(&p.id, p.title.clone(), comments);
+    sqlx::query(
+        "INSERT INTO posts (id, title, doc) VALUES ($1, $2, $3) \
+         ON CONFLICT (id) DO UPDATE SET title = excluded.title, doc = excluded.doc",
+    )
+    .bind(&p.id)
+    .bind(&p.title)
+    .bind(doc)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 pub async fn upsert_comment(tx: &mut Tx, id: &str, post_id: &str, content: &str, status: &str) -> Result<(), DbError> {
@@ -45,30 +53,42 @@ pub struct PostView<'a> {
 }
 
 /// Renders post `id`'s view from its row and its comments into `posts.doc`, inside the
-/// transaction that changed them. A comment whose post has not arrived yet waits in
-/// `comments`; the post's own render picks it up.
+/// transaction that changed them: one read (the post joined with its comments) and one
+/// write. A comment whose post has not arrived yet waits in `comments`; the post's own
+/// upsert picks it up.
 async fn render(tx: &mut Tx, id: &str) -> Result<(), DbError> {
-    let Some(title) = sqlx::query_scalar::<_, String>("SELECT title FROM posts WHERE id = $1")
-        .bind(id)
-        .fetch_optional(&mut **tx)
-        .await?
-    else {
-        return Ok(());
-    };
-    let doc = document(tx, id, title).await?;
+    let rows = sqlx::query(
+        "SELECT p.title, c.id, c.content, c.status FROM posts p LEFT JOIN comments c ON c.post_id = p.id \
+         WHERE p.id = $1 ORDER BY c.id",
+    )
+    .bind(id)
+    .fetch_all(&mut **tx)
+    .await?;
+    let Some(title) = rows.first().map(|r| r.get::<String, _>(0)) else { return Ok(()) };
+    let comments = rows
+        .iter()
+        .filter_map(|r| {
+            let id: Option<String> = r.get(1);
+            Some(CommentView { id: id?, content: r.get(2), status: r.get(3) })
+        })
+        .collect();
+    let doc = document(id, title, comments);
     sqlx::query("UPDATE posts SET doc = $1 WHERE id = $2").bind(doc).bind(id).execute(&mut **tx).await?;
     Ok(())
 }
 
-async fn document(tx: &mut Tx, id: &str, title: String) -> Result<String, DbError> {
-    let comments = sqlx::query("SELECT id, content, status FROM comments WHERE post_id = $1 ORDER BY id")
-        .bind(id)
+async fn comments_of(tx: &mut Tx, post_id: &str) -> Result<Vec<CommentView>, DbError> {
+    Ok(sqlx::query("SELECT id, content, status FROM comments WHERE post_id = $1 ORDER BY id")
+        .bind(post_id)
         .fetch_all(&mut **tx)
         .await?
         .into_iter()
         .map(|r| CommentView { id: r.get(0), content: r.get(1), status: r.get(2) })
-        .collect();
-    Ok(serde_json::to_string(&PostView { id, title, comments }).expect("a view serialises"))
+        .collect())
+}
+
+fn document(id: &str, title: String, comments: Vec<CommentView>) -> String {
+    serde_json::to_string(&PostView { id, title, comments }).expect("a view serialises")
 }
 
 /// Renders every post that has no document yet (rows written before documents existed).
@@ -86,7 +106,7 @@ pub async fn render_missing(db: &Db) -> Result<u64, DbError> {
         }
         for r in rows {
             let id: String = r.get(0);
-            let doc = document(&mut tx, &id, r.get(1)).await?;
+            let doc = document(&id, r.get(1), comments_of(&mut tx, &id).await?);
             sqlx::query("UPDATE posts SET doc = $1 WHERE id = $2 AND doc IS NULL")
                 .bind(doc)
                 .bind(&id)
