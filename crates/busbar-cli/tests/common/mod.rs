@@ -366,7 +366,10 @@ pub fn build_programs(packages: &[&str]) -> PathBuf {
     if bin_dir.file_name().is_some_and(|n| n == "release") {
         cmd.arg("--release");
     }
-    cmd.args(missing.iter().flat_map(|p| ["-p", p]));
+    // Every program of the workspace, as `cargo xtask bench --smoke` and `.ci/run` build
+    // them: the same selection resolves to the same features, so this reuses what they
+    // built instead of compiling the shared dependencies once more for a smaller set.
+    cmd.args(["--workspace", "--bins"]);
     let status = cmd.status().expect("cargo runs");
     assert!(status.success(), "cargo build {missing:?} failed");
     built.extend(missing.iter().map(|p| p.to_string()));
