@@ -98,7 +98,7 @@ fn test(args: &[String]) -> Result<ExitCode> {
             .any(|f| a == f || a.starts_with(&format!("{f}=")))
     });
     let doc_ok = selects_targets || {
-        Command::new(&cargo)
+        cargo_command(&cargo)
             .args(["test", "--doc"])
             .args(if narrowed { None } else { Some("--workspace") })
             .args(&cargo_args)
@@ -145,6 +145,26 @@ fn take_jobs(cargo_args: &mut Vec<String>) -> Result<usize> {
     Ok(jobs)
 }
 
+/// `cargo`, with the environment a shell would give it. `cargo xtask` runs this program
+/// through `cargo run`, which sets variables describing xtask itself (CARGO_PKG_NAME,
+/// CARGO_MANIFEST_DIR, CARGO_PRIMARY_PACKAGE...). Passed on, they reach every rustc the
+/// inner cargo starts wherever cargo does not set them itself, and a crate whose build
+/// reads one is then fingerprinted differently than by a plain `cargo test` or the other
+/// builds of `.ci/run`: each would recompile what the other built.
+pub fn cargo_command(cargo: &str) -> Command {
+    let mut cmd = Command::new(cargo);
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        let per_package =
+            ["CARGO_PKG_", "CARGO_BIN_", "CARGO_MANIFEST_", "CARGO_CRATE_"].iter().any(|p| key.starts_with(p))
+                || ["CARGO_PRIMARY_PACKAGE", "CARGO_TARGET_TMPDIR", "CARGO_RUSTC_CURRENT_DIR"].contains(&key.as_ref());
+        if per_package {
+            cmd.env_remove(key.as_ref());
+        }
+    }
+    cmd
+}
+
 fn target_dir() -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace");
     std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from)
@@ -160,7 +180,7 @@ fn bench(args: &[String]) -> Result<ExitCode> {
     // Every program of the workspace (the report gives the sizes of those a deployment
     // ships). The whole workspace rather than a list: the tests' own builds and `.ci/run`
     // select the same, so features resolve the same and nothing is compiled twice.
-    let status = Command::new(&cargo)
+    let status = cargo_command(&cargo)
         .arg("build")
         .args(build_flag)
         .args(args.iter().filter(|a| *a == "--locked"))

@@ -145,7 +145,7 @@ pub fn save_times(path: &Path, outcomes: &[Outcome]) {
 
 /// Builds the test binaries with cargo (`cargo_args` select them) and lists them.
 pub fn build(cargo: &str, cargo_args: &[String], workspace: bool) -> Result<Vec<TestBinary>> {
-    let out = Command::new(cargo)
+    let out = crate::cargo_command(cargo)
         .args(["test", "--no-run", "--message-format=json-render-diagnostics"])
         .args(if workspace { Some("--workspace") } else { None })
         .args(cargo_args)
