@@ -11,7 +11,7 @@
 //!
 //! Each (database, transport) pair gets a fresh system.
 
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use anyhow::{Context, bail};
 use busbar::spec::TransportKind;
@@ -20,11 +20,9 @@ use serde_json::json;
 use tokio::task::JoinSet;
 
 use crate::{
-    bus_raw::TransportKind as Transport,
-    clock, load,
-    nats::{self, Nats},
+    clock, load, nats,
     stats::{self, Latency},
-    system::{Backend, System, SystemOpts},
+    system::{BLOG, System, SystemOpts, Systems, kind, on_fresh_system, transport_name},
     watch::{self, Read, Want, Watcher},
 };
 
@@ -32,29 +30,8 @@ const SCENARIO: &str = "blog";
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Databases to measure, comma-separated: `sqlite` (a file per service) and
-    /// `postgres` (a database per service on --pg-url).
-    #[arg(long, value_delimiter = ',', default_value = "sqlite,postgres")]
-    pub backends: Vec<Backend>,
-
-    /// Transports to measure, comma-separated: `builtin` (the event bus) and `jetstream`.
-    #[arg(long, value_delimiter = ',', default_value = "builtin,jetstream")]
-    pub transports: Vec<Transport>,
-
-    /// The NATS server (JetStream enabled) for the jetstream runs; as for bus-raw.
-    #[arg(long, env = "BUSBAR_TEST_NATS_URL", value_name = "URL")]
-    pub nats_url: Option<String>,
-
-    /// PostgreSQL admin URL for the postgres runs; each run creates its own databases
-    /// and drops them at the end.
-    #[arg(long, env = "BUSBAR_TEST_PG_URL", default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
-    pub pg_url: String,
-
-    /// The `busbar` binary, which runs the bus (`busbar __serve event-bus`); the blog's
-    /// programs are found next to it. Default: `busbar` next to this program (`cargo build
-    /// --release -p busbar-cli -p posts -p comments -p moderation -p query`).
-    #[arg(long, value_name = "PATH")]
-    pub busbar_bin: Option<PathBuf>,
+    #[command(flatten)]
+    pub systems: Systems,
 
     /// Closed loop: concurrent clients, each posting as soon as its previous post was
     /// answered.
@@ -231,13 +208,8 @@ pub async fn run(mut args: Args) -> anyhow::Result<BlogSummary> {
         args.rate_duration = 1.0;
         args.drain_timeout = args.drain_timeout.min(60.0);
     }
-    args.backends.dedup();
-    args.transports.dedup();
-    let bin = locate_busbar(args.busbar_bin.as_ref())?;
-    let nats = match args.transports.contains(&Transport::Jetstream) {
-        true => Some(Nats::prepare(args.nats_url.as_deref()).await?),
-        false => None,
-    };
+    let prepared = args.systems.prepare().await?;
+    let nats = prepared.nats.as_ref();
     let client = client(args.max_in_flight as usize)?;
     let sink = match args.trace_export {
         true => Some(crate::otlp_sink::OtlpSink::start().await?),
@@ -246,25 +218,19 @@ pub async fn run(mut args: Args) -> anyhow::Result<BlogSummary> {
     let mut runs = vec![];
     let mut reads = vec![];
     let mut result = Ok(());
-    'all: for &backend in &args.backends {
-        for (i, &transport) in args.transports.iter().enumerate() {
+    'all: for &backend in &args.systems.backends {
+        for (i, &transport) in args.systems.transports.iter().enumerate() {
             let run_id = uuid::Uuid::now_v7().simple().to_string()[20..].to_owned();
             let opts = SystemOpts {
-                app: &crate::system::BLOG,
-                busbar_bin: &bin,
-                backend,
-                transport: match transport {
-                    Transport::Builtin => TransportKind::Builtin,
-                    Transport::Jetstream => TransportKind::JetStream,
-                },
-                nats_url: nats.as_ref().map(|n| n.info.url.as_str()),
-                pg_url: &args.pg_url,
-                run_id: &run_id,
                 otlp_endpoint: sink.as_ref().map(|s| s.url.as_str()),
+                ..prepared.opts(&BLOG, &args.systems, backend, transport, &run_id)
             };
+            let transport = kind(transport);
             let what = format!("{} on {}", backend.name(), transport_name(transport));
             eprintln!("[{SCENARIO}] {}, {}: starting the blog", backend.name(), transport_name(transport));
-            match one_system(&args, &opts, &client, nats.as_ref()).await {
+            let measured =
+                on_fresh_system(&opts, &client, nats, async |s| measure_system(&args, &opts, &client, s).await);
+            match measured.await {
                 Ok(r) => runs.push(r),
                 Err(e) => {
                     result = Err(e.context(what));
@@ -275,7 +241,8 @@ pub async fn run(mut args: Args) -> anyhow::Result<BlogSummary> {
             if i == 0 && !args.no_reads {
                 let opts = SystemOpts { run_id: &format!("{run_id}r"), ..opts };
                 eprintln!("[{SCENARIO}] {}, {}: starting the blog to read", backend.name(), transport_name(transport));
-                match read_system(&args, &opts, &client, nats.as_ref()).await {
+                match on_fresh_system(&opts, &client, nats, async |s| read_views(&args, &opts, &client, s).await).await
+                {
                     Ok(rows) => {
                         reads.push(ReadRun { backend: backend.name(), transport: transport_name(transport), rows })
                     }
@@ -294,37 +261,20 @@ pub async fn run(mut args: Args) -> anyhow::Result<BlogSummary> {
             bytes as f64 / 1e6
         );
     }
-    let nats_info = nats.as_ref().map(|n| n.info.clone());
-    if let Some(n) = nats {
+    let nats_info = nats.map(|n| n.info.clone());
+    if let Some(n) = prepared.nats {
         n.stop().await;
     }
     result?;
     let ok = runs.iter().flat_map(|r| &r.flows).all(|f| f.missing == 0);
-    Ok(BlogSummary { busbar_bin: bin.display().to_string(), nats: nats_info, poll_ms: args.poll_ms, runs, reads, ok })
-}
-
-pub(crate) fn transport_name(t: Transport) -> &'static str {
-    match t {
-        Transport::Builtin => "builtin",
-        Transport::Jetstream => "jetstream",
-    }
-}
-
-pub(crate) fn locate_busbar(explicit: Option<&PathBuf>) -> anyhow::Result<PathBuf> {
-    let path = match explicit {
-        Some(p) => p.clone(),
-        None => std::env::current_exe()
-            .context("cannot find this program's own path to look for busbar beside it")?
-            .with_file_name("busbar"),
-    };
-    if !path.is_file() {
-        bail!(
-            "busbar binary not found at {}: run `cargo build --release -p busbar-cli` and the app's services \
-             (they land next to busbar-bench), or pass --busbar-bin PATH",
-            path.display()
-        );
-    }
-    Ok(path)
+    Ok(BlogSummary {
+        busbar_bin: prepared.bin.display().to_string(),
+        nats: nats_info,
+        poll_ms: args.poll_ms,
+        runs,
+        reads,
+        ok,
+    })
 }
 
 pub fn client(max_in_flight: usize) -> anyhow::Result<reqwest::Client> {
@@ -337,114 +287,35 @@ pub fn client(max_in_flight: usize) -> anyhow::Result<reqwest::Client> {
         .context("cannot build the HTTP client")
 }
 
-/// Starts one system, measures everything on it, and stops it (also on error).
-async fn one_system(
+/// Fills query's view to each of --read-sizes in turn and times full reads of it.
+async fn read_views(
     args: &Args,
     opts: &SystemOpts<'_>,
     client: &reqwest::Client,
-    nats: Option<&Nats>,
-) -> anyhow::Result<SystemRun> {
-    let mut system = System::start(opts, client).await?;
-    let streams = match opts.transport {
-        TransportKind::JetStream => jetstream_cleanup(&system, nats).await,
-        TransportKind::Builtin => None,
-    };
-    let result = measure_system(args, opts, client, &mut system).await;
-    let result = match (result, system.check_alive()) {
-        (Ok(r), Ok(())) => Ok(r),
-        (Err(e), alive) => Err(match alive {
-            Err(dead) => e.context(format!("{dead:#}")),
-            Ok(()) => e,
-        }),
-        (Ok(_), Err(dead)) => Err(dead),
-    };
-    system.stop().await;
-    if let Some((js, names)) = streams {
-        nats::delete_streams(&js, &names).await;
-    }
-    result
-}
-
-/// Starts one system, fills query's view to each of --read-sizes in turn and times full
-/// reads of it, and stops the system (also on error).
-async fn read_system(
-    args: &Args,
-    opts: &SystemOpts<'_>,
-    client: &reqwest::Client,
-    nats: Option<&Nats>,
+    system: &mut System,
 ) -> anyhow::Result<Vec<ReadRow>> {
-    let mut system = System::start(opts, client).await?;
-    let streams = match opts.transport {
-        TransportKind::JetStream => jetstream_cleanup(&system, nats).await,
-        TransportKind::Builtin => None,
-    };
-    let who = format!("[{SCENARIO}] {}, {}", opts.backend.name(), transport_name_of(opts.transport));
+    let who = format!("[{SCENARIO}] {}, {}", opts.backend.name(), transport_name(opts.transport));
     let posts_url = system.get("posts").url("/posts");
     let query = system.get("query").url("");
     let mut sizes = args.read_sizes.clone();
     sizes.sort_unstable();
     sizes.dedup();
     let mut rows = vec![];
-    let mut result = Ok(());
     for size in sizes {
         eprintln!("{who}: reading the whole view of {size} posts, {} times", args.reads);
-        match read_view(args, client, &posts_url, &query, &system, size).await {
-            Ok(row) => {
-                eprintln!(
-                    "{who}: whole view of {} posts ({:.1} MB): p50 {} max {} ms, query peak RSS {} MiB",
-                    row.posts,
-                    row.bytes as f64 / 1e6,
-                    row.latency.as_ref().map_or("-".into(), |l| format!("{:.1}", l.p50_ms)),
-                    row.latency.as_ref().map_or("-".into(), |l| format!("{:.1}", l.max_ms)),
-                    row.query_peak_rss_mib.map_or("-".into(), |m| format!("{m:.1}")),
-                );
-                rows.push(row);
-            }
-            Err(e) => {
-                result = Err(e);
-                break;
-            }
-        }
-        if let Err(e) = system.check_alive() {
-            result = Err(e);
-            break;
-        }
+        let row = read_view(args, client, &posts_url, &query, system, size).await?;
+        eprintln!(
+            "{who}: whole view of {} posts ({:.1} MB): p50 {} max {} ms, query peak RSS {} MiB",
+            row.posts,
+            row.bytes as f64 / 1e6,
+            row.latency.as_ref().map_or("-".into(), |l| format!("{:.1}", l.p50_ms)),
+            row.latency.as_ref().map_or("-".into(), |l| format!("{:.1}", l.max_ms)),
+            row.query_peak_rss_mib.map_or("-".into(), |m| format!("{m:.1}")),
+        );
+        rows.push(row);
+        system.check_alive()?;
     }
-    system.stop().await;
-    if let Some((js, names)) = streams {
-        nats::delete_streams(&js, &names).await;
-    }
-    result.map(|()| rows)
-}
-
-pub(crate) fn transport_name_of(t: TransportKind) -> &'static str {
-    match t {
-        TransportKind::Builtin => "builtin",
-        TransportKind::JetStream => "jetstream",
-    }
-}
-
-/// The streams the services create for this system's bus, noted for deletion whatever
-/// happens (a server we started is thrown away anyway).
-pub(crate) async fn jetstream_cleanup(
-    system: &System,
-    nats: Option<&Nats>,
-) -> Option<(async_nats::jetstream::Context, Vec<String>)> {
-    let nats = nats?;
-    let names = vec![busbar::names::stream_name(&system.bus), busbar::names::dead_letter_stream_name(&system.bus)];
-    match nats::connect(&nats.info.url, "busbar-bench cleanup").await {
-        Ok(c) => {
-            let js = async_nats::jetstream::new(c);
-            if !nats.info.throwaway {
-                nats::register(&js, &names);
-            }
-            Some((js, names))
-        }
-        Err(e) => {
-            eprintln!("[busbar-bench] cannot connect to NATS to clean up later ({e:#}); delete {names:?} by hand");
-            None
-        }
-    }
+    Ok(rows)
 }
 
 async fn measure_system(
@@ -453,7 +324,7 @@ async fn measure_system(
     client: &reqwest::Client,
     system: &mut System,
 ) -> anyhow::Result<SystemRun> {
-    let who = format!("[{SCENARIO}] {}, {}", opts.backend.name(), transport_name_of(opts.transport));
+    let who = format!("[{SCENARIO}] {}, {}", opts.backend.name(), transport_name(opts.transport));
     let mut procs: Vec<ProcFigures> = system
         .procs
         .iter()

@@ -16,44 +16,23 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use busbar::spec::TransportKind;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::task::JoinSet;
 
 use crate::{
     blog::{self, applied, wait_applied},
-    bus_raw::TransportKind as Transport,
     clock, load,
-    nats::{self, Nats},
     stats::{self, Latency},
-    system::{Backend, SHOP, System, SystemOpts},
+    system::{SHOP, System, Systems, on_fresh_system, transport_name},
 };
 
 const SCENARIO: &str = "shop";
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Databases to measure, comma-separated: `sqlite` and `postgres` (as for blog).
-    #[arg(long, value_delimiter = ',', default_value = "sqlite,postgres")]
-    pub backends: Vec<Backend>,
-
-    /// Transports to measure, comma-separated: `builtin` and `jetstream`.
-    #[arg(long, value_delimiter = ',', default_value = "builtin,jetstream")]
-    pub transports: Vec<Transport>,
-
-    /// The NATS server (JetStream enabled) for the jetstream runs; as for bus-raw.
-    #[arg(long, env = "BUSBAR_TEST_NATS_URL", value_name = "URL")]
-    pub nats_url: Option<String>,
-
-    /// PostgreSQL admin URL for the postgres runs.
-    #[arg(long, env = "BUSBAR_TEST_PG_URL", default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
-    pub pg_url: String,
-
-    /// The `busbar` binary; the shop's programs (users, products, orders, user-products)
-    /// are found next to it.
-    #[arg(long, value_name = "PATH")]
-    pub busbar_bin: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub systems: Systems,
 
     /// Users to create before ordering.
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=10_000))]
@@ -137,54 +116,23 @@ pub async fn run(mut args: Args) -> anyhow::Result<ShopSummary> {
         args.rates = vec![50.0];
         args.drain_timeout = args.drain_timeout.min(60.0);
     }
-    args.backends.dedup();
-    args.transports.dedup();
-    let bin = blog::locate_busbar(args.busbar_bin.as_ref())?;
-    let nats = match args.transports.contains(&Transport::Jetstream) {
-        true => Some(Nats::prepare(args.nats_url.as_deref()).await?),
-        false => None,
-    };
+    let prepared = args.systems.prepare().await?;
     let client = blog::client(args.max_in_flight as usize)?;
     let mut runs = vec![];
     let mut result = Ok(());
-    'all: for &backend in &args.backends {
-        for &transport in &args.transports {
+    'all: for &backend in &args.systems.backends {
+        for &transport in &args.systems.transports {
             let run_id = uuid::Uuid::now_v7().simple().to_string()[20..].to_owned();
-            let opts = SystemOpts {
-                app: &SHOP,
-                busbar_bin: &bin,
-                backend,
-                transport: match transport {
-                    Transport::Builtin => TransportKind::Builtin,
-                    Transport::Jetstream => TransportKind::JetStream,
-                },
-                nats_url: nats.as_ref().map(|n| n.info.url.as_str()),
-                pg_url: &args.pg_url,
-                run_id: &run_id,
-                otlp_endpoint: None,
-            };
-            let who = format!("[{SCENARIO}] {}, {}", backend.name(), blog::transport_name(transport));
+            let opts = prepared.opts(&SHOP, &args.systems, backend, transport, &run_id);
+            let who = format!("[{SCENARIO}] {}, {}", backend.name(), transport_name(opts.transport));
             eprintln!("{who}: starting the shop");
-            let mut system = match System::start(&opts, &client).await {
-                Ok(s) => s,
-                Err(e) => {
-                    result = Err(e.context(who));
-                    break 'all;
-                }
-            };
-            let streams = match opts.transport {
-                TransportKind::JetStream => blog::jetstream_cleanup(&system, nats.as_ref()).await,
-                TransportKind::Builtin => None,
-            };
-            let r = measure(&args, &who, &client, &mut system).await.and_then(|r| system.check_alive().map(|()| r));
-            system.stop().await;
-            if let Some((js, names)) = streams {
-                nats::delete_streams(&js, &names).await;
-            }
-            match r {
+            let measured = on_fresh_system(&opts, &client, prepared.nats.as_ref(), async |s| {
+                measure(&args, &who, &client, s).await
+            });
+            match measured.await {
                 Ok((rows, cpu)) => runs.push(ShopRun {
                     backend: backend.name(),
-                    transport: blog::transport_name(transport),
+                    transport: transport_name(opts.transport),
                     rows,
                     cpu_s_per_10k_orders: cpu,
                     load_average: crate::proc::load_average(),
@@ -196,7 +144,7 @@ pub async fn run(mut args: Args) -> anyhow::Result<ShopSummary> {
             }
         }
     }
-    if let Some(n) = nats {
+    if let Some(n) = prepared.nats {
         n.stop().await;
     }
     result?;

@@ -19,7 +19,9 @@ use sqlx::{Connection, Executor, PgConnection};
 use tokio::process::{Child, Command};
 
 use crate::{
+    bus_raw::TransportKind as Transport,
     clock,
+    nats::{self, Nats},
     proc::{self, TempDir},
 };
 
@@ -47,6 +49,160 @@ pub const SHOP: App = App {
 };
 /// Longest a process may take from spawn to `/readyz` 200.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Which systems an app scenario starts, shared by `blog` and `shop`: one per database and
+/// transport.
+#[derive(clap::Args, Debug)]
+pub struct Systems {
+    /// Databases to measure, comma-separated: `sqlite` (a file per service) and
+    /// `postgres` (a database per service on --pg-url).
+    #[arg(long, value_delimiter = ',', default_value = "sqlite,postgres")]
+    pub backends: Vec<Backend>,
+
+    /// Transports to measure, comma-separated: `builtin` (the event bus) and `jetstream`.
+    #[arg(long, value_delimiter = ',', default_value = "builtin,jetstream")]
+    pub transports: Vec<Transport>,
+
+    /// The NATS server (JetStream enabled) for the jetstream runs; as for bus-raw.
+    #[arg(long, env = "BUSBAR_TEST_NATS_URL", value_name = "URL")]
+    pub nats_url: Option<String>,
+
+    /// PostgreSQL admin URL for the postgres runs; each run creates its own databases
+    /// and drops them at the end.
+    #[arg(long, env = "BUSBAR_TEST_PG_URL", default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+    pub pg_url: String,
+
+    /// The `busbar` binary, which runs the bus (`busbar __serve event-bus`); the app's
+    /// programs are found next to it. Default: `busbar` next to this program (`cargo build
+    /// --release --workspace --bins`).
+    #[arg(long, value_name = "PATH")]
+    pub busbar_bin: Option<PathBuf>,
+}
+
+/// What every system of a scenario shares: the busbar binary and, for JetStream, NATS.
+pub struct Prepared {
+    pub bin: PathBuf,
+    pub nats: Option<Nats>,
+}
+
+impl Systems {
+    /// Drops repeated choices, finds busbar, and prepares NATS when a JetStream run is asked.
+    pub async fn prepare(&mut self) -> anyhow::Result<Prepared> {
+        self.backends.dedup();
+        self.transports.dedup();
+        let bin = locate_busbar(self.busbar_bin.as_ref())?;
+        let nats = match self.transports.contains(&Transport::Jetstream) {
+            true => Some(Nats::prepare(self.nats_url.as_deref()).await?),
+            false => None,
+        };
+        Ok(Prepared { bin, nats })
+    }
+}
+
+impl Prepared {
+    /// The options of one system of `app`.
+    pub fn opts<'a>(
+        &'a self,
+        app: &'a App,
+        systems: &'a Systems,
+        backend: Backend,
+        transport: Transport,
+        run_id: &'a str,
+    ) -> SystemOpts<'a> {
+        SystemOpts {
+            app,
+            busbar_bin: &self.bin,
+            backend,
+            transport: kind(transport),
+            nats_url: self.nats.as_ref().map(|n| n.info.url.as_str()),
+            pg_url: &systems.pg_url,
+            run_id,
+            otlp_endpoint: None,
+        }
+    }
+}
+
+/// The SDK's transport kind of a command-line transport.
+pub fn kind(t: Transport) -> TransportKind {
+    match t {
+        Transport::Builtin => TransportKind::Builtin,
+        Transport::Jetstream => TransportKind::JetStream,
+    }
+}
+
+pub fn transport_name(t: TransportKind) -> &'static str {
+    match t {
+        TransportKind::Builtin => "builtin",
+        TransportKind::JetStream => "jetstream",
+    }
+}
+
+/// Starts one system, runs `measure` on it, and stops it (also on error), deleting its
+/// JetStream streams; a process that died meanwhile is named in the error.
+pub async fn on_fresh_system<T>(
+    opts: &SystemOpts<'_>,
+    client: &reqwest::Client,
+    nats: Option<&Nats>,
+    measure: impl AsyncFnOnce(&mut System) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let mut system = System::start(opts, client).await?;
+    let streams = match opts.transport {
+        TransportKind::JetStream => jetstream_cleanup(&system, nats).await,
+        TransportKind::Builtin => None,
+    };
+    let result = measure(&mut system).await;
+    let result = match (result, system.check_alive()) {
+        (Ok(r), Ok(())) => Ok(r),
+        (Err(e), Err(dead)) => Err(e.context(format!("{dead:#}"))),
+        (Err(e), Ok(())) => Err(e),
+        (Ok(_), Err(dead)) => Err(dead),
+    };
+    system.stop().await;
+    if let Some((js, names)) = streams {
+        nats::delete_streams(&js, &names).await;
+    }
+    result
+}
+
+/// The streams the services create for this system's bus, noted for deletion whatever
+/// happens (a server we started is thrown away anyway).
+async fn jetstream_cleanup(
+    system: &System,
+    nats: Option<&Nats>,
+) -> Option<(async_nats::jetstream::Context, Vec<String>)> {
+    let nats = nats?;
+    let names = vec![busbar::names::stream_name(&system.bus), busbar::names::dead_letter_stream_name(&system.bus)];
+    match nats::connect(&nats.info.url, "busbar-bench cleanup").await {
+        Ok(c) => {
+            let js = async_nats::jetstream::new(c);
+            if !nats.info.throwaway {
+                nats::register(&js, &names);
+            }
+            Some((js, names))
+        }
+        Err(e) => {
+            eprintln!("[busbar-bench] cannot connect to NATS to clean up later ({e:#}); delete {names:?} by hand");
+            None
+        }
+    }
+}
+
+fn locate_busbar(explicit: Option<&PathBuf>) -> anyhow::Result<PathBuf> {
+    let path = match explicit {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()
+            .context("cannot find this program's own path to look for busbar beside it")?
+            .with_file_name("busbar"),
+    };
+    if !path.is_file() {
+        bail!(
+            "busbar binary not found at {}: run `cargo build --release -p busbar-cli` and the app's services \
+             (they land next to busbar-bench), or pass --busbar-bin PATH",
+            path.display()
+        );
+    }
+    Ok(path)
+}
 
 /// Which database every process of the blog uses.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
