@@ -100,6 +100,15 @@ pub async fn database(backend: &str) -> (String, TempDatabase) {
     }
 }
 
+/// Serves `app` on 127.0.0.1, on a port the kernel picks, for the rest of the test; its
+/// base URL (`http://127.0.0.1:PORT`).
+pub async fn serve(app: axum::Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind a loopback port");
+    let url = format!("http://{}", listener.local_addr().expect("a bound address"));
+    tokio::spawn(async move { axum::serve(listener, app).await.expect("serving the app") });
+    url
+}
+
 /// A unique temporary directory, removed when dropped.
 pub use tempfile::TempDir;
 

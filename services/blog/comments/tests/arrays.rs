@@ -19,11 +19,7 @@ async fn migrated(url: &str) -> Db {
 }
 
 async fn serve(db: &Db) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let app = comments::router(db.clone());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    url
+    testkit::serve(comments::router(db.clone())).await
 }
 
 async fn known_post(db: &Db, id: &str) {

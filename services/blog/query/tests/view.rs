@@ -19,11 +19,7 @@ async fn migrated(url: &str) -> Db {
 
 /// query's routes on 127.0.0.1, on a port of their own; the base URL.
 async fn serve(db: &Db) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let app = query::router(db.clone());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    url
+    testkit::serve(query::router(db.clone())).await
 }
 
 async fn get(url: &str) -> Value {
