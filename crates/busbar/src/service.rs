@@ -25,14 +25,13 @@ use crate::{
     Backoff,
     backfill::{self, Backfill},
     config::{BusbarConfig, ConfigError},
-    consumer::{Consumer, Scope},
+    consumer::Consumer,
     db::{Db, DbError, DbOptions, SqliteSync, redact},
     handlers::Handlers,
-    ordering::Start,
     outbox::{self, RelayOptions},
     parking::{Limits, ParkedGauge, Sweeper},
     receive::{self, ReceiveStats},
-    spec::{StartFrom, TransportKind},
+    spec::TransportKind,
     subscription::Subscription,
     transport::{PullLoop, Receiving, Transport, http::HttpTransport, jetstream::JetStream},
     web::{self, ApiError},
@@ -185,15 +184,7 @@ impl Service {
         let mut app = routes;
         let mut tasks = vec![];
         if let Some(sub) = &subscription {
-            let start = match sub.start_from {
-                StartFrom::Beginning => Start::Beginning,
-                StartFrom::Now => Start::Now,
-            };
-            let consumer = Consumer::with_scope(
-                self.db.clone(),
-                sub.handler.clone(),
-                Scope::new(sub.types.iter().cloned(), start),
-            );
+            let consumer = Consumer::with_scope(self.db.clone(), sub.handler.clone(), sub.scope());
             // POST /events stays mounted on JetStream too: it is harmless and lets an
             // operator push a single event by hand.
             app = app.merge(receive::router_with(consumer.clone(), stats.clone(), b.token.clone(), gauge.clone()));

@@ -6,7 +6,13 @@
 
 use std::sync::Arc;
 
-use crate::{config::BusbarConfig, consumer::Handler, handlers::Handlers, spec::StartFrom};
+use crate::{
+    config::BusbarConfig,
+    consumer::{Handler, Scope},
+    handlers::Handlers,
+    ordering::Start,
+    spec::StartFrom,
+};
 
 #[derive(Clone)]
 pub struct Subscription {
@@ -48,6 +54,16 @@ impl Subscription {
             }
         };
         Some(Subscription { handler: Arc::new(handlers), types, backfill, start_from: config.start_from })
+    }
+
+    /// What ordering needs of this subscription: which types an event waits for, and where
+    /// its history begins.
+    pub fn scope(&self) -> Scope {
+        let start = match self.start_from {
+            StartFrom::Beginning => Start::Beginning,
+            StartFrom::Now => Start::Now,
+        };
+        Scope::new(self.types.iter().cloned(), start)
     }
 }
 

@@ -33,12 +33,20 @@ impl Transport for Recording {
         &self,
         after: u64,
         limit: usize,
-        _types: &[&str],
+        types: &[&str],
     ) -> Result<busbar::transport::ReplayPage, TransportError> {
+        use busbar::AttributesReader;
+        // Positions are 1-based indexes into everything published, as a bus's sequences.
         let all = self.published.lock().unwrap();
-        let events: Vec<CloudEvent> = all.iter().skip(after as usize).take(limit).cloned().collect();
-        let next = after + events.len() as u64;
-        Ok(busbar::transport::ReplayPage { done: events.len() < limit, events, next })
+        let page: Vec<(u64, &CloudEvent)> = (after as usize..all.len())
+            .map(|i| (i as u64 + 1, &all[i]))
+            .filter(|(_, e)| types.is_empty() || types.contains(&e.ty()))
+            .take(limit)
+            .collect();
+        let done = page.len() < limit;
+        let next = if done { all.len() as u64 } else { page.last().map_or(after, |(seq, _)| *seq) };
+        let events = page.into_iter().map(|(_, e)| e.clone()).collect();
+        Ok(busbar::transport::ReplayPage { done, events, next })
     }
     async fn dead_letter(
         &self,
