@@ -78,19 +78,29 @@ impl From<sqlx::Error> for ConsumeError {
 /// ordering needs to tell a gap that is meant to be there from one that is not.
 #[derive(Debug, Clone)]
 pub struct Scope {
-    /// `None`: every type (a consumer fed only what it subscribes to).
+    /// The types an event waits for. `None`: every type (a consumer fed only what it
+    /// subscribes to).
     types: Option<Arc<BTreeSet<String>>>,
+    /// Reactions: types it takes only as they happen, never from history
+    /// ([`crate::handlers::Handlers::on_new`]). Nothing waits for them, and one that
+    /// arrives after a later version was applied is still applied (once: the inbox).
+    reactions: Arc<BTreeSet<String>>,
     start: Start,
 }
 
 impl Scope {
     /// Every type, from the beginning.
     pub fn all() -> Self {
-        Self { types: None, start: Start::Beginning }
+        Self { types: None, reactions: Arc::default(), start: Start::Beginning }
     }
 
     pub fn new(types: impl IntoIterator<Item = impl Into<String>>, start: Start) -> Self {
-        Self { types: Some(Arc::new(types.into_iter().map(Into::into).collect())), start }
+        Self { types: Some(Arc::new(types.into_iter().map(Into::into).collect())), reactions: Arc::default(), start }
+    }
+
+    /// The same scope, also taking `reactions` (see the field).
+    pub fn with_reactions(self, reactions: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        Self { reactions: Arc::new(reactions.into_iter().map(Into::into).collect()), ..self }
     }
 
     fn takes(&self, ty: &str) -> bool {
@@ -216,11 +226,18 @@ impl Consumer {
         let predecessor =
             ordering::predecessor(version, envelope::predecessors(event).as_ref(), |t| self.scope.takes(t));
         let AggregateState { last, any_parked } = aggregate_state(tx, &source, subject).await?;
-        let outcome = match ordering::decide(last, version, predecessor, self.scope.start) {
+        let decision = match ordering::decide(last, version, predecessor, self.scope.start) {
+            // A reaction that a later version overtook (a backfill ran ahead of live
+            // delivery): the inbox says it was never handled, and nothing waits for it.
+            Decision::Stale if self.scope.reactions.contains(event.ty()) => Decision::Apply,
+            d => d,
+        };
+        let outcome = match decision {
             Decision::Apply => {
                 self.apply(tx, event).await?;
+                let reached = last.map_or(version, |l| l.max(version));
                 let (applied, drained) =
-                    if any_parked { self.drain(tx, &source, subject, version).await? } else { (version, 0) };
+                    if any_parked { self.drain(tx, &source, subject, reached).await? } else { (reached, 0) };
                 set_last_applied(tx, &source, subject, applied).await?;
                 Outcome::Applied { drained }
             }

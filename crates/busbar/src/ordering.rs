@@ -30,6 +30,13 @@
 //! receiving the predecessors that came before it started. Both transports deliver a
 //! subscription's events in log order, so the first event it receives of an aggregate is
 //! the first one meant for it: its predecessor becomes the baseline ([`Start::Now`]).
+//!
+//! # Reactions
+//!
+//! Types handled only as they happen (`on_new`) are never replayed by a backfill, so a
+//! rebuilt copy never receives the reactions of its history. A subscription that also
+//! rebuilds from other types waits only for those; see
+//! [`crate::subscription::Subscription::scope`].
 
 use std::collections::BTreeMap;
 

@@ -58,12 +58,22 @@ impl Subscription {
 
     /// What ordering needs of this subscription: which types an event waits for, and where
     /// its history begins.
+    ///
+    /// Reactions ([`Handlers::on_new`]) are never replayed: a copy rebuilt on an empty
+    /// database gets the history of the other types from its backfill, and the reactions
+    /// only from where live delivery resumes. So events wait only for the types a backfill
+    /// replays, and the reactions are ordered after those. With nothing replayed at all,
+    /// what live delivery brings, in log order, is all there is: the subscription is
+    /// ordered as one that starts from now. See docs/design-notes.md.
     pub fn scope(&self) -> Scope {
-        let start = match self.start_from {
-            StartFrom::Beginning => Start::Beginning,
-            StartFrom::Now => Start::Now,
-        };
-        Scope::new(self.types.iter().cloned(), start)
+        let all = || self.types.iter().cloned();
+        match self.start_from {
+            StartFrom::Now => Scope::new(all(), Start::Now),
+            StartFrom::Beginning if self.backfill.len() == self.types.len() => Scope::new(all(), Start::Beginning),
+            StartFrom::Beginning if self.backfill.is_empty() => Scope::new(all(), Start::Now),
+            StartFrom::Beginning => Scope::new(self.backfill.iter().cloned(), Start::Beginning)
+                .with_reactions(all().filter(|t| !self.backfill.contains(t))),
+        }
     }
 }
 
