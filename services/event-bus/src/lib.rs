@@ -152,9 +152,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
             shutdown.cancel();
         }
     });
+    let metrics = metrics::Metrics::new();
+    if let Some((_, routes, _)) = &initial_routes {
+        metrics.init_subscribers(routes.values().map(|r| r.subscriber.as_str()));
+    }
     let active = standby::Active::default();
     let server = tokio::spawn({
-        let (app, shutdown) = (standby::router(active.clone()), shutdown.clone());
+        let (app, shutdown) = (standby::router(active.clone(), metrics.clone()), shutdown.clone());
         async move { axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await }
     });
     // One bus process writes the log: a second one on the same database waits here.
@@ -166,8 +170,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let store = store::Store::open(db).await?;
     let head_now = store.head().await?;
     let (head_tx, head_rx) = tokio::sync::watch::channel(head_now);
-    let metrics = metrics::Metrics::new();
     metrics.head.set(head_now);
+    metrics.active.set(1);
     let (ingest, ingest_task) = ingest::Ingest::spawn(store.clone(), head_tx, metrics.clone());
     let mode =
         delivery::PushMode { batch: args.push_batch as usize, bare_single: args.push_bare && args.push_batch == 1 };

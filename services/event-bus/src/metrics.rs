@@ -24,6 +24,8 @@ pub struct Metrics {
     pub rejected: Counter,
     pub denied: Counter,
     pub head: Gauge<i64, AtomicI64>,
+    /// 1 while this process holds the log; 0 while it stands by.
+    pub active: Gauge,
     pub delivered: Family<Sub, Counter>,
     pub failed_attempts: Family<Sub, Counter>,
     pub dead_lettered: Family<Sub, Counter>,
@@ -48,6 +50,7 @@ impl Metrics {
             rejected: Counter::default(),
             denied: Counter::default(),
             head: Gauge::default(),
+            active: Gauge::default(),
             delivered: Family::default(),
             failed_attempts: Family::default(),
             dead_lettered: Family::default(),
@@ -70,6 +73,11 @@ impl Metrics {
             m.denied.clone(),
         );
         r.register("log_head_seq", "Highest sequence number in the log", m.head.clone());
+        r.register(
+            "active",
+            "1 while this process holds the log; 0 while it stands by for another bus process on its database",
+            m.active.clone(),
+        );
         r.register("events_delivered", "Events acknowledged by a subscriber", m.delivered.clone());
         r.register("delivery_failures", "Failed delivery attempts", m.failed_attempts.clone());
         r.register("events_dead_lettered", "Events moved to the dead-letter store", m.dead_lettered.clone());
@@ -97,6 +105,16 @@ impl Metrics {
             m.oldest_pending.clone(),
         );
         Metrics { registry: Arc::new(top), ..m }
+    }
+
+    /// Shows each subscriber's counters from the start, at 0 until something happens (a
+    /// standby, which delivers nothing, shows them too).
+    pub fn init_subscribers<'a>(&self, names: impl IntoIterator<Item = &'a str>) {
+        for name in names {
+            let sub = Self::sub(name);
+            let _ = (self.delivered.get_or_create(&sub), self.failed_attempts.get_or_create(&sub));
+            let _ = self.dead_lettered.get_or_create(&sub);
+        }
     }
 
     pub fn sub(name: &str) -> Sub {

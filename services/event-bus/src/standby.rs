@@ -1,7 +1,7 @@
 //! One bus process writes the log. A second process on the same database stands by: it
-//! answers `/healthz` (it is alive) but `/readyz` and every API call with 503, saying it
-//! is a standby, until the first one dies and it takes the log over. Then the same
-//! listener serves the real API.
+//! answers `/healthz` (it is alive) and `/metrics` (`busbar_bus_active` 0, nothing
+//! delivered) but `/readyz` and every API call with 503, saying it is a standby, until the
+//! first one dies and it takes the log over. Then the same listener serves the real API.
 
 use std::sync::{Arc, OnceLock};
 
@@ -14,6 +14,8 @@ use axum::{
 use busbar::web::ApiError;
 use tower::ServiceExt;
 
+use crate::metrics::Metrics;
+
 /// The API, once this process holds the log.
 #[derive(Clone, Default)]
 pub struct Active(Arc<OnceLock<Router>>);
@@ -24,21 +26,25 @@ impl Active {
     }
 }
 
-pub fn router(active: Active) -> Router {
+pub fn router(active: Active, metrics: Metrics) -> Router {
     Router::new().fallback(move |req: Request<Body>| {
-        let active = active.clone();
+        let (active, metrics) = (active.clone(), metrics.clone());
         async move {
             match active.0.get() {
                 Some(app) => app.clone().oneshot(req).await.into_response(),
-                None => standby(req.uri().path()),
+                None => standby(req.uri().path(), &metrics),
             }
         }
     })
 }
 
-fn standby(path: &str) -> Response {
+fn standby(path: &str, metrics: &Metrics) -> Response {
     if path == "/healthz" {
         return (StatusCode::OK, "ok (standby)").into_response();
+    }
+    if path == "/metrics" {
+        let text = metrics.render();
+        return ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response();
     }
     ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
