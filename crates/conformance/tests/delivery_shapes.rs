@@ -285,13 +285,23 @@ async fn backfill_killed_twice(case: &str, combo: Combo) {
     // is not.
     w.set_probe_env("PROBE_APPLY_DELAY_MS", "1");
     let mut sub = w.start_subscriber("late", &TYPES, false).await;
-    let mut seen_before = 0;
+    let (mut seen_before, mut resumed_before) = (0, 0);
     for kill in 1..=2 {
         let (applied, readyz) = wait_mid_backfill(&mut sub, seen_before + KILL_EVERY).await;
         sub.kill9();
         println!("{case}: kill {kill} with {applied}/{HISTORY} applied; /readyz said {readyz:?}");
         seen_before = applied;
         sub.restart().await;
+        // It resumes from the progress it saved, further on each time, not from the start.
+        let resumed = resumed_backfill_at(&sub, STARTUP).await;
+        assert!(
+            resumed.is_some_and(|p| p > resumed_before),
+            "{case}: after kill {kill} the backfill did not resume from a saved position past {resumed_before} \
+             (it said {resumed:?})\n{}",
+            sub.log_tail()
+        );
+        resumed_before = resumed.unwrap_or_default();
+        println!("{case}: after kill {kill} the backfill resumed at position {resumed_before}");
     }
     // Catching up on 10,000 events (and then skipping the live copies of what backfill
     // applied) is the longest wait of the suite; stalls are still caught after STALL.
@@ -299,6 +309,25 @@ async fn backfill_killed_twice(case: &str, combo: Combo) {
     assert_clean(&w, &sub, &history, &applied);
     sub.wait_ready(STARTUP).await;
     println!("{case}: done in {:.1?}", started.elapsed());
+}
+
+/// The position from which the subscriber, since its last start, says it resumed its
+/// backfill (its log line "resuming the backfill where it stopped ... position=N"); `None`
+/// if it has not said so within `within`.
+async fn resumed_backfill_at(sub: &Probe, within: std::time::Duration) -> Option<u64> {
+    let start = std::time::Instant::now();
+    loop {
+        let log = sub.log();
+        let since_start = log.rsplit_once("===== harness: start #").map_or(log.as_str(), |(_, s)| s);
+        let said = since_start
+            .lines()
+            .filter(|l| l.contains("resuming the backfill where it stopped"))
+            .find_map(|l| l.split_once("position=")?.1.split_whitespace().next()?.parse().ok());
+        if said.is_some() || start.elapsed() >= within {
+            return said;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
 
 /// How many more events the subscriber applies between the harness's kills.
