@@ -116,6 +116,9 @@ async fn failing_parked_successor(case: &str, combo: Combo) {
 
     let v2 = publisher.emit(vec![EmitItem::new("x", "ItemRenamed").version(2).poison(fail_always())]).await;
     sub.wait_parked(1).await;
+    // What it holds back is visible where an operator looks: its /metrics.
+    let parked = sub.metric("busbar_inbox_deferred").await;
+    assert_eq!(parked, Some(1.0), "{case}: /metrics must show v2 parked (busbar_inbox_deferred 1)");
     let v1 = publisher.emit(vec![EmitItem::new("x", "ItemAdded").version(1)]).await;
     expected.extend(v1.clone());
     expected.extend(publisher.emit(rounds(&calm, 2, |i, r| TYPES[(i + r + 2) % TYPES.len()])).await);
