@@ -9,8 +9,8 @@ use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use busbar::{
-    AttributesReader, Backoff, CloudEvent, Consumer, Db, DbOptions, Handler, HandlerError, Handlers, Outcome,
-    Received, Tx,
+    AttributesReader, Backoff, CloudEvent, Consumer, Db, DbOptions, Handler, HandlerError, Handlers, Outcome, Received,
+    Tx,
     backfill::Backfill,
     config::BusbarConfig,
     consumer::Scope,

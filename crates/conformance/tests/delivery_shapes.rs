@@ -663,7 +663,11 @@ async fn two_bus_processes_active_killed(case: &str, combo: Combo) {
     w.await_standby(1).await;
     let standby_metrics = w.buses[1].metrics().await;
     let standing_by = metric_value(&standby_metrics, "busbar_bus_active");
-    assert_eq!(standing_by, Some(0.0), "{case}: the standby bus does not report busbar_bus_active 0:\n{standby_metrics}");
+    assert_eq!(
+        standing_by,
+        Some(0.0),
+        "{case}: the standby bus does not report busbar_bus_active 0:\n{standby_metrics}"
+    );
     let delivered_by_standby = metric_sum(&standby_metrics, "busbar_bus_events_delivered_total");
     assert_eq!(
         delivered_by_standby,

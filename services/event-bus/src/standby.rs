@@ -44,7 +44,8 @@ fn standby(path: &str, metrics: &Metrics) -> Response {
     }
     if path == "/metrics" {
         let text = metrics.render();
-        return ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response();
+        return ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text)
+            .into_response();
     }
     ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
