@@ -213,6 +213,7 @@ pub fn markdown(s: &AllSummary) -> String {
     }
     let _ = writeln!(w);
     let _ = writeln!(w, "{}", METHOD);
+    let _ = writeln!(w, "{}", COMPARING);
     out.push_str(&targets_markdown(s));
     out.push_str(&blog_markdown(&s.blog));
     out.push_str(&shop::markdown(&s.shop));
@@ -231,6 +232,28 @@ pub fn markdown(s: &AllSummary) -> String {
     );
     out
 }
+
+/// How to point the blog's load at another stack (`blog --target-url`).
+const COMPARING: &str = "## Comparing with another stack
+
+`busbar-bench blog --target-url posts=URL,comments=URL,query=URL` (or a bare `http://HOST` for ports 4000, 4001 and
+4002) drives the same blog load at a stack this benchmark did not start, such as the course's Node.js blog, so the
+two can be compared like with like on one machine. Start each stack fresh and alone (the posts and comments the
+benchmark writes stay in it), for example `busbar up` from the repository, then:
+
+```
+target/release/busbar-bench blog --target-url http://127.0.0.1
+```
+
+It starts nothing and uses only the blog's HTTP contract (DESIGN.md): `POST /posts`, `POST` and `GET
+/posts/:id/comments`, and query's `GET /posts`. Every wait reads query's whole `GET /posts` (before commenting, each
+post's `GET /posts/:id/comments` until it answers 2xx), never busbar's `/metrics`. It measures posts visible per
+second (closed loop), write to visible at `--full-poll-rates` while a client polls the whole `GET /posts` (the course
+client's read), comments reaching `approved` at `--comment-rates` (seen by the same full poll), and full `GET /posts`
+reads at `--read-sizes`. The report lists as not measured what needs more than the contract: CPU per post,
+start-to-ready and RSS need the stack's processes, whose PIDs the benchmark does not know (measure them yourself over
+the closed loop, e.g. with `pidstat`), and the paged `--rates` runs read busbar's `GET /posts?after=&limit=`.
+";
 
 const METHOD: &str = "## Method
 
@@ -387,6 +410,20 @@ fn targets_markdown(s: &AllSummary) -> String {
 pub fn blog_markdown(s: &BlogSummary) -> String {
     let mut out = String::from("## Blog pipeline\n\n");
     let w = &mut out;
+    if let Some(e) = &s.external {
+        let _ = writeln!(
+            w,
+            "An external stack (`--target-url`), started elsewhere: posts {}, comments {}, query {}. Every wait read \
+             only the blog's HTTP contract: query's whole `GET /posts`, and comments' `GET /posts/:id/comments`.\n\n\
+             Not measured (external stack):\n",
+            e.urls.posts, e.urls.comments, e.urls.query
+        );
+        for what in &e.not_measured {
+            let _ = writeln!(w, "- {what}");
+        }
+        let _ = writeln!(w);
+    }
+    let not_measured = "not measured (external stack)";
     let _ = writeln!(
         w,
         "| db | transport | flow | load | written | written/s | visible/s | p50 ms | p90 ms | p99 ms | max ms | 201 p50 | 201 p99 | errors | missing |\n\
@@ -443,7 +480,10 @@ pub fn blog_markdown(s: &BlogSummary) -> String {
                 v.reads,
                 ms(&v.latency, |l| l.p50_ms),
                 ms(&v.latency, |l| l.max_ms),
-                opt(v.query_peak_rss_mib, 1)
+                match s.external {
+                    Some(_) => not_measured.into(),
+                    None => opt(v.query_peak_rss_mib, 1),
+                }
             );
         }
     }
@@ -458,6 +498,14 @@ pub fn blog_markdown(s: &BlogSummary) -> String {
          |---|---|---|---:|---:|---:|---:|---:|"
     );
     for r in &s.runs {
+        if s.external.is_some() {
+            let _ = writeln!(
+                w,
+                "| {} | {} | every process | {not_measured} | {not_measured} | {not_measured} | {not_measured} | \
+                 {not_measured} |",
+                r.backend, r.transport
+            );
+        }
         for p in &r.procs {
             let _ = writeln!(
                 w,
@@ -532,4 +580,54 @@ pub fn replay_markdown(s: &ReplaySummary) -> String {
     }
     let _ = writeln!(w, "\nPages of {} events, decoded into CloudEvents as the SDK's backfill does.\n", s.page);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::blog::{External, FlowRow, ReadRow, ReadRun, SystemRun};
+
+    #[test]
+    fn an_external_stack_is_reported_with_what_was_not_measured() {
+        let urls = crate::target::parse("http://127.0.0.1").unwrap();
+        let flow = FlowRow {
+            flow: "posts",
+            mode: "closed",
+            load: "32 clients".into(),
+            target_per_s: None,
+            full_get: false,
+            written: 100,
+            errors: 0,
+            first_error: None,
+            written_per_s: 50.0,
+            visible_per_s: 40.0,
+            latency: None,
+            write_latency: None,
+            missing: 0,
+        };
+        let read = ReadRow { posts: 10, bytes: 1000, reads: 2, latency: None, query_peak_rss_mib: None };
+        let s = BlogSummary {
+            busbar_bin: None,
+            external: Some(External { urls, not_measured: vec!["CPU per post"] }),
+            nats: None,
+            poll_ms: 2.0,
+            runs: vec![SystemRun {
+                backend: blog::EXTERNAL,
+                transport: "-",
+                procs: vec![],
+                flows: vec![flow],
+                load_average: "0 0 0".into(),
+            }],
+            reads: vec![ReadRun { backend: blog::EXTERNAL, transport: "-", rows: vec![read] }],
+            ok: true,
+        };
+        let md = blog_markdown(&s);
+        assert!(
+            md.contains("posts http://127.0.0.1:4000, comments http://127.0.0.1:4001, query http://127.0.0.1:4002")
+        );
+        assert!(md.contains("Not measured (external stack):\n\n- CPU per post\n"), "{md}");
+        assert!(md.contains("| external | - | posts | closed 32 clients | 100 | 50 | 40 |"), "{md}");
+        assert!(md.contains("| external | - | 10 | 0.0 | 2 | - | - | not measured (external stack) |"), "{md}");
+        assert!(md.contains("| external | - | every process | not measured (external stack) |"), "{md}");
+    }
 }

@@ -10,11 +10,17 @@
 //! - footprint of every process: start-to-ready, idle and peak RSS, CPU per 10k posts.
 //!
 //! Each (database, transport) pair gets a fresh system.
+//!
+//! With `--target-url` the benchmark starts nothing and measures a blog somebody else runs
+//! (any stack that speaks the blog's HTTP contract, such as the course's Node.js blog):
+//! every wait then reads only the contract's routes, and what needs busbar's `/metrics`,
+//! its paged read or the processes themselves (CPU, RSS) is reported as not measured.
 
 use std::{sync::Arc, time::Duration};
 
 use anyhow::{Context, bail};
 use busbar::spec::TransportKind;
+use futures::StreamExt;
 use serde::Serialize;
 use serde_json::json;
 use tokio::task::JoinSet;
@@ -23,15 +29,39 @@ use crate::{
     clock, load, nats,
     stats::{self, Latency},
     system::{BLOG, System, SystemOpts, Systems, kind, on_fresh_system, transport_name},
+    target::{self, TargetUrls},
     watch::{self, Read, Want, Watcher},
 };
 
 const SCENARIO: &str = "blog";
 
+/// The `db` of an external stack's rows (--target-url).
+pub const EXTERNAL: &str = "external";
+
 #[derive(clap::Args, Debug)]
 pub struct Args {
     #[command(flatten)]
     pub systems: Systems,
+
+    /// Measure a blog this benchmark does not start: any stack that speaks the blog's HTTP
+    /// contract, such as the course's Node.js blog, so it can be compared like with like.
+    /// Either `posts=URL,comments=URL,query=URL` (base URLs, e.g.
+    /// `posts=http://127.0.0.1:4000,comments=http://127.0.0.1:4001,query=http://127.0.0.1:4002`)
+    /// or a bare `http://HOST` for the course's ports 4000, 4001 and 4002. The benchmark
+    /// then starts nothing and uses only `POST /posts`, `POST` and `GET
+    /// /posts/:id/comments`, and query's `GET /posts`: posts visible per second (closed
+    /// loop), write-to-visible at --full-poll-rates under the full `GET /posts` poll,
+    /// comments reaching `approved` at --comment-rates, and full `GET /posts` reads at
+    /// --read-sizes. CPU, RSS, start-to-ready and the paged --rates runs need busbar's
+    /// processes or routes and are reported as not measured. The posts and comments it
+    /// writes stay in that stack.
+    #[arg(
+        long,
+        value_name = "URLS",
+        value_parser = target::parse,
+        conflicts_with_all = ["backends", "transports", "busbar_bin", "trace_export"],
+    )]
+    pub target_url: Option<TargetUrls>,
 
     /// Closed loop: concurrent clients, each posting as soon as its previous post was
     /// answered.
@@ -187,9 +217,29 @@ pub struct ReadRun {
     pub rows: Vec<ReadRow>,
 }
 
+/// A blog measured through --target-url.
+#[derive(Debug, Serialize)]
+pub struct External {
+    pub urls: TargetUrls,
+    /// What needs more than the blog's HTTP contract, so was not measured.
+    pub not_measured: Vec<&'static str>,
+}
+
+/// What an external stack does not let the benchmark measure.
+const NOT_MEASURED: [&str; 4] = [
+    "CPU per post, per process: the benchmark did not start the stack's processes and does not know their PIDs",
+    "start to ready, idle, loaded and peak RSS per process: the same (no PIDs)",
+    "query's peak RSS while serving the whole view: the same (no PID)",
+    "write to visible under the paged poll (--rates): busbar's `GET /posts?after=&limit=` is not in the course's \
+     contract; the full `GET /posts` poll (--full-poll-rates) measures write to visible instead",
+];
+
 #[derive(Debug, Serialize)]
 pub struct BlogSummary {
-    pub busbar_bin: String,
+    /// The busbar binary that ran the systems; none for an external stack.
+    pub busbar_bin: Option<String>,
+    /// Set when the blog measured was an external stack (--target-url).
+    pub external: Option<External>,
     pub nats: Option<nats::NatsInfo>,
     pub poll_ms: f64,
     pub runs: Vec<SystemRun>,
@@ -207,6 +257,9 @@ pub async fn run(mut args: Args) -> anyhow::Result<BlogSummary> {
         args.reads = args.reads.min(3);
         args.rate_duration = 1.0;
         args.drain_timeout = args.drain_timeout.min(60.0);
+    }
+    if let Some(urls) = args.target_url.clone() {
+        return run_external(&args, urls).await;
     }
     let prepared = args.systems.prepare().await?;
     let nats = prepared.nats.as_ref();
@@ -228,8 +281,22 @@ pub async fn run(mut args: Args) -> anyhow::Result<BlogSummary> {
             let transport = kind(transport);
             let what = format!("{} on {}", backend.name(), transport_name(transport));
             eprintln!("[{SCENARIO}] {}, {}: starting the blog", backend.name(), transport_name(transport));
-            let measured =
-                on_fresh_system(&opts, &client, nats, async |s| measure_system(&args, &opts, &client, s).await);
+            let who = format!("[{SCENARIO}] {}, {}", backend.name(), transport_name(transport));
+            let measured = on_fresh_system(&opts, &client, nats, async |s| {
+                let (procs, flows) = measure(&args, &who, &client, &mut Stack::started(s)).await?;
+                anyhow::Ok(SystemRun {
+                    backend: backend.name(),
+                    transport: match (transport, opts.otlp_endpoint.is_some()) {
+                        (TransportKind::Builtin, false) => "builtin",
+                        (TransportKind::Builtin, true) => "builtin, traces exported",
+                        (TransportKind::JetStream, false) => "jetstream",
+                        (TransportKind::JetStream, true) => "jetstream, traces exported",
+                    },
+                    procs,
+                    flows,
+                    load_average: crate::proc::load_average(),
+                })
+            });
             match measured.await {
                 Ok(r) => runs.push(r),
                 Err(e) => {
@@ -241,8 +308,10 @@ pub async fn run(mut args: Args) -> anyhow::Result<BlogSummary> {
             if i == 0 && !args.no_reads {
                 let opts = SystemOpts { run_id: &format!("{run_id}r"), ..opts };
                 eprintln!("[{SCENARIO}] {}, {}: starting the blog to read", backend.name(), transport_name(transport));
-                match on_fresh_system(&opts, &client, nats, async |s| read_views(&args, &opts, &client, s).await).await
-                {
+                let reading = on_fresh_system(&opts, &client, nats, async |s| {
+                    read_views(&args, &who, &client, &mut Stack::started(s)).await
+                });
+                match reading.await {
                     Ok(rows) => {
                         reads.push(ReadRun { backend: backend.name(), transport: transport_name(transport), rows })
                     }
@@ -268,7 +337,8 @@ pub async fn run(mut args: Args) -> anyhow::Result<BlogSummary> {
     result?;
     let ok = runs.iter().flat_map(|r| &r.flows).all(|f| f.missing == 0);
     Ok(BlogSummary {
-        busbar_bin: prepared.bin.display().to_string(),
+        busbar_bin: Some(prepared.bin.display().to_string()),
+        external: None,
         nats: nats_info,
         poll_ms: args.poll_ms,
         runs,
@@ -287,23 +357,96 @@ pub fn client(max_in_flight: usize) -> anyhow::Result<reqwest::Client> {
         .context("cannot build the HTTP client")
 }
 
+/// Measures a blog somebody else runs (--target-url): one stack, as it is, through the
+/// blog's HTTP contract alone.
+async fn run_external(args: &Args, urls: TargetUrls) -> anyhow::Result<BlogSummary> {
+    let client = client(args.max_in_flight as usize)?;
+    let who = format!("[{SCENARIO}] {EXTERNAL}");
+    eprintln!(
+        "{who}: posts {}, comments {}, query {} (started elsewhere: CPU, RSS and /metrics are not measured)",
+        urls.posts, urls.comments, urls.query
+    );
+    let mut stack = Stack::external(&urls);
+    full_view(&client, &stack.query)
+        .await
+        .with_context(|| format!("query at {} does not serve the blog's GET /posts", stack.query))?;
+    let (procs, flows) = measure(args, &who, &client, &mut stack).await?;
+    let mut reads = vec![];
+    if !args.no_reads {
+        let rows = read_views(args, &who, &client, &mut stack).await.context("reading the view")?;
+        reads.push(ReadRun { backend: EXTERNAL, transport: "-", rows });
+    }
+    let runs =
+        vec![SystemRun { backend: EXTERNAL, transport: "-", procs, flows, load_average: crate::proc::load_average() }];
+    let ok = runs.iter().flat_map(|r| &r.flows).all(|f| f.missing == 0);
+    Ok(BlogSummary {
+        busbar_bin: None,
+        external: Some(External { urls, not_measured: NOT_MEASURED.to_vec() }),
+        nats: None,
+        poll_ms: args.poll_ms,
+        runs,
+        reads,
+        ok,
+    })
+}
+
+/// The blog being measured: its services' base URLs and, when this benchmark started it,
+/// its processes. Without them (an external stack) only what the HTTP contract shows is
+/// measured: no CPU or memory, no busbar `/metrics`, no paged read of query.
+struct Stack<'a> {
+    posts: String,
+    comments: String,
+    query: String,
+    system: Option<&'a mut System>,
+}
+
+impl<'a> Stack<'a> {
+    fn started(system: &'a mut System) -> Stack<'a> {
+        let url = |name| system.get(name).url("");
+        Stack { posts: url("posts"), comments: url("comments"), query: url("query"), system: Some(system) }
+    }
+
+    fn external(urls: &TargetUrls) -> Stack<'static> {
+        Stack { posts: urls.posts.clone(), comments: urls.comments.clone(), query: urls.query.clone(), system: None }
+    }
+
+    fn check_alive(&mut self) -> anyhow::Result<()> {
+        self.system.as_mut().map_or(Ok(()), |s| s.check_alive())
+    }
+
+    /// Where a wait for writes to reach the service at `base` starts: its busbar counter of
+    /// applied events before them, or `None` when only the contract may be read.
+    async fn applied_before(&self, client: &reqwest::Client, base: &str) -> anyhow::Result<Option<u64>> {
+        match self.system {
+            Some(_) => Ok(Some(applied(client, base).await?)),
+            None => Ok(None),
+        }
+    }
+
+    /// How the watcher reads query where it need not read the whole view: one page from
+    /// busbar's query, the whole `GET /posts` from any other, and how often.
+    fn light_read(&self, args: &Args) -> (Read, Duration) {
+        match self.system {
+            Some(_) => (Read::Paged, Duration::from_secs_f64(args.poll_ms / 1e3)),
+            None => (Read::Full, Duration::from_secs_f64(args.full_poll_ms / 1e3)),
+        }
+    }
+}
+
 /// Fills query's view to each of --read-sizes in turn and times full reads of it.
 async fn read_views(
     args: &Args,
-    opts: &SystemOpts<'_>,
+    who: &str,
     client: &reqwest::Client,
-    system: &mut System,
+    stack: &mut Stack<'_>,
 ) -> anyhow::Result<Vec<ReadRow>> {
-    let who = format!("[{SCENARIO}] {}, {}", opts.backend.name(), transport_name(opts.transport));
-    let posts_url = system.get("posts").url("/posts");
-    let query = system.get("query").url("");
     let mut sizes = args.read_sizes.clone();
     sizes.sort_unstable();
     sizes.dedup();
     let mut rows = vec![];
     for size in sizes {
         eprintln!("{who}: reading the whole view of {size} posts, {} times", args.reads);
-        let row = read_view(args, client, &posts_url, &query, system, size).await?;
+        let row = read_view(args, client, stack, size).await?;
         eprintln!(
             "{who}: whole view of {} posts ({:.1} MB): p50 {} max {} ms, query peak RSS {} MiB",
             row.posts,
@@ -313,47 +456,55 @@ async fn read_views(
             row.query_peak_rss_mib.map_or("-".into(), |m| format!("{m:.1}")),
         );
         rows.push(row);
-        system.check_alive()?;
+        stack.check_alive()?;
     }
     Ok(rows)
 }
 
-async fn measure_system(
+/// Every flow on one blog: the closed loop of posts, the open loops of posts (paged poll
+/// on busbar, full-GET poll) and of comments; with the processes' footprint when the
+/// benchmark started them.
+async fn measure(
     args: &Args,
-    opts: &SystemOpts<'_>,
+    who: &str,
     client: &reqwest::Client,
-    system: &mut System,
-) -> anyhow::Result<SystemRun> {
-    let who = format!("[{SCENARIO}] {}, {}", opts.backend.name(), transport_name(opts.transport));
-    let mut procs: Vec<ProcFigures> = system
-        .procs
-        .iter()
-        .map(|p| ProcFigures {
-            name: p.name.clone(),
-            ready_ms: p.ready_ms,
-            idle_rss_mib: None,
-            loaded_rss_mib: None,
-            peak_rss_mib: None,
-            cpu_s_per_10k_posts: None,
-        })
-        .collect();
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    for (f, p) in procs.iter_mut().zip(&system.procs) {
-        f.idle_rss_mib = p.rss_mib().map(|r| r.0);
+    stack: &mut Stack<'_>,
+) -> anyhow::Result<(Vec<ProcFigures>, Vec<FlowRow>)> {
+    let mut procs: Vec<ProcFigures> = vec![];
+    if let Some(system) = &stack.system {
+        procs = system
+            .procs
+            .iter()
+            .map(|p| ProcFigures {
+                name: p.name.clone(),
+                ready_ms: p.ready_ms,
+                idle_rss_mib: None,
+                loaded_rss_mib: None,
+                peak_rss_mib: None,
+                cpu_s_per_10k_posts: None,
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        for (f, p) in procs.iter_mut().zip(&system.procs) {
+            f.idle_rss_mib = p.rss_mib().map(|r| r.0);
+        }
     }
-    let posts_url = system.get("posts").url("/posts");
-    let query = system.get("query").url("");
+    let posts_url = format!("{}/posts", stack.posts);
+    let query = stack.query.clone();
+    let (light, light_every) = stack.light_read(args);
     let mut flows = vec![];
 
     // Closed loop: as many posts as the pipeline takes.
     let k = args.concurrency as usize;
     eprintln!("{who}: posts, closed loop, {k} clients, {} s", args.duration);
-    let applied0 = applied(client, &query).await?;
-    let cpu0 = system.cpu_secs();
+    let applied0 = stack.applied_before(client, &query).await?;
+    let cpu_secs = |stack: &Stack| stack.system.as_ref().map_or(vec![], |s| s.cpu_secs());
+    let cpu0 = cpu_secs(stack);
     let written = closed_posts(client, &posts_url, k, Duration::from_secs_f64(args.duration), args.max_posts).await;
-    let visible_at = wait_applied(client, &query, applied0 + written.ids.len() as u64, args.drain_timeout).await?;
-    let cpu1 = system.cpu_secs();
-    let missing = verify_visible(client, &query, &written).await?;
+    let ids: Vec<&str> = written.ids.iter().map(|(id, _)| id.as_str()).collect();
+    let visible_at = wait_in_query(client, &query, applied0, &ids, args.drain_timeout, light_every).await?;
+    let cpu1 = cpu_secs(stack);
+    let missing = verify_visible(client, &query, &written, light).await?;
     let n = written.ids.len() as f64;
     for (f, (a, b)) in procs.iter_mut().zip(cpu0.iter().zip(&cpu1)) {
         f.cpu_s_per_10k_posts = match (a, b) {
@@ -361,8 +512,10 @@ async fn measure_system(
             _ => None,
         };
     }
-    for (f, p) in procs.iter_mut().zip(&system.procs) {
-        f.loaded_rss_mib = p.rss_mib().map(|r| r.0);
+    if let Some(system) = &stack.system {
+        for (f, p) in procs.iter_mut().zip(&system.procs) {
+            f.loaded_rss_mib = p.rss_mib().map(|r| r.0);
+        }
     }
     let mut ack = written.ack_ns.clone();
     flows.push(FlowRow {
@@ -380,16 +533,22 @@ async fn measure_system(
         write_latency: stats::latency(&mut ack),
         missing,
     });
-    progress(&who, flows.last());
-    system.check_alive()?;
+    progress(who, flows.last());
+    stack.check_alive()?;
 
-    let watcher =
-        Watcher::start(client.clone(), query.clone(), Duration::from_secs_f64(args.poll_ms / 1e3), Read::Paged);
-    for &rate in &args.rates {
-        eprintln!("{who}: posts, open loop, {rate}/s, {} s", args.rate_duration);
-        flows.push(open_posts(args, client, &posts_url, &watcher, rate).await?);
-        progress(&who, flows.last());
-        system.check_alive()?;
+    let watcher = Watcher::start(client.clone(), query.clone(), light_every, light);
+    if light == Read::Paged {
+        for &rate in &args.rates {
+            eprintln!("{who}: posts, open loop, {rate}/s, {} s", args.rate_duration);
+            flows.push(open_posts(args, client, &posts_url, &watcher, rate).await?);
+            progress(who, flows.last());
+            stack.check_alive()?;
+        }
+    } else if !args.rates.is_empty() {
+        eprintln!(
+            "{who}: skipping --rates: the paged poll reads busbar's GET /posts?after=&limit=, which the blog's contract \
+             lacks (--full-poll-rates measures write to visible)"
+        );
     }
     if !args.full_poll_rates.is_empty() {
         let every = Duration::from_secs_f64(args.full_poll_ms / 1e3);
@@ -400,50 +559,47 @@ async fn measure_system(
             row.load = format!("{rate}/s, full GET /posts every {} ms", args.full_poll_ms);
             row.full_get = true;
             flows.push(row);
-            progress(&who, flows.last());
-            system.check_alive()?;
+            progress(who, flows.last());
+            stack.check_alive()?;
         }
     }
 
     if !args.comment_rates.is_empty() {
-        let comments = system.get("comments").url("");
+        let comments = stack.comments.clone();
         let needed: u64 = args.comment_rates.iter().map(|r| (r * args.rate_duration).round().max(1.0) as u64).sum();
         eprintln!("{who}: comments: creating {needed} posts to comment on");
-        let known0 = applied(client, &comments).await?;
+        let known0 = stack.applied_before(client, &comments).await?;
         let posts = closed_posts(client, &posts_url, k, Duration::from_secs(3600), needed).await;
         if posts.errors > 0 {
             bail!("creating posts to comment on failed: {}", posts.first_error.unwrap_or_default());
         }
-        wait_applied(client, &comments, known0 + needed, args.drain_timeout)
+        let mut ids = posts.ids.into_iter().map(|(id, _)| id).collect::<Vec<_>>();
+        let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        wait_known_to_comments(client, &comments, known0, &refs, args.drain_timeout, light_every)
             .await?
             .context("comments did not learn of the posts in time")?;
-        let mut ids = posts.ids.into_iter().map(|(id, _)| id).collect::<Vec<_>>();
         ids.sort();
         let mut ids = ids.into_iter();
         for &rate in &args.comment_rates {
             eprintln!("{who}: comments, open loop, {rate}/s, {} s", args.rate_duration);
             let n = (rate * args.rate_duration).round().max(1.0) as usize;
             let targets: Vec<String> = ids.by_ref().take(n).collect();
-            flows.push(open_comments(args, client, &comments, &watcher, rate, targets).await?);
-            progress(&who, flows.last());
-            system.check_alive()?;
+            let mut row = open_comments(args, client, &comments, &watcher, rate, targets).await?;
+            if light == Read::Full {
+                row.load = format!("{rate}/s, full GET /posts every {} ms", args.full_poll_ms);
+                row.full_get = true;
+            }
+            flows.push(row);
+            progress(who, flows.last());
+            stack.check_alive()?;
         }
     }
-    for (f, p) in procs.iter_mut().zip(&system.procs) {
-        f.peak_rss_mib = p.rss_mib().map(|r| r.1);
+    if let Some(system) = &stack.system {
+        for (f, p) in procs.iter_mut().zip(&system.procs) {
+            f.peak_rss_mib = p.rss_mib().map(|r| r.1);
+        }
     }
-    Ok(SystemRun {
-        backend: opts.backend.name(),
-        transport: match (opts.transport, opts.otlp_endpoint.is_some()) {
-            (TransportKind::Builtin, false) => "builtin",
-            (TransportKind::Builtin, true) => "builtin, traces exported",
-            (TransportKind::JetStream, false) => "jetstream",
-            (TransportKind::JetStream, true) => "jetstream, traces exported",
-        },
-        procs,
-        flows,
-        load_average: crate::proc::load_average(),
-    })
+    Ok((procs, flows))
 }
 
 /// One line per measured flow on stderr, so a long run shows its figures as it goes.
@@ -560,66 +716,155 @@ pub(crate) async fn wait_applied(
     target: u64,
     timeout: f64,
 ) -> anyhow::Result<Option<u64>> {
+    poll_until(timeout, Duration::from_millis(5), async || Ok(applied(client, base).await? >= target)).await
+}
+
+/// Runs `check` every `every` until it says yes; when (`clock`), or `None` once `timeout`
+/// seconds have passed.
+async fn poll_until(
+    timeout: f64,
+    every: Duration,
+    mut check: impl AsyncFnMut() -> anyhow::Result<bool>,
+) -> anyhow::Result<Option<u64>> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(timeout);
     loop {
-        if applied(client, base).await? >= target {
+        if check().await? {
             return Ok(Some(clock::now_ns()));
         }
         if tokio::time::Instant::now() >= deadline {
             return Ok(None);
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::sleep(every).await;
     }
+}
+
+/// Waits until query's view holds every post of `ids`; when (`clock`), or `None` on
+/// timeout. With `applied0` (busbar's counter before the posts) it watches that counter,
+/// which costs query nothing; without it (an external stack) it reads the whole
+/// `GET /posts`, the contract's read, every `every`.
+async fn wait_in_query(
+    client: &reqwest::Client,
+    query: &str,
+    applied0: Option<u64>,
+    ids: &[&str],
+    timeout: f64,
+    every: Duration,
+) -> anyhow::Result<Option<u64>> {
+    if let Some(n) = applied0 {
+        return wait_applied(client, query, n + ids.len() as u64, timeout).await;
+    }
+    let mut want: std::collections::HashSet<&str> = ids.iter().copied().collect();
+    poll_until(timeout, every, async || {
+        let (_, view) = full_view(client, query).await?;
+        want.retain(|id| !view.contains_key(*id));
+        Ok(want.is_empty())
+    })
+    .await
+}
+
+/// Waits until comments knows every post of `ids` (it may refuse comments on posts it
+/// has not heard of yet); when (`clock`), or `None` on timeout. With `applied0` it watches
+/// busbar's counter; without it, each post's `GET /posts/:id/comments` until it answers
+/// 2xx (a comments service that never checks, as the course's, does so at once).
+async fn wait_known_to_comments(
+    client: &reqwest::Client,
+    comments: &str,
+    applied0: Option<u64>,
+    ids: &[&str],
+    timeout: f64,
+    every: Duration,
+) -> anyhow::Result<Option<u64>> {
+    if let Some(n) = applied0 {
+        return wait_applied(client, comments, n + ids.len() as u64, timeout).await;
+    }
+    let mut want: Vec<&str> = ids.to_vec();
+    poll_until(timeout, every, async || {
+        let known: Vec<bool> = futures::stream::iter(&want)
+            .map(|id| async move {
+                match client.get(format!("{comments}/posts/{id}/comments")).send().await {
+                    Ok(r) if r.status().is_success() => r.bytes().await.is_ok(),
+                    _ => false,
+                }
+            })
+            .buffered(32)
+            .collect()
+            .await;
+        let mut known = known.into_iter();
+        want.retain(|_| !known.next().unwrap_or(false));
+        Ok(want.is_empty())
+    })
+    .await
+}
+
+/// Query's whole `GET /posts`: its size in bytes, and its posts by id.
+async fn full_view(
+    client: &reqwest::Client,
+    query: &str,
+) -> anyhow::Result<(u64, std::collections::HashMap<String, serde::de::IgnoredAny>)> {
+    let url = format!("{query}/posts");
+    let body = client
+        .get(&url)
+        .send()
+        .await
+        .with_context(|| format!("GET {url}"))?
+        .error_for_status()
+        .with_context(|| format!("GET {url}"))?
+        .bytes()
+        .await
+        .with_context(|| format!("GET {url}"))?;
+    Ok((body.len() as u64, parse_view(&body, &url)?))
+}
+
+/// The posts of a `GET /posts` answer, by id.
+fn parse_view(body: &[u8], url: &str) -> anyhow::Result<std::collections::HashMap<String, serde::de::IgnoredAny>> {
+    serde_json::from_slice(body).with_context(|| format!("GET {url}: not a JSON object of posts"))
 }
 
 /// Posts until query's view holds at least `size`, then times `args.reads` full
 /// `GET /posts`, one at a time, each to its last byte.
-async fn read_view(
-    args: &Args,
-    client: &reqwest::Client,
-    posts_url: &str,
-    query: &str,
-    system: &System,
-    size: u64,
-) -> anyhow::Result<ReadRow> {
-    let url = format!("{query}/posts");
-    let count = |body: &[u8]| -> anyhow::Result<u64> {
-        let view: std::collections::HashMap<String, serde::de::IgnoredAny> =
-            serde_json::from_slice(body).with_context(|| format!("GET {url}: not a JSON object"))?;
-        Ok(view.len() as u64)
-    };
-    let have = count(&client.get(&url).send().await?.error_for_status()?.bytes().await?)?;
+async fn read_view(args: &Args, client: &reqwest::Client, stack: &Stack<'_>, size: u64) -> anyhow::Result<ReadRow> {
+    let query = &stack.query;
+    let have = full_view(client, query).await?.1.len() as u64;
     if have < size {
-        let applied0 = applied(client, query).await?;
+        let applied0 = stack.applied_before(client, query).await?;
+        let posts_url = format!("{}/posts", stack.posts);
         let more =
-            closed_posts(client, posts_url, args.concurrency as usize, Duration::from_secs(3600), size - have).await;
+            closed_posts(client, &posts_url, args.concurrency as usize, Duration::from_secs(3600), size - have).await;
         if more.errors > 0 {
             bail!("posting up to {size} posts failed: {}", more.first_error.unwrap_or_default());
         }
-        wait_applied(client, query, applied0 + more.ids.len() as u64, args.drain_timeout)
+        let ids: Vec<&str> = more.ids.iter().map(|(id, _)| id.as_str()).collect();
+        let every = stack.light_read(args).1;
+        wait_in_query(client, query, applied0, &ids, args.drain_timeout, every)
             .await?
-            .context("query did not apply the posts in time")?;
+            .context("query did not show the posts in time")?;
     }
-    let query_pid = system.get("query").pid;
-    let peak_reset = crate::proc::reset_peak_rss(query_pid);
+    let query_pid = stack.system.as_ref().map(|s| s.get("query").pid);
+    let peak_reset = query_pid.is_some_and(crate::proc::reset_peak_rss);
+    let url = format!("{query}/posts");
     let (mut took, mut bytes, mut posts) = (vec![], 0, 0);
     for i in 0..args.reads {
         let start = clock::now_ns();
         let body = client.get(&url).send().await?.error_for_status()?.bytes().await?;
         took.push(clock::now_ns() - start);
         if i == 0 {
-            (bytes, posts) = (body.len() as u64, count(&body)?);
+            (bytes, posts) = (body.len() as u64, parse_view(&body, &url)?.len() as u64);
         }
     }
-    let peak = crate::proc::rss_mib(query_pid).map(|r| r.1).filter(|_| peak_reset);
+    let peak = query_pid.and_then(crate::proc::rss_mib).map(|r| r.1).filter(|_| peak_reset);
     Ok(ReadRow { posts, bytes, reads: args.reads, latency: stats::latency(&mut took), query_peak_rss_mib: peak })
 }
 
-/// Counts written posts that query's view does not show, reading the view from just
-/// below the first write's id floor, page by page.
-async fn verify_visible(client: &reqwest::Client, query: &str, written: &Written) -> anyhow::Result<u64> {
+/// Counts written posts that query's view does not show: paged, reading the view from
+/// just below the first write's id floor (busbar's query), or the whole `GET /posts`.
+async fn verify_visible(client: &reqwest::Client, query: &str, written: &Written, read: Read) -> anyhow::Result<u64> {
     let Some(first_ms) = written.ids.iter().map(|(_, ms)| *ms).min() else { return Ok(0) };
     let mut want: std::collections::HashSet<&str> = written.ids.iter().map(|(id, _)| id.as_str()).collect();
+    if read == Read::Full {
+        let (_, view) = full_view(client, query).await?;
+        want.retain(|id| !view.contains_key(*id));
+        return Ok(want.len() as u64);
+    }
     let mut after = watch::uuid_v7_floor(first_ms.saturating_sub(1));
     let page = 10_000;
     loop {

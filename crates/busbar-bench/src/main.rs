@@ -18,6 +18,7 @@ mod shop;
 mod stats;
 mod subscriber;
 mod system;
+mod target;
 mod watch;
 
 use std::process::ExitCode;

@@ -1,5 +1,7 @@
 //! Helpers for busbar's integration tests. Everything here talks to loopback only.
 //!
+//! - [`apps`]: the repository's apps' programs built for `busbar up`, and the blog's
+//!   manifest on chosen ports;
 //! - [`browser`]: a headless Chromium driven over WebDriver, and where screenshots go;
 //! - [`pg`]: a throwaway PostgreSQL database per test, dropped afterwards;
 //! - [`subscriber`]: a real HTTP subscriber on 127.0.0.1 that records what it receives
@@ -9,6 +11,7 @@
 //!   cluster, each killable and restartable;
 //! - [`wait_until`]: bounded polling.
 
+pub mod apps;
 pub mod browser;
 pub mod nats_cluster;
 pub mod pg;
