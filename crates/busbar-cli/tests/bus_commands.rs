@@ -305,21 +305,35 @@ async fn jetstream_scenario(ctx: async_nats::jetstream::Context, bus: String) {
     assert_eq!(copy.headers.get(dlq::REDRIVE_FOR_HEADER).map(|v| v.as_str()), Some("query"));
     assert_eq!(serde_json::from_slice::<Value>(&copy.payload).unwrap()["id"], ids[0]);
 
-    // `busbar status`: a subscriber's durable that has not taken the redriven copy yet.
+    // `busbar status`: a subscriber's durable that has not taken the redriven copy yet, and
+    // one with a dead letter, whose error is its last.
     let subject = busbar::names::subject(&bus, "A");
-    stream
-        .create_consumer(async_nats::jetstream::consumer::pull::Config {
-            durable_name: Some("query".into()),
-            filter_subject: subject.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    for durable in ["query", "comments"] {
+        stream
+            .create_consumer(async_nats::jetstream::consumer::pull::Config {
+                durable_name: Some(durable.into()),
+                filter_subject: subject.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
     let rows = status_json(&target).await;
-    let query = rows.as_array().unwrap().iter().find(|r| r["name"] == "query").unwrap_or_else(|| panic!("{rows}"));
+    let row = |name: &str| {
+        rows.as_array().unwrap().iter().find(|r| r["name"] == name).unwrap_or_else(|| panic!("no {name}: {rows}"))
+    };
+    let query = row("query");
     assert_eq!((&query["pending"], &query["deadLetters"], &query["position"]), (&json!(1), &json!(0), &json!(0)));
     assert_eq!(query["types"], json!(["A"]), "{rows}");
     assert!(query["oldestPendingAgeMs"].as_u64().is_some(), "the copy waits: {rows}");
+    assert!(query["lastError"].is_null(), "{rows}");
+    let comments = row("comments");
+    assert_eq!((&comments["deadLetters"], &comments["lastError"]), (&json!(1), &json!("handler refused #1")), "{rows}");
+    let (ok, table, err) = busbar(&[&["status"], &target[..]].concat()).await;
+    assert!(
+        ok && table.lines().any(|l| l.starts_with("comments") && l.ends_with("handler refused #1")),
+        "{table}{err}"
+    );
 
     // `busbar tail` reads history without the redriven copy, then follows new events.
     let js = JetStream::connect_now(&nats, &bus).await.unwrap();
