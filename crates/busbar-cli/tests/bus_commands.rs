@@ -349,10 +349,22 @@ async fn jetstream_scenario(ctx: async_nats::jetstream::Context, bus: String) {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && text.contains(busbar::AttributesReader::id(&published[1])), "{text}");
 
-    // `busbar dashboard` serves the page and the bus API it calls, from JetStream.
-    let dashboard = start_server(&[&["dashboard", "--listen", "127.0.0.1:0"], &target[..]].concat()).await;
-    let (mut child, url) = dashboard;
+    // `busbar dashboard` serves the page, the event graph of the manifest it is given, and
+    // the bus API the page calls, from JetStream.
     let http = reqwest::Client::new();
+    let (mut plain, url) = start_server(&[&["dashboard", "--listen", "127.0.0.1:0"], &target[..]].concat()).await;
+    let graph = http.get(format!("{url}/graph.svg")).send().await.unwrap();
+    assert_eq!(graph.status().as_u16(), 404, "no manifest was given, so no graph");
+    plain.kill().await.unwrap();
+    let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/../../k8s/base/servicebus.yaml");
+    let dashboard =
+        start_server(&[&["dashboard", "--listen", "127.0.0.1:0", "-f", manifest], &target[..]].concat()).await;
+    let (mut child, url) = dashboard;
+    let graph = http.get(format!("{url}/graph.svg")).send().await.unwrap();
+    assert_eq!(graph.status().as_u16(), 200);
+    assert_eq!(graph.headers()["content-type"], "image/svg+xml; charset=utf-8");
+    let svg = graph.text().await.unwrap();
+    assert!(svg.contains("<svg") && svg.contains("CommentModerated"), "{svg}");
     let page = http.get(format!("{url}/")).send().await.unwrap();
     assert!(page.status().is_success());
     assert!(page.text().await.unwrap().contains("<title>busbar</title>"));
@@ -365,10 +377,20 @@ async fn jetstream_scenario(ctx: async_nats::jetstream::Context, bus: String) {
     assert!(head >= 3, "the stream holds the redriven copy and the two published events");
     let events: Value = events.json().await.unwrap();
     assert_eq!(events.as_array().unwrap().len(), 2, "replay leaves the redriven copy out: {events}");
-    let graph = http.get(format!("{url}/graph.svg")).send().await.unwrap();
-    assert_eq!(graph.status().as_u16(), 404, "no manifest was given, so no graph");
     let id = letters[0]["id"].as_u64().unwrap();
-    let r = http.post(format!("{url}/deadletters/{id}/redrive")).send().await.unwrap();
+    // Another site open in the user's browser cannot redrive through the dashboard: the
+    // browser names that site as the Origin of its POST, and the dashboard refuses it.
+    for path in [format!("/deadletters/{id}/redrive"), "/deadletters/redrive".to_owned()] {
+        let r = http.post(format!("{url}{path}")).header("origin", "http://elsewhere.example").send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 403, "{path}");
+        let answer: Value = r.json().await.unwrap();
+        let message = answer["error"].as_str().unwrap_or_default();
+        assert!(message.contains("from http://elsewhere.example") && message.contains("only its own page"), "{answer}");
+    }
+    let letters: Value = http.get(format!("{url}/deadletters")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(letters.as_array().unwrap().len(), 1, "still there: {letters}");
+    // Its own page's button (same origin) redrives.
+    let r = http.post(format!("{url}/deadletters/{id}/redrive")).header("origin", &url).send().await.unwrap();
     assert!(r.status().is_success());
     let letters: Value = http.get(format!("{url}/deadletters")).send().await.unwrap().json().await.unwrap();
     assert_eq!(letters, json!([]), "redriven from the page's button");
