@@ -5,15 +5,17 @@
 //!
 //! It listens on loopback by default and talks to NATS with the credentials it was
 //! given: whoever reaches its port acts with them, as with `busbar dlq`, so it asks for no
-//! token of its own.
+//! token of its own. A page of another site open in the same browser reaches that port
+//! too, so a redrive whose `Origin` names another site is refused ([`same_origin`]).
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 
 use anyhow::{Context, Result, bail};
 use axum::{
     Json, Router,
-    extract::{Path, Query, State},
+    extract::{Path, Query, Request, State},
     http::{HeaderMap, HeaderValue, StatusCode, header},
+    middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{get, post},
 };
@@ -72,15 +74,40 @@ pub fn run(args: DashboardArgs) -> Result<()> {
 }
 
 fn router(s: Served) -> Router {
+    let redrive = Router::new()
+        .route("/deadletters/redrive", post(redrive_all))
+        .route("/deadletters/{id}/redrive", post(redrive_one))
+        .route_layer(middleware::from_fn(same_origin));
     Router::new()
         .route("/", get(event_bus::dashboard::page))
         .route("/graph.svg", get(graph))
         .route("/subscribers", get(subscribers))
         .route("/deadletters", get(dead_letters))
-        .route("/deadletters/redrive", post(redrive_all))
-        .route("/deadletters/{id}/redrive", post(redrive_one))
         .route("/events", get(events))
+        .merge(redrive)
         .with_state(s)
+}
+
+/// Refuses a request that a page of another site makes from the user's browser (cross-site
+/// request forgery): a browser names the page's origin in `Origin` on every POST, and only
+/// this dashboard's own page may act. Requests without `Origin` come from no page (`curl`).
+async fn same_origin(req: Request, next: Next) -> Response {
+    let headers = req.headers();
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let own = headers.get(header::HOST).and_then(|h| h.to_str().ok()).map(|host| format!("http://{host}"));
+        if own.as_deref() != origin.to_str().ok() {
+            let origin = String::from_utf8_lossy(origin.as_bytes());
+            return ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "refused a cross-origin request from {origin}: only its own page ({}) may redrive dead letters",
+                    own.as_deref().unwrap_or("its own address")
+                ),
+            )
+            .into_response();
+        }
+    }
+    next.run(req).await
 }
 
 fn unavailable(e: impl std::fmt::Display) -> ApiError {

@@ -224,8 +224,20 @@ fn announce_ready(p: Proc, restarts: u32) {
 }
 
 async fn wait_ready(p: &Proc, exited: &mut mpsc::UnboundedReceiver<Exit>) -> Result<()> {
+    wait_ready_at(&p.name, &p.url(), exited, PROGRESS_EVERY, |line| eprintln!("{line}")).await
+}
+
+/// Polls `base`'s `/readyz` until it answers 2xx. While it says it is backfilling, `say`
+/// is told every `every` that `name` is still catching up, and why.
+async fn wait_ready_at(
+    name: &str,
+    base: &str,
+    exited: &mut mpsc::UnboundedReceiver<Exit>,
+    every: Duration,
+    mut say: impl FnMut(String),
+) -> Result<()> {
     let client = reqwest::Client::new();
-    let url = format!("{}/readyz", p.url());
+    let url = format!("{base}/readyz");
     // The timeout runs from the last sign of progress: a service catching up on a long
     // history is slow to be ready, not stuck.
     let (mut since, mut said, mut last_reason) = (Instant::now(), Instant::now(), String::new());
@@ -239,8 +251,8 @@ async fn wait_ready(p: &Proc, exited: &mut mpsc::UnboundedReceiver<Exit>) -> Res
                 if reason != last_reason {
                     since = Instant::now();
                 }
-                if said.elapsed() >= PROGRESS_EVERY {
-                    eprintln!("busbar: {} is still catching up ({reason})", p.name);
+                if said.elapsed() >= every {
+                    say(format!("busbar: {name} is still catching up ({reason})"));
                     said = Instant::now();
                 }
                 last_reason = reason;
@@ -250,7 +262,7 @@ async fn wait_ready(p: &Proc, exited: &mut mpsc::UnboundedReceiver<Exit>) -> Res
             bail!("{name} exited before it was ready ({status}); see its log lines above");
         }
         if since.elapsed() > READY_TIMEOUT {
-            bail!("{} was not ready at {url} after {READY_TIMEOUT:?}; see its log lines above", p.name);
+            bail!("{name} was not ready at {url} after {READY_TIMEOUT:?}; see its log lines above");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -336,6 +348,45 @@ mod tests {
         assert_eq!(restarts_in_a_row(0, Duration::from_millis(10)), 1, "the first exit is restart 1");
         assert_eq!(restarts_in_a_row(3, Duration::from_secs(2)), 4, "a crash loop backs off further");
         assert_eq!(restarts_in_a_row(5, STABLE_AFTER), 1, "a minute up starts over");
+    }
+
+    /// A service backfilling a long history: `busbar up` says which one is still catching
+    /// up, with its progress, until it is ready.
+    #[tokio::test]
+    async fn says_which_service_is_still_catching_up() {
+        use std::sync::{
+            Arc,
+            atomic::{AtomicBool, Ordering},
+        };
+
+        use axum::{http::StatusCode, routing::get};
+
+        // The stand-in is backfilling until `busbar up` has said so, then ready.
+        let said = Arc::new(AtomicBool::new(false));
+        let flag = said.clone();
+        let readyz = move || {
+            let flag = flag.clone();
+            async move {
+                if flag.load(Ordering::SeqCst) {
+                    (StatusCode::OK, "ready".to_owned())
+                } else {
+                    let body = serde_json::json!({"error": "backfilling from history: 1200 events so far"});
+                    (StatusCode::SERVICE_UNAVAILABLE, body.to_string())
+                }
+            }
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, axum::Router::new().route("/readyz", get(readyz))).await });
+
+        let (_tx, mut exited) = mpsc::unbounded_channel::<Exit>();
+        let mut lines = vec![];
+        let waited = wait_ready_at("query", &base, &mut exited, Duration::from_millis(100), |line| {
+            lines.push(line);
+            said.store(true, Ordering::SeqCst);
+        });
+        tokio::time::timeout(Duration::from_secs(20), waited).await.expect("ready within 20 s").unwrap();
+        assert_eq!(lines, ["busbar: query is still catching up (backfilling from history: 1200 events so far)"]);
     }
 
     #[test]

@@ -305,21 +305,35 @@ async fn jetstream_scenario(ctx: async_nats::jetstream::Context, bus: String) {
     assert_eq!(copy.headers.get(dlq::REDRIVE_FOR_HEADER).map(|v| v.as_str()), Some("query"));
     assert_eq!(serde_json::from_slice::<Value>(&copy.payload).unwrap()["id"], ids[0]);
 
-    // `busbar status`: a subscriber's durable that has not taken the redriven copy yet.
+    // `busbar status`: a subscriber's durable that has not taken the redriven copy yet, and
+    // one with a dead letter, whose error is its last.
     let subject = busbar::names::subject(&bus, "A");
-    stream
-        .create_consumer(async_nats::jetstream::consumer::pull::Config {
-            durable_name: Some("query".into()),
-            filter_subject: subject.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    for durable in ["query", "comments"] {
+        stream
+            .create_consumer(async_nats::jetstream::consumer::pull::Config {
+                durable_name: Some(durable.into()),
+                filter_subject: subject.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
     let rows = status_json(&target).await;
-    let query = rows.as_array().unwrap().iter().find(|r| r["name"] == "query").unwrap_or_else(|| panic!("{rows}"));
+    let row = |name: &str| {
+        rows.as_array().unwrap().iter().find(|r| r["name"] == name).unwrap_or_else(|| panic!("no {name}: {rows}"))
+    };
+    let query = row("query");
     assert_eq!((&query["pending"], &query["deadLetters"], &query["position"]), (&json!(1), &json!(0), &json!(0)));
     assert_eq!(query["types"], json!(["A"]), "{rows}");
     assert!(query["oldestPendingAgeMs"].as_u64().is_some(), "the copy waits: {rows}");
+    assert!(query["lastError"].is_null(), "{rows}");
+    let comments = row("comments");
+    assert_eq!((&comments["deadLetters"], &comments["lastError"]), (&json!(1), &json!("handler refused #1")), "{rows}");
+    let (ok, table, err) = busbar(&[&["status"], &target[..]].concat()).await;
+    assert!(
+        ok && table.lines().any(|l| l.starts_with("comments") && l.ends_with("handler refused #1")),
+        "{table}{err}"
+    );
 
     // `busbar tail` reads history without the redriven copy, then follows new events.
     let js = JetStream::connect_now(&nats, &bus).await.unwrap();
@@ -335,10 +349,22 @@ async fn jetstream_scenario(ctx: async_nats::jetstream::Context, bus: String) {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && text.contains(busbar::AttributesReader::id(&published[1])), "{text}");
 
-    // `busbar dashboard` serves the page and the bus API it calls, from JetStream.
-    let dashboard = start_server(&[&["dashboard", "--listen", "127.0.0.1:0"], &target[..]].concat()).await;
-    let (mut child, url) = dashboard;
+    // `busbar dashboard` serves the page, the event graph of the manifest it is given, and
+    // the bus API the page calls, from JetStream.
     let http = reqwest::Client::new();
+    let (mut plain, url) = start_server(&[&["dashboard", "--listen", "127.0.0.1:0"], &target[..]].concat()).await;
+    let graph = http.get(format!("{url}/graph.svg")).send().await.unwrap();
+    assert_eq!(graph.status().as_u16(), 404, "no manifest was given, so no graph");
+    plain.kill().await.unwrap();
+    let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/../../k8s/base/servicebus.yaml");
+    let dashboard =
+        start_server(&[&["dashboard", "--listen", "127.0.0.1:0", "-f", manifest], &target[..]].concat()).await;
+    let (mut child, url) = dashboard;
+    let graph = http.get(format!("{url}/graph.svg")).send().await.unwrap();
+    assert_eq!(graph.status().as_u16(), 200);
+    assert_eq!(graph.headers()["content-type"], "image/svg+xml; charset=utf-8");
+    let svg = graph.text().await.unwrap();
+    assert!(svg.contains("<svg") && svg.contains("CommentModerated"), "{svg}");
     let page = http.get(format!("{url}/")).send().await.unwrap();
     assert!(page.status().is_success());
     assert!(page.text().await.unwrap().contains("<title>busbar</title>"));
@@ -351,10 +377,20 @@ async fn jetstream_scenario(ctx: async_nats::jetstream::Context, bus: String) {
     assert!(head >= 3, "the stream holds the redriven copy and the two published events");
     let events: Value = events.json().await.unwrap();
     assert_eq!(events.as_array().unwrap().len(), 2, "replay leaves the redriven copy out: {events}");
-    let graph = http.get(format!("{url}/graph.svg")).send().await.unwrap();
-    assert_eq!(graph.status().as_u16(), 404, "no manifest was given, so no graph");
     let id = letters[0]["id"].as_u64().unwrap();
-    let r = http.post(format!("{url}/deadletters/{id}/redrive")).send().await.unwrap();
+    // Another site open in the user's browser cannot redrive through the dashboard: the
+    // browser names that site as the Origin of its POST, and the dashboard refuses it.
+    for path in [format!("/deadletters/{id}/redrive"), "/deadletters/redrive".to_owned()] {
+        let r = http.post(format!("{url}{path}")).header("origin", "http://elsewhere.example").send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 403, "{path}");
+        let answer: Value = r.json().await.unwrap();
+        let message = answer["error"].as_str().unwrap_or_default();
+        assert!(message.contains("from http://elsewhere.example") && message.contains("only its own page"), "{answer}");
+    }
+    let letters: Value = http.get(format!("{url}/deadletters")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(letters.as_array().unwrap().len(), 1, "still there: {letters}");
+    // Its own page's button (same origin) redrives.
+    let r = http.post(format!("{url}/deadletters/{id}/redrive")).header("origin", &url).send().await.unwrap();
     assert!(r.status().is_success());
     let letters: Value = http.get(format!("{url}/deadletters")).send().await.unwrap().json().await.unwrap();
     assert_eq!(letters, json!([]), "redriven from the page's button");

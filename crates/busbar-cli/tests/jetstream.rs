@@ -119,5 +119,38 @@ async fn nats_down_at_start_and_killed_mid_stream_loses_nothing() {
     assert_eq!((total, moderated.len()), (101, 101), "each comment moderated exactly once");
     println!("checked: 101 comments, query identical, {total} CommentModerated events across a NATS kill -9");
     drop(view);
+
+    // A dead letter: an event comments cannot read. `busbar status` shows it against
+    // comments with its error, and comments counts it on its `/metrics`.
+    let poison = uuid::Uuid::now_v7().to_string();
+    let unreadable = json!({"specversion": "1.0", "id": poison, "source": "moderation", "type": "CommentModerated",
+        "subject": "no-such-comment", "busbarversion": 1, "datacontenttype": "application/json",
+        "data": {"verdict": 42}});
+    js.publish(&[busbar::envelope::decode_one(&unreadable.to_string()).unwrap()]).await.unwrap();
+    let nats_url = nats.url();
+    let status = || async {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_busbar"))
+            .args(["status", "--json", "--nats-url", &nats_url, "--bus", &bus])
+            .output()
+            .await
+            .unwrap();
+        assert!(out.status.success(), "busbar status: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let rows = testkit::wait_until(T, "comments to dead-letter the event it cannot read", || async {
+        let rows = status().await;
+        let dead = rows.as_array()?.iter().any(|r| r["name"] == "comments" && r["deadLetters"] != 0);
+        dead.then_some(rows)
+    })
+    .await;
+    let comments = rows.as_array().unwrap().iter().find(|r| r["name"] == "comments").unwrap();
+    assert_eq!(comments["deadLetters"], 1, "{rows}");
+    let last_error = comments["lastError"].as_str().unwrap_or_default();
+    assert!(last_error.contains(&poison) && last_error.contains("CommentModerated"), "{rows}");
+    let metrics = reqwest::get(format!("{}/metrics", blog.url("comments"))).await.unwrap().text().await.unwrap();
+    assert!(
+        metrics.lines().any(|l| l == r#"busbar_events_dead_lettered_total{event_type="CommentModerated"} 1"#),
+        "{metrics}"
+    );
     nats.kill9();
 }

@@ -212,6 +212,32 @@ async fn one_comment_is_one_trace_across_every_service() {
         "{tailed}"
     );
 
+    // A dead letter: an event comments cannot read, published as moderation's with the
+    // admin token. `busbar status` shows it against comments, with its error.
+    let admin = std::fs::read_to_string(data_dir.join("admin.token")).unwrap().trim().to_owned();
+    let poison = uuid::Uuid::now_v7().to_string();
+    let unreadable = json!({"specversion": "1.0", "id": poison, "source": "moderation", "type": "CommentModerated",
+        "subject": "no-such-comment", "busbarversion": 1, "datacontenttype": "application/json",
+        "data": {"verdict": 42}});
+    let r = reqwest::Client::new()
+        .post(format!("{}/events", url("event-bus")))
+        .bearer_auth(&admin)
+        .json(&unreadable)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    let rows = testkit::wait_until(T, "comments to dead-letter the event it cannot read", || async {
+        let rows: Value = serde_json::from_str(&cli(vec!["status".into(), "--json".into()])).unwrap();
+        let dead = rows.as_array()?.iter().any(|r| r["name"] == "comments" && r["deadLetters"] == 1);
+        dead.then_some(rows)
+    })
+    .await;
+    let comments = rows.as_array().unwrap().iter().find(|r| r["name"] == "comments").unwrap();
+    let last_error = comments["lastError"].as_str().unwrap_or_default();
+    assert!(last_error.contains(&poison) && last_error.contains("CommentModerated"), "{rows}");
+    assert!(rows.as_array().unwrap().iter().all(|r| r["name"] == "comments" || r["deadLetters"] == 0), "{rows}");
+
     // The same metric names on every process, with what this comment did in them.
     let metrics = |name: &str| {
         let url = format!("{}/metrics", url(name));

@@ -116,6 +116,8 @@ pub struct SubscriberStatus {
     pub oldest_pending_age_ms: Option<u64>,
     /// Failed attempts at the event it is stuck on (0 when it is not).
     pub attempts: u32,
+    /// The error of the event it is stuck on, else of its newest dead letter (JetStream
+    /// knows only the latter).
     pub last_error: Option<String>,
     /// Its dead letters.
     pub dead_letters: i64,

@@ -192,6 +192,7 @@ impl Backfill {
                     return Err(e.to_string());
                 }
                 attempts::dead_lettered(db, event.id()).await.map_err(|e| e.to_string())?;
+                crate::metrics::dead_lettered(event.ty());
                 self.stats.failed.inc();
                 tracing::warn!(event_id = %event.id(), event_type = %event.ty(), attempts = n, %error,
                     "backfill gave up on an event: recorded as a dead letter; later versions of its aggregate wait for it");

@@ -42,6 +42,11 @@ pub struct ReceivedLabels {
     pub outcome: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TypeLabels {
+    pub event_type: String,
+}
+
 type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// 0.5 ms to about 4 s, doubling.
@@ -52,6 +57,7 @@ fn latency() -> Histogram {
 static HTTP: LazyLock<Histograms<HttpLabels>> = LazyLock::new(|| Family::new_with_constructor(latency));
 static HANDLER: LazyLock<Histograms<HandlerLabels>> = LazyLock::new(|| Family::new_with_constructor(latency));
 static RECEIVED: LazyLock<Family<ReceivedLabels, Counter>> = LazyLock::new(Family::default);
+static DEAD_LETTERED: LazyLock<Family<TypeLabels, Counter>> = LazyLock::new(Family::default);
 
 /// Registers the HTTP request histogram (`busbar_http_request_duration_seconds` in a
 /// registry prefixed `busbar`).
@@ -65,7 +71,7 @@ pub fn register_http(r: &mut Registry) {
 }
 
 /// Registers the event-handling metrics (`busbar_handler_duration_seconds`,
-/// `busbar_events_received_total`).
+/// `busbar_events_received_total`, `busbar_events_dead_lettered_total`).
 pub fn register_events(r: &mut Registry) {
     r.register_with_unit(
         "handler_duration",
@@ -78,6 +84,12 @@ pub fn register_events(r: &mut Registry) {
         "Events received, by type and what became of them (applied, duplicate, parked, stale, failed); \
          counted when decided, so an attempt whose transaction is rolled back and retried counts again",
         RECEIVED.clone(),
+    );
+    r.register(
+        "events_dead_lettered",
+        "Events this service gave up on and recorded as dead letters, by type (on the built-in bus, those the \
+         bus gives up on after failed pushes are the bus's busbar_bus_events_dead_lettered_total)",
+        DEAD_LETTERED.clone(),
     );
 }
 
@@ -107,4 +119,9 @@ pub fn handled(event_type: &str, seconds: f64, ok: bool) {
 /// Counts an event's outcome.
 pub fn received(event_type: &str, outcome: &'static str) {
     RECEIVED.get_or_create(&ReceivedLabels { event_type: event_type.to_owned(), outcome }).inc();
+}
+
+/// Counts a dead letter this service recorded.
+pub fn dead_lettered(event_type: &str) {
+    DEAD_LETTERED.get_or_create(&TypeLabels { event_type: event_type.to_owned() }).inc();
 }

@@ -192,6 +192,7 @@ impl Sweeper {
             tracing::warn!(%source, %subject, version, error = %e, "cannot record a dead letter yet; the event stays parked");
             return Ok(());
         }
+        crate::metrics::dead_lettered(cloudevents::AttributesReader::ty(&event));
         tracing::warn!(event_id = cloudevents::AttributesReader::id(&event), %source, %subject, version, %reason,
             "giving up on a parked event: dead-lettered");
         self.forget(source, subject, version, Some(cloudevents::AttributesReader::id(&event))).await

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use busbar::{AttributesReader, CloudEvent, Consumer, Handler, HandlerError, Outcome, Tx, envelope};
-use common::{NoteWritten, count, database, notes_db};
+use common::{NoteWritten, count, database, event_metric, notes_db};
 use sqlx::Row;
 
 /// Records each applied event in `applied`, in application order. Fails on text "boom".
@@ -59,6 +59,11 @@ async fn applied_versions(c: &Consumer) -> Vec<i64> {
 async fn duplicates_apply_once_and_gaps_wait(backend: &str) {
     let (url, _keep) = database(backend).await;
     let c = consumer(&url).await;
+    let received = |outcome: &str| {
+        event_metric(&format!(r#"busbar_events_received_total{{event_type="NoteWritten",outcome="{outcome}"}}"#))
+    };
+    let outcomes = ["applied", "duplicate", "parked", "stale"];
+    let before = outcomes.map(received);
 
     let v1 = note("a", 1, "x");
     assert_eq!(c.receive(&v1).await.unwrap(), Outcome::Applied { drained: 0 });
@@ -81,6 +86,13 @@ async fn duplicates_apply_once_and_gaps_wait(backend: &str) {
     // Aggregates are independent.
     assert_eq!(c.receive(&note("b", 1, "x")).await.unwrap(), Outcome::Applied { drained: 0 });
     assert_eq!(applied_versions(&c).await, vec![1, 2, 3, 1]);
+
+    // `/metrics` tells the same story, per type and outcome. (The counters are the
+    // process's: other tests running meanwhile add to them, so at least this run's.)
+    let after = outcomes.map(received);
+    for (i, (outcome, want)) in outcomes.iter().zip([4.0, 2.0, 1.0, 1.0]).enumerate() {
+        assert!(after[i] - before[i] >= want, "{outcome}: {} then {}, wanted {want} more", before[i], after[i]);
+    }
 }
 
 #[tokio::test]

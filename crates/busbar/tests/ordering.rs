@@ -19,7 +19,7 @@ use busbar::{
     parking::{Limits, ParkedGauge, Sweeper},
     subscription::Subscription,
 };
-use common::{Recording, database};
+use common::{Recording, database, event_metric};
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
@@ -202,9 +202,14 @@ async fn an_event_parked_too_long_is_dead_lettered_naming_what_it_waits_for(back
     assert_eq!(s.gauge.get().map(|p| p.count), Some(1));
     // As if it had parked two minutes ago.
     sqlx::query("UPDATE busbar_deferred SET deferred_at = deferred_at - 120000").execute(c.db().pool()).await.unwrap();
+    let dead_lettered = || event_metric(r#"busbar_events_dead_lettered_total{event_type="Priced"}"#);
+    let before = dead_lettered();
     s.sweep().await.unwrap();
     let dead = transport.dead_letters.lock().unwrap().clone();
     assert_eq!(dead.len(), 1);
+    // Counted on the service's `/metrics` (at least once: other tests running meanwhile in
+    // this process dead-letter Priced events too).
+    assert!(dead_lettered() >= before + 1.0, "busbar_events_dead_lettered_total: {before} then {}", dead_lettered());
     assert!(dead[0].3.contains("waiting for version 1 of aggregate a"), "{}", dead[0].3);
     assert_eq!(s.gauge.get().map(|p| p.count), Some(0));
     // Redriven after v1 turns up: v2 is handled again (not a duplicate) and applies in order.

@@ -272,7 +272,8 @@ async fn subscribers(State(s): State<AppState>, headers: HeaderMap) -> Result<Js
             .await
             .map_err(|e| ApiError::internal(e.to_string()))?
             .unwrap_or_default();
-        let dead = s.store.dead_letter_count(&r.subscriber).await.map_err(|e| ApiError::internal(e.to_string()))?;
+        let (dead, dead_error) =
+            s.store.dead_letter_summary(&r.subscriber).await.map_err(|e| ApiError::internal(e.to_string()))?;
         let waiting = s.store.pending(c.position, &r.types).await.map_err(|e| ApiError::internal(e.to_string()))?;
         let parked = s.supervisor.parked.get(&r.subscriber);
         out.push(SubscriberStatus {
@@ -284,7 +285,8 @@ async fn subscribers(State(s): State<AppState>, headers: HeaderMap) -> Result<Js
             pending: waiting.count,
             oldest_pending_age_ms: waiting.oldest_at.map(|at| (busbar::db::now_millis() - at).max(0) as u64),
             attempts: c.attempts,
-            last_error: c.last_error,
+            // The event it is failing on now, else the last it gave up on.
+            last_error: c.last_error.or(dead_error),
             dead_letters: dead,
             parked,
         });

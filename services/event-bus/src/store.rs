@@ -292,12 +292,16 @@ impl Store {
         Ok(())
     }
 
-    pub async fn dead_letter_count(&self, subscriber: &str) -> Result<i64, DbError> {
-        let r = sqlx::query("SELECT COUNT(*) FROM bus_dead_letters WHERE subscriber = $1")
-            .bind(subscriber)
-            .fetch_one(self.db.pool())
-            .await?;
-        Ok(r.try_get(0)?)
+    /// How many dead letters `subscriber` has, and the error of the newest.
+    pub async fn dead_letter_summary(&self, subscriber: &str) -> Result<(i64, Option<String>), DbError> {
+        let r = sqlx::query(
+            "SELECT COUNT(*), (SELECT last_error FROM bus_dead_letters WHERE subscriber = $1 ORDER BY id DESC LIMIT 1) \
+             FROM bus_dead_letters WHERE subscriber = $1",
+        )
+        .bind(subscriber)
+        .fetch_one(self.db.pool())
+        .await?;
+        Ok((r.try_get(0)?, r.try_get(1)?))
     }
 }
 

@@ -8,12 +8,13 @@ use busbar_domain::names::{all_dead_letter_subjects, dead_letter_stream_name, de
 use busbar_protocol::bus_api::SubscriberStatus;
 use futures::TryStreamExt;
 
-use super::{JetStream, unavailable};
+use super::{JetStream, dlq::ERROR_HEADER, unavailable};
 use crate::TransportError;
 
 impl JetStream {
     /// One row per durable consumer of the bus's stream, by name. JetStream does not know
-    /// what a subscriber holds parked or its last error: those stay empty.
+    /// what a subscriber holds parked: that stays empty. Its last error is its newest dead
+    /// letter's.
     pub async fn subscriber_status(&self) -> Result<Vec<SubscriberStatus>, TransportError> {
         let bus = self.bus().to_owned();
         let stream = self
@@ -31,6 +32,9 @@ impl JetStream {
         let mut rows = Vec::with_capacity(infos.len());
         for info in infos {
             let subjects = filter_subjects(&info.config);
+            let dead_subject = dead_letter_subject(&bus, &info.name);
+            let dead_letters = dead.get(&dead_subject).copied().unwrap_or(0);
+            let last_error = if dead_letters == 0 { None } else { self.newest_error(&dead_subject).await };
             let pending = info.num_pending + info.num_ack_pending as u64;
             let oldest = if pending == 0 {
                 None
@@ -46,14 +50,21 @@ impl JetStream {
                 pending: pending as i64,
                 oldest_pending_age_ms: oldest,
                 attempts: info.num_redelivered as u32,
-                last_error: None,
-                dead_letters: *dead.get(&dead_letter_subject(&bus, &info.name)).unwrap_or(&0) as i64,
+                last_error,
+                dead_letters: dead_letters as i64,
                 parked: None,
                 name: info.name,
             });
         }
         rows.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(rows)
+    }
+
+    /// The error recorded with the newest dead letter on `dead_subject`, if any.
+    async fn newest_error(&self, dead_subject: &str) -> Option<String> {
+        let dlq = self.context().get_stream(dead_letter_stream_name(self.bus())).await.ok()?;
+        let newest = dlq.get_last_raw_message_by_subject(dead_subject).await.ok()?;
+        newest.headers.get(ERROR_HEADER).map(|v| v.as_str().to_owned())
     }
 
     /// Dead letters per dead-letter subject (none when the stream does not exist yet).

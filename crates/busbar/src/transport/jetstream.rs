@@ -311,6 +311,7 @@ async fn give_up(
                 return Err(e.to_string());
             }
             attempts::dead_lettered(db, ev.id()).await.map_err(|e| e.to_string())?;
+            crate::metrics::dead_lettered(ev.ty());
             Ok(true)
         }
         Claim::Done => already_dead_lettered(durable, msg).await,
@@ -356,6 +357,8 @@ async fn retry_in_place(
         Ok(ev) => ev,
         Err(_) => {
             t.record_dead_letter(durable, msg, attempts as u32, &error).await.map_err(|e| e.to_string())?;
+            // Not a CloudEvent: its type is the last token of its subject.
+            crate::metrics::dead_lettered(msg.subject.rsplit('.').next().unwrap_or_default());
             return Ok(true);
         }
     };

@@ -106,3 +106,14 @@ pub async fn count(db: &Db, sql: &'static str) -> i64 {
     use sqlx::Row;
     sqlx::query(sql).fetch_one(db.pool()).await.unwrap().get(0)
 }
+
+/// The value of the sample `series` (name and labels, e.g.
+/// `busbar_events_received_total{event_type="A",outcome="applied"}`) among this process's
+/// event-handling metrics, as a service's `/metrics` shows them; 0 when absent.
+pub fn event_metric(series: &str) -> f64 {
+    let mut registry = prometheus_client::registry::Registry::with_prefix("busbar");
+    busbar::metrics::register_events(&mut registry);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok()).unwrap_or(0.0)
+}
