@@ -28,7 +28,9 @@ Tasks:
   test [ARGS...] [-- TEST-ARGS...]
                    Run every test in the workspace: cargo builds the test binaries (cargo test
                    --workspace --no-run ARGS), then they run --jobs N at a time (default
-                   BUSBAR_TEST_JOBS, else 2), longest first by the last run's times; TEST-ARGS go
+                   BUSBAR_TEST_JOBS, else 2), longest first by the last run's times; a binary
+                   longer than the rest runs in shards (its tests split by name across
+                   processes) unless TEST-ARGS are given; TEST-ARGS go
                    to each binary (e.g. a test name filter). Doc tests follow. Ends with the
                    slowest binaries and which failed; every binary runs even when one fails.
                    Uses PostgreSQL at BUSBAR_TEST_PG_URL (default postgres://postgres@127.0.0.1:5432/postgres)
@@ -87,8 +89,11 @@ fn test(args: &[String]) -> Result<ExitCode> {
     let started = Instant::now();
     let bins = runner::build(&cargo, &cargo_args, !narrowed)?;
     let times_file = target_dir().join("xtask-test-times.json");
-    let bins = runner::schedule(bins, &runner::load_times(&times_file));
-    println!("xtask: running {} test binaries, {jobs} at a time", bins.len());
+    let last = runner::load_times(&times_file);
+    // Shards run tests by exact name, which a filter of the caller's would fight with.
+    let bins = if test_args.is_empty() { runner::split_long(bins, &last, jobs) } else { bins };
+    let bins = runner::schedule(bins, &last);
+    println!("xtask: running {} test binaries (or shards of one), {jobs} at a time", bins.len());
     let outcomes = runner::run_all(bins, &test_args, jobs);
     runner::save_times(&times_file, &outcomes);
     // Doc tests, unless the selection names other targets (cargo refuses --doc with them).
@@ -108,13 +113,13 @@ fn test(args: &[String]) -> Result<ExitCode> {
             .context("running cargo test --doc")?
             .success()
     };
-    let failed: Vec<&str> = outcomes.iter().filter(|o| !o.ok).map(|o| o.name.as_str()).collect();
+    let failed: Vec<&str> = outcomes.iter().filter(|o| !o.ok).map(|o| o.label.as_str()).collect();
     let mut slowest: Vec<_> = outcomes.iter().collect();
     slowest.sort_by_key(|o| std::cmp::Reverse(o.took));
     let top: Vec<String> =
-        slowest.iter().take(5).map(|o| format!("{} {:.0} s", o.name, o.took.as_secs_f64())).collect();
+        slowest.iter().take(5).map(|o| format!("{} {:.0} s", o.label, o.took.as_secs_f64())).collect();
     println!(
-        "\nxtask: {} test binaries in {:.0} s ({jobs} at a time); slowest: {}",
+        "\nxtask: {} test binaries (or shards) in {:.0} s ({jobs} at a time); slowest: {}",
         outcomes.len(),
         started.elapsed().as_secs_f64(),
         top.join(", ")

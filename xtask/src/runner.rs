@@ -5,8 +5,10 @@
 //! backoff), not computing, so one binary at a time leaves the machine idle. Here cargo
 //! only builds (`--no-run`); the binaries then run `jobs` at a time, longest first by the
 //! durations the previous run recorded, each with the working directory and environment
-//! `cargo test` would give it. Every binary's output is printed whole when it finishes,
-//! so the log reads like cargo's. Tests keep out of each other's way across processes:
+//! `cargo test` would give it. A binary that alone would take longer than the rest of the
+//! run is split into shards, each a process running a share of its tests by exact name,
+//! so that it does not hold the run up on its own. Every binary's output is printed whole
+//! when it finishes, so the log reads like cargo's. Tests keep out of each other's way across processes:
 //! ports are claimed through `testkit::free_port`, databases and streams have unique names.
 
 use std::{
@@ -28,6 +30,26 @@ pub struct TestBinary {
     pub executable: PathBuf,
     /// The package's directory, where `cargo test` runs it.
     pub dir: PathBuf,
+    /// When the binary runs in shards: this shard's tests (exact names) and which shard
+    /// of how many it is.
+    pub shard: Option<Shard>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Shard {
+    pub tests: Vec<String>,
+    pub index: usize,
+    pub of: usize,
+}
+
+impl TestBinary {
+    /// The name the run prints: with the shard, e.g. `busbar-conformance/delivery_shapes [2/3]`.
+    pub fn label(&self) -> String {
+        match &self.shard {
+            Some(s) => format!("{} [{}/{}]", self.name, s.index, s.of),
+            None => self.name.clone(),
+        }
+    }
 }
 
 /// The test binaries in `cargo test --no-run --message-format=json` output.
@@ -51,7 +73,7 @@ pub fn test_binaries(cargo_json: &str) -> Vec<TestBinary> {
             Some("test") | None => format!("{package}/{target}"),
             Some(kind) => format!("{package}/{target} ({kind})"),
         };
-        out.push(TestBinary { name, package, executable: exe.into(), dir });
+        out.push(TestBinary { name, package, executable: exe.into(), dir, shard: None });
     }
     out
 }
@@ -69,15 +91,85 @@ fn package_name(id: &str, dir: &Path) -> String {
 /// long), so that the run does not end waiting on one long binary started last.
 pub fn schedule(mut bins: Vec<TestBinary>, last: &HashMap<String, f64>) -> Vec<TestBinary> {
     bins.sort_by(|a, b| {
-        let t = |x: &TestBinary| last.get(&x.name).copied().unwrap_or(f64::INFINITY);
-        t(b).total_cmp(&t(a)).then_with(|| a.name.cmp(&b.name))
+        let t = |x: &TestBinary| {
+            let whole = last.get(&x.name).copied().unwrap_or(f64::INFINITY);
+            x.shard.as_ref().map_or(whole, |s| whole / s.of as f64)
+        };
+        t(b).total_cmp(&t(a)).then_with(|| a.label().cmp(&b.label()))
     });
     bins
 }
 
+/// How many shards a binary that took `took` seconds last time should run in, when the
+/// whole run took `total` seconds of binaries over `jobs` slots: enough that no shard is
+/// much longer than a quarter of a slot's fair share, at most two per slot.
+pub fn shard_count(took: f64, total: f64, jobs: usize) -> usize {
+    let jobs = jobs.max(1);
+    if jobs == 1 || total <= 0.0 {
+        return 1;
+    }
+    let chunk = total / (2 * jobs) as f64;
+    ((took / chunk).ceil() as usize).clamp(1, 2 * jobs)
+}
+
+/// Deals `tests` (sorted first, so similar names spread across shards) into `n` shards.
+pub fn deal(mut tests: Vec<String>, n: usize) -> Vec<Vec<String>> {
+    tests.sort();
+    let mut shards = vec![vec![]; n.max(1)];
+    for (i, t) in tests.into_iter().enumerate() {
+        shards[i % n.max(1)].push(t);
+    }
+    shards.retain(|s| !s.is_empty());
+    shards
+}
+
+/// Splits the binaries that would hold the run up on their own into shards (see
+/// [`shard_count`]), by listing their tests. A binary whose tests cannot be listed runs
+/// whole.
+pub fn split_long(bins: Vec<TestBinary>, last: &HashMap<String, f64>, jobs: usize) -> Vec<TestBinary> {
+    let total: f64 = bins.iter().filter_map(|b| last.get(&b.name)).sum();
+    let mut out = vec![];
+    for bin in bins {
+        let n = last.get(&bin.name).map_or(1, |&t| shard_count(t, total, jobs));
+        let tests = if n > 1 { list_tests(&bin) } else { None };
+        match tests.map(|t| deal(t, n)) {
+            Some(shards) if shards.len() > 1 => {
+                let of = shards.len();
+                out.extend(
+                    shards
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, tests)| TestBinary { shard: Some(Shard { tests, index: i + 1, of }), ..bin.clone() }),
+                );
+            }
+            _ => out.push(bin),
+        }
+    }
+    out
+}
+
+/// The binary's tests, by asking it (`--list --format terse`: `name: test` lines).
+fn list_tests(bin: &TestBinary) -> Option<Vec<String>> {
+    let out = Command::new(&bin.executable)
+        .args(["--list", "--format", "terse"])
+        .current_dir(&bin.dir)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())?;
+    Some(parse_list(&String::from_utf8_lossy(&out.stdout)))
+}
+
+/// The test names in libtest's terse list.
+fn parse_list(text: &str) -> Vec<String> {
+    text.lines().filter_map(|l| l.strip_suffix(": test")).map(str::to_owned).collect()
+}
+
 /// What a finished binary did.
 pub struct Outcome {
+    /// The binary's name; its shards share it.
     pub name: String,
+    /// The name with the shard, as printed.
+    pub label: String,
     pub ok: bool,
     pub took: Duration,
 }
@@ -94,8 +186,12 @@ pub fn run_all(bins: Vec<TestBinary>, args: &[String], jobs: usize) -> Vec<Outco
             std::thread::spawn(move || {
                 while let Some(bin) = queue.lock().expect("queue").pop_front() {
                     let started = Instant::now();
-                    let out = Command::new(&bin.executable)
-                        .args(&args)
+                    let mut cmd = Command::new(&bin.executable);
+                    cmd.args(&args);
+                    if let Some(shard) = &bin.shard {
+                        cmd.args(&shard.tests).arg("--exact");
+                    }
+                    let out = cmd
                         .current_dir(&bin.dir)
                         .env("CARGO_MANIFEST_DIR", &bin.dir)
                         .env("CARGO_PKG_NAME", &bin.package)
@@ -104,19 +200,29 @@ pub fn run_all(bins: Vec<TestBinary>, args: &[String], jobs: usize) -> Vec<Outco
                     let ok = matches!(&out, Ok(o) if o.status.success());
                     {
                         let _guard = print.lock().expect("print");
-                        println!("\n     Running {} ({})", bin.name, bin.executable.display());
+                        println!("\n     Running {} ({})", bin.label(), bin.executable.display());
                         match &out {
                             Ok(o) => {
                                 print!("{}", String::from_utf8_lossy(&o.stdout));
                                 eprint!("{}", String::from_utf8_lossy(&o.stderr));
                                 if !o.status.success() {
-                                    println!("{}: FAILED ({}) after {:.1} s", bin.name, o.status, took.as_secs_f64());
+                                    println!(
+                                        "{}: FAILED ({}) after {:.1} s",
+                                        bin.label(),
+                                        o.status,
+                                        took.as_secs_f64()
+                                    );
                                 }
                             }
-                            Err(e) => println!("{}: could not start {}: {e}", bin.name, bin.executable.display()),
+                            Err(e) => println!("{}: could not start {}: {e}", bin.label(), bin.executable.display()),
                         }
                     }
-                    outcomes.lock().expect("outcomes").push(Outcome { name: bin.name, ok, took });
+                    outcomes.lock().expect("outcomes").push(Outcome {
+                        name: bin.name.clone(),
+                        label: bin.label(),
+                        ok,
+                        took,
+                    });
                 }
             })
         })
@@ -132,11 +238,16 @@ pub fn load_times(path: &Path) -> HashMap<String, f64> {
     std::fs::read_to_string(path).ok().and_then(|s| serde_json::from_str(&s).ok()).unwrap_or_default()
 }
 
-/// Records this run's durations for the next one's schedule, keeping binaries it did not run.
+/// Records this run's durations for the next one's schedule, keeping binaries it did not
+/// run. A binary run in shards is recorded whole: the sum of its shards.
 pub fn save_times(path: &Path, outcomes: &[Outcome]) {
     let mut times = load_times(path);
+    let mut this_run: HashMap<&str, f64> = HashMap::new();
     for o in outcomes {
-        times.insert(o.name.clone(), o.took.as_secs_f64());
+        *this_run.entry(o.name.as_str()).or_default() += o.took.as_secs_f64();
+    }
+    for (name, took) in this_run {
+        times.insert(name.to_owned(), took);
     }
     if let Ok(s) = serde_json::to_string_pretty(&times) {
         let _ = std::fs::write(path, s);
@@ -179,12 +290,14 @@ mod tests {
                     package: "busbar-cli".into(),
                     executable: "/w/target/debug/deps/faults-1".into(),
                     dir: "/w/crates/busbar-cli".into(),
+                    shard: None,
                 },
                 TestBinary {
                     name: "busbar-operator/busbar_operator (lib)".into(),
                     package: "busbar-operator".into(),
                     executable: "/w/target/debug/deps/busbar_operator-2".into(),
                     dir: "/w/operator".into(),
+                    shard: None,
                 },
             ]
         );
@@ -192,10 +305,79 @@ mod tests {
 
     #[test]
     fn the_longest_and_the_unknown_go_first() {
-        let bin = |n: &str| TestBinary { name: n.into(), package: "p".into(), executable: n.into(), dir: "/".into() };
+        let bin = |n: &str| TestBinary {
+            name: n.into(),
+            package: "p".into(),
+            executable: n.into(),
+            dir: "/".into(),
+            shard: None,
+        };
         let last = HashMap::from([("a".to_owned(), 5.0), ("b".to_owned(), 90.0), ("c".to_owned(), 20.0)]);
         let order: Vec<String> =
             schedule(vec![bin("a"), bin("b"), bin("c"), bin("new")], &last).into_iter().map(|b| b.name).collect();
         assert_eq!(order, ["new", "b", "c", "a"]);
+    }
+
+    #[test]
+    fn a_binary_longer_than_the_rest_is_split_and_short_ones_are_not() {
+        // 180 s of 330 s over two slots: alone it would be the whole run.
+        assert_eq!(shard_count(180.0, 330.0, 2), 3);
+        assert_eq!(shard_count(40.0, 330.0, 2), 1);
+        // Never more than two per slot, and never with one slot.
+        assert_eq!(shard_count(1000.0, 1001.0, 2), 4);
+        assert_eq!(shard_count(180.0, 330.0, 1), 1);
+        assert_eq!(shard_count(5.0, 0.0, 2), 1);
+    }
+
+    #[test]
+    fn tests_are_dealt_sorted_so_each_shard_gets_every_kind() {
+        let names = ["b__x", "a__y", "a__x", "b__y", "c__x"].map(String::from).to_vec();
+        assert_eq!(deal(names.clone(), 2), [vec!["a__x", "b__x", "c__x"], vec!["a__y", "b__y"]]);
+        // More shards than tests: no empty shard.
+        assert_eq!(deal(names[..1].to_vec(), 3), [vec!["b__x"]]);
+    }
+
+    #[test]
+    fn the_terse_list_gives_test_names_only() {
+        let list = "mod::a: test\nb__x: test\nsome_bench: benchmark\n\n3 tests, 0 benchmarks\n";
+        assert_eq!(parse_list(list), ["mod::a", "b__x"]);
+    }
+
+    #[test]
+    fn a_sharded_binary_is_scheduled_by_its_share_and_recorded_whole() {
+        let whole = TestBinary {
+            name: "big".into(),
+            package: "p".into(),
+            executable: "big".into(),
+            dir: "/".into(),
+            shard: None,
+        };
+        let shard = |i| TestBinary { shard: Some(Shard { tests: vec![], index: i, of: 3 }), ..whole.clone() };
+        let mid = TestBinary { name: "mid".into(), ..whole.clone() };
+        let last = HashMap::from([("big".to_owned(), 90.0), ("mid".to_owned(), 40.0)]);
+        let order: Vec<String> =
+            schedule(vec![shard(1), mid, shard(2), shard(3)], &last).into_iter().map(|b| b.label()).collect();
+        assert_eq!(order, ["mid", "big [1/3]", "big [2/3]", "big [3/3]"]);
+
+        let dir = tempfile_dir();
+        let file = dir.join("times.json");
+        let took = |s| Duration::from_secs(s);
+        let outcomes = [
+            Outcome { name: "big".into(), label: "big [1/3]".into(), ok: true, took: took(30) },
+            Outcome { name: "big".into(), label: "big [2/3]".into(), ok: true, took: took(31) },
+            Outcome { name: "mid".into(), label: "mid".into(), ok: true, took: took(40) },
+        ];
+        save_times(&file, &outcomes);
+        let saved = load_times(&file);
+        assert_eq!(saved.get("big"), Some(&61.0));
+        assert_eq!(saved.get("mid"), Some(&40.0));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// A fresh directory of this test's own (xtask keeps its dependencies few).
+    fn tempfile_dir() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("xtask-runner-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
     }
 }
