@@ -128,7 +128,7 @@ pub struct ServiceStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dead_lettered: Option<u64>,
     /// Events the subscriber holds back until an earlier version of their aggregate arrives,
-    /// when the transport reports it (the built-in bus does; JetStream does not yet).
+    /// as it last reported them (absent when it has not reported lately).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parked: Option<u64>,
     /// How long the oldest parked event has waited; absent when none is parked.

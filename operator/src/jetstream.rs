@@ -1,7 +1,8 @@
 //! The operator's NATS connections, and the JetStream calls observe and execute make
-//! through them: reading the bus's streams, consumers and figures, and carrying out the
-//! stream and consumer actions. What to create, change or delete is decided in
-//! [`crate::plan::consumers`].
+//! through them: reading the bus's streams, consumers and figures (what each subscriber
+//! holds parked, from the bus's parked bucket: [`busbar_client::jetstream::parked`]), and
+//! carrying out the stream and consumer actions. What to create, change or delete is
+//! decided in [`crate::plan::consumers`].
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -100,6 +101,8 @@ pub async fn observe(js: &JetStream) -> Result<JetStreamObserved, String> {
         };
         let infos: Vec<consumer::Info> =
             stream.consumers().try_collect().await.map_err(|e| format!("cannot list the consumers: {e}"))?;
+        // What each subscriber last reported holding parked; unknown when it has not.
+        let parked = js.parked_figures(&infos.iter().map(|i| i.name.clone()).collect::<Vec<_>>()).await;
         for info in infos {
             let dead_lettered = dlq.is_some().then(|| *dead.get(&dead_letter_subject(&bus, &info.name)).unwrap_or(&0));
             seen.figures.insert(
@@ -108,8 +111,7 @@ pub async fn observe(js: &JetStream) -> Result<JetStreamObserved, String> {
                     pending: Some(info.num_pending),
                     redelivered: Some(info.num_redelivered as u64),
                     dead_lettered: dead_lettered.map(|n| n as u64),
-                    // The SDK's JetStream subscriber does not report what it holds parked yet.
-                    parked: None,
+                    parked: parked.get(&info.name).copied(),
                 },
             );
             seen.consumers.insert(info.name, pull_config(info.config));

@@ -8,11 +8,13 @@ mod support;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::DeliverPolicy};
+use busbar_client::jetstream::JetStream;
 use busbar_domain::{
-    names::{dead_letter_stream_name, dead_letter_subject, stream_name},
+    names::{dead_letter_stream_name, dead_letter_subject, parked_bucket, stream_name},
     spec::StartFrom,
 };
 use busbar_operator::crd::ServiceBus;
+use busbar_protocol::bus_api::Parked;
 use futures::TryStreamExt;
 use kube::{Api, api::DeleteParams};
 use serde_json::Value;
@@ -70,6 +72,21 @@ async fn streams_and_consumers_follow_the_spec_and_go_with_the_servicebus() {
         })
     })
     .await;
+    assert!(
+        service(&c.bus(&bus).unwrap()["status"], "query").unwrap().get("parked").is_none(),
+        "not reported: unknown"
+    );
+
+    // What query holds parked, as its SDK reports it to the bus's parked bucket.
+    let sdk = JetStream::connect_now(&url, &bus).await.unwrap();
+    sdk.report_parked("query", Parked { count: 2, oldest_age_ms: 3_500 }).await.unwrap();
+    op.reconcile_after(c.touch(&bus)).await;
+    eventually("query's parked events are in status", || async {
+        c.bus(&bus).and_then(|b| service(&b["status"], "query").cloned()).is_some_and(|q| {
+            q["parked"] == 2 && q["oldestParkedSeconds"].as_u64().is_some_and(|s| (3..60).contains(&s))
+        })
+    })
+    .await;
 
     // Updated: moderation leaves, ackWait changes for everyone.
     let mut next = spec.clone();
@@ -116,6 +133,7 @@ async fn streams_and_consumers_follow_the_spec_and_go_with_the_servicebus() {
 
     js.delete_stream(stream_name(&bus)).await.unwrap();
     js.delete_stream(dead_letter_stream_name(&bus)).await.unwrap();
+    js.delete_key_value(parked_bucket(&bus)).await.unwrap();
 }
 
 #[tokio::test]

@@ -138,8 +138,9 @@ enum Cmd {
     ///
     /// DELIVERED is the bus sequence the subscriber has been given everything up to;
     /// PENDING counts the events of its types after that, and OLDEST PENDING is how long
-    /// the first of them has waited. PARKED (later versions waiting for an earlier one) is
-    /// reported by the subscriber to the built-in bus; JetStream does not know it ("-").
+    /// the first of them has waited. PARKED (later versions waiting for an earlier one)
+    /// and OLDEST PARKED are what the subscriber last reported, to the built-in bus or on
+    /// JetStream to the bus's parked bucket ("-" when it has not reported lately).
     /// RETRIES is the failed attempts at the event it is stuck on (on JetStream, its
     /// redelivered messages).
     ///

@@ -42,8 +42,17 @@ pub fn run(args: StatusArgs) -> Result<()> {
     Ok(())
 }
 
-const HEADER: [&str; 8] =
-    ["SUBSCRIBER", "DELIVERED", "PENDING", "OLDEST PENDING", "PARKED", "DEAD", "RETRIES", "LAST ERROR"];
+const HEADER: [&str; 9] = [
+    "SUBSCRIBER",
+    "DELIVERED",
+    "PENDING",
+    "OLDEST PENDING",
+    "PARKED",
+    "OLDEST PARKED",
+    "DEAD",
+    "RETRIES",
+    "LAST ERROR",
+];
 
 /// The table, then a line saying what to look at.
 fn render(rows: &[SubscriberStatus]) -> String {
@@ -59,6 +68,7 @@ fn render(rows: &[SubscriberStatus]) -> String {
                 r.pending.to_string(),
                 r.oldest_pending_age_ms.map(age).unwrap_or_else(|| "-".into()),
                 r.parked.map(|p| p.count.to_string()).unwrap_or_else(|| "-".into()),
+                r.parked.filter(|p| p.count > 0).map(|p| age(p.oldest_age_ms)).unwrap_or_else(|| "-".into()),
                 r.dead_letters.to_string(),
                 r.attempts.to_string(),
                 r.last_error.as_deref().map(|e| one_line(e, 80)).unwrap_or_else(|| "-".into()),
@@ -119,13 +129,17 @@ mod tests {
     #[test]
     fn a_table_row_per_subscriber_and_a_summary() {
         let mut q = row("query", 3, 1);
-        q.parked = Some(Parked { count: 2, oldest_age_ms: 10 });
+        q.parked = Some(Parked { count: 2, oldest_age_ms: 12_400 });
         q.last_error = Some("HTTP 500:\nboom".into());
         let text = render(&[row("comments", 0, 0), q]);
         let lines: Vec<&str> = text.lines().collect();
-        assert!(lines[0].starts_with("SUBSCRIBER  DELIVERED  PENDING  OLDEST PENDING  PARKED"), "{text}");
+        assert!(
+            lines[0].starts_with("SUBSCRIBER  DELIVERED  PENDING  OLDEST PENDING  PARKED  OLDEST PARKED"),
+            "{text}"
+        );
         assert!(lines[1].starts_with("comments") && lines[1].contains(" -  "), "{text}");
-        assert!(lines[2].contains("1m05s") && lines[2].ends_with("HTTP 500: boom"), "{text}");
+        assert!(lines[2].contains("1m05s  ") && lines[2].contains("  2  ") && lines[2].contains("  12.4s  "), "{text}");
+        assert!(lines[2].ends_with("HTTP 500: boom"), "{text}");
         assert_eq!(lines[3], "3 event(s) pending; 1 dead letter(s): `busbar dlq list` shows them");
         assert_eq!(render(&[]), "no subscribers on this bus\n");
     }

@@ -12,6 +12,13 @@ pub fn dead_letter_stream_name(bus: &str) -> String {
     format!("{}_DLQ", stream_name(bus))
 }
 
+/// The bus's key-value bucket of parked figures, e.g. `BUSBAR_BLOG_PARKED`: one key per
+/// durable (see [`durable`]), where each subscriber reports what it holds parked. JetStream
+/// stores it as stream `KV_BUSBAR_BLOG_PARKED`, subjects `$KV.BUSBAR_BLOG_PARKED.<key>`.
+pub fn parked_bucket(bus: &str) -> String {
+    format!("{}_PARKED", stream_name(bus))
+}
+
 /// The subject events of `event_type` are published on, e.g. `busbar.blog.PostCreated`.
 pub fn subject(bus: &str, event_type: &str) -> String {
     format!("busbar.{}.{event_type}", token(bus))
@@ -59,5 +66,6 @@ mod tests {
         assert_eq!(dead_letter_stream_name("blog"), "BUSBAR_BLOG_DLQ");
         assert_eq!(dead_letter_subject("blog", "query"), "busbar-dlq.blog.query");
         assert_eq!(all_subjects("a b"), "busbar.a_b.>");
+        assert_eq!(parked_bucket("blog"), "BUSBAR_BLOG_PARKED");
     }
 }

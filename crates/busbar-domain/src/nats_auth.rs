@@ -8,6 +8,7 @@
 //!   tells the client "Permissions Violation");
 //! - it pulls and acknowledges only through its own durable consumer, and dead-letters
 //!   only to its own dead-letter subject; other services' durables are denied by name;
+//! - it writes only its own key of the bus's parked bucket (what it holds parked);
 //! - replies come to its own inbox prefix (`_INBOX_<service>`), so no one reads another
 //!   service's API answers.
 //!
@@ -19,7 +20,7 @@
 pub use crate::names::inbox_prefix;
 use crate::{
     credentials::{ADMIN, BusKey},
-    names::{dead_letter_stream_name, dead_letter_subject, stream_name, subject},
+    names::{dead_letter_stream_name, dead_letter_subject, durable, parked_bucket, stream_name, subject},
     spec::ServiceBusSpec,
 };
 
@@ -43,10 +44,15 @@ pub fn permissions(bus: &str, spec: &ServiceBusSpec, service: &str) -> (Vec<Stri
         format!("$JS.API.CONSUMER.DELETE.{s}.*"),
     ]);
     if !me.subscribes.is_empty() {
+        let parked = parked_bucket(bus);
         allow.extend([
             format!("$JS.API.CONSUMER.DURABLE.CREATE.{s}.{service}"),
             format!("$JS.ACK.{s}.{service}.>"),
             dead_letter_subject(bus, service),
+            // What it holds parked: the bucket (created by the first to report), its own key.
+            format!("$JS.API.STREAM.INFO.KV_{parked}"),
+            format!("$JS.API.STREAM.CREATE.KV_{parked}"),
+            format!("$KV.{parked}.{}", durable(service)),
         ]);
     }
     // Everyone else's durable: no pulling their events, no moving or deleting them.
@@ -108,6 +114,8 @@ mod tests {
         assert!(allow.contains(&"$JS.ACK.BUSBAR_BLOG.comments.>".to_owned()));
         assert!(deny.contains(&"$JS.API.CONSUMER.MSG.NEXT.BUSBAR_BLOG.query".to_owned()));
         assert!(!deny.iter().any(|d| d.ends_with(".comments")), "its own durable stays allowed");
+        assert!(allow.contains(&"$KV.BUSBAR_BLOG_PARKED.comments".to_owned()), "it reports what it holds parked");
+        assert!(!allow.iter().any(|a| a.starts_with("$KV.") && !a.ends_with(".comments")), "only its own key");
         assert_eq!(sub, ["_INBOX_comments.>"]);
         let key = BusKey::generate();
         let conf = authorization_block("blog", &bus.spec, &key);

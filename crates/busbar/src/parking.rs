@@ -11,8 +11,11 @@
 //! - **failing**: a parked event whose handler failed when its turn came is retried with
 //!   the delivery backoff, and dead-lettered after `delivery.maxDeliver` attempts with its
 //!   own error (the event that arrived and let it run is not blamed).
-//! - **visible**: the count and the oldest one's age, for `/metrics`, the built-in bus
-//!   (in each push's receipt) and from there `busbar status` and the ServiceBus status.
+//! - **visible**: the count and the oldest one's age, for `/metrics`, and for `busbar
+//!   status` and the ServiceBus status through the transport: the built-in bus reads them
+//!   from each push's receipt; on JetStream the sweeper reports them
+//!   ([`Transport::report_parked`]) when they change, and every [`HEARTBEAT`] regardless,
+//!   so a report that stops coming expires to "unknown".
 //!
 //! A dead-lettered parked event also leaves the inbox, so that a redrive of it is
 //! handled, not dropped as a duplicate. It is reported to the transport before it leaves
@@ -23,7 +26,7 @@ use std::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use sqlx::Row;
@@ -75,13 +78,38 @@ pub struct Sweeper {
 const TICK: Duration = Duration::from_secs(1);
 /// Most parked events handled per tick and kind.
 const PER_TICK: i64 = 200;
+/// Longest time between two reports of an unchanged figure to the transport.
+pub const HEARTBEAT: Duration = Duration::from_secs(10);
+
+/// What is parked, as the sweeper compares it between ticks: the count and when the oldest
+/// parked (its age grows every tick; that is not a change).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Snapshot {
+    count: u64,
+    oldest_since: Option<i64>,
+}
+
+/// The last report to the transport that went through.
+#[derive(Debug, Default)]
+struct Reported(Option<(Snapshot, Instant)>);
+
+impl Reported {
+    fn due(&self, now: Snapshot) -> bool {
+        match self.0 {
+            Some((last, at)) => last != now || at.elapsed() >= HEARTBEAT,
+            None => true,
+        }
+    }
+}
 
 impl Sweeper {
     pub fn spawn(self, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
+            let mut reported = Reported::default();
             loop {
-                if let Err(e) = self.sweep().await {
-                    tracing::warn!(error = %e, "checking parked events failed; will try again");
+                match self.sweep_once().await {
+                    Ok(now) => self.report(now, &mut reported).await,
+                    Err(e) => tracing::warn!(error = %e, "checking parked events failed; will try again"),
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(TICK) => {}
@@ -93,12 +121,29 @@ impl Sweeper {
 
     /// One pass: retry what may run, expire what waited too long, update the gauge.
     pub async fn sweep(&self) -> Result<(), ConsumeError> {
+        self.sweep_once().await.map(drop)
+    }
+
+    async fn sweep_once(&self) -> Result<Snapshot, ConsumeError> {
         self.retry_failed().await?;
         if !self.backfilling.load(Ordering::Relaxed) {
             self.expire().await?;
         }
-        self.gauge.set(summary(self.consumer.db()).await?);
-        Ok(())
+        let now = snapshot(self.consumer.db()).await?;
+        self.gauge.set(now.parked());
+        Ok(now)
+    }
+
+    /// Tells the transport what a sweep found, when it changed since the last report or
+    /// [`HEARTBEAT`] has passed. A failed report is tried again on the next tick.
+    async fn report(&self, now: Snapshot, reported: &mut Reported) {
+        if !reported.due(now) {
+            return;
+        }
+        match self.transport.report_parked(&self.subscriber, now.parked()).await {
+            Ok(()) => reported.0 = Some((now, Instant::now())),
+            Err(e) => tracing::debug!(error = %e, "cannot report parked events yet; will try again"),
+        }
     }
 
     async fn retry_failed(&self) -> Result<(), ConsumeError> {
@@ -217,7 +262,36 @@ impl Sweeper {
 
 /// How many events are parked, and how long the oldest has waited.
 pub async fn summary(db: &Db) -> Result<Parked, DbError> {
+    Ok(snapshot(db).await?.parked())
+}
+
+async fn snapshot(db: &Db) -> Result<Snapshot, DbError> {
     let row = sqlx::query("SELECT COUNT(*), MIN(deferred_at) FROM busbar_deferred").fetch_one(db.pool()).await?;
-    let (count, oldest): (i64, Option<i64>) = (row.try_get(0)?, row.try_get(1)?);
-    Ok(Parked { count: count as u64, oldest_age_ms: oldest.map(|t| (now_millis() - t).max(0) as u64).unwrap_or(0) })
+    let (count, oldest_since): (i64, Option<i64>) = (row.try_get(0)?, row.try_get(1)?);
+    Ok(Snapshot { count: count as u64, oldest_since })
+}
+
+impl Snapshot {
+    fn parked(self) -> Parked {
+        let oldest_age_ms = self.oldest_since.map(|t| (now_millis() - t).max(0) as u64).unwrap_or(0);
+        Parked { count: self.count, oldest_age_ms }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_figure_is_reported_when_it_changes_and_as_a_heartbeat() {
+        let one = Snapshot { count: 1, oldest_since: Some(1_000) };
+        let mut r = Reported::default();
+        assert!(r.due(one), "the first figure is reported");
+        r.0 = Some((one, Instant::now()));
+        assert!(!r.due(one), "unchanged (its age alone grows): not again yet");
+        assert!(r.due(Snapshot { count: 2, ..one }), "a new count");
+        assert!(r.due(Snapshot { count: 1, oldest_since: Some(2_000) }), "a new oldest");
+        r.0 = Some((one, Instant::now() - HEARTBEAT));
+        assert!(r.due(one), "unchanged, but the heartbeat is due");
+    }
 }

@@ -68,8 +68,9 @@ pub fn router(consumer: Consumer) -> Router {
     router_with(consumer, ReceiveStats::default(), None, ParkedGauge::default())
 }
 
-/// `POST /events`; with `token`, only callers presenting it get in. Receipts carry what
-/// `parked` last showed, so the bus knows what each subscriber holds back.
+/// `POST /events`; with `token`, only callers presenting it get in. Receipts carry what is
+/// parked after the push (what `parked` last showed if that cannot be read), so the bus
+/// knows what each subscriber holds back.
 pub fn router_with(consumer: Consumer, stats: ReceiveStats, token: Option<String>, parked: ParkedGauge) -> Router {
     Router::new().route("/events", post(receive)).with_state(Receiver {
         consumer,
@@ -130,6 +131,8 @@ async fn receive(
         };
         return Err((status, Json(body)).into_response());
     }
-    receipt.parked = parked.get();
+    // As of now, this push included: the sweeper's figure may be a second old, and the bus
+    // keeps what the last receipt said until the next push.
+    receipt.parked = crate::parking::summary(consumer.db()).await.ok().or_else(|| parked.get());
     Ok(Json(receipt))
 }

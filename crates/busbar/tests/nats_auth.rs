@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::pull};
 use busbar::{
+    bus_api::Parked,
     credentials::{ADMIN, BusKey},
     envelope::CloudEvent,
     names::{stream_name, subject},
@@ -83,6 +84,25 @@ async fn services_publish_only_their_types_and_pull_only_their_own_durable() {
     let msg = batch.next().await.expect("comments reads its own durable").unwrap();
     msg.ack().await.unwrap();
     println!("refused: a foreign token, an anonymous client, an undeclared publish, a pull from another's durable");
+
+    // What a subscriber holds parked: query reports its own (creating the bucket), the
+    // admin (`busbar status`, the operator) reads it, and comments cannot overwrite it.
+    let unknown = JetStream::connect_now_as(&url, BUS, ADMIN, &key.token(ADMIN)).await.unwrap();
+    let parked_of = |rows: Vec<busbar::bus_api::SubscriberStatus>, name: &str| {
+        rows.into_iter().find(|r| r.name == name).unwrap_or_else(|| panic!("a row for {name}")).parked
+    };
+    assert_eq!(parked_of(unknown.subscriber_status().await.unwrap(), "query"), None, "no report yet: unknown");
+    let query = JetStream::connect_as(&url, BUS, "query", &key.token("query")).await.unwrap();
+    query.report_parked("query", Parked { count: 1, oldest_age_ms: 2_000 }).await.expect("query reports its own");
+    let seen = parked_of(unknown.subscriber_status().await.unwrap(), "query").expect("query's report");
+    assert_eq!(seen.count, 1);
+    assert!((2_000..30_000).contains(&seen.oldest_age_ms), "its age as reported, and since: {seen:?}");
+    let comments = JetStream::connect_as(&url, BUS, "comments", &key.token("comments")).await.unwrap();
+    let forged = Parked { count: 0, oldest_age_ms: 0 };
+    let forging = tokio::time::timeout(Duration::from_secs(8), comments.report_parked("query", forged)).await;
+    assert!(!matches!(forging, Ok(Ok(()))), "comments overwrote query's parked figure");
+    assert_eq!(parked_of(unknown.subscriber_status().await.unwrap(), "query").map(|p| p.count), Some(1));
+    assert_eq!(parked_of(unknown.subscriber_status().await.unwrap(), "comments"), None, "comments has not reported");
 }
 
 use busbar::AttributesReader;

@@ -119,6 +119,10 @@ async fn failing_parked_successor(case: &str, combo: Combo) {
     // What it holds back is visible where an operator looks: its /metrics.
     let parked = sub.metric("busbar_inbox_deferred").await;
     assert_eq!(parked, Some(1.0), "{case}: /metrics must show v2 parked (busbar_inbox_deferred 1)");
+    // And in `busbar status` (the transport's subscriber rows), with how long it has waited.
+    let row = w.await_status_parked(&sub, 1, STATUS_REPORT).await;
+    let waited = row.parked.map(|p| p.oldest_age_ms);
+    assert!(waited.is_some_and(|ms| ms < 60_000), "{case}: the oldest parked age is v2's, just now: {waited:?}");
     let v1 = publisher.emit(vec![EmitItem::new("x", "ItemAdded").version(1)]).await;
     expected.extend(v1.clone());
     expected.extend(publisher.emit(rounds(&calm, 2, |i, r| TYPES[(i + r + 2) % TYPES.len()])).await);
@@ -253,6 +257,10 @@ shapes!(poison_in_history:
     poison_in_history__jetstream_sqlite = JETSTREAM_SQLITE,
     poison_in_history__jetstream_postgres = JETSTREAM_POSTGRES,
 );
+
+/// How long a subscriber's parked figure may take to show in its status row: the next
+/// push receipt on the built-in bus, the next sweep's report on JetStream (about 1 s).
+const STATUS_REPORT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// How long past its `maxParkedFor` (2 s here) a parked event may take to be dead-lettered.
 const PARKED_LIMIT_SLACK: std::time::Duration = std::time::Duration::from_secs(20);

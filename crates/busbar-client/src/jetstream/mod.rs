@@ -7,6 +7,8 @@
 //! - Each subscribing service has one durable pull consumer, filtered to its event types,
 //!   with explicit ack and `ack_wait` from the spec ([`SubscribeOptions`]). The SDK's
 //!   runtime consumes it; the operator provisions it with the same settings.
+//! - Each subscriber reports what it holds parked into the key-value bucket
+//!   `BUSBAR_<BUS>_PARKED`, one key per durable ([`parked`]).
 //! - When the last allowed delivery fails, the subscriber copies the event, with the
 //!   error, to the dead-letter stream `BUSBAR_<BUS>_DLQ` and terminates it. [`dlq`]
 //!   records, lists and redrives those dead letters.
@@ -29,6 +31,7 @@ use crate::TransportError;
 
 mod consumer;
 pub mod dlq;
+pub mod parked;
 mod publish;
 mod status;
 
@@ -53,6 +56,8 @@ pub(crate) fn unavailable(reason: impl std::fmt::Display) -> TransportError {
 pub struct JetStream {
     /// Set once the streams are known to exist, so publishing checks only once.
     streams_ready: std::sync::Arc<tokio::sync::OnceCell<()>>,
+    /// The parked-figures bucket, once this client has written to it.
+    parked_store: std::sync::Arc<tokio::sync::OnceCell<jetstream::kv::Store>>,
     client: async_nats::Client,
     js: jetstream::Context,
     bus: String,
@@ -118,6 +123,7 @@ impl JetStream {
             .map_err(|e| unavailable(format!("cannot connect to {url}: {e}")))?;
         let t = JetStream {
             streams_ready: Default::default(),
+            parked_store: Default::default(),
             js: jetstream::new(client.clone()),
             client,
             bus: bus.to_owned(),

@@ -12,9 +12,9 @@ use super::{JetStream, dlq::ERROR_HEADER, unavailable};
 use crate::TransportError;
 
 impl JetStream {
-    /// One row per durable consumer of the bus's stream, by name. JetStream does not know
-    /// what a subscriber holds parked: that stays empty. Its last error is its newest dead
-    /// letter's.
+    /// One row per durable consumer of the bus's stream, by name. What a subscriber holds
+    /// parked is what it last reported ([`Self::parked_figures`]; none when unknown). Its
+    /// last error is its newest dead letter's.
     pub async fn subscriber_status(&self) -> Result<Vec<SubscriberStatus>, TransportError> {
         let bus = self.bus().to_owned();
         let stream = self
@@ -29,6 +29,7 @@ impl JetStream {
             .try_collect()
             .await
             .map_err(|e| unavailable(format!("cannot list the consumers: {e}")))?;
+        let parked = self.parked_figures(&infos.iter().map(|i| i.name.clone()).collect::<Vec<_>>()).await;
         let mut rows = Vec::with_capacity(infos.len());
         for info in infos {
             let subjects = filter_subjects(&info.config);
@@ -52,7 +53,7 @@ impl JetStream {
                 attempts: info.num_redelivered as u32,
                 last_error,
                 dead_letters: dead_letters as i64,
-                parked: None,
+                parked: parked.get(&info.name).copied(),
                 name: info.name,
             });
         }

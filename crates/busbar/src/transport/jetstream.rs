@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use super::{PullLoop, Receiving, ReplayPage, Transport, TransportError};
 use crate::{
     attempts::{self, Attempt, Claim},
+    bus_api::Parked,
     config::BusbarConfig,
     consumer::Consumer,
     envelope::{self, CloudEvent},
@@ -65,6 +66,10 @@ impl Transport for JetStream {
         reason: &str,
     ) -> Result<(), TransportError> {
         self.record_dead_letter_event(subscriber, event, attempts, reason).await
+    }
+
+    async fn report_parked(&self, subscriber: &str, parked: Parked) -> Result<(), TransportError> {
+        JetStream::report_parked(self, subscriber, parked).await
     }
 
     fn receiving(&self, config: &BusbarConfig, subscription: &Subscription) -> Receiving {

@@ -1,8 +1,9 @@
 //! How events travel: one [`Transport`] trait, implemented for the built-in bus
 //! ([`http`]) and JetStream ([`jetstream`]). The outbox relay publishes through it, backfill
-//! replays through it, the parking sweeper records dead letters through it, and the runtime
-//! asks it how the subscription's events arrive ([`Receiving`]): pushed to the service's
-//! `POST /events`, or pulled by a loop the runtime runs and restarts.
+//! replays through it, the parking sweeper records dead letters and reports what is parked
+//! through it, and the runtime asks it how the subscription's events arrive
+//! ([`Receiving`]): pushed to the service's `POST /events`, or pulled by a loop the runtime
+//! runs and restarts.
 
 pub mod http;
 pub mod jetstream;
@@ -13,7 +14,8 @@ use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    config::BusbarConfig, consumer::Consumer, envelope::CloudEvent, receive::ReceiveStats, subscription::Subscription,
+    bus_api::Parked, config::BusbarConfig, consumer::Consumer, envelope::CloudEvent, receive::ReceiveStats,
+    subscription::Subscription,
 };
 
 pub use busbar_client::{ReplayPage, TransportError};
@@ -42,6 +44,14 @@ pub trait Transport: Send + Sync + 'static {
         attempts: u32,
         reason: &str,
     ) -> Result<(), TransportError>;
+
+    /// Records what `subscriber` holds parked now, for `busbar status` and the operator.
+    /// The parking sweeper calls it when the figure changes and as a heartbeat. A no-op
+    /// where the bus learns it otherwise (the built-in bus reads it from push receipts).
+    async fn report_parked(&self, subscriber: &str, parked: Parked) -> Result<(), TransportError> {
+        let _ = (subscriber, parked);
+        Ok(())
+    }
 
     /// How `subscription`'s events reach this service.
     fn receiving(&self, config: &BusbarConfig, subscription: &Subscription) -> Receiving;

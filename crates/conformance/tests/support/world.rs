@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 
 use busbar::{
-    bus_api::DeadLetter,
+    bus_api::{DeadLetter, SubscriberStatus},
     credentials::{ADMIN, BusKey},
     names::{durable, stream_name},
     transport::jetstream::JetStream,
@@ -285,6 +285,37 @@ impl World {
             Transport::JetStream => {
                 self.js().await.list_dead_letters(Some(subscriber), 0, 1000).await.map_err(|e| e.to_string())
             }
+        }
+    }
+
+    /// Each subscriber's row, as `busbar status` shows it, through the transport's own API.
+    pub async fn subscriber_status(&self) -> Result<Vec<SubscriberStatus>, String> {
+        match self.combo.transport {
+            Transport::Builtin => self.admin().subscribers().await.map_err(|e| e.to_string()),
+            Transport::JetStream => self.js().await.subscriber_status().await.map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Waits until `sub`'s status row shows `n` events parked, and returns the row.
+    pub async fn await_status_parked(&self, sub: &Probe, n: u64, timeout: std::time::Duration) -> SubscriberStatus {
+        let start = std::time::Instant::now();
+        loop {
+            let rows = self.subscriber_status().await;
+            let row = rows.as_ref().ok().and_then(|r| r.iter().find(|r| r.name == sub.service));
+            if let Some(row) = row.filter(|r| r.parked.is_some_and(|p| p.count == n)) {
+                return row.clone();
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "{} [{}]: the status of {} does not show {n} parked after {timeout:?}; last seen: {:?}\n{}\n{}",
+                self.case,
+                self.combo,
+                sub.service,
+                rows.map(|r| r.into_iter().find(|r| r.name == sub.service)),
+                sub.log_tail(),
+                self.diagnostics()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
     }
 
