@@ -106,6 +106,7 @@ async fn receive(
     }
     let events = envelope::decode_batch(&body).map_err(|e| ApiError::bad_request(e.to_string()).into_response())?;
     let mut receipt = Receipt::default();
+    let mut drained_any = false;
     let (outcomes, failure) = match consumer.receive_all(&events).await {
         Ok(outcomes) => (outcomes, None),
         Err((outcomes, e)) => (outcomes, Some(e)),
@@ -114,7 +115,10 @@ async fn receive(
         stats.record(&outcome);
         receipt.handled += 1;
         match outcome {
-            Outcome::Applied { drained } => receipt.applied += 1 + drained,
+            Outcome::Applied { drained } => {
+                receipt.applied += 1 + drained;
+                drained_any |= drained > 0;
+            }
             Outcome::Duplicate => receipt.duplicates += 1,
             Outcome::Deferred { .. } => receipt.deferred += 1,
             Outcome::Stale => receipt.stale += 1,
@@ -132,7 +136,14 @@ async fn receive(
         return Err((status, Json(body)).into_response());
     }
     // As of now, this push included: the sweeper's figure may be a second old, and the bus
-    // keeps what the last receipt said until the next push.
-    receipt.parked = crate::parking::summary(consumer.db()).await.ok().or_else(|| parked.get());
+    // keeps what the last receipt said until the next push. Read only when something may be
+    // parked (this push parked or drained, or the sweeper last saw some): a push that
+    // changed nothing there, the usual one, costs no extra statement.
+    let maybe_parked = receipt.deferred > 0 || drained_any || parked.get().is_none_or(|p| p.count > 0);
+    receipt.parked = if maybe_parked {
+        crate::parking::summary(consumer.db()).await.ok().or_else(|| parked.get())
+    } else {
+        parked.get()
+    };
     Ok(Json(receipt))
 }
