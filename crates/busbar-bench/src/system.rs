@@ -313,6 +313,7 @@ impl System {
             nats_url: opts.nats_url.map(str::to_owned),
             // As `busbar up` runs it: every request carries and is checked for a token.
             auth: Some(busbar_cli::credentials::ensure(dir.path())?),
+            worker_threads: plan::worker_threads(),
         };
         // The app's programs are built next to busbar, where `busbar up` finds them too.
         let bin_dir = opts.busbar_bin.parent().map(Path::to_path_buf).unwrap_or_default();

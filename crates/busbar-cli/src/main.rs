@@ -232,6 +232,7 @@ fn main() -> ExitCode {
                 transport,
                 nats_url,
                 auth: None,
+                worker_threads: plan::worker_threads(),
             };
             up(file, local, opts, up::Restart { enabled: !no_restart })
         }

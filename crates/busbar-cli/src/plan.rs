@@ -29,6 +29,18 @@ pub struct Options {
     /// The built-in bus's key: the bus checks tokens and each service gets its own.
     /// `None`: an open bus (anyone on this machine may publish anything).
     pub auth: Option<LocalAuth>,
+    /// Each process's `BUSBAR_WORKER_THREADS` (see [`worker_threads`]); a local-run
+    /// declaration's environment may still set its own.
+    pub worker_threads: String,
+}
+
+/// The async worker threads each process gets when they all share this machine:
+/// `BUSBAR_WORKER_THREADS` if set, else 1. One per process, not one per CPU in each of
+/// them, because the processes already keep the CPUs busy between them, and every extra
+/// worker adds hand-offs between threads (measured in BENCHMARKS.md: "Fewer round trips and
+/// one worker thread").
+pub fn worker_threads() -> String {
+    std::env::var("BUSBAR_WORKER_THREADS").unwrap_or_else(|_| "1".into())
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -109,7 +121,10 @@ pub fn plan(
             program: Program::Builtin("event-bus".into()),
             args,
             // Traces name each process, even when OTEL_SERVICE_NAME is set for `busbar up`.
-            env: vec![("OTEL_SERVICE_NAME".into(), "event-bus".into())],
+            env: vec![
+                ("BUSBAR_WORKER_THREADS".into(), opts.worker_threads.clone()),
+                ("OTEL_SERVICE_NAME".into(), "event-bus".into()),
+            ],
             port: opts.bus_port,
             publishes: vec![],
             subscribes: vec![],
@@ -136,10 +151,11 @@ pub fn plan(
             name: s.name.clone(),
             program,
             args,
-            // The declaration's environment first, so busbar's wiring wins on a clash.
-            env: declared
+            // The worker threads, then the declaration's environment (which may set its
+            // own), then busbar's wiring, which wins on a clash.
+            env: [("BUSBAR_WORKER_THREADS".to_owned(), opts.worker_threads.clone())]
                 .into_iter()
-                .flat_map(|l| l.env.iter().map(|(k, v)| (k.clone(), v.clone())))
+                .chain(declared.into_iter().flat_map(|l| l.env.iter().map(|(k, v)| (k.clone(), v.clone()))))
                 .chain([
                     ("HOST".into(), "127.0.0.1".into()),
                     ("PORT".into(), port.to_string()),
@@ -188,6 +204,7 @@ mod tests {
             transport: None,
             nats_url: None,
             auth: None,
+            worker_threads: "1".into(),
         }
     }
 
@@ -306,5 +323,21 @@ mod tests {
         assert_eq!((env["RUST_LOG"].as_str(), env["PORT"].as_str()), ("debug", "5102"), "busbar's wiring wins");
         assert_eq!(env["DATABASE_URL"], "sqlite:///d/orders.db");
         assert_eq!(procs[4].subscribes.len(), 6);
+    }
+
+    #[test]
+    fn each_process_gets_the_worker_threads_unless_its_declaration_sets_its_own() {
+        let bus = parse_manifest(include_str!("../../../k8s/shop/servicebus.yaml")).unwrap();
+        let mut local =
+            LocalRun::parse(include_str!("../../../k8s/shop/busbar.local.yaml"), Path::new("/repo/k8s/shop")).unwrap();
+        local.services.get_mut("orders").unwrap().env.insert("BUSBAR_WORKER_THREADS".into(), "3".into());
+        let o = Options { worker_threads: "2".into(), ..opts() };
+        let procs = plan(&bus, &o, &local, |n| Some(PathBuf::from(format!("/target/debug/{n}")))).unwrap();
+        for p in &procs {
+            // The last setting of a name is the one the process sees.
+            let env: std::collections::HashMap<_, _> = p.env.iter().cloned().collect();
+            let want = if p.name == "orders" { "3" } else { "2" };
+            assert_eq!(env["BUSBAR_WORKER_THREADS"], want, "{}", p.name);
+        }
     }
 }

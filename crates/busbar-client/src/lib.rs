@@ -82,3 +82,46 @@ pub async fn shutdown_signal() {
 }
 
 pub use busbar_protocol::text::one_line;
+
+/// The async runtime of a busbar process: tokio's multi-threaded scheduler with
+/// `BUSBAR_WORKER_THREADS` worker threads (unset: one per CPU, tokio's default). Fewer
+/// workers than CPUs mean fewer hand-offs between threads per request, which pays where
+/// several processes share few cores, e.g. a pod limited to one CPU (see BENCHMARKS.md).
+pub fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if let Some(n) = worker_threads(std::env::var("BUSBAR_WORKER_THREADS").ok().as_deref())? {
+        builder.worker_threads(n);
+    }
+    builder.build().map_err(|e| format!("cannot start the async runtime: {e}"))
+}
+
+/// `BUSBAR_WORKER_THREADS`, read: `None` for tokio's default.
+fn worker_threads(value: Option<&str>) -> Result<Option<usize>, String> {
+    match value.map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(s) => match s.parse::<usize>() {
+            Ok(n) if n > 0 => Ok(Some(n)),
+            _ => Err(format!(
+                "BUSBAR_WORKER_THREADS={s} is not a number of threads (1 or more); unset it for one per CPU"
+            )),
+        },
+    }
+}
+
+#[cfg(test)]
+mod runtime_tests {
+    use super::worker_threads;
+
+    #[test]
+    fn worker_threads_default_to_tokios_and_refuse_nonsense() {
+        assert_eq!(worker_threads(None), Ok(None));
+        assert_eq!(worker_threads(Some(" ")), Ok(None));
+        assert_eq!(worker_threads(Some("1")), Ok(Some(1)));
+        assert_eq!(worker_threads(Some(" 4 ")), Ok(Some(4)));
+        for bad in ["0", "-1", "two"] {
+            let err = worker_threads(Some(bad)).unwrap_err();
+            assert!(err.contains("BUSBAR_WORKER_THREADS") && err.contains(bad), "{err}");
+        }
+    }
+}

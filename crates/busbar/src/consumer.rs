@@ -142,7 +142,7 @@ impl Consumer {
     /// docs.
     pub async fn receive(&self, event: &CloudEvent) -> Result<Outcome, ConsumeError> {
         let mut tx = self.db.begin().await?;
-        let outcome = self.receive_in(&mut tx, event).await?;
+        let outcome = self.receive_in(&mut tx, event, false).await?;
         match outcome {
             // Nothing was written; releasing the transaction is all that is left.
             Outcome::Duplicate => tx.rollback().await?,
@@ -170,13 +170,9 @@ impl Consumer {
         let mut tx = self.db.begin().await.map_err(|e| (vec![], e.into()))?;
         let mut outcomes = Vec::with_capacity(events.len());
         for (i, ev) in events.iter().enumerate() {
-            let step = async {
-                if i > 0 {
-                    // Marks where this event's writes start, so a failure undoes only them.
-                    sqlx::query("SAVEPOINT busbar_event").execute(&mut *tx).await?;
-                }
-                self.receive_in(&mut tx, ev).await
-            };
+            // After the first event, a savepoint marks where this event's writes start, so
+            // a failure undoes only them.
+            let step = self.receive_in(&mut tx, ev, i > 0);
             match step.await {
                 Ok(o) => outcomes.push(o),
                 Err(e) if i == 0 => {
@@ -208,24 +204,22 @@ impl Consumer {
     }
 
     /// Inbox, ordering and the handler for one event inside `tx`, which the caller
-    /// commits. A duplicate writes nothing.
-    async fn receive_in(&self, tx: &mut Tx, event: &CloudEvent) -> Result<Outcome, ConsumeError> {
+    /// commits. A duplicate writes nothing. With `savepoint`, a savepoint is set first, where a failure of this event rolls back to.
+    async fn receive_in(&self, tx: &mut Tx, event: &CloudEvent, savepoint: bool) -> Result<Outcome, ConsumeError> {
         let source = event.source().to_string();
         let aggregate = event.subject().zip(envelope::aggregate_version(event));
-        // Round trips are most of an event's cost on PostgreSQL, so the inbox record and the
-        // aggregate's lock go in one statement, and the last applied version and whether
-        // anything is parked in the next.
-        if !record_in_inbox(tx, event, aggregate.map(|(subject, _)| (source.as_str(), subject))).await? {
+        let Admission::Fresh(state) =
+            admit(tx, event, aggregate.map(|(subject, _)| (source.as_str(), subject)), savepoint).await?
+        else {
             crate::metrics::received(event.ty(), "duplicate");
             return Ok(Outcome::Duplicate);
-        }
-        let Some((subject, version)) = aggregate else {
+        };
+        let (Some((subject, version)), Some(AggregateState { last, any_parked })) = (aggregate, state) else {
             self.apply(tx, event).await?;
             return Ok(Outcome::Applied { drained: 0 });
         };
         let predecessor =
             ordering::predecessor(version, envelope::predecessors(event).as_ref(), |t| self.scope.takes(t));
-        let AggregateState { last, any_parked } = aggregate_state(tx, &source, subject).await?;
         let decision = match ordering::decide(last, version, predecessor, self.scope.start) {
             // A reaction that a later version overtook (a backfill ran ahead of live
             // delivery): the inbox says it was never handled, and nothing waits for it.
@@ -372,18 +366,107 @@ pub(crate) async fn lock_aggregate(tx: &mut Tx, source: &str, subject: &str) -> 
     Ok(())
 }
 
-/// Records `event` in the inbox; false if it was already there (a duplicate). For an event
-/// of an aggregate (`source`, `subject`), also takes that aggregate's lock on PostgreSQL
-/// ([`lock_aggregate`]) in the same round trip, when the event is fresh.
-async fn record_in_inbox(
+/// Whether an event is new here, and if so what ordering needs to know of its aggregate.
+enum Admission {
+    Duplicate,
+    /// Recorded in the inbox; the aggregate's state when the event names one.
+    Fresh(Option<AggregateState>),
+}
+
+/// What ordering needs to know of an aggregate.
+struct AggregateState {
+    /// The last version this subscriber applied.
+    last: Option<i64>,
+    /// Whether any of its events is parked here; when none is, applying an event has
+    /// nothing to drain.
+    any_parked: bool,
+}
+
+/// Sets the savepoint (with `savepoint`), records `event` in the inbox, and for an event of
+/// an aggregate (`source`, `subject`) reads that aggregate's state, taking its lock first on
+/// PostgreSQL ([`lock_aggregate`]). Round trips (hand-offs to SQLite's worker thread, or
+/// trips to PostgreSQL) are most of an event's cost, so this is one on SQLite, whose
+/// queries may hold several statements, and two on PostgreSQL.
+async fn admit(
+    tx: &mut Tx,
+    event: &CloudEvent,
+    aggregate: Option<(&str, &str)>,
+    savepoint: bool,
+) -> Result<Admission, ConsumeError> {
+    match tx.backend() {
+        Backend::Sqlite => admit_sqlite(tx, event, aggregate, savepoint).await,
+        Backend::Postgres => {
+            if savepoint {
+                sqlx::query("SAVEPOINT busbar_event").execute(&mut **tx).await?;
+            }
+            if !record_in_inbox_pg(tx, event, aggregate).await? {
+                return Ok(Admission::Duplicate);
+            }
+            Ok(Admission::Fresh(match aggregate {
+                Some((source, subject)) => Some(aggregate_state(tx, source, subject).await?),
+                None => None,
+            }))
+        }
+    }
+}
+
+/// The inbox record answers a row only when it is new (`RETURNING`: SQLite's count of
+/// changed rows is the last *changing* statement's, so it cannot be read after a
+/// savepoint), and the aggregate's state is the one row of two columns.
+async fn admit_sqlite(
+    tx: &mut Tx,
+    event: &CloudEvent,
+    aggregate: Option<(&str, &str)>,
+    savepoint: bool,
+) -> Result<Admission, ConsumeError> {
+    macro_rules! inbox {
+        () => {
+            "INSERT INTO busbar_inbox (event_id, handled_at) VALUES ($1, $2) ON CONFLICT (event_id) DO NOTHING RETURNING 1"
+        };
+    }
+    macro_rules! state {
+        () => {
+            "; SELECT (SELECT version FROM busbar_aggregate_versions WHERE source = $3 AND subject = $4), \
+             CASE WHEN EXISTS (SELECT 1 FROM busbar_deferred WHERE source = $3 AND subject = $4) THEN 1 ELSE 0 END"
+        };
+    }
+    let sql = match (savepoint, aggregate.is_some()) {
+        (false, false) => inbox!(),
+        (false, true) => concat!(inbox!(), state!()),
+        (true, false) => concat!("SAVEPOINT busbar_event; ", inbox!()),
+        (true, true) => concat!("SAVEPOINT busbar_event; ", inbox!(), state!()),
+    };
+    let mut query = sqlx::query(sql).bind(event.id()).bind(now_millis());
+    if let Some((source, subject)) = aggregate {
+        query = query.bind(source).bind(subject);
+    }
+    let rows = query.fetch_all(&mut **tx).await?;
+    let fresh = rows.iter().any(|r| r.len() == 1);
+    if !fresh {
+        return Ok(Admission::Duplicate);
+    }
+    let state = match rows.iter().find(|r| r.len() == 2) {
+        Some(r) => Some(AggregateState { last: r.try_get(0)?, any_parked: r.try_get::<i64, _>(1)? == 1 }),
+        None if aggregate.is_some() => {
+            return Err(ConsumeError::Db(DbError::Sql(sqlx::Error::Protocol(
+                "the aggregate's state query answered no row".into(),
+            ))));
+        }
+        None => None,
+    };
+    Ok(Admission::Fresh(state))
+}
+
+/// Records `event` in the inbox on PostgreSQL; false if it was already there (a
+/// duplicate). For an event of an aggregate, also takes that aggregate's lock in the same
+/// round trip, when the event is fresh.
+async fn record_in_inbox_pg(
     tx: &mut Tx,
     event: &CloudEvent,
     aggregate: Option<(&str, &str)>,
 ) -> Result<bool, ConsumeError> {
-    const INSERT: &str =
-        "INSERT INTO busbar_inbox (event_id, handled_at) VALUES ($1, $2) ON CONFLICT (event_id) DO NOTHING";
-    match (tx.backend(), aggregate) {
-        (Backend::Postgres, Some((source, subject))) => {
+    match aggregate {
+        Some((source, subject)) => {
             // The CTE's insert runs once whatever the SELECT does; the lock is taken only
             // for a fresh event. The next statement reads under a new snapshot (READ
             // COMMITTED), so it sees what the lock's previous holder committed.
@@ -400,17 +483,16 @@ async fn record_in_inbox(
             .await?;
             Ok(row.try_get::<i32, _>(0)? == 1)
         }
-        _ => Ok(sqlx::query(INSERT).bind(event.id()).bind(now_millis()).execute(&mut **tx).await?.rows_affected() == 1),
+        None => Ok(sqlx::query(
+            "INSERT INTO busbar_inbox (event_id, handled_at) VALUES ($1, $2) ON CONFLICT (event_id) DO NOTHING",
+        )
+        .bind(event.id())
+        .bind(now_millis())
+        .execute(&mut **tx)
+        .await?
+        .rows_affected()
+            == 1),
     }
-}
-
-/// What ordering needs to know of an aggregate, read in one statement.
-struct AggregateState {
-    /// The last version this subscriber applied.
-    last: Option<i64>,
-    /// Whether any of its events is parked here; when none is, applying an event has
-    /// nothing to drain.
-    any_parked: bool,
 }
 
 async fn aggregate_state(tx: &mut Tx, source: &str, subject: &str) -> Result<AggregateState, ConsumeError> {

@@ -230,6 +230,20 @@ impl Db {
         Ok(Tx { inner, db: self.clone(), emitted: false, _write_lock: guard })
     }
 
+    /// Runs one writing statement by itself, outside an explicit transaction: the database
+    /// makes it atomic on its own, in one round trip instead of three (begin, statement,
+    /// commit). On SQLite it queues on the process's write lock like every write.
+    pub async fn execute_write<'q>(
+        &self,
+        query: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments>,
+    ) -> Result<sqlx::any::AnyQueryResult, DbError> {
+        let _turn = match self.backend {
+            Backend::Sqlite => Some(self.write_lock.lock().await),
+            Backend::Postgres => None,
+        };
+        Ok(query.execute(&self.writer).await?)
+    }
+
     pub async fn close(&self) {
         self.writer.close().await;
         self.pool.close().await;
@@ -264,67 +278,28 @@ impl Tx {
         if let Some(ctx) = crate::trace::current() {
             envelope::set_trace(&mut ev, &ctx);
         }
-        if let Some(prev) = self.advance_head(&event.aggregate_id(), E::TYPE, version).await? {
+        let subject = event.aggregate_id();
+        if let Some(prev) = self.heads_before(&subject, version).await? {
             envelope::set_predecessors(&mut ev, &prev);
         }
-        self.emit_envelope(&ev).await?;
+        self.append(&ev, Some((&subject, E::TYPE, version))).await?;
         Ok(ev)
     }
 
-    /// Records `version` as the last of type `ty` for aggregate `subject`.
-    async fn record_head(&mut self, subject: &str, ty: &str, version: i64) -> Result<(), DbError> {
-        sqlx::query(
-            "INSERT INTO busbar_aggregate_heads (subject, type, version) VALUES ($1, $2, $3) \
-             ON CONFLICT (subject, type) DO UPDATE SET version = excluded.version",
-        )
-        .bind(subject)
-        .bind(ty)
-        .bind(version)
-        .execute(&mut *self.inner)
-        .await?;
-        Ok(())
-    }
-
-    /// Records `version` as the last of type `ty` for aggregate `subject`, and returns the
-    /// last versions per type before it. `None` for an aggregate with earlier versions this
-    /// table never saw (emitted before it existed): the event then carries no map, and
-    /// subscribers fall back to waiting for `version - 1`.
-    async fn advance_head(
-        &mut self,
-        subject: &str,
-        ty: &str,
-        version: i64,
-    ) -> Result<Option<BTreeMap<String, i64>>, DbError> {
-        let rows = match (self.db.backend, version) {
-            // Nothing comes before a first version: no need to look (most events in most
-            // apps create their aggregate).
-            (_, 1) => {
-                self.record_head(subject, ty, version).await?;
-                vec![]
-            }
-            // One round trip: the SELECT sees the heads as they were before the upsert.
-            (Backend::Postgres, _) => {
-                sqlx::query(
-                    "WITH before AS (SELECT type, version FROM busbar_aggregate_heads WHERE subject = $1), \
-                     up AS (INSERT INTO busbar_aggregate_heads (subject, type, version) VALUES ($1, $2, $3) \
-                     ON CONFLICT (subject, type) DO UPDATE SET version = excluded.version) \
-                     SELECT type, version FROM before",
-                )
-                .bind(subject)
-                .bind(ty)
-                .bind(version)
-                .fetch_all(&mut *self.inner)
-                .await?
-            }
-            (Backend::Sqlite, _) => {
-                let rows = sqlx::query("SELECT type, version FROM busbar_aggregate_heads WHERE subject = $1")
-                    .bind(subject)
-                    .fetch_all(&mut *self.inner)
-                    .await?;
-                self.record_head(subject, ty, version).await?;
-                rows
-            }
-        };
+    /// The last version of each type emitted before `version` for aggregate `subject`.
+    /// `None` for an aggregate with earlier versions this table never saw (emitted before
+    /// it existed): the event then carries no map, and subscribers fall back to waiting
+    /// for `version - 1`.
+    async fn heads_before(&mut self, subject: &str, version: i64) -> Result<Option<BTreeMap<String, i64>>, DbError> {
+        // Nothing comes before a first version: no need to look (most events in most apps
+        // create their aggregate).
+        if version == 1 {
+            return Ok(Some(BTreeMap::new()));
+        }
+        let rows = sqlx::query("SELECT type, version FROM busbar_aggregate_heads WHERE subject = $1")
+            .bind(subject)
+            .fetch_all(&mut *self.inner)
+            .await?;
         let mut prev = BTreeMap::new();
         for r in rows {
             let (t, v): (String, i64) = (r.try_get(0)?, r.try_get(1)?);
@@ -332,18 +307,41 @@ impl Tx {
                 prev.insert(t, v);
             }
         }
-        Ok((version == 1 || !prev.is_empty()).then_some(prev))
+        Ok((!prev.is_empty()).then_some(prev))
     }
 
     /// Appends an already-built envelope to the outbox, as it is.
     pub async fn emit_envelope(&mut self, ev: &CloudEvent) -> Result<(), DbError> {
+        self.append(ev, None).await
+    }
+
+    /// Appends `ev` to the outbox and, with `head` = (subject, type, version), records that
+    /// version as the aggregate's last of that type, in one round trip to the database:
+    /// each statement is a hand-off to SQLite's worker thread (or a trip to PostgreSQL),
+    /// and an emit is on every write's path.
+    async fn append(&mut self, ev: &CloudEvent, head: Option<(&str, &str, i64)>) -> Result<(), DbError> {
         let payload = serde_json::to_string(ev).expect("CloudEvents serialize to JSON");
-        sqlx::query("INSERT INTO busbar_outbox (event_id, payload, created_at) VALUES ($1, $2, $3)")
-            .bind(ev.id())
-            .bind(payload)
-            .bind(now_millis())
-            .execute(&mut *self.inner)
-            .await?;
+        let query = match (head, self.db.backend) {
+            (None, _) => sqlx::query("INSERT INTO busbar_outbox (event_id, payload, created_at) VALUES ($1, $2, $3)"),
+            // SQLite runs the statements of one query in turn, binding `$N` by number.
+            (Some(_), Backend::Sqlite) => sqlx::query(
+                "INSERT INTO busbar_outbox (event_id, payload, created_at) VALUES ($1, $2, $3); \
+                 INSERT INTO busbar_aggregate_heads (subject, type, version) VALUES ($4, $5, $6) \
+                 ON CONFLICT (subject, type) DO UPDATE SET version = excluded.version",
+            ),
+            // PostgreSQL takes one statement per query with arguments; a data-modifying
+            // CTE runs whether or not the statement reads it.
+            (Some(_), Backend::Postgres) => sqlx::query(
+                "WITH head AS (INSERT INTO busbar_aggregate_heads (subject, type, version) VALUES ($4, $5, $6) \
+                 ON CONFLICT (subject, type) DO UPDATE SET version = excluded.version) \
+                 INSERT INTO busbar_outbox (event_id, payload, created_at) VALUES ($1, $2, $3)",
+            ),
+        };
+        let mut query = query.bind(ev.id()).bind(payload).bind(now_millis());
+        if let Some((subject, ty, version)) = head {
+            query = query.bind(subject).bind(ty).bind(version);
+        }
+        query.execute(&mut *self.inner).await?;
         self.emitted = true;
         Ok(())
     }

@@ -33,6 +33,7 @@ pub mod trace;
 pub mod transport;
 pub mod web;
 
+pub use busbar_client::runtime;
 pub use busbar_client::telemetry;
 pub use busbar_domain::{Backoff, backoff, config, contracts, credentials, graph, names, nats_auth, spec, wiring};
 pub use busbar_protocol::{bus_api, envelope};

@@ -175,20 +175,21 @@ async fn pending(db: &Db, limit: i64) -> Result<Vec<(i64, CloudEvent)>, RelayErr
 
 async fn mark_published(db: &Db, seqs: &[i64]) -> Result<(), RelayError> {
     let (Some(first), Some(last)) = (seqs.iter().min(), seqs.iter().max()) else { return Ok(()) };
-    let mut tx = db.begin().await?;
+    // One statement, atomic by itself: no transaction around it.
     match db.backend() {
         // SQLite writers take turns and each row gets seq = max + 1, so rows commit in seq
         // order: every unpublished row between the batch's first and last seq is in the
         // batch. A range also spares SQLite a statement with hundreds of `$N`
         // placeholders, which it resolves by name at a cost that grows with their square.
         Backend::Sqlite => {
-            sqlx::query(
-                "UPDATE busbar_outbox SET published_at = $1 WHERE seq >= $2 AND seq <= $3 AND published_at IS NULL",
+            db.execute_write(
+                sqlx::query(
+                    "UPDATE busbar_outbox SET published_at = $1 WHERE seq >= $2 AND seq <= $3 AND published_at IS NULL",
+                )
+                .bind(now_millis())
+                .bind(first)
+                .bind(last),
             )
-            .bind(now_millis())
-            .bind(first)
-            .bind(last)
-            .execute(&mut *tx)
             .await?;
         }
         // On PostgreSQL a row with a lower seq can commit after one with a higher seq, so
@@ -200,21 +201,18 @@ async fn mark_published(db: &Db, seqs: &[i64]) -> Result<(), RelayError> {
             for seq in seqs {
                 q = q.bind(*seq);
             }
-            q.execute(&mut *tx).await?;
+            db.execute_write(q).await?;
         }
     }
-    tx.commit().await?;
     Ok(())
 }
 
 async fn prune(db: &Db, retain: Duration) -> Result<(), RelayError> {
-    let mut tx = db.begin().await?;
     let cutoff = now_millis() - retain.as_millis() as i64;
-    sqlx::query("DELETE FROM busbar_outbox WHERE published_at IS NOT NULL AND published_at < $1")
-        .bind(cutoff)
-        .execute(&mut *tx)
-        .await?;
-    tx.commit().await?;
+    db.execute_write(
+        sqlx::query("DELETE FROM busbar_outbox WHERE published_at IS NOT NULL AND published_at < $1").bind(cutoff),
+    )
+    .await?;
     Ok(())
 }
 

@@ -407,10 +407,10 @@ where
 {
     web::init_tracing();
     busbar_client::telemetry::init(&std::env::var("BUSBAR_SERVICE").unwrap_or_else(|_| name.to_owned()));
-    let rt = match tokio::runtime::Runtime::new() {
+    let rt = match busbar_client::runtime() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("{name}: cannot start the async runtime: {e}");
+            eprintln!("{name}: {e}");
             return std::process::ExitCode::FAILURE;
         }
     };

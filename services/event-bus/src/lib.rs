@@ -98,7 +98,13 @@ pub fn main_with_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> std
     let args = Args::parse_from(args);
     busbar::web::init_tracing();
     busbar::telemetry::init("event-bus");
-    let rt = tokio::runtime::Runtime::new().expect("start the async runtime");
+    let rt = match busbar::runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("event-bus: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
     let outcome = rt.block_on(run(args));
     busbar::telemetry::shutdown();
     match outcome {
