@@ -184,7 +184,11 @@ pub fn run_all(bins: Vec<TestBinary>, args: &[String], jobs: usize) -> Vec<Outco
         .map(|_| {
             let (queue, outcomes, print, args) = (queue.clone(), outcomes.clone(), print.clone(), args.to_vec());
             std::thread::spawn(move || {
-                while let Some(bin) = queue.lock().expect("queue").pop_front() {
+                loop {
+                    // The queue's lock is let go before the binary runs (a `while let` on the
+                    // lock would hold it for the whole loop body, one binary at a time).
+                    let next = queue.lock().expect("queue").pop_front();
+                    let Some(bin) = next else { break };
                     let started = Instant::now();
                     let mut cmd = Command::new(&bin.executable);
                     cmd.args(&args);
@@ -359,7 +363,7 @@ mod tests {
             schedule(vec![shard(1), mid, shard(2), shard(3)], &last).into_iter().map(|b| b.label()).collect();
         assert_eq!(order, ["mid", "big [1/3]", "big [2/3]", "big [3/3]"]);
 
-        let dir = tempfile_dir();
+        let dir = tempfile_dir("times");
         let file = dir.join("times.json");
         let took = |s| Duration::from_secs(s);
         let outcomes = [
@@ -375,9 +379,34 @@ mod tests {
     }
 
     /// A fresh directory of this test's own (xtask keeps its dependencies few).
-    fn tempfile_dir() -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("xtask-runner-{}", std::process::id()));
+    fn tempfile_dir(test: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("xtask-runner-{}-{test}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         dir
+    }
+
+    /// Two binaries that can only finish together (each waits, bounded, for the other to
+    /// have started) pass only if they really run at the same time.
+    #[test]
+    fn binaries_run_at_the_same_time() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile_dir("together");
+        let script = |me: &str, other: &str| {
+            let path = dir.join(me);
+            let body = format!(
+                "#!/bin/sh\ntouch '{d}/{me}.started'\ni=0\nwhile [ ! -e '{d}/{other}.started' ]; do\n  i=$((i+1)); [ $i -gt 100 ] && exit 1\n  sleep 0.05\ndone\n",
+                d = dir.display()
+            );
+            std::fs::write(&path, body).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+            TestBinary { name: me.into(), package: "p".into(), executable: path, dir: dir.clone(), shard: None }
+        };
+        let outcomes = run_all(vec![script("a", "b"), script("b", "a")], &[], 2);
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(outcomes.len(), 2);
+        assert!(
+            outcomes.iter().all(|o| o.ok),
+            "each binary waited for the other in vain: they ran one after the other"
+        );
     }
 }
