@@ -382,6 +382,32 @@ struct AggregateState {
     any_parked: bool,
 }
 
+/// The inbox record (`$1` the event's id, `$2` the time), in every statement that makes it.
+macro_rules! inbox_insert {
+    () => {
+        "INSERT INTO busbar_inbox (event_id, handled_at) VALUES ($1, $2) ON CONFLICT (event_id) DO NOTHING"
+    };
+}
+
+/// What ordering needs to know of an aggregate, in one row: its last applied version and
+/// whether anything of it is parked (`$s` and `$j` the placeholders of source and subject).
+macro_rules! aggregate_state_select {
+    ($s:literal, $j:literal) => {
+        concat!(
+            "SELECT (SELECT version FROM busbar_aggregate_versions WHERE source = ",
+            $s,
+            " AND subject = ",
+            $j,
+            "), ",
+            "CAST(CASE WHEN EXISTS (SELECT 1 FROM busbar_deferred WHERE source = ",
+            $s,
+            " AND subject = ",
+            $j,
+            ") THEN 1 ELSE 0 END AS BIGINT)"
+        )
+    };
+}
+
 /// Sets the savepoint (with `savepoint`), records `event` in the inbox, and for an event of
 /// an aggregate (`source`, `subject`) reads that aggregate's state, taking its lock first on
 /// PostgreSQL ([`lock_aggregate`]). Round trips (hand-offs to SQLite's worker thread, or
@@ -419,22 +445,13 @@ async fn admit_sqlite(
     aggregate: Option<(&str, &str)>,
     savepoint: bool,
 ) -> Result<Admission, ConsumeError> {
-    macro_rules! inbox {
-        () => {
-            "INSERT INTO busbar_inbox (event_id, handled_at) VALUES ($1, $2) ON CONFLICT (event_id) DO NOTHING RETURNING 1"
-        };
-    }
-    macro_rules! state {
-        () => {
-            "; SELECT (SELECT version FROM busbar_aggregate_versions WHERE source = $3 AND subject = $4), \
-             CASE WHEN EXISTS (SELECT 1 FROM busbar_deferred WHERE source = $3 AND subject = $4) THEN 1 ELSE 0 END"
-        };
-    }
     let sql = match (savepoint, aggregate.is_some()) {
-        (false, false) => inbox!(),
-        (false, true) => concat!(inbox!(), state!()),
-        (true, false) => concat!("SAVEPOINT busbar_event; ", inbox!()),
-        (true, true) => concat!("SAVEPOINT busbar_event; ", inbox!(), state!()),
+        (false, false) => concat!(inbox_insert!(), " RETURNING 1"),
+        (false, true) => concat!(inbox_insert!(), " RETURNING 1; ", aggregate_state_select!("$3", "$4")),
+        (true, false) => concat!("SAVEPOINT busbar_event; ", inbox_insert!(), " RETURNING 1"),
+        (true, true) => {
+            concat!("SAVEPOINT busbar_event; ", inbox_insert!(), " RETURNING 1; ", aggregate_state_select!("$3", "$4"))
+        }
     };
     let mut query = sqlx::query(sql).bind(event.id()).bind(now_millis());
     if let Some((source, subject)) = aggregate {
@@ -470,12 +487,12 @@ async fn record_in_inbox_pg(
             // The CTE's insert runs once whatever the SELECT does; the lock is taken only
             // for a fresh event. The next statement reads under a new snapshot (READ
             // COMMITTED), so it sees what the lock's previous holder committed.
-            let row = sqlx::query(
-                "WITH fresh AS (INSERT INTO busbar_inbox (event_id, handled_at) VALUES ($1, $2) \
-                 ON CONFLICT (event_id) DO NOTHING RETURNING 1) \
-                 SELECT CASE WHEN EXISTS (SELECT 1 FROM fresh) \
-                 THEN (SELECT 1 FROM pg_advisory_xact_lock(hashtextextended($3, 0))) ELSE 0 END",
-            )
+            let row = sqlx::query(concat!(
+                "WITH fresh AS (",
+                inbox_insert!(),
+                " RETURNING 1) SELECT CASE WHEN EXISTS (SELECT 1 FROM fresh) \
+                     THEN (SELECT 1 FROM pg_advisory_xact_lock(hashtextextended($3, 0))) ELSE 0 END"
+            ))
             .bind(event.id())
             .bind(now_millis())
             .bind(format!("{source}\u{1f}{subject}"))
@@ -483,28 +500,18 @@ async fn record_in_inbox_pg(
             .await?;
             Ok(row.try_get::<i32, _>(0)? == 1)
         }
-        None => Ok(sqlx::query(
-            "INSERT INTO busbar_inbox (event_id, handled_at) VALUES ($1, $2) ON CONFLICT (event_id) DO NOTHING",
-        )
-        .bind(event.id())
-        .bind(now_millis())
-        .execute(&mut **tx)
-        .await?
-        .rows_affected()
+        None => Ok(sqlx::query(inbox_insert!())
+            .bind(event.id())
+            .bind(now_millis())
+            .execute(&mut **tx)
+            .await?
+            .rows_affected()
             == 1),
     }
 }
 
 async fn aggregate_state(tx: &mut Tx, source: &str, subject: &str) -> Result<AggregateState, ConsumeError> {
-    let row = sqlx::query(
-        "SELECT (SELECT version FROM busbar_aggregate_versions WHERE source = $1 AND subject = $2), \
-         CAST(CASE WHEN EXISTS (SELECT 1 FROM busbar_deferred WHERE source = $1 AND subject = $2) THEN 1 ELSE 0 END \
-         AS BIGINT)",
-    )
-    .bind(source)
-    .bind(subject)
-    .fetch_one(&mut **tx)
-    .await?;
+    let row = sqlx::query(aggregate_state_select!("$1", "$2")).bind(source).bind(subject).fetch_one(&mut **tx).await?;
     Ok(AggregateState { last: row.try_get(0)?, any_parked: row.try_get::<i64, _>(1)? == 1 })
 }
 

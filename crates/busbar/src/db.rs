@@ -321,22 +321,25 @@ impl Tx {
     /// and an emit is on every write's path.
     async fn append(&mut self, ev: &CloudEvent, head: Option<(&str, &str, i64)>) -> Result<(), DbError> {
         let payload = serde_json::to_string(ev).expect("CloudEvents serialize to JSON");
-        let query = match (head, self.db.backend) {
-            (None, _) => sqlx::query("INSERT INTO busbar_outbox (event_id, payload, created_at) VALUES ($1, $2, $3)"),
+        macro_rules! outbox_insert {
+            () => {
+                "INSERT INTO busbar_outbox (event_id, payload, created_at) VALUES ($1, $2, $3)"
+            };
+        }
+        macro_rules! head_upsert {
+            () => {
+                "INSERT INTO busbar_aggregate_heads (subject, type, version) VALUES ($4, $5, $6) \
+                 ON CONFLICT (subject, type) DO UPDATE SET version = excluded.version"
+            };
+        }
+        let query = sqlx::query(match (head, self.db.backend) {
+            (None, _) => outbox_insert!(),
             // SQLite runs the statements of one query in turn, binding `$N` by number.
-            (Some(_), Backend::Sqlite) => sqlx::query(
-                "INSERT INTO busbar_outbox (event_id, payload, created_at) VALUES ($1, $2, $3); \
-                 INSERT INTO busbar_aggregate_heads (subject, type, version) VALUES ($4, $5, $6) \
-                 ON CONFLICT (subject, type) DO UPDATE SET version = excluded.version",
-            ),
+            (Some(_), Backend::Sqlite) => concat!(outbox_insert!(), "; ", head_upsert!()),
             // PostgreSQL takes one statement per query with arguments; a data-modifying
             // CTE runs whether or not the statement reads it.
-            (Some(_), Backend::Postgres) => sqlx::query(
-                "WITH head AS (INSERT INTO busbar_aggregate_heads (subject, type, version) VALUES ($4, $5, $6) \
-                 ON CONFLICT (subject, type) DO UPDATE SET version = excluded.version) \
-                 INSERT INTO busbar_outbox (event_id, payload, created_at) VALUES ($1, $2, $3)",
-            ),
-        };
+            (Some(_), Backend::Postgres) => concat!("WITH head AS (", head_upsert!(), ") ", outbox_insert!()),
+        });
         let mut query = query.bind(ev.id()).bind(payload).bind(now_millis());
         if let Some((subject, ty, version)) = head {
             query = query.bind(subject).bind(ty).bind(version);
