@@ -145,10 +145,31 @@ pub async fn run(args: Args) -> anyhow::Result<AllSummary> {
         replay_load,
     };
     if let Some(path) = &args.write {
-        std::fs::write(path, markdown(&summary)).with_context(|| format!("cannot write {}", path.display()))?;
+        let before = std::fs::read_to_string(path).ok();
+        let text = with_hand_written(markdown(&summary), before.as_deref());
+        std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
         eprintln!("[all] wrote {}", path.display());
     }
     Ok(summary)
+}
+
+/// Where BENCHMARKS.md's hand-written part begins (studies measured separately, with their
+/// own dates and commands): `--write` keeps everything from this line on.
+pub const HAND_WRITTEN: &str =
+    "<!-- Everything below this line is written by hand; `busbar-bench all --write` keeps it as it is. -->";
+
+/// The generated report followed by the hand-written part of what the file held before,
+/// if it had one.
+fn with_hand_written(generated: String, before: Option<&str>) -> String {
+    match before.and_then(|b| b.find(HAND_WRITTEN).map(|at| &b[at..])) {
+        Some(kept) => format!(
+            "{}
+
+{kept}",
+            generated.trim_end()
+        ),
+        None => generated,
+    }
 }
 
 /// The programs a deployment ships, from this program's own directory (the profile it
@@ -629,5 +650,17 @@ mod tests {
         assert!(md.contains("| external | - | posts | closed 32 clients | 100 | 50 | 40 |"), "{md}");
         assert!(md.contains("| external | - | 10 | 0.0 | 2 | - | - | not measured (external stack) |"), "{md}");
         assert!(md.contains("| external | - | every process | not measured (external stack) |"), "{md}");
+    }
+
+    #[test]
+    fn writing_keeps_the_hand_written_part_and_replaces_the_rest() {
+        let before = format!("# Benchmarks\n\nold figures\n\n{HAND_WRITTEN}\n\n## A study\n\nkept ✓\n");
+        let after = with_hand_written("# Benchmarks\n\nnew figures\n".into(), Some(&before));
+        assert_eq!(after, format!("# Benchmarks\n\nnew figures\n\n{HAND_WRITTEN}\n\n## A study\n\nkept ✓\n"));
+        // Written twice, the part is there once.
+        assert_eq!(with_hand_written("# Benchmarks\n\nnew figures\n".into(), Some(&after)), after);
+        // A file without the marker (or no file) is replaced whole.
+        assert_eq!(with_hand_written("new\n".into(), Some("old\n")), "new\n");
+        assert_eq!(with_hand_written("new\n".into(), None), "new\n");
     }
 }

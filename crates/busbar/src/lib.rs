@@ -9,6 +9,7 @@
 //! - [`contract`]: the service's contract from its handlers, printed by `--contract`;
 //! - [`subscription`]: what a service receives and replays, from its wiring and handlers;
 //! - [`service`]: the runtime a service's `main` hands its routes and handlers to;
+//! - [`view_cache`]: a read model served whole from memory, kept current by change stamps;
 //! - [`web`]: HTTP plumbing every busbar process shares.
 //!
 //! The wire types come from `busbar-protocol` and the ServiceBus domain from
@@ -31,6 +32,7 @@ pub mod service;
 pub mod subscription;
 pub mod trace;
 pub mod transport;
+pub mod view_cache;
 pub mod web;
 
 pub use busbar_client::runtime;

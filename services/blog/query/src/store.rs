@@ -1,25 +1,42 @@
 //! query's database: posts and comments as events describe them, and each post's view
-//! rendered once per change (`posts.doc`), so a read concatenates stored JSON.
+//! rendered once per change (`posts.doc`), so a read concatenates stored JSON. Each write
+//! of a document also takes the next change stamp (`posts.stamp`), so the copy of the view
+//! that `GET /posts` answers from reads only what changed ([`changes`]).
 
 use blog_events::PostCreated;
-use busbar::{Db, Tx, db::Backend, db::DbError};
+use busbar::{
+    Db, Tx,
+    db::{Backend, DbError},
+    view_cache::{self, Watermark},
+};
 use serde::Serialize;
 use sqlx::Row;
 
+/// The change stamp a document write takes, in the same statement. SQLite: the next value
+/// of the one counter row, bumped by a statement run just before in the same query (SQLite
+/// has one writer, so stamps are taken in commit order). PostgreSQL: the writing
+/// transaction's id, so writers share no lock; a reader then also reads the rows of every
+/// transaction that was still running when it last looked ([`changes`]).
+macro_rules! stamped {
+    (sqlite: $($sql:literal)+) => {
+        concat!("UPDATE view_stamp SET n = n + 1 WHERE id = 1; ", $($sql),+)
+    };
+}
 /// Stores a post with its rendered view: one read (its comments, which may have arrived
 /// first) and one write.
 pub async fn upsert_post(tx: &mut Tx, p: &PostCreated) -> Result<(), DbError> {
     let comments = comments_of(tx, &p.id).await?;
     let doc = document(&p.id, p.title.clone(), comments);
-    sqlx::query(
-        "INSERT INTO posts (id, title, doc) VALUES ($1, $2, $3) \
-         ON CONFLICT (id) DO UPDATE SET title = excluded.title, doc = excluded.doc",
-    )
-    .bind(&p.id)
-    .bind(&p.title)
-    .bind(doc)
-    .execute(&mut **tx)
-    .await?;
+    let sql = match tx.backend() {
+        Backend::Sqlite => stamped!(sqlite:
+            "INSERT INTO posts (id, title, doc, stamp) VALUES ($1, $2, $3, (SELECT n FROM view_stamp WHERE id = 1)) "
+            "ON CONFLICT (id) DO UPDATE SET title = excluded.title, doc = excluded.doc, stamp = excluded.stamp"),
+        Backend::Postgres => {
+            "INSERT INTO posts (id, title, doc, stamp) VALUES ($1, $2, $3, pg_current_xact_id()::text::bigint) \
+             ON CONFLICT (id) DO UPDATE SET title = excluded.title, doc = excluded.doc, stamp = excluded.stamp"
+        }
+    };
+    sqlx::query(sql).bind(&p.id).bind(&p.title).bind(doc).execute(&mut **tx).await?;
     Ok(())
 }
 
@@ -73,7 +90,13 @@ async fn render(tx: &mut Tx, id: &str) -> Result<(), DbError> {
         })
         .collect();
     let doc = document(id, title, comments);
-    sqlx::query("UPDATE posts SET doc = $1 WHERE id = $2").bind(doc).bind(id).execute(&mut **tx).await?;
+    let sql = match tx.backend() {
+        Backend::Sqlite => {
+            stamped!(sqlite: "UPDATE posts SET doc = $1, stamp = (SELECT n FROM view_stamp WHERE id = 1) WHERE id = $2")
+        }
+        Backend::Postgres => "UPDATE posts SET doc = $1, stamp = pg_current_xact_id()::text::bigint WHERE id = $2",
+    };
+    sqlx::query(sql).bind(doc).bind(id).execute(&mut **tx).await?;
     Ok(())
 }
 
@@ -107,11 +130,16 @@ pub async fn render_missing(db: &Db) -> Result<u64, DbError> {
         for r in rows {
             let id: String = r.get(0);
             let doc = document(&id, r.get(1), comments_of(&mut tx, &id).await?);
-            sqlx::query("UPDATE posts SET doc = $1 WHERE id = $2 AND doc IS NULL")
-                .bind(doc)
-                .bind(&id)
-                .execute(&mut *tx)
-                .await?;
+            let sql = match tx.backend() {
+                Backend::Sqlite => stamped!(sqlite:
+                    "UPDATE posts SET doc = $1, stamp = (SELECT n FROM view_stamp WHERE id = 1) "
+                    "WHERE id = $2 AND doc IS NULL"),
+                Backend::Postgres => {
+                    "UPDATE posts SET doc = $1, stamp = pg_current_xact_id()::text::bigint \
+                     WHERE id = $2 AND doc IS NULL"
+                }
+            };
+            sqlx::query(sql).bind(doc).bind(&id).execute(&mut *tx).await?;
             done += 1;
         }
         tx.commit().await?;
@@ -153,4 +181,52 @@ pub async fn chunk(db: &Db, after: &str, limit: i64) -> Result<Option<Chunk>, Db
         return Ok(None);
     }
     Ok(Some(Chunk { members: row.get(0), last: row.get(1), posts }))
+}
+
+/// Up to `limit` posts whose document changed past `after`, in `(stamp, id)` order, for
+/// the copy of the view that `GET /posts` answers from (usually none, through the index on
+/// `(stamp, id)`); posts without a document yet wait until they get one. On PostgreSQL also
+/// the horizon: the oldest transaction still running when the rows were read (from the same
+/// snapshot), whose rows and those of every later transaction the next read must read
+/// again, since they may commit after this one looked.
+pub async fn changes(db: &Db, after: Watermark, limit: i64) -> Result<view_cache::Changes, DbError> {
+    let rows =
+        match db.backend() {
+            Backend::Sqlite => sqlx::query(
+                "SELECT stamp, id, doc FROM posts WHERE (stamp > $1 OR (stamp = $1 AND id > $2)) AND doc IS NOT NULL \
+                 ORDER BY stamp, id LIMIT $3",
+            )
+            .bind(after.stamp)
+            .bind(after.id)
+            .bind(limit)
+            .fetch_all(db.pool())
+            .await?,
+            // A row with the horizon even when nothing changed; pg_current_snapshot() is the
+            // statement's own snapshot, so nothing can commit between reading it and the rows.
+            Backend::Postgres => {
+                sqlx::query(
+                    "SELECT p.stamp, p.id, p.doc, pg_snapshot_xmin(pg_current_snapshot())::text::bigint \
+                 FROM (SELECT 1) one LEFT JOIN LATERAL (SELECT stamp, id, doc FROM posts \
+                   WHERE (stamp > $1 OR (stamp = $1 AND id > $2)) AND doc IS NOT NULL ORDER BY stamp, id LIMIT $3) p \
+                 ON true",
+                )
+                .bind(after.stamp)
+                .bind(after.id)
+                .bind(limit)
+                .fetch_all(db.pool())
+                .await?
+            }
+        };
+    let horizon = match db.backend() {
+        Backend::Sqlite => None,
+        Backend::Postgres => rows.first().map(|r| r.try_get::<i64, _>(3)).transpose()?,
+    };
+    let rows = rows
+        .into_iter()
+        .filter_map(|r| {
+            let stamp: Option<i64> = r.get(0);
+            Some(view_cache::Row { stamp: stamp?, id: r.get(1), doc: r.get(2) })
+        })
+        .collect();
+    Ok(view_cache::Changes { rows, horizon })
 }
