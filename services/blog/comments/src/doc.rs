@@ -1,10 +1,11 @@
-//! A post's comment array, kept as the JSON text the API answers with, so that creating a
-//! comment appends to it and moderating one edits it in place, instead of reading and
-//! serialising every comment of the post each time (the course answers `POST` with the
-//! whole array, and a popular post has thousands).
+//! A post's comment array, kept as the JSON text the API answers with, in segments of
+//! entries joined by commas (src/store.rs), so that creating a comment appends to one and
+//! moderating one edits it in place, instead of reading and serialising every comment of
+//! the post each time (the course answers `POST` with the whole array, and a popular post
+//! has thousands).
 //!
-//! Only this service writes these arrays, always through [`entry`] (serde_json, fields in
-//! the order `id`, `content`, `status`), which is what makes the in-place edit sound: in
+//! Only this service writes these segments, always through [`entry`] (serde_json, fields
+//! in the order `id`, `content`, `status`), which is what makes the in-place edit sound: in
 //! JSON text a bare `"` never occurs inside a string, so the first `,"status":"` after a
 //! comment's `{"id":"<id>"` is that comment's own status field.
 
@@ -22,20 +23,8 @@ pub fn entry(c: &Comment) -> String {
     serde_json::to_string(c).expect("a comment serialises")
 }
 
-/// The array with `entry` added at the end.
-pub fn append(doc: &str, entry: &str) -> String {
-    let body = doc.trim_end().strip_suffix(']').expect("a comment array ends with ]");
-    let mut out = String::with_capacity(body.len() + entry.len() + 2);
-    out.push_str(body);
-    if body.trim_end() != "[" {
-        out.push(',');
-    }
-    out.push_str(entry);
-    out.push(']');
-    out
-}
-
-/// Sets comment `id`'s status in the array; false if the array does not hold it.
+/// Sets comment `id`'s status in `doc` (entries joined by commas); false if `doc` does not
+/// hold it.
 pub fn set_status(doc: &mut String, id: &str, status: &str) -> bool {
     let key = format!("{{\"id\":{}", serde_json::to_string(id).expect("a string serialises"));
     let Some(at) = doc.find(&key) else { return false };
@@ -56,11 +45,15 @@ mod tests {
         entry(&Comment { id, content, status })
     }
 
+    /// A segment's entries as the array they are part of.
+    fn array(doc: &str) -> Value {
+        serde_json::from_str(&format!("[{doc}]")).unwrap()
+    }
+
     #[test]
-    fn appending_keeps_a_json_array_in_order() {
-        let doc = append("[]", &c("a", "first", "pending"));
-        let doc = append(&doc, &c("b", "second", "pending"));
-        let v: Value = serde_json::from_str(&doc).unwrap();
+    fn entries_joined_by_commas_are_a_json_array_in_order() {
+        let doc = [c("a", "first", "pending"), c("b", "second", "pending")].join(",");
+        let v = array(&doc);
         assert_eq!(
             v,
             json!([{"id": "a", "content": "first", "status": "pending"}, {"id": "b", "content": "second", "status": "pending"}])
@@ -71,16 +64,14 @@ mod tests {
     fn a_status_changes_in_place_and_nothing_else_does() {
         // Contents that look like fields, quotes, backslashes and another comment's id.
         let tricky = r#"x","status":"approved"} ,"status":"rejected" {"id":"b" \"#;
-        let mut doc = "[]".to_owned();
-        for (id, content) in [("a", tricky), ("b", "plain"), ("c", "\"status\":\"pending\"")] {
-            doc = append(&doc, &c(id, content, "pending"));
-        }
+        let mut doc = [("a", tricky), ("b", "plain"), ("c", "\"status\":\"pending\"")]
+            .map(|(id, content)| c(id, content, "pending"))
+            .join(",");
         assert!(set_status(&mut doc, "b", "approved"));
         assert!(set_status(&mut doc, "a", "rejected"));
         assert!(!set_status(&mut doc, "zz", "approved"));
-        let v: Value = serde_json::from_str(&doc).unwrap();
         assert_eq!(
-            v,
+            array(&doc),
             json!([
                 {"id": "a", "content": tricky, "status": "rejected"},
                 {"id": "b", "content": "plain", "status": "approved"},
@@ -89,14 +80,14 @@ mod tests {
         );
         // Back again: the edit is exact whatever the lengths.
         assert!(set_status(&mut doc, "b", "pending"));
-        assert_eq!(serde_json::from_str::<Value>(&doc).unwrap()[1]["status"], "pending");
+        assert_eq!(array(&doc)[1]["status"], "pending");
     }
 
     #[test]
     fn an_id_is_matched_whole() {
-        let mut doc = append(&append("[]", &c("ab", "x", "pending")), &c("a", "y", "pending"));
+        let mut doc = [c("ab", "x", "pending"), c("a", "y", "pending")].join(",");
         assert!(set_status(&mut doc, "a", "approved"));
-        let v: Value = serde_json::from_str(&doc).unwrap();
+        let v = array(&doc);
         assert_eq!((v[0]["status"].as_str(), v[1]["status"].as_str()), (Some("pending"), Some("approved")));
     }
 }

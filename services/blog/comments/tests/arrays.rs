@@ -1,7 +1,7 @@
-//! comments answers with each post's comment array, which it keeps as JSON text: on SQLite
-//! and PostgreSQL, what `GET` and `POST` show as comments are created and moderated, that
-//! comments created at once on one post all stay, and that a database from before arrays
-//! were kept still answers with every comment.
+//! comments answers with each post's comment array, which it keeps as JSON text in
+//! segments: on SQLite and PostgreSQL, what `GET` and `POST` show as comments are created
+//! and moderated, across segments, that comments created at once on one post all stay,
+//! and that a database from before segments still answers with every comment.
 
 use std::path::Path;
 
@@ -67,6 +67,30 @@ async fn arrays_follow_creation_and_moderation(backend: &str) {
     // A decision for a comment no longer pending changes nothing.
     moderate(&db, &a, CommentStatus::Rejected).await;
     assert_eq!(answer(http.get(&comments).send().await.unwrap(), 200).await, want);
+
+    // Past the first segment (100 comments): each answer is the whole array, in order, and a
+    // decision lands in whichever segment holds its comment.
+    let mut last = Value::Null;
+    for i in 2..250 {
+        let r = http.post(&comments).json(&json!({"content": format!("n{i}")})).send().await.unwrap();
+        last = answer(r, 201).await;
+        assert_eq!(last.as_array().unwrap().len(), i + 1, "{backend}");
+    }
+    let ids: Vec<String> = last.as_array().unwrap().iter().map(|c| c["id"].as_str().unwrap().to_owned()).collect();
+    for at in [99, 100, 249] {
+        moderate(&db, &ids[at], CommentStatus::Approved).await;
+    }
+    let all = answer(http.get(&comments).send().await.unwrap(), 200).await;
+    let statuses: Vec<&str> = all.as_array().unwrap().iter().map(|c| c["status"].as_str().unwrap()).collect();
+    for (at, status) in statuses.iter().enumerate() {
+        let want = match at {
+            0 | 99 | 100 | 249 => "approved",
+            1 => "rejected",
+            _ => "pending",
+        };
+        assert_eq!(*status, want, "comment {at} on {backend}");
+    }
+    assert_eq!(all[249]["content"], "n249");
 }
 
 #[tokio::test]
@@ -83,7 +107,8 @@ async fn comments_created_at_once_all_stay(backend: &str) {
     let (url, _keep) = database(backend).await;
     let db = migrated(&url).await;
     known_post(&db, "p1").await;
-    let n = 40;
+    // More than a segment holds (100), so some land in a new one while others append.
+    let n = 130;
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..n {
         let db = db.clone();
@@ -93,7 +118,8 @@ async fn comments_created_at_once_all_stay(backend: &str) {
         r.unwrap();
     }
     let mut conn = db.pool().acquire().await.unwrap();
-    let array: Value = serde_json::from_str(&store::array(&mut conn, "p1").await.unwrap().unwrap()).unwrap();
+    let array = store::array(&mut conn, db.backend(), "p1").await.unwrap().unwrap();
+    let array: Value = serde_json::from_str(&array).unwrap();
     let mut contents: Vec<&str> = array.as_array().unwrap().iter().map(|c| c["content"].as_str().unwrap()).collect();
     contents.sort();
     let mut want: Vec<String> = (0..n).map(|i| format!("c{i}")).collect();
@@ -128,21 +154,40 @@ async fn an_earlier_database_answers_with_every_comment(backend: &str) {
         ] {
             sqlx::query(sqlx::AssertSqlSafe(sql)).execute(db.pool()).await.unwrap();
         }
+        // More than a segment's worth, after c1 and c2 in id order.
+        for i in 0..150 {
+            sqlx::query(
+                "INSERT INTO comments (id, post_id, content, status, version) VALUES ($1, 'p1', $2, 'pending', 1)",
+            )
+            .bind(format!("d{i:03}"))
+            .bind(format!("old {i}"))
+            .execute(db.pool())
+            .await
+            .unwrap();
+        }
         db.close().await;
     }
     let db = migrated(&url).await;
     let base = serve(&db).await;
     let comments = format!("{base}/posts/p1/comments");
-    let old = json!([
-        {"id": "c1", "content": "one", "status": "approved"},
-        {"id": "c2", "content": "two", "status": "pending"},
-    ]);
-    assert_eq!(answer(reqwest::get(&comments).await.unwrap(), 200).await, old, "{backend}");
+    let mut old = vec![
+        json!({"id": "c1", "content": "one", "status": "approved"}),
+        json!({"id": "c2", "content": "two", "status": "pending"}),
+    ];
+    old.extend((0..150).map(|i| json!({"id": format!("d{i:03}"), "content": format!("old {i}"), "status": "pending"})));
+    assert_eq!(answer(reqwest::get(&comments).await.unwrap(), 200).await, Value::from(old.clone()), "{backend}");
+    // Old comments in the first and the second segment, moderated once segments are built.
     moderate(&db, "c2", CommentStatus::Approved).await;
+    moderate(&db, "d149", CommentStatus::Rejected).await;
     let created = reqwest::Client::new().post(&comments).json(&json!({"content": "three"})).send().await.unwrap();
     let all = answer(created, 201).await;
-    assert_eq!(all.as_array().unwrap().len(), 3);
-    assert_eq!((all[1]["status"].as_str(), all[2]["content"].as_str()), (Some("approved"), Some("three")));
+    assert_eq!(all.as_array().unwrap().len(), 153);
+    assert_eq!((all[1]["status"].as_str(), all[151]["status"].as_str()), (Some("approved"), Some("rejected")));
+    assert_eq!(all[152]["content"], "three");
+    old[1]["status"] = json!("approved");
+    old[151]["status"] = json!("rejected");
+    old.push(all[152].clone());
+    assert_eq!(answer(reqwest::get(&comments).await.unwrap(), 200).await, Value::from(old), "{backend}");
 }
 
 #[tokio::test]
