@@ -380,6 +380,24 @@ fn targets_markdown(s: &AllSummary) -> String {
             p50.map(|p| p <= 3.0),
         );
     }
+    let hot = s.blog.reads.iter().find(|r| r.backend == "sqlite").map(|r| &r.hot_post);
+    if let Some((first, last)) = hot.and_then(|h| h.first().zip(h.last())) {
+        let per = |h: &crate::blog::HotPostRow| opt(h.comments_cpu_ms, 2);
+        row(
+            "comments CPU per comment, one post with thousands of comments",
+            "<= 0.2 ms, flat as the post grows",
+            format!(
+                "{} ms at {} to {} comments, {} ms at {} to {} (SQLite)",
+                per(first),
+                first.from,
+                first.to,
+                per(last),
+                last.from,
+                last.to
+            ),
+            last.comments_cpu_ms.map(|c| c <= 0.2),
+        );
+    }
     if let Some(v) = read_of(50_000) {
         row(
             "peak RSS of query serving `GET /posts` of 50k posts",
@@ -513,6 +531,38 @@ pub fn blog_markdown(s: &BlogSummary) -> String {
         "\nFull `GET /posts` one after another, each timed to its last byte, once query holds at least that many \
          posts; query's peak RSS is its high-water mark over those reads.\n"
     );
+    if s.reads.iter().any(|r| !r.hot_post.is_empty()) {
+        let _ = writeln!(
+            w,
+            "### One post taking many comments\n\n| db | transport | comments on the post | comments CPU ms per comment | \
+             answer kB | 201 p50 ms | 201 p99 ms |\n|---|---|---|---:|---:|---:|---:|"
+        );
+        for r in &s.reads {
+            for h in &r.hot_post {
+                let _ = writeln!(
+                    w,
+                    "| {} | {} | {} to {} | {} | {:.0} | {} | {} |",
+                    r.backend,
+                    r.transport,
+                    h.from,
+                    h.to,
+                    match s.external {
+                        Some(_) => not_measured.into(),
+                        None => opt(h.comments_cpu_ms, 2),
+                    },
+                    h.answer_bytes as f64 / 1e3,
+                    ms(&h.latency, |l| l.p50_ms),
+                    ms(&h.latency, |l| l.p99_ms),
+                );
+            }
+        }
+        let _ = writeln!(
+            w,
+            "\nOne new post, then comments on it one after another, each answered with the post's whole array (the \
+             contract's answer, so its size grows with the post); CPU is the comments process's over each step, the \
+             moderation decisions it applies included.\n"
+        );
+    }
     let _ = writeln!(
         w,
         "### Footprint\n\n| db | transport | process | start to ready ms | idle RSS MiB | loaded RSS MiB | peak RSS MiB | CPU s / 10k posts |\n\
@@ -639,7 +689,7 @@ mod tests {
                 flows: vec![flow],
                 load_average: "0 0 0".into(),
             }],
-            reads: vec![ReadRun { backend: blog::EXTERNAL, transport: "-", rows: vec![read] }],
+            reads: vec![ReadRun { backend: blog::EXTERNAL, transport: "-", rows: vec![read], hot_post: vec![] }],
             ok: true,
         };
         let md = blog_markdown(&s);

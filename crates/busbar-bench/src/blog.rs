@@ -18,7 +18,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use anyhow::{Context, bail};
+use anyhow::{Context, anyhow, bail};
 use busbar::spec::TransportKind;
 use futures::StreamExt;
 use serde::Serialize;
@@ -119,6 +119,16 @@ pub struct Args {
     #[arg(long)]
     pub no_reads: bool,
 
+    /// One post taking this many comments, one after another, after the reads (0: none):
+    /// the comments service's CPU per comment and the answer's size as the post grows,
+    /// in steps of --hot-post-step.
+    #[arg(long, default_value_t = 3000, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
+    pub hot_post_comments: u64,
+
+    /// Comments per step of the --hot-post-comments run.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub hot_post_step: u64,
+
     /// Full `GET /posts` requests timed per --read-sizes size.
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub reads: u32,
@@ -208,13 +218,29 @@ pub struct SystemRun {
     pub load_average: String,
 }
 
+/// One step of a post taking comments one after another (--hot-post-comments).
+#[derive(Debug, Serialize)]
+pub struct HotPostRow {
+    /// Comments on the post when the step began and when it ended.
+    pub from: u64,
+    pub to: u64,
+    /// CPU of the comments process per comment over the step (its moderation decisions,
+    /// applied as they come, included); `None` for an external stack.
+    pub comments_cpu_ms: Option<f64>,
+    /// The last answer's size: the whole array, as the contract has it.
+    pub answer_bytes: u64,
+    /// Comment to its 201.
+    pub latency: Option<Latency>,
+}
+
 /// Reading the whole view, on a fresh system of its own (the read path is query and its
-/// database; the transport only fills it).
+/// database; the transport only fills it); then one post taking many comments.
 #[derive(Debug, Serialize)]
 pub struct ReadRun {
     pub backend: &'static str,
     pub transport: &'static str,
     pub rows: Vec<ReadRow>,
+    pub hot_post: Vec<HotPostRow>,
 }
 
 /// A blog measured through --target-url.
@@ -255,6 +281,8 @@ pub async fn run(mut args: Args) -> anyhow::Result<BlogSummary> {
         args.full_poll_rates = vec![100.0];
         args.read_sizes = vec![args.read_sizes.iter().copied().min().unwrap_or(1).min(500)];
         args.reads = args.reads.min(3);
+        args.hot_post_comments = args.hot_post_comments.min(200);
+        args.hot_post_step = args.hot_post_step.min(100);
         args.rate_duration = 1.0;
         args.drain_timeout = args.drain_timeout.min(60.0);
     }
@@ -309,12 +337,18 @@ pub async fn run(mut args: Args) -> anyhow::Result<BlogSummary> {
                 let opts = SystemOpts { run_id: &format!("{run_id}r"), ..opts };
                 eprintln!("[{SCENARIO}] {}, {}: starting the blog to read", backend.name(), transport_name(transport));
                 let reading = on_fresh_system(&opts, &client, nats, async |s| {
-                    read_views(&args, &who, &client, &mut Stack::started(s)).await
+                    let mut stack = Stack::started(s);
+                    let rows = read_views(&args, &who, &client, &mut stack).await?;
+                    let hot_post = hot_post(&args, &who, &client, &mut stack).await?;
+                    anyhow::Ok((rows, hot_post))
                 });
                 match reading.await {
-                    Ok(rows) => {
-                        reads.push(ReadRun { backend: backend.name(), transport: transport_name(transport), rows })
-                    }
+                    Ok((rows, hot_post)) => reads.push(ReadRun {
+                        backend: backend.name(),
+                        transport: transport_name(transport),
+                        rows,
+                        hot_post,
+                    }),
                     Err(e) => {
                         result = Err(e.context(format!("reading the view, {what}")));
                         break 'all;
@@ -374,7 +408,8 @@ async fn run_external(args: &Args, urls: TargetUrls) -> anyhow::Result<BlogSumma
     let mut reads = vec![];
     if !args.no_reads {
         let rows = read_views(args, &who, &client, &mut stack).await.context("reading the view")?;
-        reads.push(ReadRun { backend: EXTERNAL, transport: "-", rows });
+        let hot_post = hot_post(args, &who, &client, &mut stack).await.context("one post taking many comments")?;
+        reads.push(ReadRun { backend: EXTERNAL, transport: "-", rows, hot_post });
     }
     let runs =
         vec![SystemRun { backend: EXTERNAL, transport: "-", procs, flows, load_average: crate::proc::load_average() }];
@@ -456,6 +491,67 @@ async fn read_views(
             row.query_peak_rss_mib.map_or("-".into(), |m| format!("{m:.1}")),
         );
         rows.push(row);
+        stack.check_alive()?;
+    }
+    Ok(rows)
+}
+
+/// One new post takes --hot-post-comments comments, one after another: per step, the
+/// comments process's CPU per comment, the last answer's size and the 201 latencies.
+async fn hot_post(
+    args: &Args,
+    who: &str,
+    client: &reqwest::Client,
+    stack: &mut Stack<'_>,
+) -> anyhow::Result<Vec<HotPostRow>> {
+    if args.hot_post_comments == 0 {
+        return Ok(vec![]);
+    }
+    let post = create_post(client, &format!("{}/posts", stack.posts), "hot")
+        .await
+        .map_err(|e| anyhow!("creating the post: {e}"))?;
+    let every = stack.light_read(args).1;
+    wait_known_to_comments(client, &stack.comments, None, &[post.as_str()], args.drain_timeout, every)
+        .await?
+        .context("comments did not learn of the post in time")?;
+    eprintln!("{who}: one post taking {} comments, one after another", args.hot_post_comments);
+    let url = format!("{}/posts/{post}/comments", stack.comments);
+    let cpu = |stack: &Stack| stack.system.as_ref().and_then(|s| s.get("comments").cpu_secs());
+    let mut rows = vec![];
+    let mut done = 0;
+    while done < args.hot_post_comments {
+        let step = args.hot_post_step.min(args.hot_post_comments - done);
+        let cpu0 = cpu(stack);
+        let (mut took, mut answer_bytes) = (Vec::with_capacity(step as usize), 0);
+        for i in 0..step {
+            let start = clock::now_ns();
+            let r = client.post(&url).json(&json!({ "content": format!("comment {}", done + i) })).send().await?;
+            let status = r.status();
+            let body = r.bytes().await?;
+            if status.as_u16() != 201 {
+                bail!("comment {} on one post: HTTP {status}: {}", done + i, String::from_utf8_lossy(&body));
+            }
+            took.push(clock::now_ns() - start);
+            answer_bytes = body.len() as u64;
+        }
+        let per = cpu0.zip(cpu(stack)).map(|(a, b)| (b - a) * 1e3 / step as f64);
+        let row = HotPostRow {
+            from: done,
+            to: done + step,
+            comments_cpu_ms: per,
+            answer_bytes,
+            latency: stats::latency(&mut took),
+        };
+        eprintln!(
+            "{who}: comments {}..{}: {} ms of comments' CPU per comment, answer {:.0} kB, 201 p50 {} ms",
+            row.from,
+            row.to,
+            per.map_or("-".into(), |c| format!("{c:.2}")),
+            answer_bytes as f64 / 1e3,
+            row.latency.as_ref().map_or("-".into(), |l| format!("{:.2}", l.p50_ms)),
+        );
+        rows.push(row);
+        done += step;
         stack.check_alive()?;
     }
     Ok(rows)
