@@ -244,6 +244,35 @@ impl ViewCache {
         parts
     }
 
+    /// A page of the view as one JSON object: the members whose ids sort after `after` (all,
+    /// for `""`), at most `limit` of them, in parts like [`Self::body`]'s. Each run of
+    /// members is a slice of its chunk, shared, not copied.
+    pub fn page(&self, after: &str, limit: usize) -> Vec<Bytes> {
+        let mut parts = vec![Bytes::from_static(b"{")];
+        let mut left = limit;
+        // The first chunk that may hold an id after `after`: the last one starting at or
+        // before it (chunks are in id order and do not overlap).
+        let first = self.chunks.partition_point(|c| &*c.ids[0] <= after).saturating_sub(1);
+        for c in &self.chunks[first..] {
+            if left == 0 {
+                break;
+            }
+            let from = c.ids.partition_point(|id| &**id <= after);
+            let to = c.ids.len().min(from + left);
+            if from == to {
+                continue;
+            }
+            if parts.len() > 1 {
+                parts.push(Bytes::from_static(b","));
+            }
+            let start = if from == 0 { 0 } else { c.ends[from - 1] + 1 };
+            parts.push(c.body.slice(start..c.ends[to - 1]));
+            left -= to - from;
+        }
+        parts.push(Bytes::from_static(b"}"));
+        parts
+    }
+
     /// Reads every row past the watermark through `fetch` (`fetch(after, limit)` answers
     /// up to `limit` rows past `after` in `(stamp, id)` order), a page at a time, and
     /// applies them. Returns how many rows it read.
@@ -314,6 +343,29 @@ mod tests {
         assert_eq!(cache.body().concat(), br#"{"a":[],"b":4,"c":null}"#.to_vec());
         assert_eq!(cache.watermark(), &Watermark { stamp: 6, id: "b".into() });
         assert_eq!(cache.len(), 3);
+    }
+
+    #[test]
+    fn a_page_is_the_members_after_an_id_up_to_a_limit() {
+        let mut cache = ViewCache::default();
+        assert_eq!(cache.page("", 10).concat(), b"{}");
+        let ids: Vec<String> = (0..2 * CHUNK + 500).map(|n| format!("p{n:06}")).collect();
+        cache.apply(ids.iter().enumerate().map(|(n, id)| row(n as i64, id, &n.to_string())).collect());
+        let keys = |parts: Vec<Bytes>| -> Vec<String> {
+            let v: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&parts.concat()).unwrap();
+            v.into_iter().map(|(k, _)| k).collect()
+        };
+        // Within a chunk, across chunk boundaries, from before the first id, past the last.
+        for (after, limit) in [("", 3), ("p000010", 5), ("p000998", 4), ("p000999", 1), ("", 2 * CHUNK + 500)] {
+            let from = ids.partition_point(|id| id.as_str() <= after);
+            let want: Vec<String> = ids[from..].iter().take(limit).cloned().collect();
+            assert_eq!(keys(cache.page(after, limit)), want, "after {after:?}, limit {limit}");
+        }
+        // An id that is not in the view starts the page where it would sort.
+        assert_eq!(keys(cache.page("p001500x", 2)), ["p001501", "p001502"]);
+        assert_eq!(cache.page("q", 5).concat(), b"{}");
+        assert_eq!(cache.page("", 0).concat(), b"{}");
+        assert_eq!(cache.page("", usize::MAX).concat(), cache.body().concat());
     }
 
     #[test]

@@ -146,43 +146,6 @@ pub async fn render_missing(db: &Db) -> Result<u64, DbError> {
     }
 }
 
-/// A slice of the view: posts whose ids sort after `after`, at most `limit` of them.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Page {
-    pub after: String,
-    pub limit: i64,
-}
-
-/// Up to `limit` posts whose ids sort after `after`, as the members of a JSON object
-/// (`"<id>":<view>,...`, in id order, without braces), joined by the database itself so a
-/// chunk crosses the driver as one value instead of one row per post.
-#[derive(Debug, PartialEq)]
-pub struct Chunk {
-    pub members: String,
-    /// The last id in the chunk, where the next one starts.
-    pub last: String,
-    pub posts: i64,
-}
-
-pub async fn chunk(db: &Db, after: &str, limit: i64) -> Result<Option<Chunk>, DbError> {
-    let sql = match db.backend() {
-        Backend::Sqlite => {
-            "SELECT group_concat(json_quote(id) || ':' || doc, ',' ORDER BY id), max(id), count(*) \
-             FROM (SELECT id, doc FROM posts WHERE id > $1 ORDER BY id LIMIT $2)"
-        }
-        Backend::Postgres => {
-            "SELECT string_agg(to_json(id)::text || ':' || doc, ',' ORDER BY id), max(id), count(*) \
-             FROM (SELECT id, doc FROM posts WHERE id > $1 ORDER BY id LIMIT $2) page"
-        }
-    };
-    let row = sqlx::query(sql).bind(after).bind(limit).fetch_one(db.pool()).await?;
-    let posts: i64 = row.get(2);
-    if posts == 0 {
-        return Ok(None);
-    }
-    Ok(Some(Chunk { members: row.get(0), last: row.get(1), posts }))
-}
-
 /// Up to `limit` posts whose document changed past `after`, in `(stamp, id)` order, for
 /// the copy of the view that `GET /posts` answers from (usually none, through the index on
 /// `(stamp, id)`); posts without a document yet wait until they get one. On PostgreSQL also
