@@ -127,19 +127,27 @@ async fn set_tail(tx: &mut Tx, post_id: &str, tail: Tail) -> Result<(), DbError>
     Ok(())
 }
 
-/// Creates a pending comment on a known post and emits `CommentCreated`, atomically.
+/// Creates a pending comment on a known post and emits `CommentCreated`, atomically, in a
+/// transaction shared with the comments created at the same moment ([`Db::write`]).
 /// Returns the post's comment array with it, or `None` if the post is unknown here.
 pub async fn create(db: &Db, post_id: &str, content: &str) -> Result<Option<String>, DbError> {
-    let mut tx = db.begin().await?;
-    let Some(tail) = tail_for_update(&mut tx, post_id).await? else {
-        tx.rollback().await?;
-        return Ok(None);
-    };
     let c = CommentCreated {
         id: uuid::Uuid::now_v7().to_string(),
         content: content.to_owned(),
         post_id: post_id.to_owned(),
         status: CommentStatus::Pending,
+    };
+    db.write(move |tx| {
+        let c = c.clone();
+        Box::pin(async move { create_in(tx, &c).await })
+    })
+    .await
+}
+
+async fn create_in(tx: &mut Tx, c: &CommentCreated) -> Result<Option<String>, DbError> {
+    let post_id = c.post_id.as_str();
+    let Some(tail) = tail_for_update(tx, post_id).await? else {
+        return Ok(None);
     };
     let entry = doc::entry(&Comment { id: &c.id, content: &c.content, status: c.status.as_str() });
     // Appended to the last segment while it has room, else a new one.
@@ -148,7 +156,7 @@ pub async fn create(db: &Db, post_id: &str, content: &str) -> Result<Option<Stri
             .bind(&entry)
             .bind(post_id)
             .bind(tail.seg)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
         Tail { seg: tail.seg, entries: tail.entries + 1 }
     } else {
@@ -156,24 +164,22 @@ pub async fn create(db: &Db, post_id: &str, content: &str) -> Result<Option<Stri
             .bind(post_id)
             .bind(tail.seg + 1)
             .bind(&entry)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
         Tail { seg: tail.seg + 1, entries: 1 }
     };
-    set_tail(&mut tx, post_id, tail).await?;
+    set_tail(tx, post_id, tail).await?;
     sqlx::query("INSERT INTO comments (id, post_id, content, status, version, seg) VALUES ($1, $2, $3, $4, 1, $5)")
         .bind(&c.id)
         .bind(&c.post_id)
         .bind(&c.content)
         .bind(c.status.as_str())
         .bind(tail.seg)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
-    tx.emit(&c, 1).await?;
+    tx.emit(c, 1).await?;
     let backend = tx.backend();
-    let after = array(&mut tx, backend, post_id).await?;
-    tx.commit().await?;
-    Ok(after)
+    array(tx, backend, post_id).await
 }
 
 /// Sets a comment's moderation status and emits `CommentUpdated` with the next version.

@@ -1,0 +1,153 @@
+//! Group commit for SQLite: writes that arrive while another is running share the next
+//! transaction, so a burst of requests pays for one `BEGIN`, one `COMMIT` and one turn of
+//! the write lock between them instead of one each. Every caller still gets its own answer,
+//! and only after the commit that holds its writes: a 201 still means committed.
+//!
+//! One task per database takes the queued writes (up to [`MAX_GROUP`]) and runs them one
+//! after another in one transaction. A write that fails rolls the whole group back; each
+//! write of that group then runs again alone, in a transaction of its own, so one bad
+//! request fails by itself and the others commit as if nothing had happened. That is why a
+//! write may run twice and must have no effect outside its transaction.
+//!
+//! An idle database pays nothing: a write that finds the queue empty runs at once, alone.
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::db::{Db, DbError, Tx};
+
+/// Most writes sharing one transaction: enough to absorb a burst, few enough that the
+/// first of them does not wait long for the last.
+pub const MAX_GROUP: usize = 64;
+
+/// A write's work in a given transaction, its result kept aside.
+type Run = Box<dyn for<'t> FnMut(&'t mut Tx) -> BoxFuture<'t, Result<(), DbError>> + Send>;
+
+/// A write, type-erased: `run` does its work in the transaction it is given (keeping its
+/// result aside), `done` answers the caller once the outcome is known.
+pub(crate) struct Job {
+    run: Run,
+    done: Box<dyn FnOnce(Result<(), DbError>) + Send>,
+}
+
+impl Job {
+    /// A job for `work`, and where its answer will arrive.
+    pub(crate) fn new<T, F>(work: F) -> (Job, oneshot::Receiver<Result<T, DbError>>)
+    where
+        T: Send + 'static,
+        F: for<'t> Fn(&'t mut Tx) -> BoxFuture<'t, Result<T, DbError>> + Send + Sync + 'static,
+    {
+        let (answer, answered) = oneshot::channel();
+        let result: Arc<std::sync::Mutex<Option<T>>> = Arc::default();
+        let kept = result.clone();
+        let work = Arc::new(work);
+        let run = Box::new(for_any_tx(move |tx| {
+            let (work, kept) = (work.clone(), kept.clone());
+            Box::pin(async move {
+                let value = work(tx).await?;
+                *kept.lock().expect("not poisoned") = Some(value);
+                Ok(())
+            })
+        }));
+        let done = Box::new(move |outcome: Result<(), DbError>| {
+            let answer_value = outcome.and_then(|()| {
+                result.lock().expect("not poisoned").take().ok_or_else(|| lost("the write's result was not kept"))
+            });
+            // The caller may have gone (its request was dropped); its writes stand.
+            let _ = answer.send(answer_value);
+        });
+        (Job { run, done }, answered)
+    }
+}
+
+/// Gives a closure the signature `Job::run` needs (for every transaction's lifetime), which
+/// closure inference alone does not.
+fn for_any_tx<F>(f: F) -> F
+where
+    F: for<'t> FnMut(&'t mut Tx) -> BoxFuture<'t, Result<(), DbError>>,
+{
+    f
+}
+
+fn lost(why: &str) -> DbError {
+    DbError::Sql(sqlx::Error::Protocol(format!("group commit: {why}")))
+}
+
+/// The queue of one database's writer task.
+#[derive(Clone)]
+pub(crate) struct Writer(mpsc::UnboundedSender<Job>);
+
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Writer")
+    }
+}
+
+impl Writer {
+    /// Starts the writer task for `db`, which must not itself submit to a writer (else
+    /// the task would keep its own queue open forever).
+    pub(crate) fn start(db: Db) -> Writer {
+        let (queue, jobs) = mpsc::unbounded_channel();
+        tokio::spawn(run(db, jobs));
+        Writer(queue)
+    }
+
+    pub(crate) async fn submit<T: Send + 'static>(
+        &self,
+        job: Job,
+        answered: oneshot::Receiver<Result<T, DbError>>,
+    ) -> Result<T, DbError> {
+        self.0.send(job).map_err(|_| lost("the database's writer has stopped"))?;
+        answered.await.map_err(|_| lost("the database's writer stopped before answering"))?
+    }
+}
+
+/// The writer task: takes what is queued, runs it as one group, answers, repeats. Ends
+/// when every handle to the queue is gone.
+async fn run(db: Db, mut jobs: mpsc::UnboundedReceiver<Job>) {
+    while let Some(first) = jobs.recv().await {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match jobs.try_recv() {
+                Ok(job) => group.push(job),
+                Err(_) => break,
+            }
+        }
+        run_group(&db, group).await;
+    }
+}
+
+async fn run_group(db: &Db, mut group: Vec<Job>) {
+    if group.len() > 1 {
+        match together(db, &mut group).await {
+            Ok(()) => {
+                for job in group {
+                    (job.done)(Ok(()));
+                }
+                return;
+            }
+            Err(e) => tracing::debug!(writes = group.len(), error = %e, "a grouped write failed; running each alone"),
+        }
+    }
+    for mut job in group {
+        let outcome = alone(db, &mut job).await;
+        (job.done)(outcome);
+    }
+}
+
+/// Every job in one transaction; all or nothing.
+async fn together(db: &Db, group: &mut [Job]) -> Result<(), DbError> {
+    let mut tx = db.begin().await?;
+    for job in group.iter_mut() {
+        (job.run)(&mut tx).await?;
+    }
+    tx.commit().await
+}
+
+async fn alone(db: &Db, job: &mut Job) -> Result<(), DbError> {
+    let mut tx = db.begin().await?;
+    (job.run)(&mut tx).await?;
+    tx.commit().await
+}

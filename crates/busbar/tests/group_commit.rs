@@ -1,0 +1,79 @@
+//! `Db::write`: on SQLite, writes that arrive together share one transaction, and each
+//! caller gets its own answer; a write that fails in a group fails alone while the others
+//! commit. On PostgreSQL each write is a transaction of its own.
+//!
+//! The tests run on tokio's current-thread runtime, so every write of a `join_all` is
+//! queued before the writer task first runs: they form one group, deterministically.
+
+mod common;
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicUsize, Ordering},
+};
+
+use busbar::{Db, db::DbError};
+use common::{NoteWritten, count, database, notes_db};
+
+/// Writes note `id`, emitting `NoteWritten`; counts its runs in `runs`. Answers the id.
+async fn write_note(db: &Db, id: &str, runs: Arc<AtomicUsize>) -> Result<String, DbError> {
+    let id = id.to_owned();
+    db.write(move |tx| {
+        let (id, runs) = (id.clone(), runs.clone());
+        Box::pin(async move {
+            runs.fetch_add(1, Ordering::SeqCst);
+            sqlx::query("INSERT INTO notes (id, text) VALUES ($1, 'hi')").bind(&id).execute(&mut **tx).await?;
+            tx.emit(&NoteWritten { id: id.clone(), text: "hi".into() }, 1).await?;
+            Ok(id)
+        })
+    })
+    .await
+}
+
+async fn a_failing_write_fails_alone(backend: &str) {
+    let (url, _keep) = database(backend).await;
+    let db = notes_db(&url).await;
+    write_note(&db, "taken", Arc::default()).await.unwrap();
+
+    let runs: Vec<Arc<AtomicUsize>> = (0..3).map(|_| Arc::default()).collect();
+    let (first, taken, last) = futures::join!(
+        write_note(&db, "first", runs[0].clone()),
+        write_note(&db, "taken", runs[1].clone()),
+        write_note(&db, "last", runs[2].clone()),
+    );
+    assert_eq!(first.unwrap(), "first", "{backend}");
+    assert!(taken.unwrap_err().is_unique_violation(), "the failing write gets its own error ({backend})");
+    assert_eq!(last.unwrap(), "last", "{backend}");
+    let runs: Vec<usize> = runs.iter().map(|r| r.load(Ordering::SeqCst)).collect();
+    match backend {
+        // One group: first, then taken failed (last never ran in it); then each alone.
+        "sqlite" => assert_eq!(runs, [2, 2, 1]),
+        _ => assert_eq!(runs, [1, 1, 1], "PostgreSQL runs each write alone"),
+    }
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM notes").await, 3, "{backend}");
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM busbar_outbox").await, 3, "one event per committed write ({backend})");
+}
+
+#[tokio::test]
+async fn a_failing_write_fails_alone_on_sqlite() {
+    a_failing_write_fails_alone("sqlite").await;
+}
+
+#[tokio::test]
+async fn a_failing_write_fails_alone_on_postgres() {
+    a_failing_write_fails_alone("postgres").await;
+}
+
+#[tokio::test]
+async fn writes_that_arrive_together_commit_together_each_with_its_answer() {
+    let (url, _keep) = database("sqlite").await;
+    let db = notes_db(&url).await;
+    let runs: Arc<AtomicUsize> = Arc::default();
+    let ids: Vec<String> = (0..150).map(|i| format!("n{i:03}")).collect();
+    let answers = futures::future::join_all(ids.iter().map(|id| write_note(&db, id, runs.clone()))).await;
+    let answers: Vec<String> = answers.into_iter().map(Result::unwrap).collect();
+    assert_eq!(answers, ids, "each caller gets its own result");
+    assert_eq!(runs.load(Ordering::SeqCst), 150, "nothing failed, so nothing ran twice");
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM notes").await, 150);
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM busbar_outbox").await, 150);
+}
