@@ -70,29 +70,37 @@ pub async fn get(conn: &mut AnyConnection, id: &str) -> Result<Option<Order>, Db
     Ok(row.as_ref().map(order))
 }
 
-/// Places an order at the product's price in orders' copy, with its `OrderPlaced`, atomically.
+/// Places an order at the product's price in orders' copy, with its `OrderPlaced`,
+/// atomically, in a transaction shared with the orders placed at the same moment
+/// ([`Db::write`]).
 pub async fn place(db: &Db, user_id: &str, product_id: &str, quantity: i64) -> Result<Place, DbError> {
-    let mut tx = db.begin().await?;
-    let user = sqlx::query("SELECT 1 FROM known_users WHERE id = $1").bind(user_id).fetch_optional(&mut *tx).await?;
+    let (id, user_id, product_id) = (uuid::Uuid::now_v7().to_string(), user_id.to_owned(), product_id.to_owned());
+    db.write(move |tx| {
+        let (id, user_id, product_id) = (id.clone(), user_id.clone(), product_id.clone());
+        Box::pin(async move { place_in(tx, id, user_id, product_id, quantity).await })
+    })
+    .await
+}
+
+async fn place_in(
+    tx: &mut Tx,
+    id: String,
+    user_id: String,
+    product_id: String,
+    quantity: i64,
+) -> Result<Place, DbError> {
+    let user = sqlx::query("SELECT 1 FROM known_users WHERE id = $1").bind(&user_id).fetch_optional(&mut **tx).await?;
     if user.is_none() {
-        tx.rollback().await?;
         return Ok(Place::UnknownUser);
     }
     let Some(price) = sqlx::query("SELECT price_cents FROM known_products WHERE id = $1")
-        .bind(product_id)
-        .fetch_optional(&mut *tx)
+        .bind(&product_id)
+        .fetch_optional(&mut **tx)
         .await?
     else {
-        tx.rollback().await?;
         return Ok(Place::UnknownProduct);
     };
-    let e = OrderPlaced {
-        id: uuid::Uuid::now_v7().to_string(),
-        user_id: user_id.to_owned(),
-        product_id: product_id.to_owned(),
-        quantity,
-        unit_price_cents: price.get(0),
-    };
+    let e = OrderPlaced { id, user_id, product_id, quantity, unit_price_cents: price.get(0) };
     sqlx::query(
         "INSERT INTO orders (id, user_id, product_id, quantity, unit_price_cents, status, version) \
          VALUES ($1, $2, $3, $4, $5, $6, 1)",
@@ -103,10 +111,9 @@ pub async fn place(db: &Db, user_id: &str, product_id: &str, quantity: i64) -> R
     .bind(e.quantity)
     .bind(e.unit_price_cents)
     .bind(PLACED)
-    .execute(&mut *tx)
+    .execute(&mut **tx)
     .await?;
     tx.emit(&e, 1).await?;
-    tx.commit().await?;
     Ok(Place::Placed(Order {
         id: e.id,
         user_id: e.user_id,
