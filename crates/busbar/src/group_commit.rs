@@ -141,13 +141,23 @@ async fn run_group(db: &Db, mut group: Vec<Job>) {
 async fn together(db: &Db, group: &mut [Job]) -> Result<(), DbError> {
     let mut tx = db.begin().await?;
     for job in group.iter_mut() {
-        (job.run)(&mut tx).await?;
+        guarded(job, &mut tx).await?;
     }
     tx.commit().await
 }
 
 async fn alone(db: &Db, job: &mut Job) -> Result<(), DbError> {
     let mut tx = db.begin().await?;
-    (job.run)(&mut tx).await?;
+    guarded(job, &mut tx).await?;
     tx.commit().await
+}
+
+/// Runs a job; a panic is that write's failure, not the writer task's end (which would
+/// stop every later write of the process).
+async fn guarded(job: &mut Job, tx: &mut Tx) -> Result<(), DbError> {
+    use futures::FutureExt;
+    match std::panic::AssertUnwindSafe((job.run)(tx)).catch_unwind().await {
+        Ok(outcome) => outcome,
+        Err(_) => Err(lost("the write panicked (its transaction was rolled back)")),
+    }
 }

@@ -77,3 +77,16 @@ async fn writes_that_arrive_together_commit_together_each_with_its_answer() {
     assert_eq!(count(&db, "SELECT COUNT(*) FROM notes").await, 150);
     assert_eq!(count(&db, "SELECT COUNT(*) FROM busbar_outbox").await, 150);
 }
+
+#[tokio::test]
+async fn a_write_that_panics_fails_and_later_writes_still_commit() {
+    let (url, _keep) = database("sqlite").await;
+    let db = notes_db(&url).await;
+    let panicking = db.write(|_tx| Box::pin(async { panic!("a bug in a handler") }));
+    let (panicked, fine) = futures::join!(panicking, write_note(&db, "fine", Arc::default()));
+    let error: Result<(), DbError> = panicked;
+    assert!(error.unwrap_err().to_string().contains("the write panicked"));
+    assert_eq!(fine.unwrap(), "fine", "the write grouped with it committed");
+    assert_eq!(write_note(&db, "later", Arc::default()).await.unwrap(), "later", "the writer still runs");
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM notes").await, 2);
+}
