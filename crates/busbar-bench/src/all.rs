@@ -288,8 +288,11 @@ Everything runs on this one machine over loopback, each run bounded in events an
   `?after=<id>&limit=1000`, starting below the oldest write not yet seen), so latencies include up to one poll
   interval plus one read. Closed loop: 32 clients post as fast as they are answered for 5 s; `visible/s` is posts
   divided by the time from the first request until query had applied all of them. Open loop: a fixed rate, each
-  write stamped with its scheduled time (queueing in the client counts as latency). Comments: one comment per post
-  on posts comments already knows; the path is comments → bus → moderation → bus → comments → bus → query.
+  write stamped with its scheduled time (queueing in the client counts as latency). The course client's read (the
+  whole `GET /posts`, polled every 5 ms and parsed, `--full-poll-rates`) runs first, on the fresh view, and each row
+  says how many posts the view held when it began: what the client reads and parses grows with the view. Comments:
+  one comment per post on posts comments already knows; the path is comments → bus → moderation → bus → comments →
+  bus → query.
 - **shop**: the second app, started the same way from `k8s/shop/servicebus.yaml`. 20 users and 100 products are
   created first; then orders (quantity 1) go through `POST /orders`. *Visible* means counted in user-products'
   `GET /users/:id/products` (orders → bus → user-products), polled every 2 ms for each user with an order not yet
