@@ -673,6 +673,7 @@ async fn measure(
         let needed: u64 = args.comment_rates.iter().map(|r| (r * args.rate_duration).round().max(1.0) as u64).sum();
         eprintln!("{who}: comments: creating {needed} posts to comment on");
         let known0 = stack.applied_before(client, &comments).await?;
+        let shown0 = stack.applied_before(client, &query).await?;
         let posts = closed_posts(client, &posts_url, k, Duration::from_secs(3600), needed).await;
         if posts.errors > 0 {
             bail!("creating posts to comment on failed: {}", posts.first_error.unwrap_or_default());
@@ -682,6 +683,11 @@ async fn measure(
         wait_known_to_comments(client, &comments, known0, &refs, args.drain_timeout, light_every)
             .await?
             .context("comments did not learn of the posts in time")?;
+        // And query, so that the comments' runs measure comments, not query still applying
+        // these posts (posts are written faster than query applies them).
+        wait_in_query(client, &query, shown0, &refs, args.drain_timeout, light_every)
+            .await?
+            .context("query did not show the posts to comment on in time")?;
         ids.sort();
         let mut ids = ids.into_iter();
         for &rate in &args.comment_rates {
