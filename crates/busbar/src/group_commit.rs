@@ -43,10 +43,16 @@ impl Job {
         let result: Arc<std::sync::Mutex<Option<T>>> = Arc::default();
         let kept = result.clone();
         let work = Arc::new(work);
+        // The writer task runs the work, but in the caller's trace: what it emits names the
+        // caller's span as parent, as when the caller ran it itself.
+        let trace = crate::trace::current();
         let run = Box::new(for_any_tx(move |tx| {
             let (work, kept) = (work.clone(), kept.clone());
             Box::pin(async move {
-                let value = work(tx).await?;
+                let value = match trace {
+                    Some(ctx) => crate::trace::within(ctx, work(tx)).await?,
+                    None => work(tx).await?,
+                };
                 *kept.lock().expect("not poisoned") = Some(value);
                 Ok(())
             })

@@ -90,3 +90,29 @@ async fn a_write_that_panics_fails_and_later_writes_still_commit() {
     assert_eq!(write_note(&db, "later", Arc::default()).await.unwrap(), "later", "the writer still runs");
     assert_eq!(count(&db, "SELECT COUNT(*) FROM notes").await, 2);
 }
+
+/// The writer task runs a write in its caller's trace, so the event it emits carries the
+/// caller's span as parent (the trace runs on through every service the event reaches).
+#[tokio::test]
+async fn a_grouped_write_emits_in_its_callers_trace() {
+    let (url, _keep) = database("sqlite").await;
+    let db = notes_db(&url).await;
+    let (a, b) = (busbar::trace::TraceContext::root(), busbar::trace::TraceContext::root());
+    let (ra, rb) = futures::join!(
+        busbar::trace::within(a, write_note(&db, "a", Arc::default())),
+        busbar::trace::within(b, write_note(&db, "b", Arc::default())),
+    );
+    (ra.unwrap(), rb.unwrap());
+    for (id, ctx) in [("a", a), ("b", b)] {
+        use sqlx::Row;
+        let payload: String = sqlx::query("SELECT payload FROM busbar_outbox WHERE payload LIKE $1")
+            .bind(format!("%\"id\":\"{id}\"%"))
+            .fetch_one(db.pool())
+            .await
+            .unwrap()
+            .get(0);
+        let event = busbar::envelope::decode_one(&payload).unwrap();
+        let parent = busbar::envelope::trace(&event).expect("the event carries a traceparent");
+        assert_eq!(parent.trace_id_hex(), ctx.trace_id_hex(), "note {id}");
+    }
+}
