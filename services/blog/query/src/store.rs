@@ -18,25 +18,41 @@ use sqlx::Row;
 /// transaction's id, so writers share no lock; a reader then also reads the rows of every
 /// transaction that was still running when it last looked ([`changes`]).
 macro_rules! stamped {
-    (sqlite: $($sql:literal)+) => {
+    (sqlite: $($sql:expr),+ $(,)?) => {
         concat!("UPDATE view_stamp SET n = n + 1 WHERE id = 1; ", $($sql),+)
     };
 }
-/// Stores a post with its rendered view: one read (its comments, which may have arrived
-/// first) and one write.
+/// Whether comments of the post (`$1`) arrived before it, as one BIGINT column.
+macro_rules! comments_waiting {
+    () => {
+        "CAST(CASE WHEN EXISTS (SELECT 1 FROM comments WHERE post_id = $1) THEN 1 ELSE 0 END AS BIGINT)"
+    };
+}
+
+/// Stores a post with its rendered view. Comments almost always come after their post, so
+/// the post is stored with none, and the same round trip tells whether some were waiting
+/// for it; only then is its view rendered again with them.
 pub async fn upsert_post(tx: &mut Tx, p: &PostCreated) -> Result<(), DbError> {
-    let comments = comments_of(tx, &p.id).await?;
-    let doc = document(&p.id, p.title.clone(), comments);
+    let doc = document(&p.id, p.title.clone(), vec![]);
     let sql = match tx.backend() {
         Backend::Sqlite => stamped!(sqlite:
-            "INSERT INTO posts (id, title, doc, stamp) VALUES ($1, $2, $3, (SELECT n FROM view_stamp WHERE id = 1)) "
-            "ON CONFLICT (id) DO UPDATE SET title = excluded.title, doc = excluded.doc, stamp = excluded.stamp"),
-        Backend::Postgres => {
+            "INSERT INTO posts (id, title, doc, stamp) VALUES ($1, $2, $3, (SELECT n FROM view_stamp WHERE id = 1)) ",
+            "ON CONFLICT (id) DO UPDATE SET title = excluded.title, doc = excluded.doc, stamp = excluded.stamp; ",
+            "SELECT ", comments_waiting!()),
+        Backend::Postgres => concat!(
             "INSERT INTO posts (id, title, doc, stamp) VALUES ($1, $2, $3, pg_current_xact_id()::text::bigint) \
-             ON CONFLICT (id) DO UPDATE SET title = excluded.title, doc = excluded.doc, stamp = excluded.stamp"
-        }
+             ON CONFLICT (id) DO UPDATE SET title = excluded.title, doc = excluded.doc, stamp = excluded.stamp \
+             RETURNING ",
+            comments_waiting!()
+        ),
     };
-    sqlx::query(sql).bind(&p.id).bind(&p.title).bind(doc).execute(&mut **tx).await?;
+    // fetch_all: SQLite answers a query's rows statement by statement, and fetch_one would
+    // stop at the first statement, which has none.
+    let rows = sqlx::query(sql).bind(&p.id).bind(&p.title).bind(doc).fetch_all(&mut **tx).await?;
+    let waiting: i64 = rows.last().ok_or(sqlx::Error::RowNotFound)?.try_get(0)?;
+    if waiting == 1 {
+        render(tx, &p.id).await?;
+    }
     Ok(())
 }
 
@@ -132,7 +148,7 @@ pub async fn render_missing(db: &Db) -> Result<u64, DbError> {
             let doc = document(&id, r.get(1), comments_of(&mut tx, &id).await?);
             let sql = match tx.backend() {
                 Backend::Sqlite => stamped!(sqlite:
-                    "UPDATE posts SET doc = $1, stamp = (SELECT n FROM view_stamp WHERE id = 1) "
+                    "UPDATE posts SET doc = $1, stamp = (SELECT n FROM view_stamp WHERE id = 1) ",
                     "WHERE id = $2 AND doc IS NULL"),
                 Backend::Postgres => {
                     "UPDATE posts SET doc = $1, stamp = pg_current_xact_id()::text::bigint \

@@ -51,6 +51,11 @@ async fn the_view_follows_posts_and_comments(backend: &str) {
     comment(&db, "c1", "p1", "early", "pending").await;
     assert_eq!(get(&format!("{base}/posts")).await, json!({}));
     post(&db, "p1", "first").await;
+    assert_eq!(
+        get(&format!("{base}/posts")).await,
+        json!({"p1": {"id": "p1", "title": "first", "comments": [{"id": "c1", "content": "early", "status": "pending"}]}}),
+        "the post shows the comment that waited for it ({backend})"
+    );
     comment(&db, "c2", "p1", "second \"quoted\" ✓", "pending").await;
     comment(&db, "c1", "p1", "early", "approved").await;
     post(&db, "p2", "other").await;
