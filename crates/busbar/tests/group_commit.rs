@@ -102,7 +102,7 @@ async fn a_grouped_write_emits_in_its_callers_trace() {
         busbar::trace::within(a, write_note(&db, "a", Arc::default())),
         busbar::trace::within(b, write_note(&db, "b", Arc::default())),
     );
-    (ra.unwrap(), rb.unwrap());
+    assert_eq!((ra.unwrap(), rb.unwrap()), ("a".to_owned(), "b".to_owned()));
     for (id, ctx) in [("a", a), ("b", b)] {
         use sqlx::Row;
         let payload: String = sqlx::query("SELECT payload FROM busbar_outbox WHERE payload LIKE $1")
