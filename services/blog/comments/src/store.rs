@@ -39,14 +39,14 @@ pub async fn array(conn: &mut AnyConnection, backend: Backend, post_id: &str) ->
     let members = match last_seg {
         Some(_) => joined.unwrap_or_default(),
         // A post from before segments, not written since: its rows, as they are.
-        None => entries(conn, post_id).await?.join(","),
+        None => entries(conn, post_id).await?.into_iter().map(|(_, entry)| entry).collect::<Vec<_>>().join(","),
     };
     Ok(Some(format!("[{members}]")))
 }
 
 /// A post's comments as array entries, oldest first (UUIDv7 ids sort by creation time),
 /// with their ids.
-async fn entries_with_ids(conn: &mut AnyConnection, post_id: &str) -> Result<Vec<(String, String)>, DbError> {
+async fn entries(conn: &mut AnyConnection, post_id: &str) -> Result<Vec<(String, String)>, DbError> {
     let rows = sqlx::query("SELECT id, content, status FROM comments WHERE post_id = $1 ORDER BY id")
         .bind(post_id)
         .fetch_all(conn)
@@ -59,10 +59,6 @@ async fn entries_with_ids(conn: &mut AnyConnection, post_id: &str) -> Result<Vec
             (id, entry)
         })
         .collect())
-}
-
-async fn entries(conn: &mut AnyConnection, post_id: &str) -> Result<Vec<String>, DbError> {
-    Ok(entries_with_ids(conn, post_id).await?.into_iter().map(|(_, e)| e).collect())
 }
 
 /// Where a post's array ends: its last segment and how many comments that holds.
@@ -93,7 +89,7 @@ async fn tail_for_update(tx: &mut Tx, post_id: &str) -> Result<Option<Tail>, DbE
 
 /// Splits the rows of a post from before segments into segments, oldest first.
 async fn build_segments(tx: &mut Tx, post_id: &str) -> Result<Tail, DbError> {
-    let all = entries_with_ids(tx, post_id).await?;
+    let all = entries(tx, post_id).await?;
     let mut tail = Tail { seg: 0, entries: 0 };
     for part in all.chunks(SEGMENT as usize) {
         tail = Tail { seg: tail.seg + 1, entries: part.len() as i64 };
