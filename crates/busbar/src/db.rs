@@ -106,7 +106,7 @@ pub struct Db {
     /// What the service declared it publishes, when the service runtime opened it: emits
     /// are checked against it and stamped with their `dataschema`.
     declared: Option<Arc<crate::contract::Declared>>,
-    /// The task that groups [`Db::write`]s (SQLite), started by the first one.
+    /// The task that groups [`Db::write`]s, started by the first one.
     group: Arc<std::sync::OnceLock<crate::group_commit::Writer>>,
 }
 
@@ -236,33 +236,22 @@ impl Db {
     }
 
     /// Runs `work` in a write transaction and commits it; returns what `work` returned,
-    /// once its writes are committed. On SQLite, writes that arrive while another is
-    /// running share one transaction ([`crate::group_commit`]): one `BEGIN`, `COMMIT` and
-    /// turn of the write lock for the lot. So `work` may run more than once (in a group
+    /// once its writes are committed. Writes that arrive while others are running share one
+    /// transaction ([`crate::group_commit`]): one `BEGIN` and one `COMMIT` for the lot (and
+    /// on SQLite one turn of the write lock). So `work` may run more than once (in a group
     /// that failed for another write's sake, then alone) and must have no effect outside
-    /// its transaction; generate ids before calling. On PostgreSQL, whose server already
-    /// shares one WAL flush among concurrent commits, it is a transaction of its own.
+    /// its transaction; generate ids before calling.
     pub async fn write<T, F>(&self, work: F) -> Result<T, DbError>
     where
         T: Send + 'static,
         F: for<'t> Fn(&'t mut Tx) -> futures::future::BoxFuture<'t, Result<T, DbError>> + Send + Sync + 'static,
     {
-        match self.backend {
-            Backend::Postgres => {
-                let mut tx = self.begin().await?;
-                let value = work(&mut tx).await?;
-                tx.commit().await?;
-                Ok(value)
-            }
-            Backend::Sqlite => {
-                let writer = self.group.get_or_init(|| {
-                    // The writer's own handle has no writer: it never queues to itself.
-                    crate::group_commit::Writer::start(Db { group: Arc::default(), ..self.clone() })
-                });
-                let (job, answered) = crate::group_commit::Job::new(work);
-                writer.submit(job, answered).await
-            }
-        }
+        let writer = self.group.get_or_init(|| {
+            // The writer's own handle has no writer: it never queues to itself.
+            crate::group_commit::Writer::start(Db { group: Arc::default(), ..self.clone() })
+        });
+        let (job, answered) = crate::group_commit::Job::new(work);
+        writer.submit(job, answered).await
     }
 
     /// Runs one writing statement by itself, outside an explicit transaction: the database

@@ -1,7 +1,7 @@
 //! busbar SDK: the runtime every service links to emit and receive events.
 //!
 //! - [`db`]: the service's own database, with transactions that emit through the outbox;
-//! - [`group_commit`]: concurrent writes sharing one SQLite transaction ([`Db::write`]);
+//! - [`group_commit`]: concurrent writes sharing one transaction ([`Db::write`]);
 //! - [`outbox`]: the relay that publishes committed events in order;
 //! - [`consumer`]: the idempotent inbox and per-aggregate ordering around a handler;
 //! - [`transport`]: the [`Transport`] trait and its implementations;

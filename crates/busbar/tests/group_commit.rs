@@ -1,6 +1,6 @@
-//! `Db::write`: on SQLite, writes that arrive together share one transaction, and each
-//! caller gets its own answer; a write that fails in a group fails alone while the others
-//! commit. On PostgreSQL each write is a transaction of its own.
+//! `Db::write`, on SQLite and PostgreSQL: writes that arrive together share one
+//! transaction, and each caller gets its own answer; a write that fails in a group fails
+//! alone while the others commit.
 //!
 //! The tests run on tokio's current-thread runtime, so every write of a `join_all` is
 //! queued before the writer task first runs: they form one group, deterministically.
@@ -45,11 +45,8 @@ async fn a_failing_write_fails_alone(backend: &str) {
     assert!(taken.unwrap_err().is_unique_violation(), "the failing write gets its own error ({backend})");
     assert_eq!(last.unwrap(), "last", "{backend}");
     let runs: Vec<usize> = runs.iter().map(|r| r.load(Ordering::SeqCst)).collect();
-    match backend {
-        // One group: first, then taken failed (last never ran in it); then each alone.
-        "sqlite" => assert_eq!(runs, [2, 2, 1]),
-        _ => assert_eq!(runs, [1, 1, 1], "PostgreSQL runs each write alone"),
-    }
+    // One group: first, then taken failed (last never ran in it); then each alone.
+    assert_eq!(runs, [2, 2, 1], "{backend}");
     assert_eq!(count(&db, "SELECT COUNT(*) FROM notes").await, 3, "{backend}");
     assert_eq!(count(&db, "SELECT COUNT(*) FROM busbar_outbox").await, 3, "one event per committed write ({backend})");
 }
@@ -64,9 +61,8 @@ async fn a_failing_write_fails_alone_on_postgres() {
     a_failing_write_fails_alone("postgres").await;
 }
 
-#[tokio::test]
-async fn writes_that_arrive_together_commit_together_each_with_its_answer() {
-    let (url, _keep) = database("sqlite").await;
+async fn writes_that_arrive_together_commit_together_each_with_its_answer(backend: &str) {
+    let (url, _keep) = database(backend).await;
     let db = notes_db(&url).await;
     let runs: Arc<AtomicUsize> = Arc::default();
     let ids: Vec<String> = (0..150).map(|i| format!("n{i:03}")).collect();
@@ -78,9 +74,8 @@ async fn writes_that_arrive_together_commit_together_each_with_its_answer() {
     assert_eq!(count(&db, "SELECT COUNT(*) FROM busbar_outbox").await, 150);
 }
 
-#[tokio::test]
-async fn a_write_that_panics_fails_and_later_writes_still_commit() {
-    let (url, _keep) = database("sqlite").await;
+async fn a_write_that_panics_fails_and_later_writes_still_commit(backend: &str) {
+    let (url, _keep) = database(backend).await;
     let db = notes_db(&url).await;
     let panicking = db.write(|_tx| Box::pin(async { panic!("a bug in a handler") }));
     let (panicked, fine) = futures::join!(panicking, write_note(&db, "fine", Arc::default()));
@@ -93,9 +88,8 @@ async fn a_write_that_panics_fails_and_later_writes_still_commit() {
 
 /// The writer task runs a write in its caller's trace, so the event it emits carries the
 /// caller's span as parent (the trace runs on through every service the event reaches).
-#[tokio::test]
-async fn a_grouped_write_emits_in_its_callers_trace() {
-    let (url, _keep) = database("sqlite").await;
+async fn a_grouped_write_emits_in_its_callers_trace(backend: &str) {
+    let (url, _keep) = database(backend).await;
     let db = notes_db(&url).await;
     let (a, b) = (busbar::trace::TraceContext::root(), busbar::trace::TraceContext::root());
     let (ra, rb) = futures::join!(
@@ -116,3 +110,17 @@ async fn a_grouped_write_emits_in_its_callers_trace() {
         assert_eq!(parent.trace_id_hex(), ctx.trace_id_hex(), "note {id}");
     }
 }
+
+/// Each case above on both backends.
+macro_rules! on_both_backends {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite { $( #[tokio::test] async fn $case() { super::$case("sqlite").await } )* }
+        mod postgres { $( #[tokio::test] async fn $case() { super::$case("postgres").await } )* }
+    };
+}
+
+on_both_backends!(
+    writes_that_arrive_together_commit_together_each_with_its_answer,
+    a_write_that_panics_fails_and_later_writes_still_commit,
+    a_grouped_write_emits_in_its_callers_trace,
+);
