@@ -13,10 +13,16 @@
 //! A handler that panics counts as a failed attempt, like one that returns an error.
 //!
 //! The caller acknowledges the event (e.g. answers 2xx) only after this commits. A batch
-//! of events can share one transaction ([`Consumer::receive_all`]). Parked events that
-//! wait too long, or that keep failing, are the [`crate::parking`] sweeper's.
+//! of events shares one transaction ([`Consumer::receive_all`]), and steps 1 and 2's reads
+//! are made for the whole batch at once (`admit`): one round trip on SQLite, two on
+//! PostgreSQL, whatever the batch's size. Parked events that wait too long, or that keep
+//! failing, are the [`crate::parking`] sweeper's.
 
-use std::{collections::BTreeSet, panic::AssertUnwindSafe, sync::Arc};
+use std::{
+    collections::{BTreeSet, HashMap, HashSet},
+    panic::AssertUnwindSafe,
+    sync::Arc,
+};
 
 use async_trait::async_trait;
 use cloudevents::AttributesReader;
@@ -141,18 +147,10 @@ impl Consumer {
     /// Handles one event with inbox and ordering, in its own transaction; see the module
     /// docs.
     pub async fn receive(&self, event: &CloudEvent) -> Result<Outcome, ConsumeError> {
-        let mut tx = self.db.begin().await?;
-        let mut versions = Versions::default();
-        let outcome = self.receive_in(&mut tx, event, false, &mut versions).await?;
-        match outcome {
-            // Nothing was written; releasing the transaction is all that is left.
-            Outcome::Duplicate => tx.rollback().await?,
-            _ => {
-                versions.write(&mut tx).await?;
-                tx.commit().await?
-            }
+        match self.receive_all(std::slice::from_ref(event)).await {
+            Ok(mut outcomes) => Ok(outcomes.pop().expect("one outcome per event")),
+            Err((_, e)) => Err(e),
         }
-        Ok(outcome)
     }
 
     /// Handles `events` in order, in one transaction: one commit (and on SQLite one turn
@@ -172,22 +170,48 @@ impl Consumer {
         finish: impl for<'a> FnOnce(&'a mut Tx) -> BoxFuture<'a, Result<(), DbError>>,
     ) -> Result<Vec<Outcome>, (Vec<Outcome>, ConsumeError)> {
         let mut tx = self.db.begin().await.map_err(|e| (vec![], e.into()))?;
+        let mut state = match admit(&mut tx, events).await {
+            Ok(state) => state,
+            Err(e) => {
+                let _ = tx.rollback().await;
+                return Err((vec![], e));
+            }
+        };
         let mut outcomes = Vec::with_capacity(events.len());
-        let mut versions = Versions::default();
         for (i, ev) in events.iter().enumerate() {
             // After the first event, a savepoint marks where this event's writes start, so
             // a failure undoes only them.
-            let step = self.receive_in(&mut tx, ev, i > 0, &mut versions);
-            match step.await {
+            if i > 0
+                && let Err(e) = sqlx::query("SAVEPOINT busbar_event").execute(&mut *tx).await
+            {
+                let _ = tx.rollback().await;
+                return Err((vec![], e.into()));
+            }
+            let fresh = state.fresh.contains(ev.id());
+            match self.receive_in(&mut tx, ev, &mut state).await {
                 Ok(o) => outcomes.push(o),
                 Err(e) if i == 0 => {
                     let _ = tx.rollback().await;
                     return Err((vec![], e));
                 }
                 Err(e) => {
+                    // Admission recorded the failing event and those after it in the inbox:
+                    // they are not handled, so a redelivery must find them new.
+                    let unhandled = state.fresh.iter().map(String::as_str).chain(fresh.then_some(ev.id()));
+                    let unhandled = serde_json::to_string(&unhandled.collect::<Vec<_>>()).expect("strings serialise");
                     let kept = async {
                         sqlx::query("ROLLBACK TO SAVEPOINT busbar_event").execute(&mut *tx).await?;
-                        versions.write(&mut tx).await?;
+                        let forget = match tx.backend() {
+                            Backend::Sqlite => {
+                                "DELETE FROM busbar_inbox WHERE event_id IN (SELECT value FROM json_each($1))"
+                            }
+                            Backend::Postgres => {
+                                "DELETE FROM busbar_inbox WHERE event_id IN \
+                                 (SELECT json_array_elements_text(CAST($1 AS json)))"
+                            }
+                        };
+                        sqlx::query(forget).bind(unhandled).execute(&mut *tx).await?;
+                        state.versions.write(&mut tx).await?;
                         tx.commit().await?;
                         Ok::<_, ConsumeError>(())
                     };
@@ -200,7 +224,7 @@ impl Consumer {
             }
         }
         let done = async {
-            versions.write(&mut tx).await?;
+            state.versions.write(&mut tx).await?;
             finish(&mut tx).await.map_err(ConsumeError::from)?;
             tx.commit().await.map_err(ConsumeError::from)
         };
@@ -210,31 +234,23 @@ impl Consumer {
         }
     }
 
-    /// Inbox, ordering and the handler for one event inside `tx`, which the caller
-    /// commits after writing `versions`. A duplicate writes nothing. With `savepoint`, a
-    /// savepoint is set first, where a failure of this event rolls back to; `versions`
-    /// changes only when the event succeeds.
-    async fn receive_in(
-        &self,
-        tx: &mut Tx,
-        event: &CloudEvent,
-        savepoint: bool,
-        versions: &mut Versions,
-    ) -> Result<Outcome, ConsumeError> {
-        let source = event.source().to_string();
-        let aggregate = event.subject().zip(envelope::aggregate_version(event));
-        let Admission::Fresh(state) =
-            admit(tx, event, aggregate.map(|(subject, _)| (source.as_str(), subject)), savepoint).await?
-        else {
+    /// Ordering and the handler for one event already admitted into `tx` (see [`admit`]),
+    /// which the caller commits after writing `state.versions`. A duplicate writes nothing.
+    async fn receive_in(&self, tx: &mut Tx, event: &CloudEvent, state: &mut Admitted) -> Result<Outcome, ConsumeError> {
+        if !state.fresh.remove(event.id()) {
             crate::metrics::received(event.ty(), "duplicate");
             return Ok(Outcome::Duplicate);
-        };
-        let (Some((subject, version)), Some(AggregateState { last, any_parked })) = (aggregate, state) else {
+        }
+        let source = event.source().to_string();
+        let Some((subject, version)) = event.subject().zip(envelope::aggregate_version(event)) else {
             self.apply(tx, event).await?;
             return Ok(Outcome::Applied { drained: 0 });
         };
+        let key = (source, subject.to_owned());
+        let known = state.aggregates.get(&key).copied().unwrap_or_default();
+        let (source, subject) = (key.0.as_str(), key.1.as_str());
         // What an earlier event of this transaction applied is not written yet.
-        let last = versions.get(&source, subject).or(last);
+        let last = state.versions.get(source, subject).or(known.last);
         let predecessor =
             ordering::predecessor(version, envelope::predecessors(event).as_ref(), |t| self.scope.takes(t));
         let decision = match ordering::decide(last, version, predecessor, self.scope.start) {
@@ -248,8 +264,8 @@ impl Consumer {
                 self.apply(tx, event).await?;
                 let reached = last.map_or(version, |l| l.max(version));
                 let (applied, drained) =
-                    if any_parked { self.drain(tx, &source, subject, reached).await? } else { (reached, 0) };
-                versions.set(&source, subject, applied);
+                    if known.any_parked { self.drain(tx, source, subject, reached).await? } else { (reached, 0) };
+                state.versions.set(source, subject, applied);
                 Outcome::Applied { drained }
             }
             Decision::Defer { waiting_for } => {
@@ -257,7 +273,7 @@ impl Consumer {
                     "INSERT INTO busbar_deferred (source, subject, version, event_id, payload, deferred_at, waiting_for) \
                      VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (source, subject, version) DO NOTHING",
                 )
-                .bind(&source)
+                .bind(source)
                 .bind(subject)
                 .bind(version)
                 .bind(event.id())
@@ -266,12 +282,28 @@ impl Consumer {
                 .bind(waiting_for)
                 .execute(&mut **tx)
                 .await?;
-                tracing::debug!(event_id = event.id(), %source, subject, version, waiting_for, "parked: waiting for an earlier version");
+                // A later event of this aggregate in the same transaction has it to drain.
+                state.aggregates.insert(key.clone(), AggregateState { any_parked: true, ..known });
+                tracing::debug!(
+                    event_id = event.id(),
+                    source,
+                    subject,
+                    version,
+                    waiting_for,
+                    "parked: waiting for an earlier version"
+                );
                 crate::metrics::received(event.ty(), "parked");
                 Outcome::Deferred { waiting_for }
             }
             Decision::Stale => {
-                tracing::warn!(event_id = event.id(), %source, subject, version, ?last, "ignoring stale event: a newer version was already applied");
+                tracing::warn!(
+                    event_id = event.id(),
+                    source,
+                    subject,
+                    version,
+                    ?last,
+                    "ignoring stale event: a newer version was already applied"
+                );
                 crate::metrics::received(event.ty(), "stale");
                 Outcome::Stale
             }
@@ -421,21 +453,27 @@ impl Versions {
 pub(crate) async fn lock_aggregate(tx: &mut Tx, source: &str, subject: &str) -> Result<(), ConsumeError> {
     if tx.backend() == Backend::Postgres {
         sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-            .bind(format!("{source}\u{1f}{subject}"))
+            .bind(lock_key(source, subject))
             .execute(&mut **tx)
             .await?;
     }
     Ok(())
 }
 
-/// Whether an event is new here, and if so what ordering needs to know of its aggregate.
-enum Admission {
-    Duplicate,
-    /// Recorded in the inbox; the aggregate's state when the event names one.
-    Fresh(Option<AggregateState>),
+/// What admission learned of a batch, and what its events have done since.
+#[derive(Default)]
+struct Admitted {
+    /// The ids the inbox had not seen; an event taken off is no longer fresh, so the second
+    /// copy of an event in one batch is a duplicate.
+    fresh: HashSet<String>,
+    /// What ordering needs to know of each aggregate a fresh event names.
+    aggregates: HashMap<(String, String), AggregateState>,
+    /// The versions applied by this batch, not written yet.
+    versions: Versions,
 }
 
-/// What ordering needs to know of an aggregate.
+/// What ordering needs to know of an aggregate (the default: nothing applied or parked).
+#[derive(Debug, Clone, Copy, Default)]
 struct AggregateState {
     /// The last version this subscriber applied.
     last: Option<i64>,
@@ -444,137 +482,122 @@ struct AggregateState {
     any_parked: bool,
 }
 
-/// The inbox record (`$1` the event's id, `$2` the time), in every statement that makes it.
-macro_rules! inbox_insert {
-    () => {
-        "INSERT INTO busbar_inbox (event_id, handled_at) VALUES ($1, $2) ON CONFLICT (event_id) DO NOTHING"
-    };
+/// The aggregate an event names: its source and subject, when it also carries a version.
+fn aggregate_of(event: &CloudEvent) -> Option<(String, String)> {
+    let subject = event.subject()?;
+    envelope::aggregate_version(event)?;
+    Some((event.source().to_string(), subject.to_owned()))
 }
 
-/// What ordering needs to know of an aggregate, in one row: its last applied version and
-/// whether anything of it is parked (`$s` and `$j` the placeholders of source and subject).
-macro_rules! aggregate_state_select {
-    ($s:literal, $j:literal) => {
+/// The key of an aggregate's advisory lock on PostgreSQL ([`lock_aggregate`]).
+fn lock_key(source: &str, subject: &str) -> String {
+    format!("{source}\u{1f}{subject}")
+}
+
+/// The state of each aggregate of a JSON array of `[source, subject]` pairs (`$list`: the
+/// set-returning expression, `$v`: its element), one row each: source, subject, last
+/// applied version, whether anything is parked.
+macro_rules! aggregate_states_select {
+    ($list:literal, $v:literal) => {
         concat!(
-            "SELECT (SELECT version FROM busbar_aggregate_versions WHERE source = ",
-            $s,
-            " AND subject = ",
-            $j,
-            "), ",
+            "SELECT ",
+            $v,
+            " ->> 0, ",
+            $v,
+            " ->> 1, ",
+            "(SELECT version FROM busbar_aggregate_versions WHERE source = ",
+            $v,
+            " ->> 0 AND subject = ",
+            $v,
+            " ->> 1), ",
             "CAST(CASE WHEN EXISTS (SELECT 1 FROM busbar_deferred WHERE source = ",
-            $s,
-            " AND subject = ",
-            $j,
-            ") THEN 1 ELSE 0 END AS BIGINT)"
+            $v,
+            " ->> 0 AND subject = ",
+            $v,
+            " ->> 1) THEN 1 ELSE 0 END AS BIGINT) FROM ",
+            $list
         )
     };
 }
 
-/// Sets the savepoint (with `savepoint`), records `event` in the inbox, and for an event of
-/// an aggregate (`source`, `subject`) reads that aggregate's state, taking its lock first on
-/// PostgreSQL ([`lock_aggregate`]). Round trips (hand-offs to SQLite's worker thread, or
-/// trips to PostgreSQL) are most of an event's cost, so this is one on SQLite, whose
-/// queries may hold several statements, and two on PostgreSQL.
-async fn admit(
-    tx: &mut Tx,
-    event: &CloudEvent,
-    aggregate: Option<(&str, &str)>,
-    savepoint: bool,
-) -> Result<Admission, ConsumeError> {
-    match tx.backend() {
-        Backend::Sqlite => admit_sqlite(tx, event, aggregate, savepoint).await,
-        Backend::Postgres => {
-            if savepoint {
-                sqlx::query("SAVEPOINT busbar_event").execute(&mut **tx).await?;
-            }
-            if !record_in_inbox_pg(tx, event, aggregate).await? {
-                return Ok(Admission::Duplicate);
-            }
-            Ok(Admission::Fresh(match aggregate {
-                Some((source, subject)) => Some(aggregate_state(tx, source, subject).await?),
-                None => None,
-            }))
-        }
+/// Records every event of a batch in the inbox and reads what ordering needs to know of
+/// the aggregates the new ones name, taking their locks first on PostgreSQL (in one order,
+/// sorted, so two batches cannot each hold a lock the other waits for). Per batch rather
+/// than per event: round trips (hand-offs to SQLite's worker thread, trips to PostgreSQL)
+/// are most of what receiving costs. One round trip on SQLite, whose queries may hold
+/// several statements; two on PostgreSQL, whose second statement reads under a snapshot
+/// taken after the locks, so it sees what their previous holders committed.
+async fn admit(tx: &mut Tx, events: &[CloudEvent]) -> Result<Admitted, ConsumeError> {
+    let mut admitted = Admitted::default();
+    if events.is_empty() {
+        return Ok(admitted);
     }
-}
-
-/// The inbox record answers a row only when it is new (`RETURNING`: SQLite's count of
-/// changed rows is the last *changing* statement's, so it cannot be read after a
-/// savepoint), and the aggregate's state is the one row of two columns.
-async fn admit_sqlite(
-    tx: &mut Tx,
-    event: &CloudEvent,
-    aggregate: Option<(&str, &str)>,
-    savepoint: bool,
-) -> Result<Admission, ConsumeError> {
-    let sql = match (savepoint, aggregate.is_some()) {
-        (false, false) => concat!(inbox_insert!(), " RETURNING 1"),
-        (false, true) => concat!(inbox_insert!(), " RETURNING 1; ", aggregate_state_select!("$3", "$4")),
-        (true, false) => concat!("SAVEPOINT busbar_event; ", inbox_insert!(), " RETURNING 1"),
-        (true, true) => {
-            concat!("SAVEPOINT busbar_event; ", inbox_insert!(), " RETURNING 1; ", aggregate_state_select!("$3", "$4"))
-        }
+    let aggregates: Vec<Option<(String, String)>> = events.iter().map(aggregate_of).collect();
+    let entries: Vec<(&str, Option<String>)> =
+        events.iter().zip(&aggregates).map(|(e, a)| (e.id(), a.as_ref().map(|(so, su)| lock_key(so, su)))).collect();
+    let entries = serde_json::to_string(&entries).expect("strings serialise");
+    let distinct = |only: &dyn Fn(usize) -> bool| {
+        let set: BTreeSet<&(String, String)> =
+            aggregates.iter().enumerate().filter(|(i, _)| only(*i)).filter_map(|(_, a)| a.as_ref()).collect();
+        serde_json::to_string(&set.into_iter().map(|(so, su)| [so, su]).collect::<Vec<_>>()).expect("strings serialise")
     };
-    let mut query = sqlx::query(sql).bind(event.id()).bind(now_millis());
-    if let Some((source, subject)) = aggregate {
-        query = query.bind(source).bind(subject);
-    }
-    let rows = query.fetch_all(&mut **tx).await?;
-    let fresh = rows.iter().any(|r| r.len() == 1);
-    if !fresh {
-        return Ok(Admission::Duplicate);
-    }
-    let state = match rows.iter().find(|r| r.len() == 2) {
-        Some(r) => Some(AggregateState { last: r.try_get(0)?, any_parked: r.try_get::<i64, _>(1)? == 1 }),
-        None if aggregate.is_some() => {
-            return Err(ConsumeError::Db(DbError::Sql(sqlx::Error::Protocol(
-                "the aggregate's state query answered no row".into(),
-            ))));
-        }
-        None => None,
-    };
-    Ok(Admission::Fresh(state))
-}
-
-/// Records `event` in the inbox on PostgreSQL; false if it was already there (a
-/// duplicate). For an event of an aggregate, also takes that aggregate's lock in the same
-/// round trip, when the event is fresh.
-async fn record_in_inbox_pg(
-    tx: &mut Tx,
-    event: &CloudEvent,
-    aggregate: Option<(&str, &str)>,
-) -> Result<bool, ConsumeError> {
-    match aggregate {
-        Some((source, subject)) => {
-            // The CTE's insert runs once whatever the SELECT does; the lock is taken only
-            // for a fresh event. The next statement reads under a new snapshot (READ
-            // COMMITTED), so it sees what the lock's previous holder committed.
-            let row = sqlx::query(concat!(
-                "WITH fresh AS (",
-                inbox_insert!(),
-                " RETURNING 1) SELECT CASE WHEN EXISTS (SELECT 1 FROM fresh) \
-                     THEN (SELECT 1 FROM pg_advisory_xact_lock(hashtextextended($3, 0))) ELSE 0 END"
+    let states = match tx.backend() {
+        Backend::Sqlite => {
+            // Every aggregate of the batch: no locks to take, and duplicates are rare.
+            let rows = sqlx::query(concat!(
+                "INSERT INTO busbar_inbox (event_id, handled_at) SELECT value ->> 0, $2 FROM json_each($1) WHERE true \
+                 ON CONFLICT (event_id) DO NOTHING RETURNING event_id; ",
+                aggregate_states_select!("json_each($3)", "value")
             ))
-            .bind(event.id())
+            .bind(&entries)
             .bind(now_millis())
-            .bind(format!("{source}\u{1f}{subject}"))
-            .fetch_one(&mut **tx)
+            .bind(distinct(&|_| true))
+            .fetch_all(&mut **tx)
             .await?;
-            Ok(row.try_get::<i32, _>(0)? == 1)
+            let (ids, states): (Vec<_>, Vec<_>) = rows.into_iter().partition(|r| r.len() == 1);
+            for r in ids {
+                admitted.fresh.insert(r.try_get(0)?);
+            }
+            states
         }
-        None => Ok(sqlx::query(inbox_insert!())
-            .bind(event.id())
+        Backend::Postgres => {
+            // Inbox records and locks are both taken in sorted order: a replica taking an
+            // overlapping batch in another order waits for this one instead of deadlocking
+            // with it. The locks' subquery reads every row the insert returned before its
+            // first lock (it sorts them), so each lock is taken only for a fresh event.
+            let rows = sqlx::query(
+                "WITH ev AS (SELECT e ->> 0 AS id, e ->> 1 AS k FROM json_array_elements(CAST($1 AS json)) e), \
+                 fresh AS (INSERT INTO busbar_inbox (event_id, handled_at) SELECT id, $2 FROM ev ORDER BY id \
+                   ON CONFLICT (event_id) DO NOTHING RETURNING event_id), \
+                 locked AS (SELECT pg_advisory_xact_lock(hashtextextended(k, 0)) FROM \
+                   (SELECT DISTINCT ev.k FROM ev JOIN fresh ON fresh.event_id = ev.id WHERE ev.k IS NOT NULL ORDER BY ev.k) keys) \
+                 SELECT event_id, (SELECT COUNT(*) FROM locked) FROM fresh",
+            )
+            .bind(&entries)
             .bind(now_millis())
-            .execute(&mut **tx)
-            .await?
-            .rows_affected()
-            == 1),
+            .fetch_all(&mut **tx)
+            .await?;
+            for r in rows {
+                admitted.fresh.insert(r.try_get(0)?);
+            }
+            let fresh = &admitted.fresh;
+            let list = distinct(&|i| fresh.contains(events[i].id()));
+            if list == "[]" {
+                vec![]
+            } else {
+                sqlx::query(aggregate_states_select!("json_array_elements(CAST($1 AS json)) e", "e"))
+                    .bind(list)
+                    .fetch_all(&mut **tx)
+                    .await?
+            }
+        }
+    };
+    for r in states {
+        let key: (String, String) = (r.try_get(0)?, r.try_get(1)?);
+        let state = AggregateState { last: r.try_get(2)?, any_parked: r.try_get::<i64, _>(3)? == 1 };
+        admitted.aggregates.insert(key, state);
     }
-}
-
-async fn aggregate_state(tx: &mut Tx, source: &str, subject: &str) -> Result<AggregateState, ConsumeError> {
-    let row = sqlx::query(aggregate_state_select!("$1", "$2")).bind(source).bind(subject).fetch_one(&mut **tx).await?;
-    Ok(AggregateState { last: row.try_get(0)?, any_parked: row.try_get::<i64, _>(1)? == 1 })
+    Ok(admitted)
 }
 
 pub(crate) async fn last_applied(tx: &mut Tx, source: &str, subject: &str) -> Result<Option<i64>, ConsumeError> {

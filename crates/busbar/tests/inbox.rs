@@ -163,6 +163,104 @@ async fn batches_on_postgres() {
     a_batch_commits_up_to_the_failing_event("postgres").await;
 }
 
+/// One batch may carry the same event twice (a redelivery that overtook the original): the
+/// first copy is handled, the second is a duplicate, whatever lies between them.
+async fn the_same_event_twice_in_one_batch_applies_once(backend: &str) {
+    let (url, _keep) = database(backend).await;
+    let c = consumer(&url).await;
+    let (v1, v2, v3) = (note("a", 1, "x"), note("a", 2, "x"), note("a", 3, "x"));
+    let batch = [v3.clone(), v1.clone(), v3.clone(), v2.clone(), v1.clone(), note("b", 1, "x")];
+    let outcomes = c.receive_all(&batch).await.unwrap();
+    assert_eq!(
+        outcomes,
+        [
+            Outcome::Deferred { waiting_for: 2 },
+            Outcome::Applied { drained: 0 },
+            Outcome::Duplicate,
+            Outcome::Applied { drained: 1 },
+            Outcome::Duplicate,
+            Outcome::Applied { drained: 0 },
+        ]
+    );
+    assert_eq!(applied_versions(&c).await, vec![1, 2, 3, 1]);
+    assert_eq!(count(c.db(), "SELECT COUNT(*) FROM busbar_inbox").await, 4);
+    assert_eq!(busbar::consumer::deferred_count(c.db()).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn one_batch_twice_the_same_event_on_sqlite() {
+    the_same_event_twice_in_one_batch_applies_once("sqlite").await;
+}
+
+#[tokio::test]
+async fn one_batch_twice_the_same_event_on_postgres() {
+    the_same_event_twice_in_one_batch_applies_once("postgres").await;
+}
+
+/// Records each applied event with a sequence the database assigns, so that concurrent
+/// replicas can record side by side (PostgreSQL only).
+struct Sequenced;
+
+#[async_trait]
+impl Handler for Sequenced {
+    async fn handle(&self, tx: &mut Tx, ev: &CloudEvent) -> Result<(), HandlerError> {
+        sqlx::query("INSERT INTO seen (aggregate, version) VALUES ($1, $2)")
+            .bind(ev.subject().unwrap_or_default().to_owned())
+            .bind(envelope::aggregate_version(ev).unwrap_or(0))
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+}
+
+/// Two replicas of a subscriber on one PostgreSQL database take the same events at once, in
+/// batches, one in the order sent and the other in reverse. Neither may fail (their inbox
+/// records and aggregate locks, taken in opposite orders, would deadlock, which PostgreSQL
+/// resolves by failing one), and between them each event is applied once, in order.
+#[tokio::test]
+async fn replicas_taking_the_same_batches_in_opposite_orders_apply_each_event_once_in_order() {
+    let (url, _keep) = database("postgres").await;
+    let db = notes_db(&url).await;
+    sqlx::query(
+        "CREATE TABLE seen (seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, aggregate TEXT NOT NULL, \
+         version BIGINT NOT NULL)",
+    )
+    .execute(db.pool())
+    .await
+    .unwrap();
+    let replicas = [Consumer::new(db, Arc::new(Sequenced)), Consumer::new(notes_db(&url).await, Arc::new(Sequenced))];
+    let (aggregates, versions) = (30, 4);
+    let events: Vec<CloudEvent> =
+        (1..=versions).flat_map(|v| (0..aggregates).map(move |a| note(&format!("agg{a}"), v, "x"))).collect();
+    let reversed: Vec<CloudEvent> = events.iter().rev().cloned().collect();
+    let run = |c: &Consumer, evs: Vec<CloudEvent>| {
+        let c = c.clone();
+        tokio::spawn(async move {
+            for batch in evs.chunks(20) {
+                if let Err((_, e)) = c.receive_all(batch).await {
+                    return Err(e.to_string());
+                }
+            }
+            Ok(())
+        })
+    };
+    let (a, b) = (run(&replicas[0], events.clone()), run(&replicas[1], reversed));
+    let within = std::time::Duration::from_secs(60);
+    let (a, b) = tokio::time::timeout(within, async { (a.await.unwrap(), b.await.unwrap()) }).await.unwrap();
+    assert_eq!((a, b), (Ok(()), Ok(())));
+    let rows = sqlx::query("SELECT aggregate, version FROM seen ORDER BY seq")
+        .fetch_all(replicas[0].db().pool())
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), events.len(), "each event applied once between the two replicas");
+    let mut per_aggregate = std::collections::BTreeMap::<String, Vec<i64>>::new();
+    for r in rows {
+        per_aggregate.entry(r.get(0)).or_default().push(r.get(1));
+    }
+    assert!(per_aggregate.values().all(|v| *v == [1, 2, 3, 4]), "{per_aggregate:?}");
+    assert_eq!(busbar::consumer::deferred_count(replicas[0].db()).await.unwrap(), 0);
+}
+
 #[tokio::test]
 async fn receiver_answers_2xx_after_commit_and_reports_partial_progress() {
     let (url, _keep) = database("sqlite").await;
