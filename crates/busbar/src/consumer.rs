@@ -241,12 +241,10 @@ impl Consumer {
             crate::metrics::received(event.ty(), "duplicate");
             return Ok(Outcome::Duplicate);
         }
-        let source = event.source().to_string();
-        let Some((subject, version)) = event.subject().zip(envelope::aggregate_version(event)) else {
+        let Some((key, version)) = aggregate_of(event) else {
             self.apply(tx, event).await?;
             return Ok(Outcome::Applied { drained: 0 });
         };
-        let key = (source, subject.to_owned());
         let known = state.aggregates.get(&key).copied().unwrap_or_default();
         let (source, subject) = (key.0.as_str(), key.1.as_str());
         // What an earlier event of this transaction applied is not written yet.
@@ -482,11 +480,11 @@ struct AggregateState {
     any_parked: bool,
 }
 
-/// The aggregate an event names: its source and subject, when it also carries a version.
-fn aggregate_of(event: &CloudEvent) -> Option<(String, String)> {
-    let subject = event.subject()?;
-    envelope::aggregate_version(event)?;
-    Some((event.source().to_string(), subject.to_owned()))
+/// The aggregate an event names (its source and subject) and its version there, when it
+/// carries both.
+fn aggregate_of(event: &CloudEvent) -> Option<((String, String), i64)> {
+    let (subject, version) = event.subject().zip(envelope::aggregate_version(event))?;
+    Some(((event.source().to_string(), subject.to_owned()), version))
 }
 
 /// The key of an aggregate's advisory lock on PostgreSQL ([`lock_aggregate`]).
@@ -532,7 +530,7 @@ async fn admit(tx: &mut Tx, events: &[CloudEvent]) -> Result<Admitted, ConsumeEr
     if events.is_empty() {
         return Ok(admitted);
     }
-    let aggregates: Vec<Option<(String, String)>> = events.iter().map(aggregate_of).collect();
+    let aggregates: Vec<Option<(String, String)>> = events.iter().map(|e| aggregate_of(e).map(|(a, _)| a)).collect();
     let entries: Vec<(&str, Option<String>)> =
         events.iter().zip(&aggregates).map(|(e, a)| (e.id(), a.as_ref().map(|(so, su)| lock_key(so, su)))).collect();
     let entries = serde_json::to_string(&entries).expect("strings serialise");
