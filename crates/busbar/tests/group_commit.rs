@@ -111,15 +111,7 @@ async fn a_grouped_write_emits_in_its_callers_trace(backend: &str) {
     }
 }
 
-/// Each case above on both backends.
-macro_rules! on_both_backends {
-    ($($case:ident),* $(,)?) => {
-        mod sqlite { $( #[tokio::test] async fn $case() { super::$case("sqlite").await } )* }
-        mod postgres { $( #[tokio::test] async fn $case() { super::$case("postgres").await } )* }
-    };
-}
-
-on_both_backends!(
+common::on_both_backends!(
     writes_that_arrive_together_commit_together_each_with_its_answer,
     a_write_that_panics_fails_and_later_writes_still_commit,
     a_grouped_write_emits_in_its_callers_trace,

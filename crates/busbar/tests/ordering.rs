@@ -299,14 +299,7 @@ async fn a_rebuilt_copy_does_not_wait_for_reactions_that_history_never_replays(b
     assert_eq!(busbar::consumer::deferred_count(c.db()).await.unwrap(), 0);
 }
 
-macro_rules! on_both_backends {
-    ($($case:ident),* $(,)?) => {
-        mod sqlite { $( #[tokio::test] async fn $case() { super::$case("sqlite").await } )* }
-        mod postgres { $( #[tokio::test] async fn $case() { super::$case("postgres").await } )* }
-    };
-}
-
-on_both_backends!(
+common::on_both_backends!(
     a_subset_subscriber_applies_across_the_gaps_meant_to_be_there,
     a_rebuilt_copy_does_not_wait_for_reactions_that_history_never_replays,
     a_subscription_from_now_does_not_wait_for_what_came_before_it,

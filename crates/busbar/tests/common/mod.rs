@@ -117,3 +117,15 @@ pub fn event_metric(series: &str) -> f64 {
     prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
     text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok()).unwrap_or(0.0)
 }
+
+/// A test per case and backend: `mod sqlite` and `mod postgres`, each with a `#[tokio::test]`
+/// per `case`, calling `case(backend)`. (Allowed unused: not every test binary has cases.)
+#[allow(unused_macros)]
+macro_rules! on_both_backends {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite { $( #[tokio::test] async fn $case() { super::$case("sqlite").await } )* }
+        mod postgres { $( #[tokio::test] async fn $case() { super::$case("postgres").await } )* }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use on_both_backends;
