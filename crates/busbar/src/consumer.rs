@@ -188,6 +188,9 @@ impl Consumer {
                 return Err((vec![], e.into()));
             }
             let fresh = state.fresh.contains(ev.id());
+            // What this event emits is written at commit; a rollback to its savepoint must
+            // take that back too.
+            let emitted = tx.emitted_mark();
             match self.receive_in(&mut tx, ev, &mut state).await {
                 Ok(o) => outcomes.push(o),
                 Err(e) if i == 0 => {
@@ -201,6 +204,7 @@ impl Consumer {
                     let unhandled = serde_json::to_string(&unhandled.collect::<Vec<_>>()).expect("strings serialise");
                     let kept = async {
                         sqlx::query("ROLLBACK TO SAVEPOINT busbar_event").execute(&mut *tx).await?;
+                        tx.forget_emitted_since(emitted);
                         let forget = match tx.backend() {
                             Backend::Sqlite => {
                                 "DELETE FROM busbar_inbox WHERE event_id IN (SELECT value FROM json_each($1))"
@@ -328,6 +332,7 @@ impl Consumer {
                 continue;
             }
             sqlx::query("SAVEPOINT busbar_drain").execute(&mut **tx).await?;
+            let emitted = tx.emitted_mark();
             let outcome = match &next.event {
                 Ok(ev) => self.apply(tx, ev).await.map_err(|e| e.to_string()),
                 Err(e) => Err(e.clone()),
@@ -341,6 +346,7 @@ impl Consumer {
                 }
                 Err(error) => {
                     sqlx::query("ROLLBACK TO SAVEPOINT busbar_drain").execute(&mut **tx).await?;
+                    tx.forget_emitted_since(emitted);
                     tracing::warn!(%source, subject, version = next.version, attempts = next.attempts + 1, %error,
                         "a parked event failed when its turn came; it stays parked and will be retried");
                     sqlx::query(

@@ -232,7 +232,7 @@ impl Db {
             }
             Backend::Postgres => (self.writer.begin().await?, None),
         };
-        Ok(Tx { inner, db: self.clone(), emitted: false, _write_lock: guard })
+        Ok(Tx { inner, db: self.clone(), emitted: Vec::new(), _write_lock: guard })
     }
 
     /// Runs `work` in a write transaction and commits it; returns what `work` returned,
@@ -278,9 +278,19 @@ impl Db {
 pub struct Tx {
     inner: sqlx::Transaction<'static, Any>,
     db: Db,
-    emitted: bool,
+    /// Events emitted in this transaction, in order, not written yet: they go to the
+    /// outbox at commit, all in one statement (see [`Tx::emit`]).
+    emitted: Vec<Emitted>,
     /// Held until commit, rollback or drop (SQLite only).
     _write_lock: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+/// An outbox row to write at commit, and the aggregate head it moves, if any.
+struct Emitted {
+    event_id: String,
+    payload: String,
+    /// (subject, type, version): this version becomes the aggregate's last of its type.
+    head: Option<(String, String, i64)>,
 }
 
 impl Tx {
@@ -290,6 +300,12 @@ impl Tx {
     /// The event carries the last version of each type emitted before it for its
     /// aggregate, so that subscribers of some types only know which earlier event to wait
     /// for (see [`crate::ordering`]).
+    ///
+    /// The outbox row is written by [`Tx::commit`], together with every other event of the
+    /// transaction: a group of writes, or a batch of handled events, pays one statement for
+    /// all its events instead of one each. A savepoint rolled back by the caller does not
+    /// take back an event emitted after it; the SDK's consumer, which uses savepoints,
+    /// takes back its own ([`Tx::emitted_mark`]).
     pub async fn emit<E: Event>(&mut self, event: &E, version: i64) -> Result<CloudEvent, DbError> {
         let dataschema = match &self.db.declared {
             Some(d) => Some(d.dataschema::<E>(self.db.service()).map_err(DbError::Undeclared)?),
@@ -306,7 +322,7 @@ impl Tx {
         if let Some(prev) = self.heads_before(&subject, version).await? {
             envelope::set_predecessors(&mut ev, &prev);
         }
-        self.append(&ev, Some((&subject, E::TYPE, version))).await?;
+        self.append(&ev, Some((subject, E::TYPE.to_owned(), version)));
         Ok(ev)
     }
 
@@ -324,52 +340,83 @@ impl Tx {
             .bind(subject)
             .fetch_all(&mut *self.inner)
             .await?;
-        let mut prev = BTreeMap::new();
+        let mut heads = BTreeMap::new();
         for r in rows {
             let (t, v): (String, i64) = (r.try_get(0)?, r.try_get(1)?);
-            if v < version {
-                prev.insert(t, v);
+            heads.insert(t, v);
+        }
+        // What this transaction emitted is not in the table yet; it moved the heads since.
+        for (s, t, v) in self.emitted.iter().filter_map(|e| e.head.as_ref()) {
+            if s == subject {
+                heads.insert(t.clone(), *v);
             }
         }
-        Ok((!prev.is_empty()).then_some(prev))
+        heads.retain(|_, v| *v < version);
+        Ok((!heads.is_empty()).then_some(heads))
     }
 
     /// Appends an already-built envelope to the outbox, as it is.
     pub async fn emit_envelope(&mut self, ev: &CloudEvent) -> Result<(), DbError> {
-        self.append(ev, None).await
+        self.append(ev, None);
+        Ok(())
     }
 
-    /// Appends `ev` to the outbox and, with `head` = (subject, type, version), records that
-    /// version as the aggregate's last of that type, in one round trip to the database:
-    /// each statement is a hand-off to SQLite's worker thread (or a trip to PostgreSQL),
-    /// and an emit is on every write's path.
-    async fn append(&mut self, ev: &CloudEvent, head: Option<(&str, &str, i64)>) -> Result<(), DbError> {
+    fn append(&mut self, ev: &CloudEvent, head: Option<(String, String, i64)>) {
         let payload = serde_json::to_string(ev).expect("CloudEvents serialize to JSON");
-        macro_rules! outbox_insert {
-            () => {
-                "INSERT INTO busbar_outbox (event_id, payload, created_at) VALUES ($1, $2, $3)"
-            };
+        self.emitted.push(Emitted { event_id: ev.id().to_owned(), payload, head });
+    }
+
+    /// How many events this transaction has emitted so far: take it before a savepoint, and
+    /// [`Tx::forget_emitted_since`] it when rolling back to that savepoint.
+    pub(crate) fn emitted_mark(&self) -> usize {
+        self.emitted.len()
+    }
+
+    /// Takes back the events emitted since `mark` (their savepoint was rolled back).
+    pub(crate) fn forget_emitted_since(&mut self, mark: usize) {
+        self.emitted.truncate(mark);
+    }
+
+    /// Writes the emitted events to the outbox, in emit order, and moves the aggregate
+    /// heads, in one round trip: one statement, or on SQLite one query of two.
+    async fn write_emitted(&mut self) -> Result<(), DbError> {
+        let now = now_millis();
+        if let [one] = self.emitted.as_slice() {
+            // One event (a lone request's write): plain arguments, no JSON to build or parse.
+            return write_one(&mut self.inner, self.db.backend, one, now).await;
         }
-        macro_rules! head_upsert {
-            () => {
-                "INSERT INTO busbar_aggregate_heads (subject, type, version) VALUES ($4, $5, $6) \
+        let rows: Vec<(&str, &str)> = self.emitted.iter().map(|e| (e.event_id.as_str(), e.payload.as_str())).collect();
+        // One row per (subject, type), its last version: an upsert may not touch a row twice.
+        let mut heads: BTreeMap<(&str, &str), i64> = BTreeMap::new();
+        for (s, t, v) in self.emitted.iter().filter_map(|e| e.head.as_ref()) {
+            heads.insert((s, t), *v);
+        }
+        let heads: Vec<(&str, &str, i64)> = heads.into_iter().map(|((s, t), v)| (s, t, v)).collect();
+        let sql = match self.db.backend {
+            // `ORDER BY key` inserts in array order, so seq follows emit order.
+            Backend::Sqlite => {
+                "INSERT INTO busbar_outbox (event_id, payload, created_at) \
+                 SELECT value ->> 0, value ->> 1, $2 FROM json_each($1) ORDER BY key; \
+                 INSERT INTO busbar_aggregate_heads (subject, type, version) \
+                 SELECT value ->> 0, value ->> 1, value ->> 2 FROM json_each($3) WHERE true \
                  ON CONFLICT (subject, type) DO UPDATE SET version = excluded.version"
-            };
-        }
-        let query = sqlx::query(match (head, self.db.backend) {
-            (None, _) => outbox_insert!(),
-            // SQLite runs the statements of one query in turn, binding `$N` by number.
-            (Some(_), Backend::Sqlite) => concat!(outbox_insert!(), "; ", head_upsert!()),
-            // PostgreSQL takes one statement per query with arguments; a data-modifying
-            // CTE runs whether or not the statement reads it.
-            (Some(_), Backend::Postgres) => concat!("WITH head AS (", head_upsert!(), ") ", outbox_insert!()),
-        });
-        let mut query = query.bind(ev.id()).bind(payload).bind(now_millis());
-        if let Some((subject, ty, version)) = head {
-            query = query.bind(subject).bind(ty).bind(version);
-        }
-        query.execute(&mut *self.inner).await?;
-        self.emitted = true;
+            }
+            // A data-modifying CTE runs whether or not the statement reads it.
+            Backend::Postgres => {
+                "WITH head AS (INSERT INTO busbar_aggregate_heads (subject, type, version) \
+                 SELECT h ->> 0, h ->> 1, CAST(h ->> 2 AS BIGINT) FROM json_array_elements(CAST($3 AS json)) AS h \
+                 ON CONFLICT (subject, type) DO UPDATE SET version = excluded.version) \
+                 INSERT INTO busbar_outbox (event_id, payload, created_at) \
+                 SELECT e ->> 0, e ->> 1, $2 FROM json_array_elements(CAST($1 AS json)) WITH ORDINALITY AS r(e, n) \
+                 ORDER BY n"
+            }
+        };
+        sqlx::query(sql)
+            .bind(serde_json::to_string(&rows).expect("strings serialise"))
+            .bind(now)
+            .bind(serde_json::to_string(&heads).expect("strings serialise"))
+            .execute(&mut *self.inner)
+            .await?;
         Ok(())
     }
 
@@ -377,10 +424,15 @@ impl Tx {
         self.db.backend
     }
 
-    /// Commits, then wakes the outbox relay if anything was emitted.
-    pub async fn commit(self) -> Result<(), DbError> {
+    /// Writes the emitted events to the outbox, commits, then wakes the outbox relay if
+    /// anything was emitted.
+    pub async fn commit(mut self) -> Result<(), DbError> {
+        let emitted = !self.emitted.is_empty();
+        if emitted {
+            self.write_emitted().await?;
+        }
         self.inner.commit().await?;
-        if self.emitted {
+        if emitted {
             self.db.relay_wake.notify_one();
         }
         Ok(())
@@ -389,6 +441,35 @@ impl Tx {
     pub async fn rollback(self) -> Result<(), DbError> {
         Ok(self.inner.rollback().await?)
     }
+}
+
+/// [`Tx::write_emitted`] for a transaction that emitted one event: plain arguments.
+async fn write_one(conn: &mut AnyConnection, backend: Backend, e: &Emitted, now: i64) -> Result<(), DbError> {
+    macro_rules! outbox_insert {
+        () => {
+            "INSERT INTO busbar_outbox (event_id, payload, created_at) VALUES ($1, $2, $3)"
+        };
+    }
+    macro_rules! head_upsert {
+        () => {
+            "INSERT INTO busbar_aggregate_heads (subject, type, version) VALUES ($4, $5, $6) \
+             ON CONFLICT (subject, type) DO UPDATE SET version = excluded.version"
+        };
+    }
+    let query = sqlx::query(match (&e.head, backend) {
+        (None, _) => outbox_insert!(),
+        // SQLite runs the statements of one query in turn, binding `$N` by number.
+        (Some(_), Backend::Sqlite) => concat!(outbox_insert!(), "; ", head_upsert!()),
+        // PostgreSQL takes one statement per query with arguments; a data-modifying CTE
+        // runs whether or not the statement reads it.
+        (Some(_), Backend::Postgres) => concat!("WITH head AS (", head_upsert!(), ") ", outbox_insert!()),
+    });
+    let mut query = query.bind(e.event_id.as_str()).bind(e.payload.as_str()).bind(now);
+    if let Some((subject, ty, version)) = &e.head {
+        query = query.bind(subject.as_str()).bind(ty.as_str()).bind(*version);
+    }
+    query.execute(conn).await?;
+    Ok(())
 }
 
 impl std::ops::Deref for Tx {

@@ -319,3 +319,55 @@ async fn receiver_answers_2xx_after_commit_and_reports_partial_progress() {
     assert_eq!(status, 400);
     assert!(body["error"].as_str().unwrap().contains("missing required attribute `id`"), "{body}");
 }
+
+/// Emits an echo of each event before deciding, then refuses "boom": what a failing event
+/// emitted must be taken back with its writes.
+struct Echo;
+
+#[async_trait]
+impl Handler for Echo {
+    async fn handle(&self, tx: &mut Tx, ev: &CloudEvent) -> Result<(), HandlerError> {
+        let note: NoteWritten = envelope::data(ev)?;
+        let version = envelope::aggregate_version(ev).unwrap_or(0);
+        let echo = NoteWritten { id: format!("echo-{}", note.id), text: format!("{}{version}", note.id) };
+        tx.emit(&echo, version).await?;
+        if note.text == "boom" {
+            return Err("the handler refuses boom".into());
+        }
+        Ok(())
+    }
+}
+
+/// The texts of the echoes in the outbox, oldest first.
+async fn echoes(db: &busbar::Db) -> Vec<String> {
+    let rows = sqlx::query("SELECT payload FROM busbar_outbox ORDER BY seq").fetch_all(db.pool()).await.unwrap();
+    rows.iter().map(|r| envelope::data::<NoteWritten>(&envelope::decode_one(r.get(0)).unwrap()).unwrap().text).collect()
+}
+
+/// Events are written to the outbox at commit, so a failing event's savepoint rollback (in
+/// a batch, or draining a parked event) must also drop what it emitted.
+async fn a_failing_event_emits_nothing(backend: &str) {
+    let (url, _keep) = database(backend).await;
+    let c = Consumer::new(notes_db(&url).await, Arc::new(Echo));
+    // In a batch: a2 parks, a1 applies and drains it, b1 applies, b2 fails, b3 is not reached.
+    let batch = [note("a", 2, "x"), note("a", 1, "x"), note("b", 1, "x"), note("b", 2, "boom"), note("b", 3, "x")];
+    let (done, _) = c.receive_all(&batch).await.unwrap_err();
+    assert_eq!(done.len(), 3);
+    assert_eq!(echoes(c.db()).await, ["a1", "a2", "b1"], "b2's echo went with its rollback");
+
+    // Draining: c2 parks; when c1 arrives, c1 applies and c2 fails in its own savepoint.
+    assert_eq!(c.receive(&note("c", 2, "boom")).await.unwrap(), Outcome::Deferred { waiting_for: 1 });
+    assert_eq!(c.receive(&note("c", 1, "x")).await.unwrap(), Outcome::Applied { drained: 0 });
+    assert_eq!(busbar::consumer::deferred_count(c.db()).await.unwrap(), 1, "c2 stays parked");
+    assert_eq!(echoes(c.db()).await, ["a1", "a2", "b1", "c1"], "c2's echo went with its rollback");
+}
+
+#[tokio::test]
+async fn failing_event_emits_nothing_on_sqlite() {
+    a_failing_event_emits_nothing("sqlite").await;
+}
+
+#[tokio::test]
+async fn failing_event_emits_nothing_on_postgres() {
+    a_failing_event_emits_nothing("postgres").await;
+}

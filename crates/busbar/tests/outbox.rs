@@ -97,3 +97,60 @@ async fn relay_order_and_outage_on_sqlite() {
 async fn relay_order_and_outage_on_postgres() {
     publishes_in_commit_order_and_survives_a_bus_outage("postgres").await;
 }
+
+/// The outbox rows of `db`, oldest first: (event id, payload).
+async fn outbox_rows(db: &busbar::Db) -> Vec<(String, String)> {
+    use sqlx::Row;
+    sqlx::query("SELECT event_id, payload FROM busbar_outbox ORDER BY seq")
+        .fetch_all(db.pool())
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+/// A transaction's events are written together at commit: each lands once, in emit order,
+/// and an event emitted after another of its aggregate in the same transaction still names
+/// that one as its predecessor (the head it moved is not in the table yet).
+async fn several_events_of_one_transaction_land_in_emit_order(backend: &str) {
+    use busbar::{AttributesReader, envelope};
+    let (url, _keep) = database(backend).await;
+    let db = notes_db(&url).await;
+    let mut tx = db.begin().await.unwrap();
+    let mut emitted = vec![];
+    for (agg, version) in [("a", 1), ("b", 1), ("a", 2), ("c", 1), ("a", 3)] {
+        let text = format!("{agg}{version} with \"quotes\", a \\ and ünïcödé");
+        emitted.push(tx.emit(&NoteWritten { id: agg.into(), text }, version).await.unwrap());
+    }
+    assert!(outbox_rows(&db).await.is_empty(), "nothing is visible before the commit");
+    tx.commit().await.unwrap();
+
+    let rows = outbox_rows(&db).await;
+    let ids: Vec<&str> = rows.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(ids, emitted.iter().map(|e| e.id()).collect::<Vec<_>>(), "each once, in emit order");
+    for ((_, payload), ev) in rows.iter().zip(&emitted) {
+        assert_eq!(&envelope::decode_one(payload).unwrap(), ev, "stored as emitted");
+    }
+    let prev = |i: usize| envelope::predecessors(&emitted[i]).unwrap_or_default();
+    assert_eq!(prev(2), [("NoteWritten".to_owned(), 1)].into(), "a2 follows a1 of the same transaction");
+    assert_eq!(prev(4), [("NoteWritten".to_owned(), 2)].into(), "a3 follows a2, not a1");
+    assert!(prev(1).is_empty() && prev(3).is_empty(), "first versions follow nothing");
+
+    // The heads were written too: a later transaction's a4 follows a3.
+    let mut tx = db.begin().await.unwrap();
+    let a4 = tx.emit(&NoteWritten { id: "a".into(), text: "a4".into() }, 4).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(envelope::predecessors(&a4).unwrap_or_default(), [("NoteWritten".to_owned(), 3)].into());
+    assert_eq!(outbox_rows(&db).await.len(), 6);
+}
+
+#[tokio::test]
+async fn emit_order_in_one_transaction_on_sqlite() {
+    several_events_of_one_transaction_land_in_emit_order("sqlite").await;
+}
+
+#[tokio::test]
+async fn emit_order_in_one_transaction_on_postgres() {
+    several_events_of_one_transaction_land_in_emit_order("postgres").await;
+}
