@@ -9,7 +9,6 @@ use busbar::{
     db::{Backend, DbError},
     view_cache::{self, Watermark},
 };
-use serde::Serialize;
 use sqlx::Row;
 
 /// The change stamp a document write takes, in the same statement. SQLite: the next value
@@ -22,143 +21,111 @@ macro_rules! stamped {
         concat!("UPDATE view_stamp SET n = n + 1 WHERE id = 1; ", $($sql),+)
     };
 }
-/// Whether comments of the post (`$1`) arrived before it, as one BIGINT column.
-macro_rules! comments_waiting {
-    () => {
-        "CAST(CASE WHEN EXISTS (SELECT 1 FROM comments WHERE post_id = $1) THEN 1 ELSE 0 END AS BIGINT)"
+
+/// A post's document as the database renders it, in the statement that changes the post
+/// or one of its comments: `$id` and `$title` are SQL expressions for the post's id and
+/// title, `$comments` a relation holding its comments (`id`, `post_id`, `content`,
+/// `status`). Compact JSON in the order `GET /posts` shows it (`id`, `title`, then the
+/// comments oldest first, each `id`, `content`, `status`), text the reads concatenate.
+/// Rendered by the database rather than here so that applying a comment costs one round
+/// trip instead of three (write the row, read the post's comments, write the document).
+macro_rules! document {
+    (sqlite, $id:literal, $title:literal, $comments:literal) => {
+        concat!(
+            "('{\"id\":' || json_quote(", $id, ") || ',\"title\":' || json_quote(", $title, ") || ',\"comments\":[' || \
+             COALESCE((SELECT group_concat('{\"id\":' || json_quote(c.id) || ',\"content\":' || json_quote(c.content) \
+               || ',\"status\":' || json_quote(c.status) || '}', ',' ORDER BY c.id) \
+             FROM ", $comments, " c WHERE c.post_id = ", $id, "), '') || ']}')"
+        )
+    };
+    (postgres, $id:literal, $title:literal, $comments:literal) => {
+        concat!(
+            "('{\"id\":' || to_json(CAST(", $id, " AS TEXT)) || ',\"title\":' || to_json(CAST(", $title, " AS TEXT)) \
+             || ',\"comments\":[' || \
+             COALESCE((SELECT string_agg('{\"id\":' || to_json(c.id) || ',\"content\":' || to_json(c.content) \
+               || ',\"status\":' || to_json(c.status) || '}', ',' ORDER BY c.id) \
+             FROM ", $comments, " c WHERE c.post_id = CAST(", $id, " AS TEXT)), '') || ']}')"
+        )
     };
 }
 
-/// Stores a post with its rendered view. Comments almost always come after their post, so
-/// the post is stored with none, and the same round trip tells whether some were waiting
-/// for it; only then is its view rendered again with them.
+/// Stores a post with its rendered view, holding the comments that arrived before it (a
+/// comment may overtake its post), in one statement.
 pub async fn upsert_post(tx: &mut Tx, p: &PostCreated) -> Result<(), DbError> {
-    let doc = document(&p.id, p.title.clone(), vec![]);
     let sql = match tx.backend() {
         Backend::Sqlite => stamped!(sqlite:
-            "INSERT INTO posts (id, title, doc, stamp) VALUES ($1, $2, $3, (SELECT n FROM view_stamp WHERE id = 1)) ",
-            "ON CONFLICT (id) DO UPDATE SET title = excluded.title, doc = excluded.doc, stamp = excluded.stamp; ",
-            "SELECT ", comments_waiting!()),
+            "INSERT INTO posts (id, title, doc, stamp) VALUES ($1, $2, ", document!(sqlite, "$1", "$2", "comments"),
+            ", (SELECT n FROM view_stamp WHERE id = 1)) ",
+            "ON CONFLICT (id) DO UPDATE SET title = excluded.title, doc = excluded.doc, stamp = excluded.stamp"),
         Backend::Postgres => concat!(
-            "INSERT INTO posts (id, title, doc, stamp) VALUES ($1, $2, $3, pg_current_xact_id()::text::bigint) \
-             ON CONFLICT (id) DO UPDATE SET title = excluded.title, doc = excluded.doc, stamp = excluded.stamp \
-             RETURNING ",
-            comments_waiting!()
+            "INSERT INTO posts (id, title, doc, stamp) VALUES ($1, $2, ",
+            document!(postgres, "$1", "$2", "comments"),
+            ", pg_current_xact_id()::text::bigint) \
+             ON CONFLICT (id) DO UPDATE SET title = excluded.title, doc = excluded.doc, stamp = excluded.stamp"
         ),
     };
-    // fetch_all: SQLite answers a query's rows statement by statement, and fetch_one would
-    // stop at the first statement, which has none.
-    let rows = sqlx::query(sql).bind(&p.id).bind(&p.title).bind(doc).fetch_all(&mut **tx).await?;
-    let waiting: i64 = rows.last().ok_or(sqlx::Error::RowNotFound)?.try_get(0)?;
-    if waiting == 1 {
-        render(tx, &p.id).await?;
-    }
+    sqlx::query(sql).bind(&p.id).bind(&p.title).execute(&mut **tx).await?;
     Ok(())
 }
 
+/// Stores a comment and renders its post's view again (if the post is here yet), in one
+/// statement.
 pub async fn upsert_comment(tx: &mut Tx, id: &str, post_id: &str, content: &str, status: &str) -> Result<(), DbError> {
-    sqlx::query(
-        "INSERT INTO comments (id, post_id, content, status) VALUES ($1, $2, $3, $4) \
-         ON CONFLICT (id) DO UPDATE SET content = excluded.content, status = excluded.status",
-    )
-    .bind(id)
-    .bind(post_id)
-    .bind(content)
-    .bind(status)
-    .execute(&mut **tx)
-    .await?;
-    render(tx, post_id).await
-}
-
-#[derive(Debug, Serialize, PartialEq)]
-pub struct CommentView {
-    pub id: String,
-    pub content: String,
-    pub status: String,
-}
-
-/// One post of the view, as `GET /posts` shows it.
-#[derive(Debug, Serialize, PartialEq)]
-pub struct PostView<'a> {
-    pub id: &'a str,
-    pub title: String,
-    pub comments: Vec<CommentView>,
-}
-
-/// Renders post `id`'s view from its row and its comments into `posts.doc`, inside the
-/// transaction that changed them: one read (the post joined with its comments) and one
-/// write. A comment whose post has not arrived yet waits in `comments`; the post's own
-/// upsert picks it up.
-async fn render(tx: &mut Tx, id: &str) -> Result<(), DbError> {
-    let rows = sqlx::query(
-        "SELECT p.title, c.id, c.content, c.status FROM posts p LEFT JOIN comments c ON c.post_id = p.id \
-         WHERE p.id = $1 ORDER BY c.id",
-    )
-    .bind(id)
-    .fetch_all(&mut **tx)
-    .await?;
-    let Some(title) = rows.first().map(|r| r.get::<String, _>(0)) else { return Ok(()) };
-    let comments = rows
-        .iter()
-        .filter_map(|r| {
-            let id: Option<String> = r.get(1);
-            Some(CommentView { id: id?, content: r.get(2), status: r.get(3) })
-        })
-        .collect();
-    let doc = document(id, title, comments);
     let sql = match tx.backend() {
-        Backend::Sqlite => {
-            stamped!(sqlite: "UPDATE posts SET doc = $1, stamp = (SELECT n FROM view_stamp WHERE id = 1) WHERE id = $2")
-        }
-        Backend::Postgres => "UPDATE posts SET doc = $1, stamp = pg_current_xact_id()::text::bigint WHERE id = $2",
+        Backend::Sqlite => concat!(
+            "INSERT INTO comments (id, post_id, content, status) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (id) DO UPDATE SET content = excluded.content, status = excluded.status; ",
+            stamped!(sqlite:
+                "UPDATE posts SET doc = ", document!(sqlite, "posts.id", "posts.title", "comments"),
+                ", stamp = (SELECT n FROM view_stamp WHERE id = 1) WHERE id = $2")
+        ),
+        // One statement sees one snapshot, which does not hold the row its own CTE writes:
+        // the document is rendered from the other comments plus the one just written.
+        Backend::Postgres => concat!(
+            "WITH written AS (INSERT INTO comments (id, post_id, content, status) VALUES ($1, $2, $3, $4) \
+               ON CONFLICT (id) DO UPDATE SET content = excluded.content, status = excluded.status \
+               RETURNING id, post_id, content, status) \
+             UPDATE posts SET doc = ",
+            document!(
+                postgres,
+                "posts.id",
+                "posts.title",
+                "(SELECT id, post_id, content, status FROM comments WHERE id <> $1 \
+                  UNION ALL SELECT id, post_id, content, status FROM written)"
+            ),
+            ", stamp = pg_current_xact_id()::text::bigint WHERE id = $2"
+        ),
     };
-    sqlx::query(sql).bind(doc).bind(id).execute(&mut **tx).await?;
+    sqlx::query(sql).bind(id).bind(post_id).bind(content).bind(status).execute(&mut **tx).await?;
     Ok(())
 }
 
-async fn comments_of(tx: &mut Tx, post_id: &str) -> Result<Vec<CommentView>, DbError> {
-    Ok(sqlx::query("SELECT id, content, status FROM comments WHERE post_id = $1 ORDER BY id")
-        .bind(post_id)
-        .fetch_all(&mut **tx)
-        .await?
-        .into_iter()
-        .map(|r| CommentView { id: r.get(0), content: r.get(1), status: r.get(2) })
-        .collect())
-}
-
-fn document(id: &str, title: String, comments: Vec<CommentView>) -> String {
-    serde_json::to_string(&PostView { id, title, comments }).expect("a view serialises")
-}
-
-/// Renders every post that has no document yet (rows written before documents existed).
-/// Runs before the service receives events; a render racing it wins, since this only
-/// fills a document that is still missing. Returns how many it rendered.
+/// Renders every post that has no document yet (rows written before documents existed),
+/// 500 to a transaction. Runs before the service receives events; a render racing it
+/// wins, since this only fills a document that is still missing. Returns how many it
+/// rendered.
 pub async fn render_missing(db: &Db) -> Result<u64, DbError> {
+    let sql = match db.backend() {
+        Backend::Sqlite => stamped!(sqlite:
+            "UPDATE posts SET doc = ", document!(sqlite, "posts.id", "posts.title", "comments"),
+            ", stamp = (SELECT n FROM view_stamp WHERE id = 1) ",
+            "WHERE doc IS NULL AND id IN (SELECT id FROM posts WHERE doc IS NULL ORDER BY id LIMIT 500) RETURNING id"),
+        Backend::Postgres => concat!(
+            "UPDATE posts SET doc = ",
+            document!(postgres, "posts.id", "posts.title", "comments"),
+            ", stamp = pg_current_xact_id()::text::bigint \
+             WHERE doc IS NULL AND id IN (SELECT id FROM posts WHERE doc IS NULL ORDER BY id LIMIT 500) RETURNING id"
+        ),
+    };
     let mut done = 0;
     loop {
         let mut tx = db.begin().await?;
-        let rows = sqlx::query("SELECT id, title FROM posts WHERE doc IS NULL ORDER BY id LIMIT 500")
-            .fetch_all(&mut *tx)
-            .await?;
-        if rows.is_empty() {
+        let rendered = sqlx::query(sql).fetch_all(&mut *tx).await?.len() as u64;
+        tx.commit().await?;
+        if rendered == 0 {
             return Ok(done);
         }
-        for r in rows {
-            let id: String = r.get(0);
-            let doc = document(&id, r.get(1), comments_of(&mut tx, &id).await?);
-            let sql = match tx.backend() {
-                Backend::Sqlite => stamped!(sqlite:
-                    "UPDATE posts SET doc = $1, stamp = (SELECT n FROM view_stamp WHERE id = 1) ",
-                    "WHERE id = $2 AND doc IS NULL"),
-                Backend::Postgres => {
-                    "UPDATE posts SET doc = $1, stamp = pg_current_xact_id()::text::bigint \
-                     WHERE id = $2 AND doc IS NULL"
-                }
-            };
-            sqlx::query(sql).bind(doc).bind(&id).execute(&mut *tx).await?;
-            done += 1;
-        }
-        tx.commit().await?;
+        done += rendered;
     }
 }
 
@@ -168,34 +135,41 @@ pub async fn render_missing(db: &Db) -> Result<u64, DbError> {
 /// the horizon: the oldest transaction still running when the rows were read (from the same
 /// snapshot), whose rows and those of every later transaction the next read must read
 /// again, since they may commit after this one looked.
+///
+/// "Past `after`" is one row comparison, `(stamp, id) > ($1, $2)`, which both databases
+/// match to the index as a range. Spelled `stamp > $1 OR (stamp = $1 AND id > $2)`,
+/// PostgreSQL's generic plan for the prepared statement (chosen after five runs) filtered
+/// every entry of the index instead: 0.7 ms per read at 6,000 posts, growing with the view,
+/// against 0.06 ms.
 pub async fn changes(db: &Db, after: Watermark, limit: i64) -> Result<view_cache::Changes, DbError> {
-    let rows =
-        match db.backend() {
-            Backend::Sqlite => sqlx::query(
-                "SELECT stamp, id, doc FROM posts WHERE (stamp > $1 OR (stamp = $1 AND id > $2)) AND doc IS NOT NULL \
+    let rows = match db.backend() {
+        Backend::Sqlite => {
+            sqlx::query(
+                "SELECT stamp, id, doc FROM posts WHERE (stamp, id) > ($1, $2) AND doc IS NOT NULL \
                  ORDER BY stamp, id LIMIT $3",
             )
             .bind(after.stamp)
             .bind(after.id)
             .bind(limit)
             .fetch_all(db.pool())
-            .await?,
-            // A row with the horizon even when nothing changed; pg_current_snapshot() is the
-            // statement's own snapshot, so nothing can commit between reading it and the rows.
-            Backend::Postgres => {
-                sqlx::query(
-                    "SELECT p.stamp, p.id, p.doc, pg_snapshot_xmin(pg_current_snapshot())::text::bigint \
+            .await?
+        }
+        // A row with the horizon even when nothing changed; pg_current_snapshot() is the
+        // statement's own snapshot, so nothing can commit between reading it and the rows.
+        Backend::Postgres => {
+            sqlx::query(
+                "SELECT p.stamp, p.id, p.doc, pg_snapshot_xmin(pg_current_snapshot())::text::bigint \
                  FROM (SELECT 1) one LEFT JOIN LATERAL (SELECT stamp, id, doc FROM posts \
-                   WHERE (stamp > $1 OR (stamp = $1 AND id > $2)) AND doc IS NOT NULL ORDER BY stamp, id LIMIT $3) p \
+                   WHERE (stamp, id) > ($1, $2) AND doc IS NOT NULL ORDER BY stamp, id LIMIT $3) p \
                  ON true",
-                )
-                .bind(after.stamp)
-                .bind(after.id)
-                .bind(limit)
-                .fetch_all(db.pool())
-                .await?
-            }
-        };
+            )
+            .bind(after.stamp)
+            .bind(after.id)
+            .bind(limit)
+            .fetch_all(db.pool())
+            .await?
+        }
+    };
     let horizon = match db.backend() {
         Backend::Sqlite => None,
         Backend::Postgres => rows.first().map(|r| r.try_get::<i64, _>(3)).transpose()?,

@@ -58,18 +58,31 @@ async fn the_view_follows_posts_and_comments(backend: &str) {
     );
     comment(&db, "c2", "p1", "second \"quoted\" ✓", "pending").await;
     comment(&db, "c1", "p1", "early", "approved").await;
-    post(&db, "p2", "other").await;
+    // Text that JSON must escape, in a title and a comment.
+    let tricky = "line\nbreak\ttab \u{1} back\\slash \"q\" </script> 'single' ✓ \u{7f}";
+    post(&db, "p2", tricky).await;
+    comment(&db, "c3", "p2", tricky, "rejected").await;
+    post(&db, "p3", "other").await;
     let p1 = json!({"id": "p1", "title": "first", "comments": [
         {"id": "c1", "content": "early", "status": "approved"},
         {"id": "c2", "content": "second \"quoted\" ✓", "status": "pending"},
     ]});
-    let p2 = json!({"id": "p2", "title": "other", "comments": []});
-    assert_eq!(get(&format!("{base}/posts")).await, json!({"p1": p1, "p2": p2}), "{backend}");
+    let p2 = json!({"id": "p2", "title": tricky, "comments": [{"id": "c3", "content": tricky, "status": "rejected"}]});
+    let p3 = json!({"id": "p3", "title": "other", "comments": []});
+    assert_eq!(get(&format!("{base}/posts")).await, json!({"p1": p1, "p2": p2, "p3": p3}), "{backend}");
+    // Compact text, as serde_json writes it: no spaces to send.
+    let body = reqwest::get(format!("{base}/posts")).await.unwrap().text().await.unwrap();
+    assert!(body.contains(r#""p3":{"id":"p3","title":"other","comments":[]}"#), "{backend}: {body}");
+    let c1 = r#"{"id":"c1","content":"early","status":"approved"}"#;
+    assert!(
+        body.contains(&format!(r#""p1":{{"id":"p1","title":"first","comments":[{c1},{{"id":"c2""#)),
+        "{backend}: {body}"
+    );
 
     // Pages: after an id, at most `limit` posts.
     assert_eq!(get(&format!("{base}/posts?limit=1")).await, json!({"p1": p1}));
-    assert_eq!(get(&format!("{base}/posts?after=p1&limit=5")).await, json!({"p2": p2}));
-    assert_eq!(get(&format!("{base}/posts?after=p2")).await, json!({}));
+    assert_eq!(get(&format!("{base}/posts?after=p1&limit=5")).await, json!({"p2": p2, "p3": p3}));
+    assert_eq!(get(&format!("{base}/posts?after=p3")).await, json!({}));
 }
 
 #[tokio::test]
