@@ -140,6 +140,8 @@ pub async fn create(db: &Db, post_id: &str, content: &str) -> Result<Option<Stri
     .await
 }
 
+/// Two round trips: the post's tail (locked on PostgreSQL), then one query that appends
+/// the entry, moves the tail, stores the row and reads the array back.
 async fn create_in(tx: &mut Tx, c: &CommentCreated) -> Result<Option<String>, DbError> {
     let post_id = c.post_id.as_str();
     let Some(tail) = tail_for_update(tx, post_id).await? else {
@@ -147,59 +149,94 @@ async fn create_in(tx: &mut Tx, c: &CommentCreated) -> Result<Option<String>, Db
     };
     let entry = doc::entry(&Comment { id: &c.id, content: &c.content, status: c.status.as_str() });
     // Appended to the last segment while it has room, else a new one.
-    let tail = if tail.seg > 0 && tail.entries < SEGMENT {
-        sqlx::query("UPDATE comment_segments SET doc = doc || ',' || $1 WHERE post_id = $2 AND seg = $3")
-            .bind(&entry)
-            .bind(post_id)
-            .bind(tail.seg)
-            .execute(&mut **tx)
-            .await?;
-        Tail { seg: tail.seg, entries: tail.entries + 1 }
-    } else {
-        sqlx::query("INSERT INTO comment_segments (post_id, seg, doc) VALUES ($1, $2, $3)")
-            .bind(post_id)
-            .bind(tail.seg + 1)
-            .bind(&entry)
-            .execute(&mut **tx)
-            .await?;
-        Tail { seg: tail.seg + 1, entries: 1 }
+    let append = tail.seg > 0 && tail.entries < SEGMENT;
+    let tail =
+        if append { Tail { seg: tail.seg, entries: tail.entries + 1 } } else { Tail { seg: tail.seg + 1, entries: 1 } };
+    // $1 post, $2 segment, $3 entry, $4 entries in the segment, $5 comment id, $6 content,
+    // $7 status.
+    macro_rules! segment_write {
+        (append) => {
+            "UPDATE comment_segments SET doc = doc || ',' || $3 WHERE post_id = $1 AND seg = $2"
+        };
+        (new) => {
+            "INSERT INTO comment_segments (post_id, seg, doc) VALUES ($1, $2, $3)"
+        };
+    }
+    macro_rules! sqlite {
+        ($write:tt) => {
+            concat!(
+                segment_write!($write),
+                "; UPDATE known_posts SET last_seg = $2, last_entries = $4 WHERE id = $1; \
+                 INSERT INTO comments (id, post_id, content, status, version, seg) VALUES ($5, $1, $6, $7, 1, $2); \
+                 SELECT group_concat(doc, ',' ORDER BY seg) FROM comment_segments WHERE post_id = $1"
+            )
+        };
+    }
+    // One statement sees one snapshot, which does not hold what its own CTEs write: the
+    // array is read from the other segments plus the one just written.
+    macro_rules! postgres {
+        ($write:tt) => {
+            concat!(
+                "WITH written AS (",
+                segment_write!($write),
+                " RETURNING seg, doc), \
+                 tail AS (UPDATE known_posts SET last_seg = $2, last_entries = $4 WHERE id = $1), \
+                 stored AS (INSERT INTO comments (id, post_id, content, status, version, seg) VALUES ($5, $1, $6, $7, 1, $2)) \
+                 SELECT string_agg(doc, ',' ORDER BY seg) FROM \
+                   (SELECT seg, doc FROM comment_segments WHERE post_id = $1 AND seg <> $2 \
+                    UNION ALL SELECT seg, doc FROM written) segments"
+            )
+        };
+    }
+    let sql = match (tx.backend(), append) {
+        (Backend::Sqlite, true) => sqlite!(append),
+        (Backend::Sqlite, false) => sqlite!(new),
+        (Backend::Postgres, true) => postgres!(append),
+        (Backend::Postgres, false) => postgres!(new),
     };
-    set_tail(tx, post_id, tail).await?;
-    sqlx::query("INSERT INTO comments (id, post_id, content, status, version, seg) VALUES ($1, $2, $3, $4, 1, $5)")
+    // fetch_all: SQLite answers a query's rows statement by statement, and fetch_one would
+    // stop at the first statement, which has none.
+    let rows = sqlx::query(sql)
+        .bind(post_id)
+        .bind(tail.seg)
+        .bind(&entry)
+        .bind(tail.entries)
         .bind(&c.id)
-        .bind(&c.post_id)
         .bind(&c.content)
         .bind(c.status.as_str())
-        .bind(tail.seg)
-        .execute(&mut **tx)
+        .fetch_all(&mut **tx)
         .await?;
+    let members: Option<String> = rows.last().ok_or(sqlx::Error::RowNotFound)?.try_get(0)?;
     tx.emit(c, 1).await?;
-    let backend = tx.backend();
-    array(tx, backend, post_id).await
+    Ok(Some(format!("[{}]", members.unwrap_or_default())))
 }
 
 /// Sets a comment's moderation status and emits `CommentUpdated` with the next version.
-/// A decision for a comment that is no longer pending changes nothing.
+/// A decision for a comment that is no longer pending changes nothing; one for a comment
+/// this service does not hold is `RowNotFound`. Two round trips: the row, then its entry
+/// in the post's array.
 pub async fn moderate(tx: &mut Tx, comment_id: &str, status: CommentStatus) -> Result<Option<CommentUpdated>, DbError> {
-    let Some(row) = sqlx::query("SELECT post_id, content, status, version, seg FROM comments WHERE id = $1")
-        .bind(comment_id)
-        .fetch_optional(&mut **tx)
-        .await?
-    else {
-        return Err(DbError::Sql(sqlx::Error::RowNotFound));
+    // Deciding and writing in one statement: of two decisions at once on PostgreSQL, the
+    // second waits for the first's row lock, then finds the comment no longer pending.
+    let row = sqlx::query(
+        "UPDATE comments SET status = $1, version = version + 1 WHERE id = $2 AND status = $3 \
+         RETURNING post_id, content, version, seg",
+    )
+    .bind(status.as_str())
+    .bind(comment_id)
+    .bind(CommentStatus::Pending.as_str())
+    .fetch_optional(&mut **tx)
+    .await?;
+    let Some(row) = row else {
+        let held =
+            sqlx::query("SELECT 1 FROM comments WHERE id = $1").bind(comment_id).fetch_optional(&mut **tx).await?;
+        return match held {
+            Some(_) => Ok(None),
+            None => Err(DbError::Sql(sqlx::Error::RowNotFound)),
+        };
     };
-    let (post_id, content, current, version, seg): (String, String, String, i64, Option<i64>) =
-        (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
-    if current != CommentStatus::Pending.as_str() {
-        return Ok(None);
-    }
-    let next = version + 1;
-    sqlx::query("UPDATE comments SET status = $1, version = $2 WHERE id = $3")
-        .bind(status.as_str())
-        .bind(next)
-        .bind(comment_id)
-        .execute(&mut **tx)
-        .await?;
+    let (post_id, content, next, seg): (String, String, i64, Option<i64>) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
     let seg = match seg {
         Some(seg) => Some(seg),
         // A comment from before segments: its post's are built (or were, just now, by
@@ -215,40 +252,37 @@ pub async fn moderate(tx: &mut Tx, comment_id: &str, status: CommentStatus) -> R
         },
     };
     if let Some(seg) = seg {
-        set_status_in_segment(tx, &post_id, seg, comment_id, status).await?;
+        let entry =
+            |status: CommentStatus| doc::entry(&Comment { id: comment_id, content: &content, status: status.as_str() });
+        set_entry(tx, &post_id, seg, &entry(CommentStatus::Pending), &entry(status)).await?;
     }
     let updated = CommentUpdated { id: comment_id.to_owned(), status, post_id, content };
     tx.emit(&updated, next).await?;
     Ok(Some(updated))
 }
 
-/// Edits one comment's status in its segment, the segment's row locked on PostgreSQL while
-/// it is read and written back (two decisions on one segment must not undo each other).
-async fn set_status_in_segment(
-    tx: &mut Tx,
-    post_id: &str,
-    seg: i64,
-    comment_id: &str,
-    status: CommentStatus,
-) -> Result<(), DbError> {
+/// Replaces a comment's entry in its segment, `old` by `new`, in one statement that reads
+/// and writes the row (under its row lock on PostgreSQL, so two decisions on one segment
+/// cannot undo each other). The segment may already hold `new`: segments built from the
+/// rows in this transaction were built after the row changed. Holding neither is a bug.
+async fn set_entry(tx: &mut Tx, post_id: &str, seg: i64, old: &str, new: &str) -> Result<(), DbError> {
     let sql = match tx.backend() {
-        Backend::Postgres => "SELECT doc FROM comment_segments WHERE post_id = $1 AND seg = $2 FOR UPDATE",
-        Backend::Sqlite => "SELECT doc FROM comment_segments WHERE post_id = $1 AND seg = $2",
+        Backend::Postgres => {
+            "UPDATE comment_segments SET doc = replace(doc, $1, $2) \
+             WHERE post_id = $3 AND seg = $4 AND (strpos(doc, $1) > 0 OR strpos(doc, $2) > 0)"
+        }
+        Backend::Sqlite => {
+            "UPDATE comment_segments SET doc = replace(doc, $1, $2) \
+             WHERE post_id = $3 AND seg = $4 AND (instr(doc, $1) > 0 OR instr(doc, $2) > 0)"
+        }
     };
-    let mut doc: String =
-        sqlx::query_scalar(sql).bind(post_id).bind(seg).fetch_optional(&mut **tx).await?.unwrap_or_default();
-    if !doc::set_status(&mut doc, comment_id, status.as_str()) {
+    let changed = sqlx::query(sql).bind(old).bind(new).bind(post_id).bind(seg).execute(&mut **tx).await?;
+    if changed.rows_affected() == 0 {
         // Segments are written by this service alone, inside the transactions that write
         // the comments: a comment missing from its segment is a bug, not bad input.
         return Err(DbError::Sql(sqlx::Error::Protocol(format!(
-            "comment {comment_id} is missing from segment {seg} of post {post_id}'s comment array"
+            "a comment is missing from segment {seg} of post {post_id}'s comment array: {old}"
         ))));
     }
-    sqlx::query("UPDATE comment_segments SET doc = $1 WHERE post_id = $2 AND seg = $3")
-        .bind(doc)
-        .bind(post_id)
-        .bind(seg)
-        .execute(&mut **tx)
-        .await?;
     Ok(())
 }

@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use blog_events::CommentStatus;
-use busbar::{Db, DbOptions};
+use busbar::{Db, DbOptions, db::DbError};
 use comments::store;
 use serde_json::{Value, json};
 use testkit::database;
@@ -66,6 +66,13 @@ async fn arrays_follow_creation_and_moderation(backend: &str) {
     assert_eq!(answer(http.get(&comments).send().await.unwrap(), 200).await, want, "{backend}");
     // A decision for a comment no longer pending changes nothing.
     moderate(&db, &a, CommentStatus::Rejected).await;
+    assert_eq!(answer(http.get(&comments).send().await.unwrap(), 200).await, want);
+    // One for a comment this service does not hold is an error (the bus retries it), and
+    // changes nothing either.
+    let mut tx = db.begin().await.unwrap();
+    let missing = store::moderate(&mut tx, "no-such-comment", CommentStatus::Approved).await;
+    assert!(matches!(missing, Err(DbError::Sql(sqlx::Error::RowNotFound))), "{backend}: {missing:?}");
+    drop(tx);
     assert_eq!(answer(http.get(&comments).send().await.unwrap(), 200).await, want);
 
     // Past the first segment (100 comments): each answer is the whole array, in order, and a
