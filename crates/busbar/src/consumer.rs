@@ -180,10 +180,21 @@ impl Consumer {
         let mut outcomes = Vec::with_capacity(events.len());
         for (i, ev) in events.iter().enumerate() {
             // After the first event, a savepoint marks where this event's writes start, so
-            // a failure undoes only them.
-            if i > 0
-                && let Err(e) = sqlx::query("SAVEPOINT busbar_event").execute(&mut *tx).await
-            {
+            // a failure undoes only them. One is open at a time: the previous event's is
+            // released as this one's opens, in one round trip (a query of two statements
+            // needs PostgreSQL's simple protocol: `raw_sql`). Left open, savepoints nest, and
+            // SQLite keeps a copy of every page each of them writes until the commit (its
+            // statement journal, which spills to a temporary file past 64 KiB): a batch
+            // wrote, and then deleted, a file of megabytes.
+            let savepoint = match i {
+                0 => Ok(()),
+                1 => sqlx::query("SAVEPOINT busbar_event").execute(&mut *tx).await.map(drop),
+                _ => sqlx::raw_sql("RELEASE SAVEPOINT busbar_event; SAVEPOINT busbar_event")
+                    .execute(&mut *tx)
+                    .await
+                    .map(drop),
+            };
+            if let Err(e) = savepoint {
                 let _ = tx.rollback().await;
                 return Err((vec![], e.into()));
             }
