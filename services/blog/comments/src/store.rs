@@ -254,18 +254,18 @@ pub async fn moderate(tx: &mut Tx, comment_id: &str, status: CommentStatus) -> R
     if let Some(seg) = seg {
         let entry =
             |status: CommentStatus| doc::entry(&Comment { id: comment_id, content: &content, status: status.as_str() });
-        set_entry(tx, &post_id, seg, &entry(CommentStatus::Pending), &entry(status)).await?;
+        set_entry(tx, &post_id, seg, comment_id, &entry(CommentStatus::Pending), &entry(status)).await?;
     }
     let updated = CommentUpdated { id: comment_id.to_owned(), status, post_id, content };
     tx.emit(&updated, next).await?;
     Ok(Some(updated))
 }
 
-/// Replaces a comment's entry in its segment, `old` by `new`, in one statement that reads
+/// Replaces comment `id`'s entry in its segment, `old` by `new`, in one statement that reads
 /// and writes the row (under its row lock on PostgreSQL, so two decisions on one segment
 /// cannot undo each other). The segment may already hold `new`: segments built from the
 /// rows in this transaction were built after the row changed. Holding neither is a bug.
-async fn set_entry(tx: &mut Tx, post_id: &str, seg: i64, old: &str, new: &str) -> Result<(), DbError> {
+async fn set_entry(tx: &mut Tx, post_id: &str, seg: i64, id: &str, old: &str, new: &str) -> Result<(), DbError> {
     let sql = match tx.backend() {
         Backend::Postgres => {
             "UPDATE comment_segments SET doc = replace(doc, $1, $2) \
@@ -281,7 +281,7 @@ async fn set_entry(tx: &mut Tx, post_id: &str, seg: i64, old: &str, new: &str) -
         // Segments are written by this service alone, inside the transactions that write
         // the comments: a comment missing from its segment is a bug, not bad input.
         return Err(DbError::Sql(sqlx::Error::Protocol(format!(
-            "a comment is missing from segment {seg} of post {post_id}'s comment array: {old}"
+            "comment {id} is missing from segment {seg} of post {post_id}'s comment array"
         ))));
     }
     Ok(())
