@@ -12,10 +12,20 @@ use busbar::{
 use sqlx::Row;
 
 /// The change stamp a document write takes, in the same statement. SQLite: the next value
-/// of the one counter row, bumped by a statement run just before in the same query (SQLite
-/// has one writer, so stamps are taken in commit order). PostgreSQL: the writing
-/// transaction's id, so writers share no lock; a reader then also reads the rows of every
-/// transaction that was still running when it last looked ([`changes`]).
+/// of the one counter row, bumped by a statement run just before in the same query
+/// (`stamped!`; SQLite has one writer, so stamps are taken in commit order). PostgreSQL:
+/// the writing transaction's id, so writers share no lock; a reader then also reads the
+/// rows of every transaction that was still running when it last looked ([`changes`]).
+macro_rules! stamp {
+    (sqlite) => {
+        "(SELECT n FROM view_stamp WHERE id = 1)"
+    };
+    (postgres) => {
+        "pg_current_xact_id()::text::bigint"
+    };
+}
+
+/// A SQLite query that bumps the counter `stamp!` reads, then runs `$sql`.
 macro_rules! stamped {
     (sqlite: $($sql:expr),+ $(,)?) => {
         concat!("UPDATE view_stamp SET n = n + 1 WHERE id = 1; ", $($sql),+)
@@ -55,13 +65,14 @@ pub async fn upsert_post(tx: &mut Tx, p: &PostCreated) -> Result<(), DbError> {
     let sql = match tx.backend() {
         Backend::Sqlite => stamped!(sqlite:
             "INSERT INTO posts (id, title, doc, stamp) VALUES ($1, $2, ", document!(sqlite, "$1", "$2", "comments"),
-            ", (SELECT n FROM view_stamp WHERE id = 1)) ",
+            ", ", stamp!(sqlite), ") ",
             "ON CONFLICT (id) DO UPDATE SET title = excluded.title, doc = excluded.doc, stamp = excluded.stamp"),
         Backend::Postgres => concat!(
             "INSERT INTO posts (id, title, doc, stamp) VALUES ($1, $2, ",
             document!(postgres, "$1", "$2", "comments"),
-            ", pg_current_xact_id()::text::bigint) \
-             ON CONFLICT (id) DO UPDATE SET title = excluded.title, doc = excluded.doc, stamp = excluded.stamp"
+            ", ",
+            stamp!(postgres),
+            ") ON CONFLICT (id) DO UPDATE SET title = excluded.title, doc = excluded.doc, stamp = excluded.stamp"
         ),
     };
     sqlx::query(sql).bind(&p.id).bind(&p.title).execute(&mut **tx).await?;
@@ -77,7 +88,7 @@ pub async fn upsert_comment(tx: &mut Tx, id: &str, post_id: &str, content: &str,
              ON CONFLICT (id) DO UPDATE SET content = excluded.content, status = excluded.status; ",
             stamped!(sqlite:
                 "UPDATE posts SET doc = ", document!(sqlite, "posts.id", "posts.title", "comments"),
-                ", stamp = (SELECT n FROM view_stamp WHERE id = 1) WHERE id = $2")
+                ", stamp = ", stamp!(sqlite), " WHERE id = $2")
         ),
         // One statement sees one snapshot, which does not hold the row its own CTE writes:
         // the document is rendered from the other comments plus the one just written.
@@ -93,7 +104,9 @@ pub async fn upsert_comment(tx: &mut Tx, id: &str, post_id: &str, content: &str,
                 "(SELECT id, post_id, content, status FROM comments WHERE id <> $1 \
                   UNION ALL SELECT id, post_id, content, status FROM written)"
             ),
-            ", stamp = pg_current_xact_id()::text::bigint WHERE id = $2"
+            ", stamp = ",
+            stamp!(postgres),
+            " WHERE id = $2"
         ),
     };
     sqlx::query(sql).bind(id).bind(post_id).bind(content).bind(status).execute(&mut **tx).await?;
@@ -108,13 +121,14 @@ pub async fn render_missing(db: &Db) -> Result<u64, DbError> {
     let sql = match db.backend() {
         Backend::Sqlite => stamped!(sqlite:
             "UPDATE posts SET doc = ", document!(sqlite, "posts.id", "posts.title", "comments"),
-            ", stamp = (SELECT n FROM view_stamp WHERE id = 1) ",
+            ", stamp = ", stamp!(sqlite), " ",
             "WHERE doc IS NULL AND id IN (SELECT id FROM posts WHERE doc IS NULL ORDER BY id LIMIT 500) RETURNING id"),
         Backend::Postgres => concat!(
             "UPDATE posts SET doc = ",
             document!(postgres, "posts.id", "posts.title", "comments"),
-            ", stamp = pg_current_xact_id()::text::bigint \
-             WHERE doc IS NULL AND id IN (SELECT id FROM posts WHERE doc IS NULL ORDER BY id LIMIT 500) RETURNING id"
+            ", stamp = ",
+            stamp!(postgres),
+            " WHERE doc IS NULL AND id IN (SELECT id FROM posts WHERE doc IS NULL ORDER BY id LIMIT 500) RETURNING id"
         ),
     };
     let mut done = 0;
