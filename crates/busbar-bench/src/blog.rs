@@ -81,7 +81,8 @@ pub struct Args {
     pub rates: Vec<f64>,
 
     /// Open loop: offered comment rates (comments/s), comma-separated; one run per rate.
-    #[arg(long, value_delimiter = ',', default_value = "500,1000", value_parser = crate::bus_raw::positive_rate)]
+    /// 2,000/s is the sustained rate the speed targets ask for.
+    #[arg(long, value_delimiter = ',', default_value = "500,1000,2000", value_parser = crate::bus_raw::positive_rate)]
     pub comment_rates: Vec<f64>,
 
     /// Open loop: seconds to offer each rate for.
