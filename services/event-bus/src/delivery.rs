@@ -116,13 +116,19 @@ impl Worker {
             let upto = *self.head.borrow_and_update();
             lag.set(upto - cur.position);
             if cur.position >= upto {
-                // Caught up: persist the position before waiting.
-                if dirty {
-                    self.save(&cur).await;
-                    dirty = false;
-                }
+                // Caught up. The position is stored once the throttle allows, unless more
+                // events come first: saving it here at once cost a commit (an fsync under
+                // `full`) per push at moderate rates, each holding the log's write lock
+                // that publishes wait for. A bus killed before the save sends those events
+                // again, which subscribers' inboxes absorb.
+                let save_at = last_save + CURSOR_SAVE_EVERY;
                 tokio::select! {
                     r = self.head.changed() => if r.is_err() { break },
+                    _ = tokio::time::sleep_until(save_at), if dirty => {
+                        self.save(&cur).await;
+                        last_save = tokio::time::Instant::now();
+                        dirty = false;
+                    }
                     _ = self.stop.cancelled() => break,
                 }
                 continue;

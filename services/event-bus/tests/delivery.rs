@@ -231,3 +231,27 @@ async fn route_changes_apply_without_a_restart() {
     assert!(bus.proc.log().contains("routes file is invalid"), "the bad file is reported");
     assert_eq!(bus.proc.pid(), pid, "same process throughout");
 }
+
+/// A subscriber that has caught up has its position stored within moments, without waiting
+/// for the next event: a bus killed after that sends it nothing twice. (Saves are
+/// throttled while events stream, so catching up alone must not leave the position
+/// unsaved until the next event or a clean shutdown.)
+#[tokio::test]
+async fn a_caught_up_position_is_stored_without_the_next_event() {
+    let dir = testkit::temp_dir();
+    let sub = Subscriber::start().await;
+    let mut bus = Bus::start(dir.path(), &routes_yaml(&[("s", sub.port(), &["A"])], FAST), None, &[]).await;
+    for n in 0..3 {
+        assert_eq!(bus.publish(&event("A", n)).await.0, 200);
+    }
+    assert_eq!(ns(&sub.wait_for(3, T).await), vec![0, 1, 2]);
+    testkit::wait_until(T, "the caught-up position to be stored", || async {
+        let (_, _, subs) = bus.get("/subscribers").await;
+        (subs[0]["lag"] == 0).then_some(())
+    })
+    .await;
+
+    bus.kill9_and_restart().await;
+    assert_eq!(bus.publish(&event("A", 3)).await.0, 200);
+    assert_eq!(ns(&sub.wait_for(4, T).await), vec![0, 1, 2, 3], "nothing before the kill is sent again");
+}
