@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     Backoff,
-    db::{Backend, Db, DbError, now_millis, placeholders},
+    db::{Backend, Db, DbError, now_millis},
     envelope::{self, CloudEvent},
     leader,
     transport::Transport,
@@ -78,12 +78,14 @@ async fn lead_relay(
     let backoff = Backoff::exponential(Duration::from_millis(100), opts.max_backoff);
     let mut failures: u32 = 0;
     let mut last_prune = tokio::time::Instant::now();
+    let mut marks = Marks::new(db.backend());
     loop {
         if stop.is_cancelled() {
+            marks.flush(db).await;
             return;
         }
         let step = async {
-            let batch = pending(db, opts.batch).await?;
+            let batch = pending(db, opts.batch, marks.published_through).await?;
             if batch.is_empty() {
                 return Ok::<_, RelayError>(0);
             }
@@ -92,7 +94,7 @@ async fn lead_relay(
             }
             let events: Vec<CloudEvent> = batch.iter().map(|(_, ev)| ev.clone()).collect();
             transport.publish(&events).await.map_err(|e| RelayError::Publish(e.to_string()))?;
-            mark_published(db, &batch.iter().map(|(seq, _)| *seq).collect::<Vec<_>>()).await?;
+            marks.published(db, &batch.iter().map(|(seq, _)| *seq).collect::<Vec<_>>()).await?;
             Ok(batch.len())
         };
         match step.await {
@@ -104,10 +106,17 @@ async fn lead_relay(
                         tracing::warn!(error = %e, "pruning published outbox rows failed");
                     }
                 }
+                let mark_at = marks.due();
                 tokio::select! {
                     _ = wake.notified() => {}
                     _ = tokio::time::sleep(opts.idle_poll) => {}
-                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep_until(mark_at.unwrap_or_else(tokio::time::Instant::now)), if mark_at.is_some() => {
+                        marks.flush(db).await;
+                    }
+                    _ = stop.cancelled() => {
+                        marks.flush(db).await;
+                        return;
+                    }
                 }
             }
             Ok(n) => {
@@ -117,6 +126,8 @@ async fn lead_relay(
                 failures = 0;
                 tracing::debug!(count = n, "published outbox events");
             }
+            // Another replica leads now; it publishes what this one did not mark again,
+            // which the bus's deduplication absorbs.
             Err(RelayError::LostLead) => return,
             Err(e) => {
                 failures += 1;
@@ -152,11 +163,16 @@ impl From<sqlx::Error> for RelayError {
     }
 }
 
-async fn pending(db: &Db, limit: i64) -> Result<Vec<(i64, CloudEvent)>, RelayError> {
-    let rows = sqlx::query("SELECT seq, payload FROM busbar_outbox WHERE published_at IS NULL ORDER BY seq LIMIT $1")
-        .bind(limit)
-        .fetch_all(db.pool())
-        .await?;
+/// Unpublished rows after seq `after` (rows up to it were published but may not be marked
+/// yet), oldest first.
+async fn pending(db: &Db, limit: i64, after: i64) -> Result<Vec<(i64, CloudEvent)>, RelayError> {
+    let rows = sqlx::query(
+        "SELECT seq, payload FROM busbar_outbox WHERE published_at IS NULL AND seq > $2 ORDER BY seq LIMIT $1",
+    )
+    .bind(limit)
+    .bind(after)
+    .fetch_all(db.pool())
+    .await?;
     let mut out = Vec::with_capacity(rows.len());
     for row in rows {
         let seq: i64 = row.try_get(0)?;
@@ -171,6 +187,72 @@ async fn pending(db: &Db, limit: i64) -> Result<Vec<(i64, CloudEvent)>, RelayErr
         }
     }
     Ok(out)
+}
+
+/// How often, at most, published rows are marked on SQLite while events flow.
+const MARK_EVERY: Duration = Duration::from_millis(200);
+
+/// Marking published rows. A mark is a write of its own, and on SQLite every write takes
+/// the database's one write lock, which the service's own writes then wait for: marked at
+/// once, a relay publishing small batches (moderate rates, one event each) made one such
+/// write per batch. On SQLite rows commit in seq order (see [`mark_published`]), so the
+/// relay skips what it published by seq alone and marks at most every [`MARK_EVERY`], when
+/// it goes idle and before it stops. A process killed in between publishes those rows
+/// again after its restart: at least once, as always, and the bus (and JetStream, by
+/// message id) drops the copies. On PostgreSQL rows can commit out of seq order, so each
+/// batch is marked as it goes, without waiting for its commit to be flushed.
+struct Marks {
+    lazy: bool,
+    /// Every row up to this seq was published (0: none yet by this relay).
+    published_through: i64,
+    /// Published, not yet marked: the first and last seq.
+    unmarked: Option<(i64, i64)>,
+    last_mark: tokio::time::Instant,
+}
+
+impl Marks {
+    fn new(backend: Backend) -> Marks {
+        Marks {
+            lazy: backend == Backend::Sqlite,
+            published_through: 0,
+            unmarked: None,
+            last_mark: tokio::time::Instant::now(),
+        }
+    }
+
+    async fn published(&mut self, db: &Db, seqs: &[i64]) -> Result<(), RelayError> {
+        if !self.lazy {
+            return mark_published(db, seqs).await;
+        }
+        let (Some(&first), Some(&last)) = (seqs.iter().min(), seqs.iter().max()) else { return Ok(()) };
+        self.published_through = last;
+        self.unmarked = Some(self.unmarked.map_or((first, last), |(f, _)| (f, last)));
+        if self.last_mark.elapsed() >= MARK_EVERY {
+            self.try_flush(db).await?;
+        }
+        Ok(())
+    }
+
+    /// When the rows published so far are due to be marked, if any wait.
+    fn due(&self) -> Option<tokio::time::Instant> {
+        self.unmarked.map(|_| self.last_mark + MARK_EVERY)
+    }
+
+    async fn try_flush(&mut self, db: &Db) -> Result<(), RelayError> {
+        if let Some((first, last)) = self.unmarked {
+            mark_published(db, &[first, last]).await?;
+            self.unmarked = None;
+        }
+        self.last_mark = tokio::time::Instant::now();
+        Ok(())
+    }
+
+    /// Marks what waits; a failure is logged, and the rows go out again later at worst.
+    async fn flush(&mut self, db: &Db) {
+        if let Err(e) = self.try_flush(db).await {
+            tracing::warn!(error = %e, "marking published outbox rows failed; they will be published again");
+        }
+    }
 }
 
 async fn mark_published(db: &Db, seqs: &[i64]) -> Result<(), RelayError> {
@@ -194,14 +276,18 @@ async fn mark_published(db: &Db, seqs: &[i64]) -> Result<(), RelayError> {
         }
         // On PostgreSQL a row with a lower seq can commit after one with a higher seq, so
         // only the rows actually published are marked.
+        // A lost mark only means the rows are published again (the bus drops the copies),
+        // so its commit does not wait for the WAL flush: one fsync fewer per batch. The
+        // values are integers this function formats itself, so the statement can go in
+        // one simple-protocol round trip with the transaction around it.
         Backend::Postgres => {
-            let sql =
-                format!("UPDATE busbar_outbox SET published_at = $1 WHERE seq IN ({})", placeholders(2, seqs.len()));
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now_millis());
-            for seq in seqs {
-                q = q.bind(*seq);
-            }
-            db.execute_write(q).await?;
+            let list = seqs.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
+            let sql = format!(
+                "BEGIN; SET LOCAL synchronous_commit = off; \
+                 UPDATE busbar_outbox SET published_at = {} WHERE seq IN ({list}); COMMIT",
+                now_millis()
+            );
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(db.pool()).await?;
         }
     }
     Ok(())
