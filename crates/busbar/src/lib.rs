@@ -37,6 +37,12 @@ pub mod transport;
 pub mod view_cache;
 pub mod web;
 
+/// mimalloc for every allocation of a process that links busbar (the `mimalloc` feature,
+/// on by default); with its `override`, SQLite's C allocations go to it as well.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 pub use busbar_client::runtime;
 pub use busbar_client::telemetry;
 pub use busbar_domain::{Backoff, backoff, config, contracts, credentials, graph, names, nats_auth, spec, wiring};
