@@ -228,6 +228,9 @@ pub struct HotPostRow {
     /// CPU of the comments process per comment over the step (its moderation decisions,
     /// applied as they come, included); `None` for an external stack.
     pub comments_cpu_ms: Option<f64>,
+    /// CPU of the query process per comment over the step: it applies each comment's
+    /// creation and its moderation to the post's document. `None` for an external stack.
+    pub query_cpu_ms: Option<f64>,
     /// The last answer's size: the whole array, as the contract has it.
     pub answer_bytes: u64,
     /// Comment to its 201.
@@ -517,12 +520,12 @@ async fn hot_post(
         .context("comments did not learn of the post in time")?;
     eprintln!("{who}: one post taking {} comments, one after another", args.hot_post_comments);
     let url = format!("{}/posts/{post}/comments", stack.comments);
-    let cpu = |stack: &Stack| stack.system.as_ref().and_then(|s| s.get("comments").cpu_secs());
+    let cpu = |stack: &Stack, name: &str| stack.system.as_ref().and_then(|s| s.get(name).cpu_secs());
     let mut rows = vec![];
     let mut done = 0;
     while done < args.hot_post_comments {
         let step = args.hot_post_step.min(args.hot_post_comments - done);
-        let cpu0 = cpu(stack);
+        let (comments0, query0) = (cpu(stack, "comments"), cpu(stack, "query"));
         let (mut took, mut answer_bytes) = (Vec::with_capacity(step as usize), 0);
         for i in 0..step {
             let start = clock::now_ns();
@@ -535,19 +538,22 @@ async fn hot_post(
             took.push(clock::now_ns() - start);
             answer_bytes = body.len() as u64;
         }
-        let per = cpu0.zip(cpu(stack)).map(|(a, b)| (b - a) * 1e3 / step as f64);
+        let per = |before: Option<f64>, after: Option<f64>| before.zip(after).map(|(a, b)| (b - a) * 1e3 / step as f64);
         let row = HotPostRow {
             from: done,
             to: done + step,
-            comments_cpu_ms: per,
+            comments_cpu_ms: per(comments0, cpu(stack, "comments")),
+            query_cpu_ms: per(query0, cpu(stack, "query")),
             answer_bytes,
             latency: stats::latency(&mut took),
         };
         eprintln!(
-            "{who}: comments {}..{}: {} ms of comments' CPU per comment, answer {:.0} kB, 201 p50 {} ms",
+            "{who}: comments {}..{}: {} ms of comments' CPU and {} ms of query's per comment, answer {:.0} kB, \
+             201 p50 {} ms",
             row.from,
             row.to,
-            per.map_or("-".into(), |c| format!("{c:.2}")),
+            row.comments_cpu_ms.map_or("-".into(), |c| format!("{c:.2}")),
+            row.query_cpu_ms.map_or("-".into(), |c| format!("{c:.2}")),
             answer_bytes as f64 / 1e3,
             row.latency.as_ref().map_or("-".into(), |l| format!("{:.2}", l.p50_ms)),
         );
