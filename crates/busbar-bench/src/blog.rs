@@ -229,7 +229,9 @@ pub struct HotPostRow {
     /// applied as they come, included); `None` for an external stack.
     pub comments_cpu_ms: Option<f64>,
     /// CPU of the query process per comment over the step: it applies each comment's
-    /// creation and its moderation to the post's document. `None` for an external stack.
+    /// creation and its moderation to the post's document. Read when the step's last 201
+    /// arrives, so the few events query has not applied yet count in the next step. `None`
+    /// for an external stack.
     pub query_cpu_ms: Option<f64>,
     /// The last answer's size: the whole array, as the contract has it.
     pub answer_bytes: u64,
