@@ -245,3 +245,70 @@ async fn every_read_sees_what_committed_before_it_on_sqlite() {
 async fn every_read_sees_what_committed_before_it_on_postgres() {
     every_read_sees_what_committed_before_it("postgres").await;
 }
+
+/// Every post's stored document, by id.
+async fn documents(db: &Db) -> Vec<(String, String)> {
+    sqlx::query_as("SELECT id, doc FROM posts ORDER BY id").fetch_all(db.pool()).await.unwrap()
+}
+
+/// A comment changes its post's document in place (appended, or its entry swapped) rather
+/// than by rendering every comment again, so the document must stay byte for byte what a
+/// full render gives: comments arriving out of id order, before their post, changing
+/// status and content, and holding text that looks like another comment's entry.
+async fn a_document_changed_in_place_equals_a_full_render(backend: &str) {
+    let (url, _keep) = database(backend).await;
+    let db = migrated(&url).await;
+    let base = serve(&db).await;
+    post(&db, "p1", "one").await;
+    post(&db, "p2", "two").await;
+    comment(&db, "c05", "p3", "before its post", "pending").await;
+    post(&db, "p3", "three").await;
+    // The text of c20's entry inside another comment (JSON escapes its quotes).
+    let lookalike = r#"{"id":"c20","content":"x","status":"pending"}"#;
+    // A fixed pseudo-random walk: new comments with ids above and below the post's last,
+    // and changes to comments already there.
+    let mut seen: Vec<(String, String)> = vec![];
+    let mut state = 7u64;
+    for step in 0..120u32 {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let r = (state >> 33) as usize;
+        let post_id = ["p1", "p2", "p3"][r % 3].to_string();
+        let status = ["pending", "approved", "rejected"][(r / 3) % 3];
+        if !seen.is_empty() && r.is_multiple_of(5) {
+            let (id, post_id) = seen[(r / 7) % seen.len()].clone();
+            let content = if r.is_multiple_of(2) { format!("changed {step} ✓") } else { lookalike.to_string() };
+            comment(&db, &id, &post_id, &content, status).await;
+        } else {
+            // Mostly rising ids, as UUIDv7 gives; sometimes one that sorts before the last.
+            let id = if r.is_multiple_of(4) { format!("c{:02}", r % 90) } else { format!("c{:03}", 100 + step) };
+            if seen.iter().any(|(s, _)| *s == id) {
+                continue;
+            }
+            let content = if step.is_multiple_of(9) { lookalike.to_string() } else { format!("comment \"{step}\"\n") };
+            comment(&db, &id, &post_id, &content, status).await;
+            seen.push((id, post_id));
+        }
+    }
+    let changed_in_place = documents(&db).await;
+    sqlx::query("UPDATE posts SET doc = NULL").execute(db.pool()).await.unwrap();
+    assert_eq!(store::render_missing(&db).await.unwrap(), 3);
+    assert_eq!(changed_in_place, documents(&db).await, "{backend}");
+    // And what the view shows is every comment, in id order, as last written.
+    let view = get(&format!("{base}/posts")).await;
+    let shown: usize = view.as_object().unwrap().values().map(|p| p["comments"].as_array().unwrap().len()).sum();
+    assert_eq!(shown, seen.len() + 1, "{backend}: every comment once, c05 included");
+    for p in view.as_object().unwrap().values() {
+        let ids: Vec<&str> = p["comments"].as_array().unwrap().iter().map(|c| c["id"].as_str().unwrap()).collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "{backend}: {ids:?} in id order");
+    }
+}
+
+#[tokio::test]
+async fn a_document_changed_in_place_equals_a_full_render_on_sqlite() {
+    a_document_changed_in_place_equals_a_full_render("sqlite").await;
+}
+
+#[tokio::test]
+async fn a_document_changed_in_place_equals_a_full_render_on_postgres() {
+    a_document_changed_in_place_equals_a_full_render("postgres").await;
+}
