@@ -41,7 +41,7 @@ pub async fn array(conn: &mut AnyConnection, backend: Backend, post_id: &str) ->
         // A post from before segments, not written since: its rows, as they are.
         None => entries(conn, post_id).await?.into_iter().map(|(_, entry)| entry).collect::<Vec<_>>().join(","),
     };
-    Ok(Some(format!("[{members}]")))
+    Ok(Some(doc::array(members)))
 }
 
 /// A post's comments as array entries, oldest first (UUIDv7 ids sort by creation time),
@@ -208,7 +208,7 @@ async fn create_in(tx: &mut Tx, c: &CommentCreated) -> Result<Option<String>, Db
         .await?;
     let members: Option<String> = rows.last().ok_or(sqlx::Error::RowNotFound)?.try_get(0)?;
     tx.emit(c, 1).await?;
-    Ok(Some(format!("[{}]", members.unwrap_or_default())))
+    Ok(Some(doc::array(members.unwrap_or_default())))
 }
 
 /// Sets a comment's moderation status and emits `CommentUpdated` with the next version.
