@@ -238,7 +238,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // The API (and with it the last handle on the writer) goes with the server.
     drop(active);
     // The server has stopped taking requests; the writer finishes what it was handed,
-    // then delivery stops where it is (cursors are saved after each batch).
+    // then delivery stops where it is (each worker saves its cursor as it stops).
     ready.store(false, std::sync::atomic::Ordering::Relaxed);
     let _ = ingest_task.await;
     stop.cancel();

@@ -160,8 +160,9 @@ impl Store {
         Ok(Pending { count: r.try_get(0)?, oldest_at: r.try_get(1)? })
     }
 
-    /// One statement, atomic by itself: one round trip per push instead of three (begin,
-    /// update, commit), and the bus saves a cursor after every push.
+    /// One statement, atomic by itself: one round trip per save instead of three (begin,
+    /// update, commit). Delivery saves at most every 200 ms while events stream, and as a
+    /// worker stops (`delivery::Worker::save_throttled`).
     pub async fn save_cursor(&self, subscriber: &str, c: &Cursor) -> Result<(), DbError> {
         let update =
             sqlx::query("UPDATE bus_cursors SET position = $1, attempts = $2, last_error = $3 WHERE subscriber = $4")
