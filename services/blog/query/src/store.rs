@@ -196,6 +196,16 @@ pub async fn upsert_comment(tx: &mut Tx, id: &str, post_id: &str, content: &str,
             " END WHERE id = $2"
         ),
     };
+    if tx.backend() == Backend::Postgres {
+        // Two comments of one post may be applied at once (each comment is its own
+        // aggregate; replicas share the database). The statement above tests the comments
+        // in its snapshot, taken when it starts: waiting for the other's lock on the post's
+        // row inside it would leave that snapshot blind to the comment the other committed
+        // (an append after it without its comma; a full render without it). Taking the
+        // lock first, in a statement of its own, gives the next statement a snapshot that
+        // holds it. SQLite's writers already take turns.
+        sqlx::query("SELECT 1 FROM posts WHERE id = $1 FOR UPDATE").bind(post_id).execute(&mut **tx).await?;
+    }
     sqlx::query(sql).bind(id).bind(post_id).bind(content).bind(status).execute(&mut **tx).await?;
     Ok(())
 }

@@ -312,3 +312,35 @@ async fn a_document_changed_in_place_equals_a_full_render_on_sqlite() {
 async fn a_document_changed_in_place_equals_a_full_render_on_postgres() {
     a_document_changed_in_place_equals_a_full_render("postgres").await;
 }
+
+/// Two replicas of query on one PostgreSQL database may apply two comments of one post at
+/// once (each comment is its own aggregate). The second waits for the first's lock on the
+/// post's row; its document must then be built on what the first committed: both comments,
+/// in id order, and still JSON.
+#[tokio::test]
+async fn comments_on_one_post_applied_at_once_both_show_on_postgres() {
+    let (url, _keep) = database("postgres").await;
+    let db = migrated(&url).await;
+    let base = serve(&db).await;
+    post(&db, "p1", "one").await;
+    let mut first = db.begin().await.unwrap();
+    store::upsert_comment(&mut first, "c1", "p1", "first", "pending").await.unwrap();
+    let second = tokio::spawn({
+        let db = db.clone();
+        async move { comment(&db, "c2", "p1", "second", "pending").await }
+    });
+    // The second is waiting for a lock the first holds (bounded wait, polled).
+    let waiting =
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while sqlx::query_scalar::<_, i64>(waiting).fetch_one(db.pool()).await.unwrap() == 0 {
+        assert!(std::time::Instant::now() < deadline, "the second comment never waited for the first");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    first.commit().await.unwrap();
+    second.await.unwrap();
+    assert_eq!(
+        get(&format!("{base}/posts")).await["p1"]["comments"],
+        json!([{"id": "c1", "content": "first", "status": "pending"}, {"id": "c2", "content": "second", "status": "pending"}])
+    );
+}
