@@ -32,30 +32,49 @@ macro_rules! stamped {
     };
 }
 
+/// `$e`, an SQL expression, as text. PostgreSQL's parameters need the cast to have a type.
+macro_rules! text {
+    (sqlite, $e:literal) => {
+        $e
+    };
+    (postgres, $e:literal) => {
+        concat!("CAST(", $e, " AS TEXT)")
+    };
+}
+
+/// `$e` quoted as a JSON string, in the dialect's function.
+macro_rules! quote {
+    (sqlite, $e:literal) => {
+        concat!("json_quote(", $e, ")")
+    };
+    (postgres, $e:literal) => {
+        concat!("to_json(", text!(postgres, $e), ")")
+    };
+}
+
+/// The dialect's aggregate that joins text with a separator.
+macro_rules! join {
+    (sqlite) => {
+        "group_concat"
+    };
+    (postgres) => {
+        "string_agg"
+    };
+}
+
 /// One comment's entry in its post's document, `{"id":..,"content":..,"status":..}`, from
 /// three SQL expressions. The one spelling of an entry: the full render ([`document!`]) and
 /// the in-place change of a document ([`upsert_comment`]) must write the same bytes.
 macro_rules! entry {
-    (sqlite, $id:literal, $content:literal, $status:literal) => {
+    ($db:ident, $id:literal, $content:literal, $status:literal) => {
         concat!(
-            "('{\"id\":' || json_quote(",
-            $id,
-            ") || ',\"content\":' || json_quote(",
-            $content,
-            ") || ',\"status\":' || json_quote(",
-            $status,
-            ") || '}')"
-        )
-    };
-    (postgres, $id:literal, $content:literal, $status:literal) => {
-        concat!(
-            "('{\"id\":' || to_json(CAST(",
-            $id,
-            " AS TEXT)) || ',\"content\":' || to_json(CAST(",
-            $content,
-            " AS TEXT)) || ',\"status\":' || to_json(CAST(",
-            $status,
-            " AS TEXT)) || '}')"
+            "('{\"id\":' || ",
+            quote!($db, $id),
+            " || ',\"content\":' || ",
+            quote!($db, $content),
+            " || ',\"status\":' || ",
+            quote!($db, $status),
+            " || '}')"
         )
     };
 }
@@ -68,39 +87,21 @@ macro_rules! entry {
 /// Rendered by the database rather than here so that applying a comment costs one round
 /// trip instead of three (write the row, read the post's comments, write the document).
 macro_rules! document {
-    (sqlite, $id:literal, $title:literal, $comments:literal) => {
+    ($db:ident, $id:literal, $title:literal, $comments:literal) => {
         concat!(
-            "('{\"id\":' || json_quote(",
-            $id,
-            ") || ',\"title\":' || json_quote(",
-            $title,
-            ") || ',\"comments\":[' || \
-             COALESCE((SELECT group_concat(",
-            entry!(sqlite, "c.id", "c.content", "c.status"),
-            ", ',' ORDER BY c.id) \
-             FROM ",
+            "('{\"id\":' || ",
+            quote!($db, $id),
+            " || ',\"title\":' || ",
+            quote!($db, $title),
+            " || ',\"comments\":[' || COALESCE((SELECT ",
+            join!($db),
+            "(",
+            entry!($db, "c.id", "c.content", "c.status"),
+            ", ',' ORDER BY c.id) FROM ",
             $comments,
             " c WHERE c.post_id = ",
-            $id,
+            text!($db, $id),
             "), '') || ']}')"
-        )
-    };
-    (postgres, $id:literal, $title:literal, $comments:literal) => {
-        concat!(
-            "('{\"id\":' || to_json(CAST(",
-            $id,
-            " AS TEXT)) || ',\"title\":' || to_json(CAST(",
-            $title,
-            " AS TEXT)) \
-             || ',\"comments\":[' || \
-             COALESCE((SELECT string_agg(",
-            entry!(postgres, "c.id", "c.content", "c.status"),
-            ", ',' ORDER BY c.id) \
-             FROM ",
-            $comments,
-            " c WHERE c.post_id = CAST(",
-            $id,
-            " AS TEXT)), '') || ']}')"
         )
     };
 }
