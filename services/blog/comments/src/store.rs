@@ -68,26 +68,40 @@ struct Tail {
     entries: i64,
 }
 
+/// A post's tail and its greatest comment id (`None` without comments).
+struct End {
+    tail: Tail,
+    last_id: Option<String>,
+}
+
 /// The post's tail, its row locked for this transaction on PostgreSQL (two comments on one
 /// post at once must not both append to the same segment as if it were theirs; SQLite's
-/// writers already take turns). A post from before segments gets them built first from its
-/// rows. `None` for an unknown post.
-async fn tail_for_update(tx: &mut Tx, post_id: &str) -> Result<Option<Tail>, DbError> {
+/// writers already take turns). The columns are the locked row's, so on PostgreSQL they hold
+/// what a transaction this one waited for wrote. A post from before segments gets them built
+/// first from its rows. `None` for an unknown post.
+async fn end_for_update(tx: &mut Tx, post_id: &str) -> Result<Option<End>, DbError> {
     let sql = match tx.backend() {
-        Backend::Postgres => "SELECT last_seg, last_entries FROM known_posts WHERE id = $1 FOR UPDATE",
-        Backend::Sqlite => "SELECT last_seg, last_entries FROM known_posts WHERE id = $1",
+        Backend::Postgres => "SELECT last_seg, last_entries, last_id FROM known_posts WHERE id = $1 FOR UPDATE",
+        Backend::Sqlite => "SELECT last_seg, last_entries, last_id FROM known_posts WHERE id = $1",
     };
     let Some(row) = sqlx::query(sql).bind(post_id).fetch_optional(&mut **tx).await? else {
         return Ok(None);
     };
-    let (seg, entries): (Option<i64>, Option<i64>) = (row.try_get(0)?, row.try_get(1)?);
-    match seg.zip(entries) {
-        Some((seg, entries)) => Ok(Some(Tail { seg, entries })),
-        None => Ok(Some(build_segments(tx, post_id).await?)),
-    }
+    let (seg, entries, last_id): (Option<i64>, Option<i64>, Option<String>) =
+        (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+    let tail = match seg.zip(entries) {
+        Some((seg, entries)) => Tail { seg, entries },
+        None => {
+            let tail = build_segments(tx, post_id).await?;
+            tracing::info!(post = post_id, segments = tail.seg, "split a post's comments into segments");
+            tail
+        }
+    };
+    Ok(Some(End { tail, last_id }))
 }
 
-/// Splits the rows of a post from before segments into segments, oldest first.
+/// (Re)writes a post's segments from its rows, in id order, and says where they end. The
+/// post must have no segments yet (from before segments, or just deleted).
 async fn build_segments(tx: &mut Tx, post_id: &str) -> Result<Tail, DbError> {
     let all = entries(tx, post_id).await?;
     let mut tail = Tail { seg: 0, entries: 0 };
@@ -109,7 +123,6 @@ async fn build_segments(tx: &mut Tx, post_id: &str) -> Result<Tail, DbError> {
             .await?;
     }
     set_tail(tx, post_id, tail).await?;
-    tracing::info!(post = post_id, comments = all.len(), segments = tail.seg, "split a post's comments into segments");
     Ok(tail)
 }
 
@@ -133,6 +146,11 @@ pub async fn create(db: &Db, post_id: &str, content: &str) -> Result<Option<Stri
         post_id: post_id.to_owned(),
         status: CommentStatus::Pending,
     };
+    insert(db, c).await
+}
+
+/// [`create`] with the comment as given, its id included.
+pub async fn insert(db: &Db, c: CommentCreated) -> Result<Option<String>, DbError> {
     db.write(move |tx| {
         let c = c.clone();
         Box::pin(async move { create_in(tx, &c).await })
@@ -144,9 +162,12 @@ pub async fn create(db: &Db, post_id: &str, content: &str) -> Result<Option<Stri
 /// the entry, moves the tail, stores the row and reads the array back.
 async fn create_in(tx: &mut Tx, c: &CommentCreated) -> Result<Option<String>, DbError> {
     let post_id = c.post_id.as_str();
-    let Some(tail) = tail_for_update(tx, post_id).await? else {
+    let Some(End { tail, last_id }) = end_for_update(tx, post_id).await? else {
         return Ok(None);
     };
+    if last_id.as_deref().is_some_and(|last| c.id.as_str() < last) {
+        return create_out_of_order(tx, c).await.map(Some);
+    }
     let entry = doc::entry(&Comment { id: &c.id, content: &c.content, status: c.status.as_str() });
     // Appended to the last segment while it has room, else a new one.
     let append = tail.seg > 0 && tail.entries < SEGMENT;
@@ -166,7 +187,7 @@ async fn create_in(tx: &mut Tx, c: &CommentCreated) -> Result<Option<String>, Db
         ($write:tt) => {
             concat!(
                 segment_write!($write),
-                "; UPDATE known_posts SET last_seg = $2, last_entries = $4 WHERE id = $1; \
+                "; UPDATE known_posts SET last_seg = $2, last_entries = $4, last_id = $5 WHERE id = $1; \
                  INSERT INTO comments (id, post_id, content, status, version, seg) VALUES ($5, $1, $6, $7, 1, $2); \
                  SELECT group_concat(doc, ',' ORDER BY seg) FROM comment_segments WHERE post_id = $1"
             )
@@ -180,7 +201,7 @@ async fn create_in(tx: &mut Tx, c: &CommentCreated) -> Result<Option<String>, Db
                 "WITH written AS (",
                 segment_write!($write),
                 " RETURNING seg, doc), \
-                 tail AS (UPDATE known_posts SET last_seg = $2, last_entries = $4 WHERE id = $1), \
+                 tail AS (UPDATE known_posts SET last_seg = $2, last_entries = $4, last_id = $5 WHERE id = $1), \
                  stored AS (INSERT INTO comments (id, post_id, content, status, version, seg) VALUES ($5, $1, $6, $7, 1, $2)) \
                  SELECT string_agg(doc, ',' ORDER BY seg) FROM \
                    (SELECT seg, doc FROM comment_segments WHERE post_id = $1 AND seg <> $2 \
@@ -209,6 +230,27 @@ async fn create_in(tx: &mut Tx, c: &CommentCreated) -> Result<Option<String>, Db
     let members: Option<String> = rows.last().ok_or(sqlx::Error::RowNotFound)?.try_get(0)?;
     tx.emit(c, 1).await?;
     Ok(Some(doc::array(members.unwrap_or_default())))
+}
+
+/// Creates a comment whose id sorts before the post's greatest, which appending would put
+/// out of id order (the order of a rebuild, and of query's view): the post's segments are
+/// written again from its rows. Rare: two comments on one post created at once whose
+/// transactions committed in the other order than their ids were taken.
+async fn create_out_of_order(tx: &mut Tx, c: &CommentCreated) -> Result<String, DbError> {
+    let post_id = c.post_id.as_str();
+    sqlx::query("INSERT INTO comments (id, post_id, content, status, version) VALUES ($1, $2, $3, $4, 1)")
+        .bind(&c.id)
+        .bind(post_id)
+        .bind(&c.content)
+        .bind(c.status.as_str())
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query("DELETE FROM comment_segments WHERE post_id = $1").bind(post_id).execute(&mut **tx).await?;
+    let tail = build_segments(tx, post_id).await?;
+    tracing::debug!(post = post_id, comment = %c.id, segments = tail.seg, "a comment sorted before the post's last; its array rebuilt in id order");
+    tx.emit(c, 1).await?;
+    let backend = tx.backend();
+    array(tx, backend, post_id).await?.ok_or(DbError::Sql(sqlx::Error::RowNotFound))
 }
 
 /// Sets a comment's moderation status and emits `CommentUpdated` with the next version.
@@ -241,7 +283,7 @@ pub async fn moderate(tx: &mut Tx, comment_id: &str, status: CommentStatus) -> R
         Some(seg) => Some(seg),
         // A comment from before segments: its post's are built (or were, just now, by
         // another transaction), and say where it is.
-        None => match tail_for_update(tx, &post_id).await? {
+        None => match end_for_update(tx, &post_id).await? {
             Some(_) => {
                 sqlx::query_scalar::<_, Option<i64>>("SELECT seg FROM comments WHERE id = $1")
                     .bind(comment_id)

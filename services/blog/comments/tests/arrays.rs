@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use blog_events::CommentStatus;
+use blog_events::{CommentCreated, CommentStatus};
 use busbar::{Db, DbOptions, db::DbError};
 use comments::store;
 use serde_json::{Value, json};
@@ -127,6 +127,9 @@ async fn comments_created_at_once_all_stay(backend: &str) {
     let mut conn = db.pool().acquire().await.unwrap();
     let array = store::array(&mut conn, db.backend(), "p1").await.unwrap().unwrap();
     let array: Value = serde_json::from_str(&array).unwrap();
+    // In id order, as query shows them, whatever order the transactions committed in.
+    let ids: Vec<&str> = array.as_array().unwrap().iter().map(|c| c["id"].as_str().unwrap()).collect();
+    assert!(ids.is_sorted(), "{backend}: not in id order: {ids:?}");
     let mut contents: Vec<&str> = array.as_array().unwrap().iter().map(|c| c["content"].as_str().unwrap()).collect();
     contents.sort();
     let mut want: Vec<String> = (0..n).map(|i| format!("c{i}")).collect();
@@ -144,6 +147,64 @@ async fn comments_created_at_once_all_stay_on_postgres() {
     comments_created_at_once_all_stay("postgres").await;
 }
 
+/// Comments are ordered by id (UUIDv7: creation time), the order query shows them in too.
+/// Two created at once on one post may commit in the other order than their ids (each id
+/// is taken before its transaction; replicas' clocks differ): the later-committed, earlier
+/// id still takes its place by id, in its segment, where a decision then finds it.
+async fn a_comment_committed_after_a_later_id_takes_its_place(backend: &str) {
+    let (url, _keep) = database(backend).await;
+    let db = migrated(&url).await;
+    known_post(&db, "p1").await;
+    let id = |i: usize| format!("c{i:04}");
+    // More than a segment (100) before the late one, so the rebuild spans segments.
+    let late = 50;
+    let mut answered = String::new();
+    for i in (0..150).filter(|i| *i != late).chain([late]) {
+        let c = CommentCreated {
+            id: id(i),
+            post_id: "p1".into(),
+            content: format!("n{i}"),
+            status: CommentStatus::Pending,
+        };
+        answered = store::insert(&db, c).await.unwrap().unwrap();
+    }
+    let want: Vec<String> = (0..150).map(id).collect();
+    let ids = |array: &str| -> Vec<String> {
+        let v: Value = serde_json::from_str(array).unwrap();
+        v.as_array().unwrap().iter().map(|c| c["id"].as_str().unwrap().to_owned()).collect()
+    };
+    assert_eq!(ids(&answered), want, "the late comment's answer, {backend}");
+    let mut conn = db.pool().acquire().await.unwrap();
+    assert_eq!(ids(&store::array(&mut conn, db.backend(), "p1").await.unwrap().unwrap()), want, "{backend}");
+    drop(conn);
+
+    // Decisions find their comments, and later comments append after the rebuild.
+    for i in [late, 0, 99, 100, 149] {
+        moderate(&db, &id(i), CommentStatus::Approved).await;
+    }
+    let next =
+        CommentCreated { id: id(150), post_id: "p1".into(), content: "n150".into(), status: CommentStatus::Pending };
+    let all: Value = serde_json::from_str(&store::insert(&db, next).await.unwrap().unwrap()).unwrap();
+    let all = all.as_array().unwrap();
+    assert_eq!(all.len(), 151, "{backend}");
+    for (at, c) in all.iter().enumerate() {
+        assert_eq!(c["id"], id(at), "{backend}");
+        assert_eq!(c["content"], format!("n{at}"), "{backend}");
+        let want = if [late, 0, 99, 100, 149].contains(&at) { "approved" } else { "pending" };
+        assert_eq!(c["status"], want, "comment {at} on {backend}");
+    }
+}
+
+#[tokio::test]
+async fn a_comment_committed_after_a_later_id_takes_its_place_on_sqlite() {
+    a_comment_committed_after_a_later_id_takes_its_place("sqlite").await;
+}
+
+#[tokio::test]
+async fn a_comment_committed_after_a_later_id_takes_its_place_on_postgres() {
+    a_comment_committed_after_a_later_id_takes_its_place("postgres").await;
+}
+
 async fn an_earlier_database_answers_with_every_comment(backend: &str) {
     let (url, _keep) = database(backend).await;
     {
@@ -157,16 +218,17 @@ async fn an_earlier_database_answers_with_every_comment(backend: &str) {
         for sql in [
             "INSERT INTO known_posts (id) VALUES ('p1')",
             "INSERT INTO comments (id, post_id, content, status, version) VALUES \
-             ('c2', 'p1', 'two', 'pending', 1), ('c1', 'p1', 'one', 'approved', 2)",
+             ('0-c2', 'p1', 'two', 'pending', 1), ('0-c1', 'p1', 'one', 'approved', 2)",
         ] {
             sqlx::query(sqlx::AssertSqlSafe(sql)).execute(db.pool()).await.unwrap();
         }
-        // More than a segment's worth, after c1 and c2 in id order.
+        // More than a segment's worth, after c1 and c2 in id order. The ids sort before the
+        // UUIDv7 of a comment created now, as older comments' do.
         for i in 0..150 {
             sqlx::query(
                 "INSERT INTO comments (id, post_id, content, status, version) VALUES ($1, 'p1', $2, 'pending', 1)",
             )
-            .bind(format!("d{i:03}"))
+            .bind(format!("0-d{i:03}"))
             .bind(format!("old {i}"))
             .execute(db.pool())
             .await
@@ -178,14 +240,16 @@ async fn an_earlier_database_answers_with_every_comment(backend: &str) {
     let base = serve(&db).await;
     let comments = format!("{base}/posts/p1/comments");
     let mut old = vec![
-        json!({"id": "c1", "content": "one", "status": "approved"}),
-        json!({"id": "c2", "content": "two", "status": "pending"}),
+        json!({"id": "0-c1", "content": "one", "status": "approved"}),
+        json!({"id": "0-c2", "content": "two", "status": "pending"}),
     ];
-    old.extend((0..150).map(|i| json!({"id": format!("d{i:03}"), "content": format!("old {i}"), "status": "pending"})));
+    old.extend(
+        (0..150).map(|i| json!({"id": format!("0-d{i:03}"), "content": format!("old {i}"), "status": "pending"})),
+    );
     assert_eq!(answer(reqwest::get(&comments).await.unwrap(), 200).await, Value::from(old.clone()), "{backend}");
     // Old comments in the first and the second segment, moderated once segments are built.
-    moderate(&db, "c2", CommentStatus::Approved).await;
-    moderate(&db, "d149", CommentStatus::Rejected).await;
+    moderate(&db, "0-c2", CommentStatus::Approved).await;
+    moderate(&db, "0-d149", CommentStatus::Rejected).await;
     let created = reqwest::Client::new().post(&comments).json(&json!({"content": "three"})).send().await.unwrap();
     let all = answer(created, 201).await;
     assert_eq!(all.as_array().unwrap().len(), 153);
