@@ -634,16 +634,19 @@ async fn converge(blog: &Blog) -> Truth {
                     .map(|o| o.values().map(|p| p["comments"].as_array().map_or(0, Vec::len)).sum())
                     .unwrap_or(0);
                 format!(
-                    "{} posts, {} comments ({} pending); query shows {} posts, {shown} comments",
+                    "{} posts, {} comments ({} pending); query shows {} posts, {shown} comments; {}",
                     t.posts.len(),
                     t.comments.values().map(Vec::len).sum::<usize>(),
                     t.pending(),
                     t.view.as_object().map_or(0, |o| o.len()),
+                    differences(&t.view, &t.expected_view()),
                 )
             }
             Err(e) => e,
         };
         if start.elapsed() > CONVERGE {
+            // The verdict first: a long failure's output may be cut in the middle.
+            eprintln!("read models did not converge within {CONVERGE:?}: {last}");
             for (name, p) in &blog.procs {
                 eprintln!("---- {name}\n{}", p.log_tail());
             }
@@ -654,6 +657,32 @@ async fn converge(blog: &Blog) -> Truth {
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// The first few posts where query's view differs from what it must show, each side's
+/// comments as `id:status` in the order shown.
+fn differences(view: &Value, want: &Value) -> String {
+    let empty = serde_json::Map::new();
+    let (view, want) = (view.as_object().unwrap_or(&empty), want.as_object().unwrap_or(&empty));
+    let side = |p: Option<&Value>| match p {
+        None => "absent".to_owned(),
+        Some(p) => {
+            let comments = p["comments"].as_array().map(Vec::as_slice).unwrap_or_default();
+            let listed: Vec<String> = comments
+                .iter()
+                .map(|c| format!("{}:{}", c["id"].as_str().unwrap_or("?"), c["status"].as_str().unwrap_or("?")))
+                .collect();
+            format!("title {}, comments [{}]", p["title"], listed.join(" "))
+        }
+    };
+    let differ: Vec<String> = want
+        .keys()
+        .chain(view.keys().filter(|id| !want.contains_key(*id)))
+        .filter(|id| view.get(*id) != want.get(*id))
+        .take(3)
+        .map(|id| format!("post {id}: query {} / want {}", side(view.get(id)), side(want.get(id))))
+        .collect();
+    if differ.is_empty() { "no post differs".to_owned() } else { differ.join("; ") }
 }
 
 /// comment id -> the distinct `CommentModerated` event ids about it, and how many
