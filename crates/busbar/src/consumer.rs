@@ -48,6 +48,16 @@ pub trait Handler: Send + Sync + 'static {
     /// Applies `event` using `tx`. Anything it writes, including events it emits, commits
     /// together with the inbox record.
     async fn handle(&self, tx: &mut Tx, event: &CloudEvent) -> Result<(), HandlerError>;
+
+    /// Whether a run of the handler whose transaction rolls back leaves no trace: its only
+    /// effects are its writes through the transaction, what it emits included. Then the
+    /// events of a batch share their transaction without a savepoint each (a round trip
+    /// each, and on PostgreSQL a subtransaction), and when one fails, the batch is rolled
+    /// back and the events before it are handled again. `false` unless the service says so
+    /// ([`crate::Handlers::transactional`]).
+    fn transactional(&self) -> bool {
+        false
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,7 +167,9 @@ impl Consumer {
     /// of the write lock) for the lot instead of one per event. `Ok` means every event is
     /// committed. If one fails, the events before it are still committed, exactly once, and
     /// the error comes with their outcomes (`handled` = its length); nothing from the
-    /// failing event on is. Each handler runs once per call, as with [`Self::receive`].
+    /// failing event on is. Each handler runs once per call, as with [`Self::receive`],
+    /// unless the handler is [`Handler::transactional`]: then the events before a failing
+    /// one are handled twice, the first run rolled back.
     pub async fn receive_all(&self, events: &[CloudEvent]) -> Result<Vec<Outcome>, (Vec<Outcome>, ConsumeError)> {
         self.receive_all_then(events, |_| Box::pin(async { Ok(()) })).await
     }
@@ -169,12 +181,44 @@ impl Consumer {
         events: &[CloudEvent],
         finish: impl for<'a> FnOnce(&'a mut Tx) -> BoxFuture<'a, Result<(), DbError>>,
     ) -> Result<Vec<Outcome>, (Vec<Outcome>, ConsumeError)> {
-        let mut tx = self.db.begin().await.map_err(|e| (vec![], e.into()))?;
+        let savepoints = !self.handler.transactional();
+        let (mut events, mut finish, mut failure) = (events, Some(finish), None);
+        // Each failure shortens the prefix tried next, so this ends.
+        loop {
+            match self.batch(events, finish.take(), savepoints).await {
+                Ok(outcomes) => {
+                    return match failure {
+                        None => Ok(outcomes),
+                        Some(e) => Err((outcomes, e)),
+                    };
+                }
+                Err(Failed::Kept(outcomes, e)) => return Err((outcomes, e)),
+                Err(Failed::At(at, e)) if at > 0 => {
+                    tracing::debug!(at, error = %e, "an event of a batch failed; handling the events before it again");
+                    events = &events[..at];
+                    failure.get_or_insert(e);
+                }
+                Err(Failed::At(_, e) | Failed::Whole(e)) => return Err((vec![], failure.unwrap_or(e))),
+            }
+        }
+    }
+
+    /// One transaction over `events`, `finish` (when given) writing last. With `savepoints`,
+    /// each event after the first has one, and a failing event's is rolled back and the
+    /// events before it committed ([`Failed::Kept`]); without, a failure rolls back the lot
+    /// ([`Failed::At`]).
+    async fn batch(
+        &self,
+        events: &[CloudEvent],
+        finish: Option<impl for<'a> FnOnce(&'a mut Tx) -> BoxFuture<'a, Result<(), DbError>>>,
+        savepoints: bool,
+    ) -> Result<Vec<Outcome>, Failed> {
+        let mut tx = self.db.begin().await.map_err(|e| Failed::Whole(e.into()))?;
         let mut state = match admit(&mut tx, events).await {
             Ok(state) => state,
             Err(e) => {
                 let _ = tx.rollback().await;
-                return Err((vec![], e));
+                return Err(Failed::Whole(e));
             }
         };
         let mut outcomes = Vec::with_capacity(events.len());
@@ -187,6 +231,7 @@ impl Consumer {
             // statement journal, which spills to a temporary file past 64 KiB): a batch
             // wrote, and then deleted, a file of megabytes.
             let savepoint = match i {
+                _ if !savepoints => Ok(()),
                 0 => Ok(()),
                 1 => sqlx::query("SAVEPOINT busbar_event").execute(&mut *tx).await.map(drop),
                 _ => sqlx::raw_sql("RELEASE SAVEPOINT busbar_event; SAVEPOINT busbar_event")
@@ -196,7 +241,7 @@ impl Consumer {
             };
             if let Err(e) = savepoint {
                 let _ = tx.rollback().await;
-                return Err((vec![], e.into()));
+                return Err(Failed::Whole(e.into()));
             }
             let fresh = state.fresh.contains(ev.id());
             // What this event emits is written at commit; a rollback to its savepoint must
@@ -204,9 +249,9 @@ impl Consumer {
             let emitted = tx.emitted_mark();
             match self.receive_in(&mut tx, ev, &mut state).await {
                 Ok(o) => outcomes.push(o),
-                Err(e) if i == 0 => {
+                Err(e) if i == 0 || !savepoints => {
                     let _ = tx.rollback().await;
-                    return Err((vec![], e));
+                    return Err(Failed::At(i, e));
                 }
                 Err(e) => {
                     // Admission recorded the failing event and those after it in the inbox:
@@ -231,22 +276,21 @@ impl Consumer {
                         Ok::<_, ConsumeError>(())
                     };
                     return match kept.await {
-                        Ok(()) => Err((outcomes, e)),
+                        Ok(()) => Err(Failed::Kept(outcomes, e)),
                         // Nothing is committed; the transaction is dropped (rolled back).
-                        Err(_) => Err((vec![], e)),
+                        Err(_) => Err(Failed::Whole(e)),
                     };
                 }
             }
         }
         let done = async {
             state.versions.write(&mut tx).await?;
-            finish(&mut tx).await.map_err(ConsumeError::from)?;
+            if let Some(finish) = finish {
+                finish(&mut tx).await.map_err(ConsumeError::from)?;
+            }
             tx.commit().await.map_err(ConsumeError::from)
         };
-        match done.await {
-            Ok(()) => Ok(outcomes),
-            Err(e) => Err((vec![], e)),
-        }
+        done.await.map(|()| outcomes).map_err(Failed::Whole)
     }
 
     /// Ordering and the handler for one event already admitted into `tx` (see [`admit`]),
@@ -406,6 +450,17 @@ impl Consumer {
             }
         })
     }
+}
+
+/// How a batch's transaction failed.
+enum Failed {
+    /// The events before the failing one are committed, with these outcomes.
+    Kept(Vec<Outcome>, ConsumeError),
+    /// Handling the event at this index failed; nothing is committed.
+    At(usize, ConsumeError),
+    /// The transaction itself failed (begin, admission, the last writes, commit); nothing
+    /// is committed.
+    Whole(ConsumeError),
 }
 
 /// What a panic said, when it said it with a string.

@@ -188,6 +188,7 @@ pub struct Handlers<S = ()> {
     state: Arc<S>,
     by_type: BTreeMap<&'static str, Registration<S>>,
     publishes: BTreeMap<&'static str, Published>,
+    transactional: bool,
 }
 
 impl Handlers<()> {
@@ -200,7 +201,19 @@ impl Handlers<()> {
 
 impl<S: Send + Sync + 'static> Handlers<S> {
     pub fn new(state: S) -> Self {
-        Self { state: Arc::new(state), by_type: BTreeMap::new(), publishes: BTreeMap::new() }
+        Self { state: Arc::new(state), by_type: BTreeMap::new(), publishes: BTreeMap::new(), transactional: false }
+    }
+
+    /// Declares that every handler's only effects are its writes through the transaction
+    /// it is given (what it emits included): no calls out, no state of its own, so a run
+    /// that is rolled back leaves no trace. The events of a delivered batch then share
+    /// their transaction without a savepoint each, one round trip (and on PostgreSQL one
+    /// subtransaction) less per event; when one fails, the batch is rolled back and the
+    /// events before it are handled again. Without it, the events before a failing one
+    /// are committed as they were handled, each handler running once.
+    pub fn transactional(mut self) -> Self {
+        self.transactional = true;
+        self
     }
 
     /// Declares that this service publishes `E`: its writer schema goes into the service's
@@ -301,6 +314,10 @@ impl<S: Send + Sync + 'static> Handler for Handlers<S> {
                 Ok(())
             }
         }
+    }
+
+    fn transactional(&self) -> bool {
+        self.transactional
     }
 }
 

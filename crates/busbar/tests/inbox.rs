@@ -31,7 +31,31 @@ impl Handler for Recorder {
     }
 }
 
+/// `H`, declared [`Handler::transactional`]: a batch's events get no savepoints, and a
+/// failure re-runs the events before it in a new transaction.
+struct Transactional<H>(H);
+
+#[async_trait]
+impl<H: Handler> Handler for Transactional<H> {
+    async fn handle(&self, tx: &mut Tx, ev: &CloudEvent) -> Result<(), HandlerError> {
+        self.0.handle(tx, ev).await
+    }
+
+    fn transactional(&self) -> bool {
+        true
+    }
+}
+
+/// The handler as given, or declared transactional.
+fn declared(h: impl Handler, transactional: bool) -> Arc<dyn Handler> {
+    if transactional { Arc::new(Transactional(h)) } else { Arc::new(h) }
+}
+
 async fn consumer(url: &str) -> Consumer {
+    consumer_of(url, Arc::new(Recorder)).await
+}
+
+async fn consumer_of(url: &str, handler: Arc<dyn Handler>) -> Consumer {
     let db = notes_db(url).await;
     sqlx::query(
         "CREATE TABLE IF NOT EXISTS applied (pos BIGINT PRIMARY KEY, event_id TEXT NOT NULL, version BIGINT NOT NULL)",
@@ -39,7 +63,7 @@ async fn consumer(url: &str) -> Consumer {
     .execute(db.pool())
     .await
     .unwrap();
-    Consumer::new(db, Arc::new(Recorder))
+    Consumer::new(db, handler)
 }
 
 fn note(agg: &str, version: i64, text: &str) -> CloudEvent {
@@ -128,10 +152,11 @@ async fn failing_handler_rolls_back_on_postgres() {
 }
 
 /// A batch shares one transaction; when an event in it fails, the events before it are
-/// committed once, and the failing one and everything after it leave no trace.
-async fn a_batch_commits_up_to_the_failing_event(backend: &str) {
+/// committed once, and the failing one and everything after it leave no trace: with a
+/// savepoint per event, and with none (a transactional handler, the batch re-run).
+async fn a_batch_commits_up_to_the_failing_event(backend: &str, transactional: bool) {
     let (url, _keep) = database(backend).await;
-    let c = consumer(&url).await;
+    let c = consumer_of(&url, declared(Recorder, transactional)).await;
     // Out of order within the batch: 2 parks, 1 applies and drains it.
     let batch = [note("a", 2, "x"), note("a", 1, "x"), note("b", 1, "x"), note("b", 2, "boom"), note("b", 3, "x")];
     let (done, err) = c.receive_all(&batch).await.unwrap_err();
@@ -155,12 +180,66 @@ async fn a_batch_commits_up_to_the_failing_event(backend: &str) {
 
 #[tokio::test]
 async fn batches_on_sqlite() {
-    a_batch_commits_up_to_the_failing_event("sqlite").await;
+    a_batch_commits_up_to_the_failing_event("sqlite", false).await;
 }
 
 #[tokio::test]
 async fn batches_on_postgres() {
-    a_batch_commits_up_to_the_failing_event("postgres").await;
+    a_batch_commits_up_to_the_failing_event("postgres", false).await;
+}
+
+#[tokio::test]
+async fn batches_without_savepoints_on_sqlite() {
+    a_batch_commits_up_to_the_failing_event("sqlite", true).await;
+}
+
+#[tokio::test]
+async fn batches_without_savepoints_on_postgres() {
+    a_batch_commits_up_to_the_failing_event("postgres", true).await;
+}
+
+/// Counts its runs outside the transaction (what a transactional handler must not do);
+/// fails on "boom".
+struct Counting(Arc<std::sync::atomic::AtomicUsize>);
+
+#[async_trait]
+impl Handler for Counting {
+    async fn handle(&self, _: &mut Tx, ev: &CloudEvent) -> Result<(), HandlerError> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let note: NoteWritten = envelope::data(ev)?;
+        if note.text == "boom" {
+            return Err("the handler refuses boom".into());
+        }
+        Ok(())
+    }
+}
+
+/// A handler runs once per event of a call, unless it is declared transactional: then the
+/// events before a failing one run again, after the batch's rollback.
+async fn handler_runs_per_call(backend: &str) {
+    let (url, _keep) = database(backend).await;
+    let batch = [note("a", 1, "x"), note("b", 1, "x"), note("c", 1, "boom"), note("d", 1, "x")];
+    for (transactional, runs) in [(false, 3), (true, 5)] {
+        let counted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let c = Consumer::new(notes_db(&url).await, declared(Counting(counted.clone()), transactional));
+        let (done, err) = c.receive_all(&batch).await.unwrap_err();
+        assert_eq!(done, [Outcome::Applied { drained: 0 }; 2], "transactional: {transactional}");
+        assert!(err.to_string().contains("refuses boom"), "{err}");
+        assert_eq!(counted.load(std::sync::atomic::Ordering::Relaxed), runs, "transactional: {transactional}");
+        assert_eq!(count(c.db(), "SELECT COUNT(*) FROM busbar_inbox").await, 2, "a and b, once");
+        sqlx::query("DELETE FROM busbar_inbox").execute(c.db().pool()).await.unwrap();
+        sqlx::query("DELETE FROM busbar_aggregate_versions").execute(c.db().pool()).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn handler_runs_per_call_on_sqlite() {
+    handler_runs_per_call("sqlite").await;
+}
+
+#[tokio::test]
+async fn handler_runs_per_call_on_postgres() {
+    handler_runs_per_call("postgres").await;
 }
 
 /// One batch may carry the same event twice (a redelivery that overtook the original): the
@@ -344,11 +423,12 @@ async fn echoes(db: &busbar::Db) -> Vec<String> {
     rows.iter().map(|r| envelope::data::<NoteWritten>(&envelope::decode_one(r.get(0)).unwrap()).unwrap().text).collect()
 }
 
-/// Events are written to the outbox at commit, so a failing event's savepoint rollback (in
-/// a batch, or draining a parked event) must also drop what it emitted.
-async fn a_failing_event_emits_nothing(backend: &str) {
+/// Events are written to the outbox at commit, so a failing event's rollback (of its
+/// savepoint or of the batch, in a batch; of its savepoint, draining a parked event) must
+/// also drop what it emitted.
+async fn a_failing_event_emits_nothing(backend: &str, transactional: bool) {
     let (url, _keep) = database(backend).await;
-    let c = Consumer::new(notes_db(&url).await, Arc::new(Echo));
+    let c = Consumer::new(notes_db(&url).await, declared(Echo, transactional));
     // In a batch: a2 parks, a1 applies and drains it, b1 applies, b2 fails, b3 is not reached.
     let batch = [note("a", 2, "x"), note("a", 1, "x"), note("b", 1, "x"), note("b", 2, "boom"), note("b", 3, "x")];
     let (done, _) = c.receive_all(&batch).await.unwrap_err();
@@ -364,10 +444,12 @@ async fn a_failing_event_emits_nothing(backend: &str) {
 
 #[tokio::test]
 async fn failing_event_emits_nothing_on_sqlite() {
-    a_failing_event_emits_nothing("sqlite").await;
+    a_failing_event_emits_nothing("sqlite", false).await;
+    a_failing_event_emits_nothing("sqlite", true).await;
 }
 
 #[tokio::test]
 async fn failing_event_emits_nothing_on_postgres() {
-    a_failing_event_emits_nothing("postgres").await;
+    a_failing_event_emits_nothing("postgres", false).await;
+    a_failing_event_emits_nothing("postgres", true).await;
 }

@@ -14,6 +14,8 @@ pub fn handlers() -> Handlers {
         .on_new::<CommentModerated>(comment_moderated)
         .publishes::<CommentCreated>()
         .publishes::<CommentUpdated>()
+        // Every handler only writes through its transaction.
+        .transactional()
 }
 
 /// All comments reads of a `PostCreated`: that the post exists. Its reader schema asks for

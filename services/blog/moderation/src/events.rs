@@ -8,7 +8,11 @@ use crate::policy::WordList;
 /// Decisions happen once, when a comment is new: old comments were decided by the
 /// moderation that saw them, so nothing is replayed from history.
 pub fn handlers(words: WordList) -> Handlers<WordList> {
-    Handlers::new(words).on_new::<CommentCreated>(comment_created).publishes::<CommentModerated>()
+    Handlers::new(words)
+        .on_new::<CommentCreated>(comment_created)
+        .publishes::<CommentModerated>()
+        // The handler only writes through its transaction (the word list is read-only).
+        .transactional()
 }
 
 async fn comment_created(words: &WordList, tx: &mut Tx, c: Received<CommentCreated>) -> Result<(), DbError> {

@@ -12,6 +12,8 @@ pub fn handlers() -> Handlers {
         .on::<PostCreated>(post_created)
         .on::<CommentCreated>(comment_created)
         .on::<CommentUpdated>(comment_updated)
+        // Every handler only writes through its transaction.
+        .transactional()
 }
 
 async fn post_created(_: &(), tx: &mut Tx, post: Received<PostCreated>) -> Result<(), DbError> {

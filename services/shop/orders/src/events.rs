@@ -16,6 +16,8 @@ pub fn handlers() -> Handlers {
         .on::<ProductPriceChanged>(price_changed)
         .publishes::<OrderPlaced>()
         .publishes::<OrderCancelled>()
+        // Every handler only writes through its transaction.
+        .transactional()
 }
 
 /// All orders reads of a `UserSignedUp`: that the user exists (not their email or name).

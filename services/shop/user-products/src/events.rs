@@ -16,6 +16,8 @@ pub fn handlers() -> Handlers {
         .on::<ProductRenamed>(product_renamed)
         .on::<OrderLine>(order_placed)
         .on::<OrderCancelled>(order_cancelled)
+        // Every handler only writes through its transaction.
+        .transactional()
 }
 
 /// All user-products reads of a `UserSignedUp`: the user's name (not their email).
