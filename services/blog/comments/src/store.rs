@@ -140,19 +140,32 @@ async fn set_tail(tx: &mut Tx, post_id: &str, tail: Tail) -> Result<(), DbError>
 /// transaction shared with the comments created at the same moment ([`Db::write`]).
 /// Returns the post's comment array with it, or `None` if the post is unknown here.
 pub async fn create(db: &Db, post_id: &str, content: &str) -> Result<Option<String>, DbError> {
-    let c = CommentCreated {
+    let (post_id, content) = (post_id.to_owned(), content.to_owned());
+    // The id is taken in the writer's turn rather than before queueing: one process's
+    // comments then commit in id order (UUIDv7s of one process rise) and append, which
+    // leaves the rebuild of `create_out_of_order` to replicas whose clocks differ.
+    write(db, move || CommentCreated {
         id: uuid::Uuid::now_v7().to_string(),
-        content: content.to_owned(),
-        post_id: post_id.to_owned(),
+        content: content.clone(),
+        post_id: post_id.clone(),
         status: CommentStatus::Pending,
-    };
-    insert(db, c).await
+    })
+    .await
 }
 
 /// [`create`] with the comment as given, its id included.
 pub async fn insert(db: &Db, c: CommentCreated) -> Result<Option<String>, DbError> {
+    write(db, move || c.clone()).await
+}
+
+/// Creates the comment `comment` makes, each time the write runs (a shared write that
+/// fails runs again alone).
+async fn write(
+    db: &Db,
+    comment: impl Fn() -> CommentCreated + Send + Sync + 'static,
+) -> Result<Option<String>, DbError> {
     db.write(move |tx| {
-        let c = c.clone();
+        let c = comment();
         Box::pin(async move { create_in(tx, &c).await })
     })
     .await
