@@ -231,8 +231,7 @@ impl Consumer {
             // statement journal, which spills to a temporary file past 64 KiB): a batch
             // wrote, and then deleted, a file of megabytes.
             let savepoint = match i {
-                _ if !savepoints => Ok(()),
-                0 => Ok(()),
+                _ if i == 0 || !savepoints => Ok(()),
                 1 => sqlx::query("SAVEPOINT busbar_event").execute(&mut *tx).await.map(drop),
                 _ => sqlx::raw_sql("RELEASE SAVEPOINT busbar_event; SAVEPOINT busbar_event")
                     .execute(&mut *tx)
