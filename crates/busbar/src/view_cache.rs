@@ -27,7 +27,7 @@
 //! each one immutable [`Bytes`] that a response shares without copying; a change rebuilds
 //! only its chunk. Memory is about one copy of the view.
 
-use std::future::Future;
+use std::{borrow::Cow, future::Future};
 
 use bytes::Bytes;
 
@@ -79,25 +79,62 @@ pub const PAGE: i64 = 1000;
 
 #[derive(Debug, Clone, Default)]
 struct Chunk {
-    /// The members' ids, sorted.
-    ids: Vec<Box<str>>,
     /// Where each member ends in `body`; member `i` starts after member `i - 1`'s comma.
+    /// Members are in id order. Their ids are read back from `body` rather than kept apart:
+    /// one allocation per member less, kept and cloned at every rebuild of its chunk.
     ends: Vec<usize>,
     /// `"<id>":<doc>` members joined by commas.
     body: Bytes,
 }
 
 impl Chunk {
+    fn len(&self) -> usize {
+        self.ends.len()
+    }
+
     fn member(&self, i: usize) -> &[u8] {
         let start = if i == 0 { 0 } else { self.ends[i - 1] + 1 };
         &self.body[start..self.ends[i]]
     }
 
+    /// Member `i`'s id, read from its quoted key: as written when nothing in it needed
+    /// escaping (ids are usually plain), decoded when something did.
+    fn id(&self, i: usize) -> Cow<'_, str> {
+        let member = self.member(i);
+        // The key's closing quote: the first one not escaped by a backslash.
+        let (mut at, mut escaped) = (1, false);
+        while member[at] != b'"' {
+            if member[at] == b'\\' {
+                escaped = true;
+                at += 1;
+            }
+            at += 1;
+        }
+        if escaped {
+            Cow::Owned(serde_json::from_slice(&member[..=at]).expect("a key this cache wrote is a JSON string"))
+        } else {
+            Cow::Borrowed(std::str::from_utf8(&member[1..at]).expect("a key this cache wrote is UTF-8"))
+        }
+    }
+
+    /// How many members have ids at or before `after`: ids are in order, so a binary search.
+    fn count_through(&self, after: &str) -> usize {
+        let (mut lo, mut hi) = (0, self.len());
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            if *self.id(mid) <= *after {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        lo
+    }
+
     /// This chunk with `changes` (sorted by id, ids unique) applied: replaced where the id
     /// is here, inserted in order where it is not.
     fn with(&self, changes: &[(&str, &str)]) -> Chunk {
-        let mut ids = Vec::with_capacity(self.ids.len() + changes.len());
-        let mut ends = Vec::with_capacity(ids.capacity());
+        let mut ends = Vec::with_capacity(self.len() + changes.len());
         let grow: usize = changes.iter().map(|(id, doc)| id.len() + doc.len() + 8).sum();
         let mut body = Vec::with_capacity(self.body.len() + grow);
         let push = |body: &mut Vec<u8>, ends: &mut Vec<usize>, member: &dyn Fn(&mut Vec<u8>)| {
@@ -108,23 +145,21 @@ impl Chunk {
             ends.push(body.len());
         };
         let (mut i, mut c) = (0, 0);
-        while i < self.ids.len() || c < changes.len() {
-            let take_change = match (self.ids.get(i), changes.get(c)) {
-                (Some(old), Some((new, _))) => (**new).cmp(&**old),
-                (None, Some(_)) => std::cmp::Ordering::Less,
+        while i < self.len() || c < changes.len() {
+            let take_change = match (i < self.len(), changes.get(c)) {
+                (true, Some((new, _))) => (**new).cmp(&*self.id(i)),
+                (false, Some(_)) => std::cmp::Ordering::Less,
                 _ => std::cmp::Ordering::Greater,
             };
             match take_change {
                 std::cmp::Ordering::Greater => {
                     let old = self.member(i);
                     push(&mut body, &mut ends, &|b| b.extend_from_slice(old));
-                    ids.push(self.ids[i].clone());
                     i += 1;
                 }
                 order => {
                     let (id, doc) = changes[c];
                     push(&mut body, &mut ends, &|b| write_member(b, id, doc));
-                    ids.push(id.into());
                     c += 1;
                     // The same id: the change replaces the member.
                     if order == std::cmp::Ordering::Equal {
@@ -133,23 +168,21 @@ impl Chunk {
                 }
             }
         }
-        Chunk { ids, ends, body: Bytes::from(body) }
+        Chunk { ends, body: Bytes::from(body) }
     }
 
     /// Splits a chunk that grew past twice [`CHUNK`] into chunks of [`CHUNK`].
     fn split(self) -> Vec<Chunk> {
-        if self.ids.len() < 2 * CHUNK {
+        if self.len() < 2 * CHUNK {
             return vec![self];
         }
-        self.ids
-            .chunks(CHUNK)
-            .enumerate()
-            .map(|(n, ids)| {
-                let first = n * CHUNK;
+        (0..self.len())
+            .step_by(CHUNK)
+            .map(|first| {
+                let last = (first + CHUNK).min(self.len()) - 1;
                 let start = if first == 0 { 0 } else { self.ends[first - 1] + 1 };
-                let last = first + ids.len() - 1;
                 let ends = self.ends[first..=last].iter().map(|e| e - start).collect();
-                Chunk { ids: ids.to_vec(), ends, body: self.body.slice(start..self.ends[last]) }
+                Chunk { ends, body: self.body.slice(start..self.ends[last]) }
             })
             .collect()
     }
@@ -183,7 +216,7 @@ impl ViewCache {
 
     /// Number of members held.
     pub fn len(&self) -> usize {
-        self.chunks.iter().map(|c| c.ids.len()).sum()
+        self.chunks.iter().map(Chunk::len).sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -203,7 +236,7 @@ impl ViewCache {
         let count = chunks.len();
         // Each chunk takes the changes below the next chunk's first id (the last chunk, all
         // that are left).
-        let bounds: Vec<Box<str>> = chunks.iter().skip(1).map(|c| c.ids[0].clone()).collect();
+        let bounds: Vec<String> = chunks.iter().skip(1).map(|c| c.id(0).into_owned()).collect();
         let mut rest = &changes[..];
         let mut out = Vec::with_capacity(count + 1);
         for (n, chunk) in chunks.into_iter().enumerate() {
@@ -219,8 +252,8 @@ impl ViewCache {
             }
             // The view growing at its end (new ids sort last): fill the last chunk to
             // CHUNK, then start new ones, rather than rebuilding one ever larger chunk.
-            if n + 1 == count && chunk.ids.last().is_some_and(|l| &**l < mine[0].0) {
-                let room = CHUNK.saturating_sub(chunk.ids.len()).min(mine.len());
+            if n + 1 == count && chunk.len() > 0 && *chunk.id(chunk.len() - 1) < *mine[0].0 {
+                let room = CHUNK.saturating_sub(chunk.len()).min(mine.len());
                 out.push(if room > 0 { chunk.with(&mine[..room]) } else { chunk });
                 out.extend(mine[room..].chunks(CHUNK).map(|part| Chunk::default().with(part)));
             } else {
@@ -256,13 +289,13 @@ impl ViewCache {
         let mut left = limit;
         // The first chunk that may hold an id after `after`: the last one starting at or
         // before it (chunks are in id order and do not overlap).
-        let first = self.chunks.partition_point(|c| &*c.ids[0] <= after).saturating_sub(1);
+        let first = self.chunks.partition_point(|c| *c.id(0) <= *after).saturating_sub(1);
         for c in &self.chunks[first..] {
             if left == 0 {
                 break;
             }
-            let from = c.ids.partition_point(|id| &**id <= after);
-            let to = c.ids.len().min(from + left);
+            let from = c.count_through(after);
+            let to = c.len().min(from + left);
             if from == to {
                 continue;
             }
@@ -379,6 +412,28 @@ mod tests {
         assert_eq!(parsed(&cache), vec![("a\"b\\c".to_owned(), serde_json::json!(1))]);
     }
 
+    /// Ids are read back from the members' quoted keys: one that was escaped there must
+    /// still sort, replace and page as itself.
+    #[test]
+    fn escaped_ids_sort_replace_and_page_as_themselves() {
+        let mut cache = ViewCache::default();
+        let escaped = ["b\"q", "b\\\\", "c\u{1}"];
+        cache.apply(vec![row(0, "a", "0"), row(0, escaped[0], "1"), row(0, escaped[1], "2"), row(0, "z", "3")]);
+        // Replaces the escaped ids' members and inserts one between them, in id order.
+        cache.apply(vec![row(1, escaped[1], "20"), row(1, escaped[0], "10"), row(1, escaped[2], "4")]);
+        let keys: Vec<(String, serde_json::Value)> = parsed(&cache);
+        let want = [("a", 0), (escaped[0], 10), (escaped[1], 20), (escaped[2], 4), ("z", 3)];
+        assert_eq!(keys, want.map(|(k, v)| (k.to_owned(), serde_json::json!(v))).to_vec());
+        let page = |after: &str, limit| -> Vec<String> {
+            let text = String::from_utf8(cache.page(after, limit).concat()).unwrap();
+            let map: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&text).unwrap();
+            map.into_iter().map(|(k, _)| k).collect()
+        };
+        assert_eq!(page(escaped[0], 2), [escaped[1], escaped[2]]);
+        assert_eq!(page("b", 1), [escaped[0]]);
+        assert_eq!(page(escaped[2], 10), ["z"]);
+    }
+
     #[test]
     fn a_growing_view_fills_chunks_and_starts_new_ones() {
         let mut cache = ViewCache::default();
@@ -387,7 +442,7 @@ mod tests {
         for (n, page) in ids.chunks(700).enumerate() {
             cache.apply(page.iter().map(|id| row(n as i64, id, "0")).collect());
         }
-        assert_eq!(cache.chunks.iter().map(|c| c.ids.len()).collect::<Vec<_>>(), vec![CHUNK, CHUNK, 10]);
+        assert_eq!(cache.chunks.iter().map(|c| c.len()).collect::<Vec<_>>(), vec![CHUNK, CHUNK, 10]);
         let keys: Vec<String> = parsed(&cache).into_iter().map(|(k, _)| k).collect();
         assert_eq!(keys, ids);
     }
@@ -400,7 +455,7 @@ mod tests {
         cache.apply(even);
         let odd: Vec<Row> = (1..2 * CHUNK).step_by(2).map(|n| row(1, &format!("{n:06}"), "1")).collect();
         cache.apply(odd);
-        assert!(cache.chunks.iter().all(|c| c.ids.len() <= 2 * CHUNK), "chunks stay bounded");
+        assert!(cache.chunks.iter().all(|c| c.len() <= 2 * CHUNK), "chunks stay bounded");
         assert!(cache.chunks.len() >= 2, "the chunk split");
         let got = parsed(&cache);
         assert_eq!(got.len(), 2 * CHUNK);
@@ -436,7 +491,7 @@ mod tests {
             let got = parsed(&cache);
             let want: Vec<(String, serde_json::Value)> = model.clone().into_iter().collect();
             assert_eq!(got, want);
-            assert!(cache.chunks.iter().all(|c| !c.ids.is_empty() && c.ids.len() < 2 * CHUNK));
+            assert!(cache.chunks.iter().all(|c| c.len() > 0 && c.len() < 2 * CHUNK));
         }
     }
 
