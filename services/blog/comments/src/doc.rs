@@ -5,11 +5,10 @@
 //! has thousands).
 //!
 //! Only this service writes these segments, always through [`entry`] (serde_json, fields
-//! in the order `id`, `content`, `status`), which is what makes the in-place edit sound: in
-//! JSON text a bare `"` never occurs inside a string, so `{"id":"<id>",` starts that
-//! comment's entry and no other text, and the first `,"status":"` after it is that entry's
-//! status. On PostgreSQL the status is edited there, in the statement that decides it; on
-//! SQLite the entry is rebuilt from the comment's row and replaced whole.
+//! in the order `id`, `content`, `status`), which is what makes the in-place edit sound:
+//! an entry is rebuilt from the comment's row and replaced whole, and in JSON text a bare
+//! `"` never occurs inside a string, so `{"id":"<id>",` starts that comment's entry and no
+//! other text.
 
 use serde::Serialize;
 
@@ -24,22 +23,6 @@ pub struct Comment<'a> {
 pub fn entry(c: &Comment) -> String {
     serde_json::to_string(c).expect("a comment serialises")
 }
-
-/// How comment `id`'s entry begins, and no other text of an array does: a bare `"` never
-/// occurs inside a JSON string, so neither does `{"id":` followed by a quoted string.
-pub fn entry_start(id: &str) -> String {
-    format!("{{\"id\":{},", serde_json::to_string(id).expect("a string serialises"))
-}
-
-/// How an entry of `status` ends: its last field. Inside an entry, the first `,"status":"`
-/// after [`entry_start`] is its own (the content before it is a JSON string, where every `"`
-/// is escaped), so an entry's status can be edited in place without knowing its content.
-pub fn entry_end(status: &str) -> String {
-    format!("{STATUS_FIELD}{}}}", &serde_json::to_string(status).expect("a string serialises")[1..])
-}
-
-/// What precedes the status's value in every entry.
-pub const STATUS_FIELD: &str = ",\"status\":\"";
 
 /// The array of entries already joined by commas: brackets added in place, in the string's
 /// own buffer (at most one move of its bytes), since on a popular post it is hundreds of
@@ -73,20 +56,6 @@ mod tests {
             v,
             json!([{"id": "a", "content": "first", "status": "pending"}, {"id": "b", "content": "second", "status": "pending"}])
         );
-    }
-
-    #[test]
-    fn entries_begin_and_end_as_their_edits_expect() {
-        for (id, content, status) in
-            [("c1", "plain", "pending"), ("c\"2\\", "a \",\"status\":\"pending\"} b", "approved")]
-        {
-            let e = c(id, content, status);
-            assert!(e.starts_with(&entry_start(id)), "{e}");
-            assert!(e.ends_with(&entry_end(status)), "{e}");
-            // The first status field after the start is the entry's own, whatever its content.
-            let own = e.find(STATUS_FIELD).unwrap();
-            assert_eq!(&e[own..], entry_end(status), "{e}");
-        }
     }
 
     #[test]

@@ -268,44 +268,20 @@ async fn create_out_of_order(tx: &mut Tx, c: &CommentCreated) -> Result<String, 
 
 /// Sets a comment's moderation status and emits `CommentUpdated` with the next version.
 /// A decision for a comment that is no longer pending changes nothing; one for a comment
-/// this service does not hold is `RowNotFound`. On PostgreSQL one round trip: the row and
-/// its entry in the post's array in one statement; on SQLite two.
+/// this service does not hold is `RowNotFound`. Two round trips: the row, then its entry
+/// in the post's array.
 pub async fn moderate(tx: &mut Tx, comment_id: &str, status: CommentStatus) -> Result<Option<CommentUpdated>, DbError> {
     // Deciding and writing in one statement: of two decisions at once on PostgreSQL, the
     // second waits for the first's row lock, then finds the comment no longer pending.
-    macro_rules! decide {
-        () => {
-            "UPDATE comments SET status = $1, version = version + 1 WHERE id = $2 AND status = $3 \
-             RETURNING post_id, content, version, seg"
-        };
-    }
-    let (pending, decided) = (CommentStatus::Pending.as_str(), status.as_str());
-    let query = match tx.backend() {
-        Backend::Sqlite => sqlx::query(decide!()).bind(decided).bind(comment_id).bind(pending),
-        // The entry's status is edited in place, found from where the entry starts ($4: the
-        // first status field after it is its own, see `doc::entry_end`), under the segment's
-        // row lock like `set_entry`. The edit's count says whether it happened.
-        Backend::Postgres => sqlx::query(concat!(
-            "WITH c AS (",
-            decide!(),
-            "), edit AS (UPDATE comment_segments g \
-               SET doc = overlay(g.doc PLACING $6 FROM strpos(g.doc, $4) - 1 + strpos(substr(g.doc, strpos(g.doc, $4)), $7) \
-                 FOR char_length($5)) \
-               FROM c WHERE g.post_id = c.post_id AND g.seg = c.seg AND strpos(g.doc, $4) > 0 \
-                 AND strpos(substr(g.doc, strpos(g.doc, $4)), $7) > 0 \
-                 AND strpos(substr(g.doc, strpos(g.doc, $4)), $7) = strpos(substr(g.doc, strpos(g.doc, $4)), $5) \
-               RETURNING 1) \
-             SELECT post_id, content, version, seg, (SELECT COUNT(*) FROM edit) FROM c"
-        ))
-        .bind(decided)
-        .bind(comment_id)
-        .bind(pending)
-        .bind(doc::entry_start(comment_id))
-        .bind(doc::entry_end(pending))
-        .bind(doc::entry_end(decided))
-        .bind(doc::STATUS_FIELD),
-    };
-    let row = query.fetch_optional(&mut **tx).await?;
+    let row = sqlx::query(
+        "UPDATE comments SET status = $1, version = version + 1 WHERE id = $2 AND status = $3 \
+         RETURNING post_id, content, version, seg",
+    )
+    .bind(status.as_str())
+    .bind(comment_id)
+    .bind(CommentStatus::Pending.as_str())
+    .fetch_optional(&mut **tx)
+    .await?;
     let Some(row) = row else {
         let held =
             sqlx::query("SELECT 1 FROM comments WHERE id = $1").bind(comment_id).fetch_optional(&mut **tx).await?;
@@ -316,10 +292,6 @@ pub async fn moderate(tx: &mut Tx, comment_id: &str, status: CommentStatus) -> R
     };
     let (post_id, content, next, seg): (String, String, i64, Option<i64>) =
         (row.get(0), row.get(1), row.get(2), row.get(3));
-    let edited = match tx.backend() {
-        Backend::Postgres => row.try_get::<i64, _>(4)? > 0,
-        Backend::Sqlite => false,
-    };
     let seg = match seg {
         Some(seg) => Some(seg),
         // A comment from before segments: its post's are built (or were, just now, by
@@ -334,11 +306,7 @@ pub async fn moderate(tx: &mut Tx, comment_id: &str, status: CommentStatus) -> R
             None => None,
         },
     };
-    // Not edited yet: on SQLite; on PostgreSQL for a comment from before segments, or when
-    // the post's segments were rewritten by a transaction that committed after the
-    // statement's snapshot was taken (a rebuild in id order, which it waited for), since
-    // `set_entry` reads them again.
-    if let Some(seg) = seg.filter(|_| !edited) {
+    if let Some(seg) = seg {
         let entry =
             |status: CommentStatus| doc::entry(&Comment { id: comment_id, content: &content, status: status.as_str() });
         set_entry(tx, &post_id, seg, comment_id, &entry(CommentStatus::Pending), &entry(status)).await?;

@@ -110,40 +110,6 @@ async fn arrays_follow_creation_and_moderation_on_postgres() {
     arrays_follow_creation_and_moderation("postgres").await;
 }
 
-/// On PostgreSQL a decision edits its entry's status where the entry is, in the statement
-/// that decides it (one round trip), without rebuilding the entry from the comment's row:
-/// a row whose content no longer matches its entry (changed here behind the service's back)
-/// still gets its decision, next to the entry's own content.
-#[tokio::test]
-async fn a_decision_edits_the_status_in_place_on_postgres() {
-    let (url, _keep) = database("postgres").await;
-    let db = migrated(&url).await;
-    known_post(&db, "p1").await;
-    // Characters of several bytes before the entries edited: positions count characters.
-    let tricky = r#"a ✓ é ","status":"pending"} b"#;
-    let mut ids = vec![];
-    for content in [tricky, "second", tricky] {
-        let array: Value = serde_json::from_str(&store::create(&db, "p1", content).await.unwrap().unwrap()).unwrap();
-        ids.push(array[ids.len()]["id"].as_str().unwrap().to_owned());
-    }
-    sqlx::query("UPDATE comments SET content = 'changed' WHERE id = $1")
-        .bind(&ids[1])
-        .execute(db.pool())
-        .await
-        .unwrap();
-    moderate(&db, &ids[1], CommentStatus::Approved).await;
-    moderate(&db, &ids[2], CommentStatus::Rejected).await;
-    let mut conn = db.pool().acquire().await.unwrap();
-    let array: Value =
-        serde_json::from_str(&store::array(&mut conn, db.backend(), "p1").await.unwrap().unwrap()).unwrap();
-    let want = json!([
-        {"id": ids[0], "content": tricky, "status": "pending"},
-        {"id": ids[1], "content": "second", "status": "approved"},
-        {"id": ids[2], "content": tricky, "status": "rejected"},
-    ]);
-    assert_eq!(array, want);
-}
-
 async fn comments_created_at_once_all_stay(backend: &str) {
     let (url, _keep) = database(backend).await;
     let db = migrated(&url).await;
