@@ -598,13 +598,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("cache.db").display());
         let db = Db::connect("test", &url, DbOptions::default()).await.unwrap();
-        let pragma = async |conn: &mut AnyConnection, name: &str| -> (i64, String) {
-            let cache: i64 = sqlx::query(sqlx::AssertSqlSafe(format!("PRAGMA {name}")))
-                .fetch_one(&mut *conn)
-                .await
-                .unwrap()
-                .try_get(0)
-                .unwrap();
+        // (cache_size, journal_mode) of a connection.
+        let pragmas = async |conn: &mut AnyConnection| -> (i64, String) {
+            let cache: i64 = sqlx::query("PRAGMA cache_size").fetch_one(&mut *conn).await.unwrap().try_get(0).unwrap();
             let journal: String = sqlx::query("PRAGMA journal_mode").fetch_one(conn).await.unwrap().try_get(0).unwrap();
             (cache, journal)
         };
@@ -614,10 +610,10 @@ mod tests {
             readers.push(db.pool().acquire().await.unwrap());
         }
         for r in &mut readers {
-            assert_eq!(pragma(r, "cache_size").await, (-(READER_CACHE_KIB as i64), "wal".into()));
+            assert_eq!(pragmas(r).await, (-(READER_CACHE_KIB as i64), "wal".into()));
         }
         let mut tx = db.begin().await.unwrap();
-        assert_eq!(pragma(&mut tx, "cache_size").await, (-2000, "wal".into()), "SQLite's default for the writer");
+        assert_eq!(pragmas(&mut tx).await, (-2000, "wal".into()), "SQLite's default for the writer");
         tx.rollback().await.unwrap();
     }
 

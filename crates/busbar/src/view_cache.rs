@@ -73,8 +73,8 @@ const CHUNK: usize = 1000;
 /// Rows asked for per round trip while refreshing. A page's rows exist three times while
 /// it is read (the driver's row, its conversion, [`Row`]) before they join the copy, so
 /// this bounds what a large refresh (the first read after a restart, or after many writes
-/// with no read) holds on top of the copy: 5,000 cost query about 3 MiB more peak RSS at 50,000 posts than 1,000, and a
-/// round trip per 1,000 rows is nothing beside reading them.
+/// with no read) holds on top of the copy: 5,000 cost query about 3 MiB more peak RSS at
+/// 50,000 posts than 1,000, and a round trip per 1,000 rows is nothing beside reading them.
 pub const PAGE: i64 = 1000;
 
 #[derive(Debug, Clone, Default)]
