@@ -163,16 +163,17 @@ impl From<sqlx::Error> for RelayError {
     }
 }
 
+/// The relay's read, its `LIMIT` written into the text rather than bound: SQLite plans with
+/// a bound `LIMIT`'s value, so each bind would expire the cached statement and every read
+/// would parse and plan it again (docs/performance-notes.md, "Statements prepared once").
+fn pending_sql(limit: i64) -> String {
+    format!("SELECT seq, payload FROM busbar_outbox WHERE published_at IS NULL AND seq > $1 ORDER BY seq LIMIT {limit}")
+}
+
 /// Unpublished rows after seq `after` (rows up to it were published but may not be marked
 /// yet), oldest first.
 async fn pending(db: &Db, limit: i64, after: i64) -> Result<Vec<(i64, CloudEvent)>, RelayError> {
-    let rows = sqlx::query(
-        "SELECT seq, payload FROM busbar_outbox WHERE published_at IS NULL AND seq > $2 ORDER BY seq LIMIT $1",
-    )
-    .bind(limit)
-    .bind(after)
-    .fetch_all(db.pool())
-    .await?;
+    let rows = sqlx::query(sqlx::AssertSqlSafe(pending_sql(limit))).bind(after).fetch_all(db.pool()).await?;
     let mut out = Vec::with_capacity(rows.len());
     for row in rows {
         let seq: i64 = row.try_get(0)?;
@@ -314,4 +315,25 @@ pub async fn backlog_and_age(db: &Db) -> Result<(i64, i64), DbError> {
         .await?;
     let oldest: Option<i64> = row.try_get(1)?;
     Ok((row.try_get(0)?, oldest.map_or(0, |at| (now_millis() - at).max(0))))
+}
+
+#[cfg(test)]
+mod tests {
+    use sqlx::{AssertSqlSafe, Connection, SqliteConnection};
+
+    use super::*;
+
+    /// The relay reads once per batch, the hottest statement of a quiet service: SQLite must
+    /// not parse and plan it again each time.
+    #[tokio::test]
+    async fn the_relays_read_is_prepared_once() {
+        let mut conn = SqliteConnection::connect("sqlite::memory:").await.unwrap();
+        sqlx::migrate!("./migrations/sqlite").run(&mut conn).await.unwrap();
+        for after in [0, 5, 9] {
+            sqlx::query(AssertSqlSafe(pending_sql(500))).bind(after).fetch_all(&mut conn).await.unwrap();
+        }
+        let stmts = testkit::sqlite::reprepares(&mut conn).await;
+        let read = stmts.iter().find(|(sql, _)| sql.contains("FROM busbar_outbox")).expect("the read is cached");
+        assert_eq!(read.1, 0, "prepared again on every run: {read:?}");
+    }
 }

@@ -29,7 +29,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use sqlx::Row;
+use sqlx::{AssertSqlSafe, Row};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -76,7 +76,8 @@ pub struct Sweeper {
 
 /// How often the sweeper looks.
 const TICK: Duration = Duration::from_secs(1);
-/// Most parked events handled per tick and kind.
+/// Most parked events handled per tick and kind; written into the SQL, not bound (SQLite
+/// would plan the statement again on every bind of a `LIMIT`; see `outbox::pending_sql`).
 const PER_TICK: i64 = 200;
 /// Longest time between two reports of an unchanged figure to the transport.
 pub const HEARTBEAT: Duration = Duration::from_secs(10);
@@ -148,11 +149,10 @@ impl Sweeper {
 
     async fn retry_failed(&self) -> Result<(), ConsumeError> {
         let db = self.consumer.db();
-        let rows = sqlx::query(
+        let rows = sqlx::query(AssertSqlSafe(format!(
             "SELECT source, subject, version, attempts, retry_at, last_error, payload FROM busbar_deferred \
-             WHERE retry_at IS NOT NULL ORDER BY retry_at LIMIT $1",
-        )
-        .bind(PER_TICK)
+             WHERE retry_at IS NOT NULL ORDER BY retry_at LIMIT {PER_TICK}"
+        )))
         .fetch_all(db.pool())
         .await?;
         let now = now_millis();
@@ -189,12 +189,11 @@ impl Sweeper {
 
     async fn expire(&self) -> Result<(), ConsumeError> {
         let cutoff = now_millis() - self.limits.max_parked_for.as_millis() as i64;
-        let rows = sqlx::query(
+        let rows = sqlx::query(AssertSqlSafe(format!(
             "SELECT source, subject, version, waiting_for, attempts, deferred_at, payload FROM busbar_deferred \
-             WHERE deferred_at <= $1 ORDER BY deferred_at, version LIMIT $2",
-        )
+             WHERE deferred_at <= $1 ORDER BY deferred_at, version LIMIT {PER_TICK}"
+        )))
         .bind(cutoff)
-        .bind(PER_TICK)
         .fetch_all(self.consumer.db().pool())
         .await?;
         for r in rows {

@@ -9,6 +9,7 @@
 //! - [`process`]: child processes started, waited for and killed (SIGTERM or SIGKILL);
 //! - [`Nats`] and [`nats_cluster`]: a private nats-server, or a three-node JetStream
 //!   cluster, each killable and restartable;
+//! - [`sqlite`]: how often SQLite had to prepare a connection's statements again;
 //! - [`wait_until`]: bounded polling.
 
 pub mod apps;
@@ -17,6 +18,7 @@ pub mod nats_cluster;
 pub mod pg;
 pub mod process;
 pub mod spoil;
+pub mod sqlite;
 pub mod subscriber;
 
 use std::time::{Duration, Instant};

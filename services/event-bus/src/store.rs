@@ -97,12 +97,7 @@ impl Store {
     /// Events with `after < seq <= upto`, of the given types (all types if `types` is
     /// empty), oldest first, at most `limit`.
     pub async fn read(&self, after: i64, upto: i64, types: &[String], limit: i64) -> Result<Vec<Stored>, DbError> {
-        let filter =
-            if types.is_empty() { String::new() } else { format!(" AND type IN ({})", placeholders(4, types.len())) };
-        let sql = format!(
-            "SELECT seq, event_id, type, payload FROM bus_events WHERE seq > $1 AND seq <= $2{filter} ORDER BY seq LIMIT $3"
-        );
-        let mut q = sqlx::query(AssertSqlSafe(sql)).bind(after).bind(upto).bind(limit);
+        let mut q = sqlx::query(AssertSqlSafe(read_sql(types.len(), limit))).bind(after).bind(upto);
         for t in types {
             q = q.bind(t.clone());
         }
@@ -227,12 +222,12 @@ impl Store {
     }
 
     pub async fn dead_letters(&self, subscriber: Option<&str>, limit: i64) -> Result<Vec<StoredDeadLetter>, DbError> {
-        // `$2 IS NULL` keeps one statement for "all subscribers" and "this one".
-        let rows = sqlx::query(
+        // `$1 IS NULL` keeps one statement for "all subscribers" and "this one"; the limit is
+        // written into the text for the reason given at [`read_sql`].
+        let rows = sqlx::query(AssertSqlSafe(format!(
             "SELECT id, subscriber, seq, event_id, type, attempts, last_error, dead_at, state, payload FROM bus_dead_letters \
-             WHERE ($2 IS NULL OR subscriber = $2) ORDER BY id LIMIT $1",
-        )
-        .bind(limit)
+             WHERE ($1 IS NULL OR subscriber = $1) ORDER BY id LIMIT {limit}"
+        )))
         .bind(subscriber.map(str::to_owned))
         .fetch_all(self.db.pool())
         .await?;
@@ -353,6 +348,17 @@ async fn record_dead_letter(tx: &mut busbar::db::Tx, letter: NewLetter<'_>) -> R
     Ok(id)
 }
 
+/// [`Store::read`]'s query for `types` event types (all if 0). Its `LIMIT` is written into
+/// the text, not bound: SQLite plans with a bound `LIMIT`'s value, so each bind would expire
+/// the cached statement and every read of the log would parse and plan it again. A push
+/// reads with one of two limits (its batch, or 1 while isolating a failure).
+fn read_sql(types: usize, limit: i64) -> String {
+    let filter = if types == 0 { String::new() } else { format!(" AND type IN ({})", placeholders(3, types)) };
+    format!(
+        "SELECT seq, event_id, type, payload FROM bus_events WHERE seq > $1 AND seq <= $2{filter} ORDER BY seq LIMIT {limit}"
+    )
+}
+
 fn dead_letter_row(r: sqlx::any::AnyRow) -> Result<StoredDeadLetter, sqlx::Error> {
     let (seq, event_id, ty, payload): (i64, String, String, String) =
         (r.try_get(2)?, r.try_get(3)?, r.try_get(4)?, r.try_get(9)?);
@@ -372,4 +378,31 @@ fn dead_letter_row(r: sqlx::any::AnyRow) -> Result<StoredDeadLetter, sqlx::Error
         event: serde_json::from_str(&payload).unwrap_or(serde_json::Value::Null),
     };
     Ok(StoredDeadLetter { letter, event: Stored { seq, event_id, ty, payload } })
+}
+
+#[cfg(test)]
+mod tests {
+    use sqlx::{AssertSqlSafe, Connection, SqliteConnection};
+
+    use super::*;
+
+    /// Every push reads the log: SQLite must not parse and plan that query again each time.
+    #[tokio::test]
+    async fn the_read_of_the_log_is_prepared_once() {
+        let mut conn = SqliteConnection::connect("sqlite::memory:").await.unwrap();
+        sqlx::migrate!("./migrations/sqlite").run(&mut conn).await.unwrap();
+        for (after, upto) in [(0, 10), (10, 20), (20, 25)] {
+            for types in [vec![], vec!["PostCreated"]] {
+                let mut q = sqlx::query(AssertSqlSafe(read_sql(types.len(), 500))).bind(after).bind(upto);
+                for t in types {
+                    q = q.bind(t);
+                }
+                q.fetch_all(&mut conn).await.unwrap();
+            }
+        }
+        let stmts = testkit::sqlite::reprepares(&mut conn).await;
+        let reads: Vec<_> = stmts.iter().filter(|(sql, _)| sql.contains("FROM bus_events WHERE")).collect();
+        assert_eq!(reads.len(), 2, "{stmts:?}");
+        assert!(reads.iter().all(|(_, n)| *n == 0), "prepared again on every run: {reads:?}");
+    }
 }

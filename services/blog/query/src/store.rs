@@ -241,6 +241,26 @@ pub async fn render_missing(db: &Db) -> Result<u64, DbError> {
     }
 }
 
+/// [`changes`]' query. Its `LIMIT` is written into the text, not bound: SQLite plans with a
+/// bound `LIMIT`'s value, so each bind would expire the cached statement and every read of
+/// `GET /posts` would parse and plan it again.
+fn changes_sql(backend: Backend, limit: i64) -> String {
+    match backend {
+        Backend::Sqlite => format!(
+            "SELECT stamp, id, doc FROM posts WHERE (stamp, id) > ($1, $2) AND doc IS NOT NULL \
+             ORDER BY stamp, id LIMIT {limit}"
+        ),
+        // A row with the horizon even when nothing changed; pg_current_snapshot() is the
+        // statement's own snapshot, so nothing can commit between reading it and the rows.
+        Backend::Postgres => format!(
+            "SELECT p.stamp, p.id, p.doc, pg_snapshot_xmin(pg_current_snapshot())::text::bigint \
+             FROM (SELECT 1) one LEFT JOIN LATERAL (SELECT stamp, id, doc FROM posts \
+               WHERE (stamp, id) > ($1, $2) AND doc IS NOT NULL ORDER BY stamp, id LIMIT {limit}) p \
+             ON true"
+        ),
+    }
+}
+
 /// Up to `limit` posts whose document changed past `after`, in `(stamp, id)` order, for
 /// the copy of the view that `GET /posts` answers from (usually none, through the index on
 /// `(stamp, id)`); posts without a document yet wait until they get one. On PostgreSQL also
@@ -254,34 +274,11 @@ pub async fn render_missing(db: &Db) -> Result<u64, DbError> {
 /// every entry of the index instead: 0.7 ms per read at 6,000 posts, growing with the view,
 /// against 0.06 ms.
 pub async fn changes(db: &Db, after: Watermark, limit: i64) -> Result<view_cache::Changes, DbError> {
-    let rows = match db.backend() {
-        Backend::Sqlite => {
-            sqlx::query(
-                "SELECT stamp, id, doc FROM posts WHERE (stamp, id) > ($1, $2) AND doc IS NOT NULL \
-                 ORDER BY stamp, id LIMIT $3",
-            )
-            .bind(after.stamp)
-            .bind(after.id)
-            .bind(limit)
-            .fetch_all(db.pool())
-            .await?
-        }
-        // A row with the horizon even when nothing changed; pg_current_snapshot() is the
-        // statement's own snapshot, so nothing can commit between reading it and the rows.
-        Backend::Postgres => {
-            sqlx::query(
-                "SELECT p.stamp, p.id, p.doc, pg_snapshot_xmin(pg_current_snapshot())::text::bigint \
-                 FROM (SELECT 1) one LEFT JOIN LATERAL (SELECT stamp, id, doc FROM posts \
-                   WHERE (stamp, id) > ($1, $2) AND doc IS NOT NULL ORDER BY stamp, id LIMIT $3) p \
-                 ON true",
-            )
-            .bind(after.stamp)
-            .bind(after.id)
-            .bind(limit)
-            .fetch_all(db.pool())
-            .await?
-        }
-    };
+    let rows = sqlx::query(sqlx::AssertSqlSafe(changes_sql(db.backend(), limit)))
+        .bind(after.stamp)
+        .bind(after.id)
+        .fetch_all(db.pool())
+        .await?;
     let horizon = match db.backend() {
         Backend::Sqlite => None,
         Backend::Postgres => rows.first().map(|r| r.try_get::<i64, _>(3)).transpose()?,
@@ -294,4 +291,30 @@ pub async fn changes(db: &Db, after: Watermark, limit: i64) -> Result<view_cache
         })
         .collect();
     Ok(view_cache::Changes { rows, horizon })
+}
+
+#[cfg(test)]
+mod tests {
+    use sqlx::{AssertSqlSafe, Connection, SqliteConnection};
+
+    use super::*;
+
+    /// `GET /posts` asks for the changes on every request: SQLite must not parse and plan
+    /// that query again each time.
+    #[tokio::test]
+    async fn the_read_of_changes_is_prepared_once() {
+        let mut conn = SqliteConnection::connect("sqlite::memory:").await.unwrap();
+        sqlx::migrate!("./migrations").run(&mut conn).await.unwrap();
+        for (stamp, id) in [(0, ""), (5, "a"), (9, "b")] {
+            sqlx::query(AssertSqlSafe(changes_sql(Backend::Sqlite, 1000)))
+                .bind(stamp)
+                .bind(id)
+                .fetch_all(&mut conn)
+                .await
+                .unwrap();
+        }
+        let stmts = testkit::sqlite::reprepares(&mut conn).await;
+        let read = stmts.iter().find(|(sql, _)| sql.contains("FROM posts WHERE")).expect("the read is cached");
+        assert_eq!(read.1, 0, "prepared again on every run: {read:?}");
+    }
 }
