@@ -40,7 +40,7 @@ fn json(status: StatusCode, array: String) -> Response {
 
 async fn list(State(db): State<Db>, PathParam(post_id): PathParam<String>) -> Result<Response, ApiError> {
     let mut conn = db.pool().acquire().await?;
-    match store::array(&mut conn, db.backend(), &post_id).await? {
+    match store::array(&mut conn, &post_id).await? {
         Some(array) => Ok(json(StatusCode::OK, array)),
         None => Err(unknown_post(&post_id)),
     }

@@ -3,7 +3,7 @@ use busbar::{
     Db, Tx,
     db::{Backend, DbError},
 };
-use sqlx::{AnyConnection, Row};
+use sqlx::{AnyConnection, Row, any::AnyRow};
 
 use crate::doc::{self, Comment};
 
@@ -20,28 +20,32 @@ pub async fn remember_post(tx: &mut Tx, post_id: &str) -> Result<(), DbError> {
 }
 
 /// The JSON array of a known post's comments, oldest first; `None` for an unknown post.
-/// One round trip: the segments joined by the database.
-pub async fn array(conn: &mut AnyConnection, backend: Backend, post_id: &str) -> Result<Option<String>, DbError> {
-    let sql = match backend {
-        Backend::Postgres => {
-            "SELECT k.last_seg, (SELECT string_agg(doc, ',' ORDER BY seg) FROM comment_segments WHERE post_id = k.id) \
-             FROM known_posts k WHERE k.id = $1"
-        }
-        Backend::Sqlite => {
-            "SELECT k.last_seg, (SELECT group_concat(doc, ',' ORDER BY seg) FROM comment_segments WHERE post_id = k.id) \
-             FROM known_posts k WHERE k.id = $1"
-        }
-    };
-    let Some(row) = sqlx::query(sql).bind(post_id).fetch_optional(&mut *conn).await? else {
+/// One round trip: the post's row with its segments, in order (see [`doc::array_of`]).
+pub async fn array(conn: &mut AnyConnection, post_id: &str) -> Result<Option<String>, DbError> {
+    let rows = sqlx::query(
+        "SELECT k.last_seg, s.doc FROM known_posts k LEFT JOIN comment_segments s ON s.post_id = k.id \
+         WHERE k.id = $1 ORDER BY s.seg",
+    )
+    .bind(post_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    let Some(first) = rows.first() else {
         return Ok(None);
     };
-    let (last_seg, joined): (Option<i64>, Option<String>) = (row.try_get(0)?, row.try_get(1)?);
-    let members = match last_seg {
-        Some(_) => joined.unwrap_or_default(),
+    let last_seg: Option<i64> = first.try_get(0)?;
+    if last_seg.is_none() {
         // A post from before segments, not written since: its rows, as they are.
-        None => entries(conn, post_id).await?.into_iter().map(|(_, entry)| entry).collect::<Vec<_>>().join(","),
-    };
-    Ok(Some(doc::array(members)))
+        let entries = entries(conn, post_id).await?;
+        return Ok(Some(doc::array_of(entries.iter().map(|(_, entry)| entry.as_str()))));
+    }
+    Ok(Some(segments_array(&rows, 1)?))
+}
+
+/// The array made of column `col` of `rows`, a post's segments in order (NULL for a post
+/// with none).
+fn segments_array(rows: &[AnyRow], col: usize) -> Result<String, DbError> {
+    let docs = rows.iter().map(|r| r.try_get::<Option<&str>, _>(col)).collect::<Result<Vec<_>, _>>()?;
+    Ok(doc::array_of(docs.into_iter().flatten()))
 }
 
 /// A post's comments as array entries, oldest first (UUIDv7 ids sort by creation time),
@@ -202,7 +206,7 @@ async fn create_in(tx: &mut Tx, c: &CommentCreated) -> Result<Option<String>, Db
                 segment_write!($write),
                 "; UPDATE known_posts SET last_seg = $2, last_entries = $4, last_id = $5 WHERE id = $1; \
                  INSERT INTO comments (id, post_id, content, status, version, seg) VALUES ($5, $1, $6, $7, 1, $2); \
-                 SELECT group_concat(doc, ',' ORDER BY seg) FROM comment_segments WHERE post_id = $1"
+                 SELECT doc FROM comment_segments WHERE post_id = $1 ORDER BY seg"
             )
         };
     }
@@ -240,9 +244,16 @@ async fn create_in(tx: &mut Tx, c: &CommentCreated) -> Result<Option<String>, Db
         .bind(c.status.as_str())
         .fetch_all(&mut **tx)
         .await?;
-    let members: Option<String> = rows.last().ok_or(sqlx::Error::RowNotFound)?.try_get(0)?;
+    let array = match tx.backend() {
+        // The last statement's rows, the segments; the others have none.
+        Backend::Sqlite => segments_array(&rows, 0)?,
+        Backend::Postgres => {
+            let members: Option<String> = rows.last().ok_or(sqlx::Error::RowNotFound)?.try_get(0)?;
+            doc::array(members.unwrap_or_default())
+        }
+    };
     tx.emit(c, 1).await?;
-    Ok(Some(doc::array(members.unwrap_or_default())))
+    Ok(Some(array))
 }
 
 /// Creates a comment whose id sorts before the post's greatest, which appending would put
@@ -262,8 +273,7 @@ async fn create_out_of_order(tx: &mut Tx, c: &CommentCreated) -> Result<String, 
     let tail = build_segments(tx, post_id).await?;
     tracing::debug!(post = post_id, comment = %c.id, segments = tail.seg, "a comment sorted before the post's last; its array rebuilt in id order");
     tx.emit(c, 1).await?;
-    let backend = tx.backend();
-    array(tx, backend, post_id).await?.ok_or(DbError::Sql(sqlx::Error::RowNotFound))
+    array(tx, post_id).await?.ok_or(DbError::Sql(sqlx::Error::RowNotFound))
 }
 
 /// Sets a comment's moderation status and emits `CommentUpdated` with the next version.

@@ -125,7 +125,7 @@ async fn comments_created_at_once_all_stay(backend: &str) {
         r.unwrap();
     }
     let mut conn = db.pool().acquire().await.unwrap();
-    let array = store::array(&mut conn, db.backend(), "p1").await.unwrap().unwrap();
+    let array = store::array(&mut conn, "p1").await.unwrap().unwrap();
     let array: Value = serde_json::from_str(&array).unwrap();
     // In id order, as query shows them, whatever order the transactions committed in.
     let ids: Vec<&str> = array.as_array().unwrap().iter().map(|c| c["id"].as_str().unwrap()).collect();
@@ -175,7 +175,7 @@ async fn a_comment_committed_after_a_later_id_takes_its_place(backend: &str) {
     };
     assert_eq!(ids(&answered), want, "the late comment's answer, {backend}");
     let mut conn = db.pool().acquire().await.unwrap();
-    assert_eq!(ids(&store::array(&mut conn, db.backend(), "p1").await.unwrap().unwrap()), want, "{backend}");
+    assert_eq!(ids(&store::array(&mut conn, "p1").await.unwrap().unwrap()), want, "{backend}");
     drop(conn);
 
     // Decisions find their comments, and later comments append after the rebuild.
