@@ -319,7 +319,7 @@ pub async fn backlog_and_age(db: &Db) -> Result<(i64, i64), DbError> {
 
 #[cfg(test)]
 mod tests {
-    use sqlx::{AssertSqlSafe, Connection, SqliteConnection};
+    use sqlx::AssertSqlSafe;
 
     use super::*;
 
@@ -327,13 +327,10 @@ mod tests {
     /// not parse and plan it again each time.
     #[tokio::test]
     async fn the_relays_read_is_prepared_once() {
-        let mut conn = SqliteConnection::connect("sqlite::memory:").await.unwrap();
-        sqlx::migrate!("./migrations/sqlite").run(&mut conn).await.unwrap();
+        let mut conn = testkit::sqlite::memory(&sqlx::migrate!("./migrations/sqlite")).await;
         for after in [0, 5, 9] {
             sqlx::query(AssertSqlSafe(pending_sql(500))).bind(after).fetch_all(&mut conn).await.unwrap();
         }
-        let stmts = testkit::sqlite::reprepares(&mut conn).await;
-        let read = stmts.iter().find(|(sql, _)| sql.contains("FROM busbar_outbox")).expect("the read is cached");
-        assert_eq!(read.1, 0, "prepared again on every run: {read:?}");
+        testkit::sqlite::assert_prepared_once(&mut conn, "FROM busbar_outbox", 1).await;
     }
 }

@@ -31,3 +31,20 @@ pub async fn reprepares(conn: &mut SqliteConnection) -> Vec<(String, i32)> {
     }
     out
 }
+
+/// A fresh in-memory SQLite database with `migrator`'s schema.
+pub async fn memory(migrator: &sqlx::migrate::Migrator) -> SqliteConnection {
+    use sqlx::Connection;
+    let mut conn = SqliteConnection::connect("sqlite::memory:").await.expect("open an in-memory SQLite database");
+    migrator.run(&mut conn).await.expect("migrate the in-memory database");
+    conn
+}
+
+/// Fails unless `conn` holds exactly `count` prepared statements whose SQL contains
+/// `needle`, none of them prepared again since it was first prepared.
+pub async fn assert_prepared_once(conn: &mut SqliteConnection, needle: &str, count: usize) {
+    let stmts = reprepares(conn).await;
+    let found: Vec<_> = stmts.iter().filter(|(sql, _)| sql.contains(needle)).collect();
+    assert_eq!(found.len(), count, "statements containing {needle:?} among {stmts:?}");
+    assert!(found.iter().all(|(_, n)| *n == 0), "prepared again on every run: {found:?}");
+}

@@ -382,15 +382,14 @@ fn dead_letter_row(r: sqlx::any::AnyRow) -> Result<StoredDeadLetter, sqlx::Error
 
 #[cfg(test)]
 mod tests {
-    use sqlx::{AssertSqlSafe, Connection, SqliteConnection};
+    use sqlx::AssertSqlSafe;
 
     use super::*;
 
     /// Every push reads the log: SQLite must not parse and plan that query again each time.
     #[tokio::test]
     async fn the_read_of_the_log_is_prepared_once() {
-        let mut conn = SqliteConnection::connect("sqlite::memory:").await.unwrap();
-        sqlx::migrate!("./migrations/sqlite").run(&mut conn).await.unwrap();
+        let mut conn = testkit::sqlite::memory(&sqlx::migrate!("./migrations/sqlite")).await;
         for (after, upto) in [(0, 10), (10, 20), (20, 25)] {
             for types in [vec![], vec!["PostCreated"]] {
                 let mut q = sqlx::query(AssertSqlSafe(read_sql(types.len(), 500))).bind(after).bind(upto);
@@ -400,9 +399,6 @@ mod tests {
                 q.fetch_all(&mut conn).await.unwrap();
             }
         }
-        let stmts = testkit::sqlite::reprepares(&mut conn).await;
-        let reads: Vec<_> = stmts.iter().filter(|(sql, _)| sql.contains("FROM bus_events WHERE")).collect();
-        assert_eq!(reads.len(), 2, "{stmts:?}");
-        assert!(reads.iter().all(|(_, n)| *n == 0), "prepared again on every run: {reads:?}");
+        testkit::sqlite::assert_prepared_once(&mut conn, "FROM bus_events WHERE", 2).await;
     }
 }

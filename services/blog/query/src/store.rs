@@ -295,7 +295,7 @@ pub async fn changes(db: &Db, after: Watermark, limit: i64) -> Result<view_cache
 
 #[cfg(test)]
 mod tests {
-    use sqlx::{AssertSqlSafe, Connection, SqliteConnection};
+    use sqlx::AssertSqlSafe;
 
     use super::*;
 
@@ -303,8 +303,7 @@ mod tests {
     /// that query again each time.
     #[tokio::test]
     async fn the_read_of_changes_is_prepared_once() {
-        let mut conn = SqliteConnection::connect("sqlite::memory:").await.unwrap();
-        sqlx::migrate!("./migrations").run(&mut conn).await.unwrap();
+        let mut conn = testkit::sqlite::memory(&sqlx::migrate!("./migrations")).await;
         for (stamp, id) in [(0, ""), (5, "a"), (9, "b")] {
             sqlx::query(AssertSqlSafe(changes_sql(Backend::Sqlite, 1000)))
                 .bind(stamp)
@@ -313,8 +312,6 @@ mod tests {
                 .await
                 .unwrap();
         }
-        let stmts = testkit::sqlite::reprepares(&mut conn).await;
-        let read = stmts.iter().find(|(sql, _)| sql.contains("FROM posts WHERE")).expect("the read is cached");
-        assert_eq!(read.1, 0, "prepared again on every run: {read:?}");
+        testkit::sqlite::assert_prepared_once(&mut conn, "FROM posts WHERE", 1).await;
     }
 }
