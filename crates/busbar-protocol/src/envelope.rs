@@ -6,6 +6,8 @@
 
 use std::collections::BTreeMap;
 
+mod decode;
+
 use chrono::Utc;
 use cloudevents::{AttributesReader, Data, EventBuilder, EventBuilderV10};
 use serde::{Serialize, de::DeserializeOwned};
@@ -172,73 +174,34 @@ pub fn data<E: Event>(ev: &CloudEvent) -> Result<E, EnvelopeError> {
 
 /// Decodes a request body holding one CloudEvent or a JSON array of them.
 pub fn decode_batch(body: &[u8]) -> Result<Vec<CloudEvent>, EnvelopeError> {
-    let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| EnvelopeError::Json(e.to_string()))?;
-    match value {
-        serde_json::Value::Array(items) => {
-            items.into_iter().enumerate().map(|(i, v)| decode_value(v, &format!(" at index {i}"))).collect()
-        }
-        v @ serde_json::Value::Object(_) => Ok(vec![decode_value(v, "")?]),
-        other => Err(EnvelopeError::NotAnEvent(json_kind(&other))),
+    match serde_json::from_slice(body).map_err(|e| EnvelopeError::Json(e.to_string()))? {
+        decode::Body::Many(items) => items.into_iter().enumerate().map(|(i, e)| checked(e, Some(i))).collect(),
+        decode::Body::One(e) => Ok(vec![checked(e, None)?]),
+        decode::Body::Neither(kind) => Err(EnvelopeError::NotAnEvent(kind)),
     }
 }
 
 /// Decodes one CloudEvent from JSON text.
 pub fn decode_one(text: &str) -> Result<CloudEvent, EnvelopeError> {
-    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| EnvelopeError::Json(e.to_string()))?;
-    decode_value(value, "")
+    checked(serde_json::from_str(text).map_err(|e| EnvelopeError::Json(e.to_string()))?, None)
 }
 
-fn decode_value(value: serde_json::Value, at: &str) -> Result<CloudEvent, EnvelopeError> {
-    let invalid = |reason: String| EnvelopeError::Invalid { at: at.to_owned(), reason };
-    let Some(obj) = value.as_object() else {
-        // Inside a batch, say which element is not an object.
-        return Err(if at.is_empty() {
-            EnvelopeError::NotAnEvent(json_kind(&value))
-        } else {
-            invalid(format!("expected a JSON object, got {}", json_kind(&value)))
-        });
-    };
-    // Checked here rather than left to the cloudevents decoder so that the error names the
-    // attribute the way the spec does, and so that an empty string counts as missing.
-    match obj.get("specversion") {
-        None => return Err(invalid("missing required attribute `specversion`".into())),
-        Some(serde_json::Value::String(v)) if v == "1.0" => {}
-        Some(other) => {
-            return Err(invalid(format!(
-                "unsupported specversion {}; busbar speaks CloudEvents \"1.0\"",
-                crate::text::shorten(&other.to_string(), 40)
-            )));
+/// The event, or the error naming what is wrong with it and, inside a batch, where it is.
+fn checked(element: decode::Element, index: Option<usize>) -> Result<CloudEvent, EnvelopeError> {
+    let at = || index.map(|i| format!(" at index {i}")).unwrap_or_default();
+    match element {
+        decode::Element::Event(ev) => Ok(ev),
+        decode::Element::NotAnObject(kind) if index.is_none() => Err(EnvelopeError::NotAnEvent(kind)),
+        decode::Element::NotAnObject(kind) => {
+            Err(EnvelopeError::Invalid { at: at(), reason: format!("expected a JSON object, got {kind}") })
         }
+        decode::Element::Invalid(reason) => Err(EnvelopeError::Invalid { at: at(), reason }),
     }
-    for attr in ["id", "source", "type"] {
-        match obj.get(attr) {
-            Some(serde_json::Value::String(s)) if !s.is_empty() => {}
-            Some(serde_json::Value::String(_)) => {
-                return Err(invalid(format!("attribute `{attr}` must not be empty")));
-            }
-            Some(other) => {
-                return Err(invalid(format!("attribute `{attr}` must be a string, got {}", json_kind(other))));
-            }
-            None => return Err(invalid(format!("missing required attribute `{attr}`"))),
-        }
-    }
-    serde_json::from_value(value).map_err(|e| invalid(e.to_string()))
 }
 
 /// Serialises events as the JSON array that `POST /events` accepts.
 pub fn encode_batch(events: &[CloudEvent]) -> Vec<u8> {
     serde_json::to_vec(events).expect("CloudEvents serialize to JSON")
-}
-
-fn json_kind(v: &serde_json::Value) -> &'static str {
-    match v {
-        serde_json::Value::Null => "null",
-        serde_json::Value::Bool(_) => "a boolean",
-        serde_json::Value::Number(_) => "a number",
-        serde_json::Value::String(_) => "a string",
-        serde_json::Value::Array(_) => "an array",
-        serde_json::Value::Object(_) => "an object",
-    }
 }
 
 #[cfg(test)]
@@ -351,6 +314,46 @@ mod tests {
         assert!(err.contains("(its dataschema: urn:busbar:schema:Renamed:sha256:00)"), "{err}");
         assert_eq!(data_json(&back), Some(serde_json::json!({"id": "a"})));
         assert!(schema_uri("not a uri").is_err());
+    }
+
+    #[test]
+    fn escaped_member_names_are_the_attributes_they_spell() {
+        let ev = decode_one(r#"{"specversion":"1.0","\u0069d":"1","source":"s","typ\u0065":"T","aggv\u0065rsion":4}"#)
+            .unwrap();
+        assert_eq!((ev.id(), ev.ty(), aggregate_version(&ev)), ("1", "T", Some(4)));
+    }
+
+    #[test]
+    fn a_member_given_twice_keeps_its_last_value_as_the_sdk_does() {
+        let text = r#"{"specversion":"1.0","id":"1","id":"2","source":"s","type":"T","data":{"a":1},"data":[2],"x":"a","x":null}"#;
+        let ev = decode_one(text).unwrap();
+        assert_eq!(ev.id(), "2");
+        assert_eq!(data_json(&ev), Some(serde_json::json!([2])));
+        assert_eq!(ev.extension("x"), None, "a null extension is no extension");
+        assert_eq!(ev, serde_json::from_str::<CloudEvent>(text).unwrap());
+    }
+
+    #[test]
+    fn optional_attributes_of_the_wrong_kind_are_named() {
+        let cases = [
+            (r#""subject":7"#, "attribute `subject` must be a string, got a number"),
+            (r#""dataschema":"no uri""#, "attribute `dataschema` is not a URI"),
+            (r#""time":"yesterday""#, "attribute `time` is not an RFC 3339 timestamp"),
+            (
+                r#""datacontenttype":"text/plain","data":{}"#,
+                "`data` must be a string when `datacontenttype` is not JSON",
+            ),
+            (r#""data":1,"data_base64":"AAEC""#, "both `data` and `data_base64`"),
+            (r#""data_base64":"!!""#, "attribute `data_base64` is not base64"),
+            (r#""ext":1.5"#, "extension `ext` must be a string, a boolean or an integer, got a number"),
+            (r#""ext":{"a":1}"#, "extension `ext` must be a string, a boolean or an integer, got an object"),
+        ];
+        for (members, want) in cases {
+            let text = format!(r#"{{"specversion":"1.0","id":"1","source":"s","type":"T",{members}}}"#);
+            let err = decode_one(&text).unwrap_err().to_string();
+            assert!(err.starts_with("invalid CloudEvent: ") && err.contains(want), "{text}: {err}");
+            assert!(serde_json::from_str::<CloudEvent>(&text).is_err(), "the SDK refuses {text} too");
+        }
     }
 
     proptest::proptest! {

@@ -139,6 +139,95 @@ fn spoil() -> impl Strategy<Value = Spoil> {
     ]
 }
 
+/// A JSON object that may or may not be a CloudEvent: each attribute absent, well formed or
+/// malformed, `data` or `data_base64` of any kind, and extensions of any JSON.
+fn event_like_object() -> impl Strategy<Value = Map<String, Value>> {
+    let text = || prop_oneof![4 => "\\PC{1,12}".prop_map(Value::from), 1 => Just(json!("")), 1 => any_json()];
+    let required = || proptest::option::weighted(0.95, text());
+    let optional = |good: BoxedStrategy<Value>| {
+        proptest::option::of(prop_oneof![6 => good, 1 => Just(Value::Null), 1 => any_json()])
+    };
+    let content_type = prop_oneof![
+        Just(json!("application/json")),
+        Just(json!("text/json; charset=utf-8")),
+        Just(json!("application/cloudevents+json")),
+        Just(json!("text/plain")),
+        Just(json!("application/octet-stream")),
+    ];
+    let schema = prop_oneof![
+        Just(json!("urn:busbar:schema:T:sha256:00")),
+        Just(json!("https://example.com/s")),
+        Just(json!("not a uri"))
+    ];
+    let time = prop_oneof![
+        any_time().prop_map(|t| json!(t.to_rfc3339())),
+        Just(json!("2024-02-30T00:00:00Z")),
+        Just(json!("yesterday")),
+    ];
+    // {"a":1}, the bytes 0 1 2, "hello" (not JSON), and text that is not base64.
+    let base64 = prop_oneof![
+        Just(json!("eyJhIjoxfQ==")),
+        Just(json!("AAEC")),
+        Just(json!("aGVsbG8=")),
+        Just(json!("!!")),
+        any_json()
+    ];
+    let extensions = prop::collection::btree_map(
+        "[a-z][a-z0-9_]{0,10}".prop_filter("not an attribute", |k| {
+            !CONTEXT_ATTRIBUTES.contains(&k.as_str()) && !matches!(k.as_str(), "data" | "data_base64")
+        }),
+        prop_oneof![
+            "\\PC{0,12}".prop_map(Value::from),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any_json()
+        ],
+        0..4,
+    );
+    (
+        (
+            proptest::option::weighted(0.95, prop_oneof![9 => Just(json!("1.0")), 1 => any_json()]),
+            required(),
+            required(),
+            required(),
+        ),
+        (
+            optional(content_type.boxed()),
+            optional(schema.boxed()),
+            optional("\\PC{0,12}".prop_map(Value::from).boxed()),
+            optional(time.boxed()),
+        ),
+        (proptest::option::weighted(0.8, any_json()), proptest::option::weighted(0.1, base64)),
+        extensions,
+    )
+        .prop_map(|((spec, id, source, ty), (ct, schema, subject, time), (data, data_base64), extensions)| {
+            let mut m: Map<String, Value> = extensions.into_iter().collect();
+            for (name, value) in [
+                ("specversion", spec),
+                ("id", id),
+                ("source", source),
+                ("type", ty),
+                ("datacontenttype", ct),
+                ("dataschema", schema),
+                ("subject", subject),
+                ("time", time),
+                ("data", data),
+                ("data_base64", data_base64),
+            ] {
+                if let Some(v) = value {
+                    m.insert(name.into(), v);
+                }
+            }
+            m
+        })
+}
+
+/// busbar's rules on top of the SDK's: specversion "1.0"; id, source and type non-empty strings.
+fn meets_busbars_own_rules(m: &Map<String, Value>) -> bool {
+    m.get("specversion").is_some_and(|v| v == "1.0")
+        && ["id", "source", "type"].iter().all(|a| m.get(*a).and_then(Value::as_str).is_some_and(|s| !s.is_empty()))
+}
+
 /// Words the error message must contain.
 fn named_in(how: &Spoil) -> Vec<String> {
     match how {
@@ -218,6 +307,26 @@ proptest! {
                     prop_assert!(msg.starts_with("expected a CloudEvent object"), "{msg}");
                 }
             }
+        }
+    }
+
+    /// The decoder reads attributes straight from the bytes (for speed) instead of through
+    /// the SDK's `Deserialize`; for anything that meets busbar's own rules, both must agree
+    /// on whether it is an event and on the event, and anything else is refused.
+    #[test]
+    fn the_decoder_agrees_with_the_cloudevents_sdk(obj in event_like_object()) {
+        let text = Value::Object(obj.clone()).to_string();
+        let ours = envelope::decode_one(&text);
+        if meets_busbars_own_rules(&obj) {
+            let sdk = serde_json::from_str::<CloudEvent>(&text);
+            prop_assert_eq!(ours.as_ref().ok(), sdk.as_ref().ok(), "{} -> ours {:?}, the SDK's {:?}", text, ours.as_ref().err(), sdk.as_ref().err().map(ToString::to_string));
+            let batch = envelope::decode_batch(format!("[{text},{text}]").as_bytes());
+            prop_assert_eq!(batch.ok(), sdk.ok().map(|ev| vec![ev.clone(), ev]));
+        } else {
+            prop_assert!(ours.is_err(), "{text} breaks busbar's rules but was accepted");
+        }
+        if let Err(e) = ours {
+            check_message(&e)?;
         }
     }
 
