@@ -38,7 +38,8 @@ async fn post_created(_: &(), tx: &mut Tx, post: Received<PostExists>) -> Result
 
 async fn comment_moderated(_: &(), tx: &mut Tx, m: Received<CommentModerated>) -> Result<(), HandlerError> {
     match store::moderate(tx, &m.id, m.status).await {
-        Ok(Some(u)) => tracing::info!(comment = %u.id, status = u.status.as_str(), "comment moderated"),
+        // Routine, one per comment: at DEBUG, or a busy blog writes a log line per event.
+        Ok(Some(u)) => tracing::debug!(comment = %u.id, status = u.status.as_str(), "comment moderated"),
         Ok(None) => tracing::info!(comment = %m.id, "comment already moderated; decision ignored"),
         Err(DbError::Sql(sqlx::Error::RowNotFound)) => {
             return Err(format!("moderated comment {} does not exist here", m.id).into());
