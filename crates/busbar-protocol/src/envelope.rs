@@ -337,8 +337,8 @@ mod tests {
     fn optional_attributes_of_the_wrong_kind_are_named() {
         let cases = [
             (r#""subject":7"#, "attribute `subject` must be a string, got a number"),
-            (r#""dataschema":"no uri""#, "attribute `dataschema` is not a URI"),
-            (r#""time":"yesterday""#, "attribute `time` is not an RFC 3339 timestamp"),
+            (r#""dataschema":"no uri""#, "attribute `dataschema` is not a URI (\"no uri\")"),
+            (r#""time":"yesterday""#, "attribute `time` is not an RFC 3339 timestamp (\"yesterday\")"),
             (
                 r#""datacontenttype":"text/plain","data":{}"#,
                 "`data` must be a string when `datacontenttype` is not JSON",

@@ -311,14 +311,16 @@ impl Members {
         let ty = required("type", self.ty)?;
         let datacontenttype = optional("datacontenttype", self.datacontenttype)?;
         let dataschema = optional("dataschema", self.dataschema)?
-            .map(|s| url::Url::parse(&s).map_err(|e| format!("attribute `dataschema` is not a URI: {e}")))
+            .map(|s| {
+                url::Url::parse(&s).map_err(|e| format!("attribute `dataschema` is not a URI ({}): {e}", quoted(&s)))
+            })
             .transpose()?;
         let subject = optional("subject", self.subject)?;
         let time = optional("time", self.time)?
             .map(|s| {
                 DateTime::parse_from_rfc3339(&s)
                     .map(DateTime::<Utc>::from)
-                    .map_err(|e| format!("attribute `time` is not an RFC 3339 timestamp: {e}"))
+                    .map_err(|e| format!("attribute `time` is not an RFC 3339 timestamp ({}): {e}", quoted(&s)))
             })
             .transpose()?;
         let is_json = is_json_content_type(datacontenttype.as_deref().unwrap_or("application/json"));
@@ -390,6 +392,11 @@ fn optional(attr: &str, value: Option<Scalar>) -> Result<Option<String>, String>
         Some(Scalar::Str(s)) => Ok(Some(s)),
         Some(other) => Err(format!("attribute `{attr}` must be a string, got {}", other.kind())),
     }
+}
+
+/// `s` as a short JSON string, for an error message that shows the value it refuses.
+fn quoted(s: &str) -> String {
+    crate::text::shorten(&Value::from(s).to_string(), 40)
 }
 
 /// The SDK's rule for which content types carry JSON `data`.
