@@ -174,10 +174,14 @@ pub fn data<E: Event>(ev: &CloudEvent) -> Result<E, EnvelopeError> {
 
 /// Decodes a request body holding one CloudEvent or a JSON array of them.
 pub fn decode_batch(body: &[u8]) -> Result<Vec<CloudEvent>, EnvelopeError> {
-    match serde_json::from_slice(body).map_err(|e| EnvelopeError::Json(e.to_string()))? {
-        decode::Body::Many(items) => items.into_iter().enumerate().map(|(i, e)| checked(e, Some(i))).collect(),
-        decode::Body::One(e) => Ok(vec![checked(e, None)?]),
-        decode::Body::Neither(kind) => Err(EnvelopeError::NotAnEvent(kind)),
+    let json = |e: serde_json::Error| EnvelopeError::Json(e.to_string());
+    // An array is read as elements; anything else is one element, which names its kind
+    // when it is not an object.
+    if body.trim_ascii_start().starts_with(b"[") {
+        let items: Vec<decode::Element> = serde_json::from_slice(body).map_err(json)?;
+        items.into_iter().enumerate().map(|(i, e)| checked(e, Some(i))).collect()
+    } else {
+        Ok(vec![checked(serde_json::from_slice(body).map_err(json)?, None)?])
     }
 }
 

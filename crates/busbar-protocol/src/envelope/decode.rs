@@ -26,39 +26,6 @@ use serde_json::Value;
 
 use super::CloudEvent;
 
-/// The scalar visits shared by the visitors above: each names the kind of JSON it saw.
-macro_rules! not_a_container {
-    ($make:expr) => {
-        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-            Ok($make("null"))
-        }
-        fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
-            Ok($make("a boolean"))
-        }
-        fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
-            Ok($make("a number"))
-        }
-        fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
-            Ok($make("a number"))
-        }
-        fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
-            Ok($make("a number"))
-        }
-        fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
-            Ok($make("a string"))
-        }
-    };
-}
-
-/// A request body: one event, an array of them, or neither.
-// One per body, and short-lived: its size does not matter.
-#[allow(clippy::large_enum_variant)]
-pub(super) enum Body {
-    One(Element),
-    Many(Vec<Element>),
-    Neither(&'static str),
-}
-
 /// What one JSON value turned out to be. A value that is JSON but not a valid event is kept
 /// as such rather than returned as a serde error, so that (a) the parse goes on and a body
 /// that is not JSON further on is still reported as not JSON, and (b) the message names the
@@ -70,30 +37,6 @@ pub(super) enum Element {
     Event(CloudEvent),
     NotAnObject(&'static str),
     Invalid(String),
-}
-
-impl<'de> Deserialize<'de> for Body {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct BodyVisitor;
-        impl<'de> Visitor<'de> for BodyVisitor {
-            type Value = Body;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a CloudEvent or an array of them")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Body, A::Error> {
-                event_from_map(map).map(Body::One)
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Body, A::Error> {
-                let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1024));
-                while let Some(item) = seq.next_element::<Element>()? {
-                    items.push(item);
-                }
-                Ok(Body::Many(items))
-            }
-            not_a_container!(Body::Neither);
-        }
-        d.deserialize_any(BodyVisitor)
-    }
 }
 
 impl<'de> Deserialize<'de> for Element {
@@ -111,7 +54,24 @@ impl<'de> Deserialize<'de> for Element {
                 drain_seq(seq)?;
                 Ok(Element::NotAnObject("an array"))
             }
-            not_a_container!(Element::NotAnObject);
+            fn visit_unit<E: de::Error>(self) -> Result<Element, E> {
+                Ok(Element::NotAnObject("null"))
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Element, E> {
+                Ok(Element::NotAnObject("a boolean"))
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Element, E> {
+                Ok(Element::NotAnObject("a number"))
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Element, E> {
+                Ok(Element::NotAnObject("a number"))
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Element, E> {
+                Ok(Element::NotAnObject("a number"))
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<Element, E> {
+                Ok(Element::NotAnObject("a string"))
+            }
         }
         d.deserialize_any(ElementVisitor)
     }
