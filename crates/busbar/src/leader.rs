@@ -38,6 +38,14 @@ impl Lead {
             Some(c) => sqlx::query("SELECT 1").execute(&mut *c).await.is_ok(),
         }
     }
+
+    /// The connection that holds the lock, on PostgreSQL (`None`: a file lock, held for as
+    /// long as this process lives). A statement that succeeds on it proves the lock was
+    /// held when it ran, as [`Self::holds`] does, so a leader can read through it what it
+    /// is about to publish instead of checking separately: one round trip per batch fewer.
+    pub fn connection(&mut self) -> Option<&mut AnyConnection> {
+        self.conn.as_mut()
+    }
 }
 
 /// The advisory lock key for `role` of `service`, computed by the server so every replica

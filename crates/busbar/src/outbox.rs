@@ -85,12 +85,18 @@ async fn lead_relay(
             return;
         }
         let step = async {
-            let batch = pending(db, opts.batch, marks.published_through).await?;
+            let rows = match lead.connection() {
+                // Read through the lock's connection: a read that succeeds there shows that
+                // this relay still leads (a broken connection has released the lock).
+                Some(lock) => pending(lock, opts.batch, marks.published_through).await.map_err(|e| {
+                    tracing::debug!(error = %e, "the relay's read on its lock connection failed");
+                    RelayError::LostLead
+                })?,
+                None => pending(db.pool(), opts.batch, marks.published_through).await?,
+            };
+            let batch = decode(rows)?;
             if batch.is_empty() {
                 return Ok::<_, RelayError>(0);
-            }
-            if !lead.holds().await {
-                return Err(RelayError::LostLead);
             }
             let events: Vec<CloudEvent> = batch.iter().map(|(_, ev)| ev.clone()).collect();
             transport.publish(&events).await.map_err(|e| RelayError::Publish(e.to_string()))?;
@@ -171,23 +177,25 @@ fn pending_sql(limit: i64) -> String {
 }
 
 /// Unpublished rows after seq `after` (rows up to it were published but may not be marked
-/// yet), oldest first.
-async fn pending(db: &Db, limit: i64, after: i64) -> Result<Vec<(i64, CloudEvent)>, RelayError> {
-    let rows = sqlx::query(sqlx::AssertSqlSafe(pending_sql(limit))).bind(after).fetch_all(db.pool()).await?;
-    let mut out = Vec::with_capacity(rows.len());
-    for row in rows {
-        let seq: i64 = row.try_get(0)?;
-        let payload: String = row.try_get(1)?;
-        match envelope::decode_one(&payload) {
-            Ok(ev) => out.push((seq, ev)),
+/// yet), oldest first: seq and payload.
+async fn pending<'c>(
+    on: impl sqlx::Executor<'c, Database = sqlx::Any>,
+    limit: i64,
+    after: i64,
+) -> Result<Vec<(i64, String)>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(pending_sql(limit))).bind(after).fetch_all(on).await
+}
+
+/// The events of outbox rows, with their seq.
+fn decode(rows: Vec<(i64, String)>) -> Result<Vec<(i64, CloudEvent)>, RelayError> {
+    rows.into_iter()
+        .map(|(seq, payload)| match envelope::decode_one(&payload) {
+            Ok(ev) => Ok((seq, ev)),
             // Only this SDK writes the outbox, so this means a corrupted row. Publishing
             // later rows past it would break per-aggregate order, so stop and say so.
-            Err(e) => {
-                return Err(RelayError::Publish(format!("outbox row {seq} is not a valid CloudEvent: {e}")));
-            }
-        }
-    }
-    Ok(out)
+            Err(e) => Err(RelayError::Publish(format!("outbox row {seq} is not a valid CloudEvent: {e}"))),
+        })
+        .collect()
 }
 
 /// How often, at most, published rows are marked on SQLite while events flow.

@@ -154,3 +154,70 @@ async fn emit_order_in_one_transaction_on_sqlite() {
 async fn emit_order_in_one_transaction_on_postgres() {
     several_events_of_one_transaction_land_in_emit_order("postgres").await;
 }
+
+/// A relay on PostgreSQL leads while it holds an advisory lock on a connection of its own.
+/// When the server ends that session (as a network partition or an idle timeout would),
+/// the lock goes with it, here to a waiting contender: the relay must notice before it
+/// publishes anything more, stand by while the other holds the lock, and publish what
+/// waits once it leads again, each event once.
+#[tokio::test]
+async fn a_relay_whose_lock_session_ends_stands_by_until_it_leads_again() {
+    use prometheus_client::metrics::gauge::Gauge;
+    use sqlx::Connection;
+    let (url, _keep) = database("postgres").await;
+    let db = notes_db(&url).await;
+    let transport = Recording::new();
+    let leads = Gauge::default();
+    let stop = CancellationToken::new();
+    let options =
+        RelayOptions { leading: leads.clone(), idle_poll: Duration::from_millis(50), ..RelayOptions::default() };
+    let relay = spawn_relay(db.clone(), transport.clone(), options, stop.clone());
+    testkit::wait_until(T, "the relay to lead", || async { (leads.get() == 1).then_some(()) }).await;
+    let first = write_note(&db, "n0", true).await;
+    testkit::wait_until(T, "the relay to publish", || async { transport.ids().contains(&first).then_some(()) }).await;
+
+    // A contender waits for the relay's lock (found in pg_locks: a bigint key is split
+    // into classid and objid), then the server ends the relay's session: the lock passes
+    // to the contender as it is released.
+    macro_rules! advisory {
+        ($select:literal, $granted:literal) => {
+            concat!(
+                "SELECT ",
+                $select,
+                " FROM pg_locks WHERE locktype = 'advisory' AND granted = ",
+                $granted,
+                " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            )
+        };
+    }
+    let (key, holder): (i64, i32) = sqlx::query_as(advisory!("(classid::bigint << 32) | objid::bigint, pid", "true"))
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+    let mut contender = sqlx::AnyConnection::connect(&url).await.unwrap();
+    let contending = tokio::spawn(async move {
+        sqlx::query("SELECT pg_advisory_lock($1)").bind(key).execute(&mut contender).await.unwrap();
+        contender
+    });
+    testkit::wait_until(T, "the contender to wait for the lock", || async {
+        (count(&db, advisory!("COUNT(*)", "false")).await == 1).then_some(())
+    })
+    .await;
+    let ended: (bool,) =
+        sqlx::query_as("SELECT pg_terminate_backend($1)").bind(holder).fetch_one(db.pool()).await.unwrap();
+    assert!(ended.0);
+    let contender = tokio::time::timeout(T, contending).await.expect("the contender gets the lock").unwrap();
+
+    let second = write_note(&db, "n1", true).await;
+    testkit::wait_until(T, "the relay to stand by", || async { (leads.get() == 0).then_some(()) }).await;
+    assert_eq!(transport.ids(), std::slice::from_ref(&first), "a relay that lost its lock publishes nothing");
+
+    contender.close().await.unwrap();
+    testkit::wait_until(T, "the relay to lead again and publish", || async {
+        transport.ids().contains(&second).then_some(())
+    })
+    .await;
+    assert_eq!(transport.ids(), [first, second], "each event once");
+    stop.cancel();
+    relay.await.unwrap();
+}
