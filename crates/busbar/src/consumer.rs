@@ -49,6 +49,19 @@ pub trait Handler: Send + Sync + 'static {
     /// together with the inbox record.
     async fn handle(&self, tx: &mut Tx, event: &CloudEvent) -> Result<(), HandlerError>;
 
+    /// Applies `events`, consecutive in a delivered batch and each admitted, in order, as
+    /// [`Self::handle`] would one after another. Called only on a [`Self::transactional`]
+    /// handler: when it fails, its writes are rolled back with the batch's, which is then
+    /// handled again one event per call, so that the error names the event. The default
+    /// handles each in turn; [`crate::Handlers`] gives a run of one type to a function
+    /// registered with [`crate::Handlers::on_many`] whole.
+    async fn handle_run(&self, tx: &mut Tx, events: &[&CloudEvent]) -> Result<(), HandlerError> {
+        for event in events {
+            self.handle(tx, event).await?;
+        }
+        Ok(())
+    }
+
     /// Whether a run of the handler whose transaction rolls back leaves no trace: its only
     /// effects are its writes through the transaction, what it emits included. Then the
     /// events of a batch share their transaction without a savepoint each (a round trip
@@ -181,11 +194,11 @@ impl Consumer {
         events: &[CloudEvent],
         finish: impl for<'a> FnOnce(&'a mut Tx) -> BoxFuture<'a, Result<(), DbError>>,
     ) -> Result<Vec<Outcome>, (Vec<Outcome>, ConsumeError)> {
-        let savepoints = !self.handler.transactional();
+        let mut mode = if self.handler.transactional() { Mode::Runs } else { Mode::Savepoints };
         let (mut events, mut finish, mut failure) = (events, Some(finish), None);
-        // Each failure shortens the prefix tried next, so this ends.
+        // Each failure shortens the prefix tried next, or leaves runs for good, so this ends.
         loop {
-            match self.batch(events, finish.take(), savepoints).await {
+            match self.batch(events, &mut finish, mode).await {
                 Ok(outcomes) => {
                     return match failure {
                         None => Ok(outcomes),
@@ -193,6 +206,10 @@ impl Consumer {
                     };
                 }
                 Err(Failed::Kept(outcomes, e)) => return Err((outcomes, e)),
+                Err(Failed::InRun(e)) => {
+                    tracing::debug!(error = %e, "a run of events failed; handling the batch again one event at a time");
+                    mode = Mode::Each;
+                }
                 Err(Failed::At(at, e)) if at > 0 => {
                     tracing::debug!(at, error = %e, "an event of a batch failed; handling the events before it again");
                     events = &events[..at];
@@ -203,16 +220,16 @@ impl Consumer {
         }
     }
 
-    /// One transaction over `events`, `finish` (when given) writing last. With `savepoints`,
-    /// each event after the first has one, and a failing event's is rolled back and the
-    /// events before it committed ([`Failed::Kept`]); without, a failure rolls back the lot
-    /// ([`Failed::At`]).
-    async fn batch(
-        &self,
-        events: &[CloudEvent],
-        finish: Option<impl for<'a> FnOnce(&'a mut Tx) -> BoxFuture<'a, Result<(), DbError>>>,
-        savepoints: bool,
-    ) -> Result<Vec<Outcome>, Failed> {
+    /// One transaction over `events`, `finish` (taken only when every event is handled)
+    /// writing last. In [`Mode::Savepoints`] each event after the first has a savepoint,
+    /// and a failing event's is rolled back and the events before it committed
+    /// ([`Failed::Kept`]); otherwise a failure rolls back the lot ([`Failed::At`], or
+    /// [`Failed::InRun`] when collecting runs, since the event being received then need
+    /// not be the one that failed).
+    async fn batch<F>(&self, events: &[CloudEvent], finish: &mut Option<F>, mode: Mode) -> Result<Vec<Outcome>, Failed>
+    where
+        F: for<'a> FnOnce(&'a mut Tx) -> BoxFuture<'a, Result<(), DbError>>,
+    {
         let mut tx = self.db.begin().await.map_err(|e| Failed::Whole(e.into()))?;
         let mut state = match admit(&mut tx, events).await {
             Ok(state) => state,
@@ -222,6 +239,7 @@ impl Consumer {
             }
         };
         let mut outcomes = Vec::with_capacity(events.len());
+        let mut run = Vec::new();
         for (i, ev) in events.iter().enumerate() {
             // After the first event, a savepoint marks where this event's writes start, so
             // a failure undoes only them. One is open at a time: the previous event's is
@@ -231,7 +249,7 @@ impl Consumer {
             // statement journal, which spills to a temporary file past 64 KiB): a batch
             // wrote, and then deleted, a file of megabytes.
             let savepoint = match i {
-                _ if i == 0 || !savepoints => Ok(()),
+                _ if i == 0 || mode != Mode::Savepoints => Ok(()),
                 1 => sqlx::query("SAVEPOINT busbar_event").execute(&mut *tx).await.map(drop),
                 _ => sqlx::raw_sql("RELEASE SAVEPOINT busbar_event; SAVEPOINT busbar_event")
                     .execute(&mut *tx)
@@ -246,9 +264,14 @@ impl Consumer {
             // What this event emits is written at commit; a rollback to its savepoint must
             // take that back too.
             let emitted = tx.emitted_mark();
-            match self.receive_in(&mut tx, ev, &mut state).await {
+            let collecting = (mode == Mode::Runs).then_some(&mut run);
+            match self.receive_in(&mut tx, ev, &mut state, collecting).await {
                 Ok(o) => outcomes.push(o),
-                Err(e) if i == 0 || !savepoints => {
+                Err(e) if mode == Mode::Runs => {
+                    let _ = tx.rollback().await;
+                    return Err(Failed::InRun(e));
+                }
+                Err(e) if i == 0 || mode == Mode::Each => {
                     let _ = tx.rollback().await;
                     return Err(Failed::At(i, e));
                 }
@@ -282,9 +305,13 @@ impl Consumer {
                 }
             }
         }
+        if let Err(e) = self.apply_run(&mut tx, &mut run).await {
+            let _ = tx.rollback().await;
+            return Err(Failed::InRun(e));
+        }
         let done = async {
             state.versions.write(&mut tx).await?;
-            if let Some(finish) = finish {
+            if let Some(finish) = finish.take() {
                 finish(&mut tx).await.map_err(ConsumeError::from)?;
             }
             tx.commit().await.map_err(ConsumeError::from)
@@ -294,13 +321,25 @@ impl Consumer {
 
     /// Ordering and the handler for one event already admitted into `tx` (see [`admit`]),
     /// which the caller commits after writing `state.versions`. A duplicate writes nothing.
-    async fn receive_in(&self, tx: &mut Tx, event: &CloudEvent, state: &mut Admitted) -> Result<Outcome, ConsumeError> {
+    /// With `run`, an event to apply is added to it rather than applied, and the run is
+    /// applied ([`Self::apply_run`]) before anything that must see its writes: a drain of
+    /// parked events. The caller applies what is left in it before committing.
+    async fn receive_in<'e>(
+        &self,
+        tx: &mut Tx,
+        event: &'e CloudEvent,
+        state: &mut Admitted,
+        mut run: Option<&mut Vec<&'e CloudEvent>>,
+    ) -> Result<Outcome, ConsumeError> {
         if !state.fresh.remove(event.id()) {
             crate::metrics::received(event.ty(), "duplicate");
             return Ok(Outcome::Duplicate);
         }
         let Some((key, version)) = aggregate_of(event) else {
-            self.apply(tx, event).await?;
+            match run {
+                Some(run) => run.push(event),
+                None => self.apply(tx, event).await?,
+            }
             return Ok(Outcome::Applied { drained: 0 });
         };
         let known = state.aggregates.get(&key).copied().unwrap_or_default();
@@ -317,7 +356,14 @@ impl Consumer {
         };
         let outcome = match decision {
             Decision::Apply => {
-                self.apply(tx, event).await?;
+                match &mut run {
+                    Some(run) if !known.any_parked => run.push(event),
+                    Some(run) => {
+                        run.push(event);
+                        self.apply_run(tx, run).await?;
+                    }
+                    None => self.apply(tx, event).await?,
+                }
                 let reached = last.map_or(version, |l| l.max(version));
                 let (applied, drained) =
                     if known.any_parked { self.drain(tx, source, subject, reached).await? } else { (reached, 0) };
@@ -422,25 +468,58 @@ impl Consumer {
     }
 
     async fn apply(&self, tx: &mut Tx, event: &CloudEvent) -> Result<(), ConsumeError> {
-        // Handling continues the trace the event was emitted in (or starts one).
-        let parent = envelope::trace(event);
-        let ctx = parent.map(|p| p.child()).unwrap_or_else(trace::TraceContext::root);
-        let mut span = Span::start(format!("handle {}", event.ty()), Kind::Consumer, ctx, parent.map(|p| p.span_id));
-        span.attr("messaging.message.id", event.id().to_owned());
+        self.apply_events(tx, &[event]).await
+    }
+
+    /// Applies the events collected in `run`, leaving it empty.
+    async fn apply_run(&self, tx: &mut Tx, run: &mut Vec<&CloudEvent>) -> Result<(), ConsumeError> {
+        let applied = match run.as_slice() {
+            [] => Ok(()),
+            events => self.apply_events(tx, events).await,
+        };
+        run.clear();
+        applied
+    }
+
+    /// The handler for one event, or for a run of them ([`Handler::handle_run`]). Each
+    /// event gets its span, which continues the trace it was emitted in (or starts one);
+    /// what a run emits continues its first event's.
+    async fn apply_events(&self, tx: &mut Tx, events: &[&CloudEvent]) -> Result<(), ConsumeError> {
+        let first = events[0];
+        let spans: Vec<_> = events
+            .iter()
+            .map(|event| {
+                let parent = envelope::trace(event);
+                let ctx = parent.map(|p| p.child()).unwrap_or_else(trace::TraceContext::root);
+                let mut span =
+                    Span::start(format!("handle {}", event.ty()), Kind::Consumer, ctx, parent.map(|p| p.span_id));
+                span.attr("messaging.message.id", event.id().to_owned());
+                (ctx, span)
+            })
+            .collect();
         let handling = async {
-            tracing::debug!(event_id = %event.id(), event_type = %event.ty(), "handling");
-            AssertUnwindSafe(self.handler.handle(tx, event)).catch_unwind().await
+            tracing::debug!(event_id = %first.id(), event_type = %first.ty(), events = events.len(), "handling");
+            match events {
+                [one] => AssertUnwindSafe(self.handler.handle(tx, one)).catch_unwind().await,
+                run => AssertUnwindSafe(self.handler.handle_run(tx, run)).catch_unwind().await,
+            }
         };
         let started = std::time::Instant::now();
-        let handled = trace::within(ctx, handling).await;
+        let handled = trace::within(spans[0].0, handling).await;
         let result = match handled {
             Ok(r) => r,
             Err(panic) => Err(format!("the handler panicked: {}", panic_text(&panic)).into()),
         };
-        span.end(result.as_ref().err().map(|e| e.to_string()).as_deref());
-        crate::metrics::handled(event.ty(), started.elapsed().as_secs_f64(), result.is_ok());
+        let error = result.as_ref().err().map(|e| e.to_string());
+        let each = started.elapsed().as_secs_f64() / events.len() as f64;
+        for (event, (_, span)) in events.iter().zip(spans) {
+            span.end(error.as_deref());
+            crate::metrics::handled(event.ty(), each, result.is_ok());
+        }
         result.map_err(|e| {
-            let (event_id, event_type, reason) = (event.id().to_owned(), event.ty().to_owned(), e.to_string());
+            // In a run, the first event stands for the run: the batch is handled again one
+            // event at a time, which names the one at fault.
+            let (event_id, event_type, reason) = (first.id().to_owned(), first.ty().to_owned(), e.to_string());
             match e.downcast_ref::<envelope::EnvelopeError>() {
                 Some(envelope::EnvelopeError::Data { .. } | envelope::EnvelopeError::WrongType { .. }) => {
                     ConsumeError::Undecodable { event_id, event_type, reason }
@@ -449,6 +528,18 @@ impl Consumer {
             }
         })
     }
+}
+
+/// How the events of a batch reach the handler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// One call per event, each after the first in a savepoint of its own.
+    Savepoints,
+    /// One call per event, without savepoints ([`Handler::transactional`]).
+    Each,
+    /// Consecutive events to apply in one call ([`Handler::handle_run`]); a transactional
+    /// handler's first try of a batch.
+    Runs,
 }
 
 /// How a batch's transaction failed.
@@ -460,6 +551,8 @@ enum Failed {
     /// The transaction itself failed (begin, admission, the last writes, commit); nothing
     /// is committed.
     Whole(ConsumeError),
+    /// Handling failed while events were collected in runs; nothing is committed.
+    InRun(ConsumeError),
 }
 
 /// What a panic said, when it said it with a string.

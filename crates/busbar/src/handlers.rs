@@ -17,7 +17,10 @@
 //! A handler is an `async fn (&S, &mut Tx, Received<E>) -> Result<(), impl Into<HandlerError>>`:
 //! `S` is the service's own state (`()` when it has none), `Tx` the transaction its writes
 //! (and the inbox record, and any event it emits) commit in, and [`Received`] the decoded
-//! `data` plus the envelope's attributes.
+//! `data` plus the envelope's attributes. One registered with [`Handlers::on_many`] takes
+//! a `Vec<Received<E>>` instead: the consecutive events of `E` in a delivered batch, so it
+//! can apply them in one statement (each statement is a round trip, and on SQLite a
+//! hand-off to sqlx's worker thread and back, which costs more than most statements).
 
 use std::{
     any::type_name,
@@ -76,42 +79,67 @@ impl<E> Received<E> {
 /// What a handler function returns, boxed.
 type HandlerFuture<'a> = Pin<Box<dyn Future<Output = Result<(), HandlerError>> + Send + 'a>>;
 
-/// A handler function for events of type `E` with service state `S`. Implemented for every
-/// `async fn(&S, &mut Tx, Received<E>) -> Result<(), Er>` where `Er` converts to a
+/// A handler function with service state `S`, taking `In`: a [`Received`] event, or a
+/// `Vec` of them ([`Handlers::on_many`]). Implemented for every
+/// `async fn(&S, &mut Tx, In) -> Result<(), Er>` where `Er` converts to a
 /// [`HandlerError`]; there is nothing to implement by hand.
-pub trait HandlerFn<'a, S: 'a, E>: Send + Sync + 'static {
+pub trait HandlerFn<'a, S: 'a, In>: Send + Sync + 'static {
     type Fut: Future<Output = Result<(), Self::Error>> + Send + 'a;
     type Error: Into<HandlerError>;
-    fn call(&self, state: &'a S, tx: &'a mut Tx, event: Received<E>) -> Self::Fut;
+    fn call(&self, state: &'a S, tx: &'a mut Tx, input: In) -> Self::Fut;
 }
 
-impl<'a, S: 'a, E, F, Fut, Er> HandlerFn<'a, S, E> for F
+impl<'a, S: 'a, In, F, Fut, Er> HandlerFn<'a, S, In> for F
 where
-    F: Fn(&'a S, &'a mut Tx, Received<E>) -> Fut + Send + Sync + 'static,
+    F: Fn(&'a S, &'a mut Tx, In) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<(), Er>> + Send + 'a,
     Er: Into<HandlerError>,
 {
     type Fut = Fut;
     type Error = Er;
-    fn call(&self, state: &'a S, tx: &'a mut Tx, event: Received<E>) -> Fut {
-        self(state, tx, event)
+    fn call(&self, state: &'a S, tx: &'a mut Tx, input: In) -> Fut {
+        self(state, tx, input)
     }
 }
 
 /// One registered type: decodes the envelope's data and calls the function.
 trait Route<S>: Send + Sync {
     fn handle<'a>(&'a self, state: &'a S, tx: &'a mut Tx, event: &'a CloudEvent) -> HandlerFuture<'a>;
+    /// `events`, all of this type and consecutive in a delivered batch, in order.
+    fn handle_run<'a>(&'a self, state: &'a S, tx: &'a mut Tx, events: &'a [&'a CloudEvent]) -> HandlerFuture<'a>;
 }
 
-struct Typed<E, F> {
-    f: F,
+/// Decodes the `data` of events of type `E`.
+struct Decoder<E> {
     /// The reader schema, compiled the first time an event does not decode: it explains
     /// why, field by field, in the words of the contract.
     reader: OnceLock<Result<jsonschema::Validator, String>>,
     _event: std::marker::PhantomData<fn() -> E>,
 }
 
-impl<E: Event + JsonSchema, F> Typed<E, F> {
+impl<E: Event + JsonSchema> Decoder<E> {
+    fn new() -> Self {
+        Self { reader: OnceLock::new(), _event: std::marker::PhantomData }
+    }
+
+    /// The event's data with its attributes. A payload that is not what its type says is
+    /// the event's fault, and the consumer dead-letters it at once (EnvelopeError::Data).
+    fn received(&self, event: &CloudEvent) -> Result<Received<E>, HandlerError> {
+        match envelope::data::<E>(event) {
+            Ok(data) => Ok(Received {
+                data,
+                meta: Meta {
+                    id: event.id().to_owned(),
+                    source: event.source().to_string(),
+                    subject: event.subject().map(str::to_owned),
+                    version: envelope::aggregate_version(event),
+                },
+            }),
+            Err(EnvelopeError::Data { reason, .. }) => Err(Box::new(self.rejected(event, reason))),
+            Err(other) => Err(Box::new(other)),
+        }
+    }
+
     /// The error for an event whose data `E` does not decode: what the reader schema says
     /// is wrong with it (serde's words only if the schema finds nothing), with the
     /// `dataschema` the event claims, so a dead letter names both sides of the contract.
@@ -139,32 +167,54 @@ impl<E: Event + JsonSchema, F> Typed<E, F> {
     }
 }
 
-impl<S, E, F> Route<S> for Typed<E, F>
+/// A function taking one event at a time ([`Handlers::on`], [`Handlers::on_new`]).
+struct Each<E, F> {
+    decoder: Decoder<E>,
+    f: F,
+}
+
+impl<S, E, F> Route<S> for Each<E, F>
 where
     S: Send + Sync + 'static,
     E: Event + JsonSchema + Send + 'static,
-    F: for<'a> HandlerFn<'a, S, E>,
+    F: for<'a> HandlerFn<'a, S, Received<E>>,
 {
     fn handle<'a>(&'a self, state: &'a S, tx: &'a mut Tx, event: &'a CloudEvent) -> HandlerFuture<'a> {
-        // A payload that is not what its type says is the event's fault, and the consumer
-        // dead-letters it at once (EnvelopeError::Data); decode before entering the future.
-        let received = match envelope::data::<E>(event) {
-            Ok(data) => Ok(Received {
-                data,
-                meta: Meta {
-                    id: event.id().to_owned(),
-                    source: event.source().to_string(),
-                    subject: event.subject().map(str::to_owned),
-                    version: envelope::aggregate_version(event),
-                },
-            }),
-            Err(EnvelopeError::Data { reason, .. }) => Err(self.rejected(event, reason)),
-            Err(other) => Err(other),
-        };
+        // Decoded before entering the future, which then holds no borrow of the event.
+        let received = self.decoder.received(event);
+        Box::pin(async move { self.f.call(state, tx, received?).await.map_err(Into::into) })
+    }
+
+    fn handle_run<'a>(&'a self, state: &'a S, tx: &'a mut Tx, events: &'a [&'a CloudEvent]) -> HandlerFuture<'a> {
         Box::pin(async move {
-            let received = received.map_err(|e| Box::new(e) as HandlerError)?;
-            self.f.call(state, tx, received).await.map_err(Into::into)
+            for event in events {
+                self.handle(state, tx, event).await?;
+            }
+            Ok(())
         })
+    }
+}
+
+/// A function taking the consecutive events of its type together ([`Handlers::on_many`]).
+struct Many<E, F> {
+    decoder: Decoder<E>,
+    f: F,
+}
+
+impl<S, E, F> Route<S> for Many<E, F>
+where
+    S: Send + Sync + 'static,
+    E: Event + JsonSchema + Send + 'static,
+    F: for<'a> HandlerFn<'a, S, Vec<Received<E>>>,
+{
+    fn handle<'a>(&'a self, state: &'a S, tx: &'a mut Tx, event: &'a CloudEvent) -> HandlerFuture<'a> {
+        let received = self.decoder.received(event);
+        Box::pin(async move { self.f.call(state, tx, vec![received?]).await.map_err(Into::into) })
+    }
+
+    fn handle_run<'a>(&'a self, state: &'a S, tx: &'a mut Tx, events: &'a [&'a CloudEvent]) -> HandlerFuture<'a> {
+        let received: Result<Vec<_>, _> = events.iter().map(|e| self.decoder.received(e)).collect();
+        Box::pin(async move { self.f.call(state, tx, received?).await.map_err(Into::into) })
     }
 }
 
@@ -232,27 +282,40 @@ impl<S: Send + Sync + 'static> Handlers<S> {
 
     /// Handles `E` with `f`, also when a fresh copy is rebuilt from history (backfill):
     /// for state this service copies from others.
-    pub fn on<E>(self, f: impl for<'a> HandlerFn<'a, S, E>) -> Self
+    pub fn on<E>(self, f: impl for<'a> HandlerFn<'a, S, Received<E>>) -> Self
     where
         E: Event + JsonSchema + Send + 'static,
     {
-        self.register::<E>(f, true)
+        self.register::<E>(Box::new(Each { decoder: Decoder::new(), f }), true)
     }
 
     /// Handles `E` with `f` only as events arrive, never from history: for reactions that
     /// must happen once, when the event is new (deciding on a comment, sending a mail).
-    pub fn on_new<E>(self, f: impl for<'a> HandlerFn<'a, S, E>) -> Self
+    pub fn on_new<E>(self, f: impl for<'a> HandlerFn<'a, S, Received<E>>) -> Self
     where
         E: Event + JsonSchema + Send + 'static,
     {
-        self.register::<E>(f, false)
+        self.register::<E>(Box::new(Each { decoder: Decoder::new(), f }), false)
     }
 
-    fn register<E>(mut self, f: impl for<'a> HandlerFn<'a, S, E>, replay: bool) -> Self
+    /// Handles `E` like [`Self::on`] (history included), but `f` takes a `Vec`: the
+    /// consecutive events of `E` in a delivered batch, in order, so it can apply them in
+    /// one statement. Only with [`Self::transactional`]: events of a batch are then handled
+    /// without a savepoint each, and when `f` fails, the consumer handles the batch again
+    /// one event per call, so the error names the event that caused it. Without it, `f`
+    /// gets one event per call. `f` must leave the same state as calls one event at a time
+    /// in the same order would (a later event of an id overwriting an earlier one).
+    pub fn on_many<E>(self, f: impl for<'a> HandlerFn<'a, S, Vec<Received<E>>>) -> Self
     where
         E: Event + JsonSchema + Send + 'static,
     {
-        let route = Box::new(Typed::<E, _> { f, reader: OnceLock::new(), _event: std::marker::PhantomData });
+        self.register::<E>(Box::new(Many { decoder: Decoder::new(), f }), true)
+    }
+
+    fn register<E>(mut self, route: Box<dyn Route<S>>, replay: bool) -> Self
+    where
+        E: Event + JsonSchema + Send + 'static,
+    {
         let previous =
             self.by_type.insert(E::TYPE, Registration { route, replay, schema: contract::reader_schema::<E> });
         assert!(previous.is_none(), "event type {} is registered twice; one handler per type", E::TYPE);
@@ -308,17 +371,33 @@ impl<S: Send + Sync + 'static> Handler for Handlers<S> {
     async fn handle(&self, tx: &mut Tx, event: &CloudEvent) -> Result<(), HandlerError> {
         match self.by_type.get(event.ty()) {
             Some(r) => r.route.handle(&self.state, tx, event).await,
-            // The wiring sent a type no handler is registered for: nothing to apply.
             None => {
-                tracing::debug!(event_type = event.ty(), "no handler for this event type; ignoring it");
+                unhandled(event.ty());
                 Ok(())
             }
         }
     }
 
+    /// Each run of one type goes to its route whole: a function registered with
+    /// [`Self::on_many`] gets it in one call, any other one event at a time.
+    async fn handle_run(&self, tx: &mut Tx, events: &[&CloudEvent]) -> Result<(), HandlerError> {
+        for run in events.chunk_by(|a, b| a.ty() == b.ty()) {
+            match self.by_type.get(run[0].ty()) {
+                Some(r) => r.route.handle_run(&self.state, tx, run).await?,
+                None => unhandled(run[0].ty()),
+            }
+        }
+        Ok(())
+    }
+
     fn transactional(&self) -> bool {
         self.transactional
     }
+}
+
+/// The wiring sent a type no handler is registered for: nothing to apply.
+fn unhandled(ty: &str) {
+    tracing::debug!(event_type = ty, "no handler for this event type; ignoring it");
 }
 
 #[cfg(test)]
@@ -425,6 +504,50 @@ mod tests {
             ),
             "{text}"
         );
+    }
+
+    /// The size of each call of [`add_all`].
+    #[derive(Default)]
+    struct Calls(std::sync::Mutex<Vec<usize>>);
+
+    async fn add_all(calls: &Calls, tx: &mut Tx, all: Vec<Received<Added>>) -> Result<(), DbError> {
+        calls.0.lock().unwrap().push(all.len());
+        for ev in all {
+            sqlx::query("INSERT INTO t (id, n) VALUES ($1, $2)").bind(&ev.id).bind(ev.n).execute(&mut **tx).await?;
+        }
+        Ok(())
+    }
+
+    async fn noted(_: &Calls, _: &mut Tx, _: Received<Noted>) -> Result<(), DbError> {
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_function_taking_many_gets_each_run_of_its_type_in_one_call() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("h.db").display());
+        let db = Db::connect("t", &url, DbOptions::default()).await.unwrap();
+        sqlx::query("CREATE TABLE t (id TEXT PRIMARY KEY, n INTEGER)").execute(db.pool()).await.unwrap();
+        let h = Handlers::new(Calls::default()).on_many::<Added>(add_all).on::<Noted>(noted).transactional();
+        assert_eq!(h.replayed(), ["Added", "Noted"], "a function taking many is replayed, like `on`");
+        let added = |id: &str| envelope::build("x", &Added { id: id.into(), n: 1 }, 1);
+        let run = [added("a"), added("b"), envelope::build("x", &Noted { id: "n".into() }, 1), added("c"), added("d")];
+        let mut tx = db.begin().await.unwrap();
+        h.handle_run(&mut tx, &run.iter().collect::<Vec<_>>()).await.unwrap();
+        h.handle(&mut tx, &added("e")).await.unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(*h.state.0.lock().unwrap(), [2, 2, 1], "a and b, c and d, then e alone");
+        let ids: Vec<(String,)> = sqlx::query_as("SELECT id FROM t ORDER BY id").fetch_all(db.pool()).await.unwrap();
+        assert_eq!(ids.into_iter().map(|r| r.0).collect::<Vec<_>>(), ["a", "b", "c", "d", "e"]);
+
+        // One event of a run whose data is not what its type says fails the run, as an
+        // event the consumer dead-letters.
+        let bad = envelope::decode_one(r#"{"specversion":"1.0","id":"1","source":"s","type":"Added","data":{"id":1}}"#)
+            .unwrap();
+        let mut tx = db.begin().await.unwrap();
+        let err = h.handle_run(&mut tx, &[&added("f"), &bad]).await.unwrap_err();
+        assert!(matches!(err.downcast_ref::<EnvelopeError>(), Some(EnvelopeError::Data { .. })), "{err}");
+        assert_eq!(h.state.0.lock().unwrap().len(), 3, "the function is not called");
     }
 
     #[test]

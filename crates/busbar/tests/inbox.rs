@@ -215,11 +215,13 @@ impl Handler for Counting {
 }
 
 /// A handler runs once per event of a call, unless it is declared transactional: then the
-/// events before a failing one run again, after the batch's rollback.
+/// batch goes to it in runs first (a, b, c: 3 runs of the handler), is handled again one
+/// event at a time to find the one at fault (a, b, c: 3), and the events before that one
+/// once more, after the rollback (a, b: 2).
 async fn handler_runs_per_call(backend: &str) {
     let (url, _keep) = database(backend).await;
     let batch = [note("a", 1, "x"), note("b", 1, "x"), note("c", 1, "boom"), note("d", 1, "x")];
-    for (transactional, runs) in [(false, 3), (true, 5)] {
+    for (transactional, runs) in [(false, 3), (true, 8)] {
         let counted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let c = Consumer::new(notes_db(&url).await, declared(Counting(counted.clone()), transactional));
         let (done, err) = c.receive_all(&batch).await.unwrap_err();
@@ -240,6 +242,77 @@ async fn handler_runs_per_call_on_sqlite() {
 #[tokio::test]
 async fn handler_runs_per_call_on_postgres() {
     handler_runs_per_call("postgres").await;
+}
+
+/// [`Recorder`], declared transactional, taking runs: each call's event ids go into `calls`
+/// (a call of one event through `handle`, of several through `handle_run`).
+struct RunRecorder(Arc<std::sync::Mutex<Vec<Vec<String>>>>);
+
+#[async_trait]
+impl Handler for RunRecorder {
+    async fn handle(&self, tx: &mut Tx, ev: &CloudEvent) -> Result<(), HandlerError> {
+        self.0.lock().unwrap().push(vec![ev.id().to_owned()]);
+        Recorder.handle(tx, ev).await
+    }
+
+    async fn handle_run(&self, tx: &mut Tx, events: &[&CloudEvent]) -> Result<(), HandlerError> {
+        self.0.lock().unwrap().push(events.iter().map(|e| e.id().to_owned()).collect());
+        for ev in events {
+            Recorder.handle(tx, ev).await?;
+        }
+        Ok(())
+    }
+
+    fn transactional(&self) -> bool {
+        true
+    }
+}
+
+/// A transactional handler gets the events of a batch it may apply in runs: consecutive,
+/// in order, a run ending where a parked event's predecessor arrives (the parked event is
+/// applied after it, seeing its writes). When a run fails, the batch is handled again one
+/// event at a time: the error names the event at fault and the events before it commit.
+async fn a_transactional_handler_gets_runs(backend: &str) {
+    let (url, _keep) = database(backend).await;
+    let calls = Arc::new(std::sync::Mutex::new(vec![]));
+    let c = consumer_of(&url, Arc::new(RunRecorder(calls.clone()))).await;
+    let batch = [note("a", 2, "x"), note("b", 1, "x"), note("c", 1, "x"), note("a", 1, "x"), note("d", 1, "x")];
+    let ids = |i: &[usize]| i.iter().map(|&i| batch[i].id().to_owned()).collect::<Vec<_>>();
+    let outcomes = c.receive_all(&batch).await.unwrap();
+    assert_eq!(outcomes[0], Outcome::Deferred { waiting_for: 1 });
+    assert_eq!(outcomes[3], Outcome::Applied { drained: 1 });
+    assert_eq!(*calls.lock().unwrap(), [ids(&[1, 2, 3]), ids(&[0]), ids(&[4])], "{backend}");
+    let applied: Vec<String> = sqlx::query("SELECT event_id FROM applied ORDER BY pos")
+        .fetch_all(c.db().pool())
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(applied, ids(&[1, 2, 3, 0, 4]));
+
+    calls.lock().unwrap().clear();
+    let failing = [note("e", 1, "x"), note("f", 1, "boom"), note("g", 1, "x")];
+    let (done, err) = c.receive_all(&failing).await.unwrap_err();
+    assert_eq!(done, [Outcome::Applied { drained: 0 }]);
+    match &err {
+        busbar::consumer::ConsumeError::Handler { event_id, .. } => assert_eq!(event_id, failing[1].id(), "{backend}"),
+        other => panic!("{backend}: not a handler error: {other}"),
+    }
+    let tried: Vec<usize> = calls.lock().unwrap().iter().map(Vec::len).collect();
+    assert_eq!(tried, [3, 1, 1, 1], "{backend}: the run, then e and f alone, then e again");
+    assert_eq!(count(c.db(), "SELECT COUNT(*) FROM applied").await, 6, "{backend}: e is committed");
+    assert_eq!(count(c.db(), "SELECT COUNT(*) FROM busbar_inbox").await, 6, "{backend}: f and g are not");
+}
+
+#[tokio::test]
+async fn a_transactional_handler_gets_runs_on_sqlite() {
+    a_transactional_handler_gets_runs("sqlite").await;
+}
+
+#[tokio::test]
+async fn a_transactional_handler_gets_runs_on_postgres() {
+    a_transactional_handler_gets_runs("postgres").await;
 }
 
 /// One batch may carry the same event twice (a redelivery that overtook the original): the

@@ -11,11 +11,21 @@ use crate::doc::{self, Comment};
 /// whatever the post holds.
 const SEGMENT: i64 = 100;
 
-pub async fn remember_post(tx: &mut Tx, post_id: &str) -> Result<(), DbError> {
-    sqlx::query("INSERT INTO known_posts (id, last_seg, last_entries) VALUES ($1, 0, 0) ON CONFLICT (id) DO NOTHING")
-        .bind(post_id)
-        .execute(&mut **tx)
-        .await?;
+/// Remembers that these posts exist, in one statement whatever their number (one JSON
+/// array argument, expanded by the database). A post already known stays as it is.
+pub async fn remember_posts(tx: &mut Tx, post_ids: &[&str]) -> Result<(), DbError> {
+    let sql = match tx.backend() {
+        // `WHERE true`: SQLite's grammar needs it between a SELECT and its ON CONFLICT.
+        Backend::Sqlite => {
+            "INSERT INTO known_posts (id, last_seg, last_entries) SELECT value, 0, 0 FROM json_each($1) WHERE true \
+             ON CONFLICT (id) DO NOTHING"
+        }
+        Backend::Postgres => {
+            "INSERT INTO known_posts (id, last_seg, last_entries) \
+             SELECT json_array_elements_text(CAST($1 AS json)), 0, 0 ON CONFLICT (id) DO NOTHING"
+        }
+    };
+    sqlx::query(sql).bind(serde_json::to_string(post_ids).expect("strings serialise")).execute(&mut **tx).await?;
     Ok(())
 }
 

@@ -24,7 +24,7 @@ async fn serve(db: &Db) -> String {
 
 async fn known_post(db: &Db, id: &str) {
     let mut tx = db.begin().await.unwrap();
-    store::remember_post(&mut tx, id).await.unwrap();
+    store::remember_posts(&mut tx, &[id]).await.unwrap();
     tx.commit().await.unwrap();
 }
 
@@ -74,6 +74,14 @@ async fn arrays_follow_creation_and_moderation(backend: &str) {
     assert!(matches!(missing, Err(DbError::Sql(sqlx::Error::RowNotFound))), "{backend}: {missing:?}");
     drop(tx);
     assert_eq!(answer(http.get(&comments).send().await.unwrap(), 200).await, want);
+    // A run of posts told at once: a known one keeps its comments, a new one (told twice)
+    // is known once.
+    let mut tx = db.begin().await.unwrap();
+    store::remember_posts(&mut tx, &["p2", "p1", "p2"]).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(answer(http.get(&comments).send().await.unwrap(), 200).await, want, "{backend}");
+    let p2 = format!("{base}/posts/p2/comments");
+    assert_eq!(answer(http.get(&p2).send().await.unwrap(), 200).await, json!([]), "{backend}");
 
     // Past the first segment (100 comments): each answer is the whole array, in order, and a
     // decision lands in whichever segment holds its comment.

@@ -106,23 +106,34 @@ macro_rules! document {
     };
 }
 
-/// Stores a post with its rendered view, holding the comments that arrived before it (a
-/// comment may overtake its post), in one statement.
-pub async fn upsert_post(tx: &mut Tx, p: &PostCreated) -> Result<(), DbError> {
+/// Stores posts with their rendered views, each holding the comments that arrived before
+/// it (a comment may overtake its post), in one statement whatever their number: the posts
+/// go in as one JSON array, which the database expands. Of several posts with one id, the
+/// last is kept, as storing them one after another would.
+pub async fn upsert_posts(tx: &mut Tx, posts: &[&PostCreated]) -> Result<(), DbError> {
+    let mut last = std::collections::HashMap::with_capacity(posts.len());
+    for (i, p) in posts.iter().enumerate() {
+        last.insert(p.id.as_str(), i);
+    }
+    let rows: Vec<[&str; 2]> =
+        posts.iter().enumerate().filter(|(i, p)| last[p.id.as_str()] == *i).map(|(_, p)| [&*p.id, &*p.title]).collect();
+    let rows = serde_json::to_string(&rows).expect("strings serialise");
+    // `WHERE true`: SQLite's grammar needs it between a SELECT and its ON CONFLICT.
     let sql = match tx.backend() {
         Backend::Sqlite => stamped!(sqlite:
-            "INSERT INTO posts (id, title, doc, stamp) VALUES ($1, $2, ", document!(sqlite, "$1", "$2", "comments"),
-            ", ", stamp!(sqlite), ") ",
+            "INSERT INTO posts (id, title, doc, stamp) SELECT p.id, p.title, ", document!(sqlite, "p.id", "p.title", "comments"),
+            ", ", stamp!(sqlite), " FROM (SELECT value ->> 0 AS id, value ->> 1 AS title FROM json_each($1)) p WHERE true ",
             "ON CONFLICT (id) DO UPDATE SET title = excluded.title, doc = excluded.doc, stamp = excluded.stamp"),
         Backend::Postgres => concat!(
-            "INSERT INTO posts (id, title, doc, stamp) VALUES ($1, $2, ",
-            document!(postgres, "$1", "$2", "comments"),
+            "INSERT INTO posts (id, title, doc, stamp) SELECT p.id, p.title, ",
+            document!(postgres, "p.id", "p.title", "comments"),
             ", ",
             stamp!(postgres),
-            ") ON CONFLICT (id) DO UPDATE SET title = excluded.title, doc = excluded.doc, stamp = excluded.stamp"
+            " FROM (SELECT e ->> 0 AS id, e ->> 1 AS title FROM json_array_elements(CAST($1 AS json)) e) p ",
+            "ON CONFLICT (id) DO UPDATE SET title = excluded.title, doc = excluded.doc, stamp = excluded.stamp"
         ),
     };
-    sqlx::query(sql).bind(&p.id).bind(&p.title).execute(&mut **tx).await?;
+    sqlx::query(sql).bind(rows).execute(&mut **tx).await?;
     Ok(())
 }
 
