@@ -16,8 +16,13 @@
 //! PostgreSQL resolves by failing one after `deadlock_timeout` (a second).
 //!
 //! An idle database pays nothing: a write that finds the queue empty runs at once, alone.
+//!
+//! [`Batched`] goes one step further for writes of one kind: the items of the writes that
+//! queued meanwhile go to one call of a function taking them all, so a burst of requests
+//! that each insert a row becomes one statement (each statement is a round trip, and on
+//! SQLite a hand-off to sqlx's worker thread and back) instead of one per request.
 
-use std::sync::Arc;
+use std::{future::Future, ops::Deref, sync::Arc};
 
 use futures::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot};
@@ -120,15 +125,20 @@ impl Writer {
 /// when every handle to the queue is gone.
 async fn run(db: Db, mut jobs: mpsc::UnboundedReceiver<Job>) {
     while let Some(first) = jobs.recv().await {
-        let mut group = vec![first];
-        while group.len() < MAX_GROUP {
-            match jobs.try_recv() {
-                Ok(job) => group.push(job),
-                Err(_) => break,
-            }
-        }
-        run_group(&db, group).await;
+        run_group(&db, gather(first, &mut jobs)).await;
     }
+}
+
+/// `first` and what else is queued, up to [`MAX_GROUP`].
+fn gather<T>(first: T, queue: &mut mpsc::UnboundedReceiver<T>) -> Vec<T> {
+    let mut group = vec![first];
+    while group.len() < MAX_GROUP {
+        match queue.try_recv() {
+            Ok(next) => group.push(next),
+            Err(_) => break,
+        }
+    }
+    group
 }
 
 async fn run_group(db: &Db, mut group: Vec<Job>) {
@@ -172,4 +182,126 @@ async fn guarded(job: &mut Job, tx: &mut Tx) -> Result<(), DbError> {
         Ok(outcome) => outcome,
         Err(_) => Err(lost("the write panicked (its transaction was rolled back)")),
     }
+}
+
+/// Where a caller's answer goes.
+type Answer<O> = oneshot::Sender<Result<O, DbError>>;
+
+/// One caller's item of a [`Batched`] write, with the trace of the caller's work.
+#[derive(Debug)]
+pub struct Item<I> {
+    value: I,
+    trace: Option<crate::trace::TraceContext>,
+}
+
+impl<I> Deref for Item<I> {
+    type Target = I;
+    fn deref(&self) -> &I {
+        &self.value
+    }
+}
+
+impl<I> Item<I> {
+    /// Runs `work` in this item's caller's trace: an event emitted in it names the caller's
+    /// span as parent, as when the caller wrote alone.
+    pub async fn traced<F: Future>(&self, work: F) -> F::Output {
+        match self.trace {
+            Some(ctx) => crate::trace::within(ctx, work).await,
+            None => work.await,
+        }
+    }
+}
+
+/// Writes the items of one call in the transaction given, in order, answering one output
+/// per item. Like any write it may run more than once (see the module), so it must have no
+/// effect outside its transaction.
+pub type WriteAll<I, O> = for<'t> fn(&'t mut Tx, &'t [Item<I>]) -> BoxFuture<'t, Result<Vec<O>, DbError>>;
+
+/// Writes of one kind, an item per caller, written by one call of a [`WriteAll`] for all
+/// the items queued meanwhile (up to [`MAX_GROUP`]), in a write of the database's group
+/// commit. Each caller gets its own output, once the transaction has committed. When the
+/// call fails, each of its items is written again by a call of its own, so one bad item
+/// fails by itself. Clones share the queue; its task ends when the last one is dropped.
+pub struct Batched<I, O> {
+    queue: mpsc::UnboundedSender<(Item<I>, Answer<O>)>,
+}
+
+impl<I, O> Clone for Batched<I, O> {
+    fn clone(&self) -> Self {
+        Self { queue: self.queue.clone() }
+    }
+}
+
+impl<I: Send + Sync + 'static, O: Send + 'static> Batched<I, O> {
+    /// Starts the task that takes the queued items and writes them with `write_all`.
+    pub fn start(db: Db, write_all: WriteAll<I, O>) -> Self {
+        let (queue, items) = mpsc::unbounded_channel();
+        tokio::spawn(run_batches(db, write_all, items));
+        Self { queue }
+    }
+
+    /// Writes `value` with the others queued meanwhile; its output once committed.
+    pub async fn write(&self, value: I) -> Result<O, DbError> {
+        let (answer, answered) = oneshot::channel();
+        let item = Item { value, trace: crate::trace::current() };
+        self.queue.send((item, answer)).map_err(|_| lost("the batched writer has stopped"))?;
+        answered.await.map_err(|_| lost("the batched writer stopped before answering"))?
+    }
+}
+
+async fn run_batches<I: Send + Sync + 'static, O: Send + 'static>(
+    db: Db,
+    write_all: WriteAll<I, O>,
+    mut queue: mpsc::UnboundedReceiver<(Item<I>, Answer<O>)>,
+) {
+    while let Some(first) = queue.recv().await {
+        let (items, answers): (Vec<_>, Vec<_>) = gather(first, &mut queue).into_iter().unzip();
+        let items = Arc::new(items);
+        let all = 0..items.len();
+        match call(&db, write_all, items.clone(), all).await {
+            Ok(outputs) => {
+                for (answer, output) in answers.into_iter().zip(outputs) {
+                    // The caller may have gone (its request was dropped); its write stands.
+                    let _ = answer.send(Ok(output));
+                }
+            }
+            Err(e) if answers.len() == 1 => {
+                let _ = answers.into_iter().next().expect("one").send(Err(e));
+            }
+            Err(e) => {
+                tracing::debug!(writes = answers.len(), error = %e, "a batched write failed; writing each item alone");
+                // Side by side: the group commit puts them in one transaction again, and
+                // runs each alone if that fails.
+                let alone = answers.into_iter().enumerate().map(|(i, answer)| {
+                    let (db, items) = (db.clone(), items.clone());
+                    async move {
+                        let output = call(&db, write_all, items, i..i + 1).await.map(|mut o| o.remove(0));
+                        let _ = answer.send(output);
+                    }
+                });
+                futures::future::join_all(alone).await;
+            }
+        }
+    }
+}
+
+/// One call of `write_all` for `items[range]`, in a write of the group commit; checks that
+/// it answered once per item.
+async fn call<I: Send + Sync + 'static, O: Send + 'static>(
+    db: &Db,
+    write_all: WriteAll<I, O>,
+    items: Arc<Vec<Item<I>>>,
+    range: std::ops::Range<usize>,
+) -> Result<Vec<O>, DbError> {
+    let expected = range.len();
+    let outputs = db
+        .write(move |tx| {
+            let (items, range) = (items.clone(), range.clone());
+            Box::pin(async move { write_all(tx, &items[range]).await })
+        })
+        .await?;
+    if outputs.len() != expected {
+        return Err(lost(&format!("a batched write answered {} outputs for {expected} items", outputs.len())));
+    }
+    Ok(outputs)
 }

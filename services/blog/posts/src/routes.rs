@@ -19,15 +19,22 @@ struct NewPost {
     title: String,
 }
 
+#[derive(Clone)]
+struct Posts {
+    db: Db,
+    creator: store::Creator,
+}
+
 pub fn router(db: Db) -> Router {
+    let creator = store::creator(db.clone());
     Router::new()
         .route("/posts", get(list).post(create))
         .route("/posts/create", axum::routing::post(create))
-        .with_state(db)
+        .with_state(Posts { db, creator })
 }
 
 /// All posts as `{<id>: {id, title}}`, the course's shape.
-async fn list(State(db): State<Db>) -> Result<Json<Value>, ApiError> {
+async fn list(State(Posts { db, .. }): State<Posts>) -> Result<Json<Value>, ApiError> {
     let posts = store::all(&db).await?;
     let map: Map<String, Value> =
         posts.into_iter().map(|p| (p.id.clone(), json!({"id": p.id, "title": p.title}))).collect();
@@ -35,7 +42,7 @@ async fn list(State(db): State<Db>) -> Result<Json<Value>, ApiError> {
 }
 
 async fn create(
-    State(db): State<Db>,
+    State(Posts { creator, .. }): State<Posts>,
     JsonBody(body): JsonBody<NewPost>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let title = body.title.trim();
@@ -45,6 +52,6 @@ async fn create(
     if title.chars().count() > MAX_TITLE {
         return Err(ApiError::bad_request(format!("`title` is longer than {MAX_TITLE} characters")));
     }
-    let post = store::create(&db, title).await?;
+    let post = store::create(&creator, title).await?;
     Ok((StatusCode::CREATED, Json(json!({"id": post.id, "title": post.title}))))
 }
