@@ -182,7 +182,8 @@ impl Consumer {
     /// the error comes with their outcomes (`handled` = its length); nothing from the
     /// failing event on is. Each handler runs once per call, as with [`Self::receive`],
     /// unless the handler is [`Handler::transactional`]: then the events before a failing
-    /// one are handled twice, the first run rolled back.
+    /// one are handled again after a rollback (up to three times: in a run, one per call,
+    /// and once more to commit them).
     pub async fn receive_all(&self, events: &[CloudEvent]) -> Result<Vec<Outcome>, (Vec<Outcome>, ConsumeError)> {
         self.receive_all_then(events, |_| Box::pin(async { Ok(()) })).await
     }
@@ -214,6 +215,9 @@ impl Consumer {
                     tracing::debug!(at, error = %e, "an event of a batch failed; handling the events before it again");
                     events = &events[..at];
                     failure.get_or_insert(e);
+                    // Not every event is handled: what `finish` records (a backfill's
+                    // position) must not commit with the events before the failing one.
+                    finish = None;
                 }
                 Err(Failed::At(_, e) | Failed::Whole(e)) => return Err((vec![], failure.unwrap_or(e))),
             }
@@ -510,11 +514,19 @@ impl Consumer {
             Ok(r) => r,
             Err(panic) => Err(format!("the handler panicked: {}", panic_text(&panic)).into()),
         };
-        let error = result.as_ref().err().map(|e| e.to_string());
+        let error = match (&result, events.len()) {
+            (Ok(()), _) => None,
+            (Err(e), 1) => Some(e.to_string()),
+            // Which event failed is found when the batch is handled again one at a time;
+            // that pass records each event's outcome, so the run's count no failure.
+            (Err(e), n) => Some(format!("a run of {n} events failed ({e}); handled again one event at a time")),
+        };
         let each = started.elapsed().as_secs_f64() / events.len() as f64;
         for (event, (_, span)) in events.iter().zip(spans) {
             span.end(error.as_deref());
-            crate::metrics::handled(event.ty(), each, result.is_ok());
+            if result.is_ok() || events.len() == 1 {
+                crate::metrics::handled(event.ty(), each, result.is_ok());
+            }
         }
         result.map_err(|e| {
             // In a run, the first event stands for the run: the batch is handled again one

@@ -293,15 +293,19 @@ async fn call<I: Send + Sync + 'static, O: Send + 'static>(
     items: Arc<Vec<Item<I>>>,
     range: std::ops::Range<usize>,
 ) -> Result<Vec<O>, DbError> {
-    let expected = range.len();
-    let outputs = db
-        .write(move |tx| {
-            let (items, range) = (items.clone(), range.clone());
-            Box::pin(async move { write_all(tx, &items[range]).await })
+    db.write(move |tx| {
+        let (items, range) = (items.clone(), range.clone());
+        Box::pin(async move {
+            let outputs = write_all(tx, &items[range.clone()]).await?;
+            // Checked before the commit: a call that answers wrongly rolls back rather than
+            // committing writes whose callers would be told they failed.
+            match outputs.len() == range.len() {
+                true => Ok(outputs),
+                false => {
+                    Err(lost(&format!("a batched write answered {} outputs for {} items", outputs.len(), range.len())))
+                }
+            }
         })
-        .await?;
-    if outputs.len() != expected {
-        return Err(lost(&format!("a batched write answered {} outputs for {expected} items", outputs.len())));
-    }
-    Ok(outputs)
+    })
+    .await
 }

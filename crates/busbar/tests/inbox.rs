@@ -315,6 +315,48 @@ async fn a_transactional_handler_gets_runs_on_postgres() {
     a_transactional_handler_gets_runs("postgres").await;
 }
 
+/// `finish` (a backfill's record of its position) writes only when every event of the
+/// batch is handled: when one fails, the events before it commit without it, with or
+/// without savepoints, so a restart resumes from the failing event, not past it.
+async fn finish_writes_only_when_every_event_is_handled(backend: &str) {
+    let (url, _keep) = database(backend).await;
+    for transactional in [false, true] {
+        let c = consumer_of(&url, declared(Recorder, transactional)).await;
+        let batch = [note("a", 1, "x"), note("b", 1, "boom"), note("c", 1, "x")];
+        let (done, err) = c
+            .receive_all_then(&batch, |tx| {
+                Box::pin(async move {
+                    sqlx::query("INSERT INTO applied (pos, event_id, version) VALUES (1000, 'finish', 0)")
+                        .execute(&mut **tx)
+                        .await?;
+                    Ok(())
+                })
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(done, [Outcome::Applied { drained: 0 }], "{backend}, transactional: {transactional}");
+        assert!(err.to_string().contains("refuses boom"), "{err}");
+        assert_eq!(
+            count(c.db(), "SELECT COUNT(*) FROM applied WHERE event_id = 'finish'").await,
+            0,
+            "{backend}, transactional: {transactional}: finish must not write"
+        );
+        for table in ["applied", "busbar_inbox", "busbar_aggregate_versions"] {
+            sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {table}"))).execute(c.db().pool()).await.unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn finish_writes_only_when_every_event_is_handled_on_sqlite() {
+    finish_writes_only_when_every_event_is_handled("sqlite").await;
+}
+
+#[tokio::test]
+async fn finish_writes_only_when_every_event_is_handled_on_postgres() {
+    finish_writes_only_when_every_event_is_handled("postgres").await;
+}
+
 /// One batch may carry the same event twice (a redelivery that overtook the original): the
 /// first copy is handled, the second is a duplicate, whatever lies between them.
 async fn the_same_event_twice_in_one_batch_applies_once(backend: &str) {
