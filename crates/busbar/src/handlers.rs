@@ -104,8 +104,8 @@ where
 
 /// One registered type: decodes the envelope's data and calls the function.
 trait Route<S>: Send + Sync {
-    fn handle<'a>(&'a self, state: &'a S, tx: &'a mut Tx, event: &'a CloudEvent) -> HandlerFuture<'a>;
-    /// `events`, all of this type and consecutive in a delivered batch, in order.
+    /// `events`, all of this type and consecutive in a delivered batch, in order (one
+    /// event when handled alone).
     fn handle_run<'a>(&'a self, state: &'a S, tx: &'a mut Tx, events: &'a [&'a CloudEvent]) -> HandlerFuture<'a>;
 }
 
@@ -179,16 +179,10 @@ where
     E: Event + JsonSchema + Send + 'static,
     F: for<'a> HandlerFn<'a, S, Received<E>>,
 {
-    fn handle<'a>(&'a self, state: &'a S, tx: &'a mut Tx, event: &'a CloudEvent) -> HandlerFuture<'a> {
-        // Decoded before entering the future, which then holds no borrow of the event.
-        let received = self.decoder.received(event);
-        Box::pin(async move { self.f.call(state, tx, received?).await.map_err(Into::into) })
-    }
-
     fn handle_run<'a>(&'a self, state: &'a S, tx: &'a mut Tx, events: &'a [&'a CloudEvent]) -> HandlerFuture<'a> {
         Box::pin(async move {
             for event in events {
-                self.handle(state, tx, event).await?;
+                self.f.call(state, &mut *tx, self.decoder.received(event)?).await.map_err(Into::into)?;
             }
             Ok(())
         })
@@ -207,11 +201,6 @@ where
     E: Event + JsonSchema + Send + 'static,
     F: for<'a> HandlerFn<'a, S, Vec<Received<E>>>,
 {
-    fn handle<'a>(&'a self, state: &'a S, tx: &'a mut Tx, event: &'a CloudEvent) -> HandlerFuture<'a> {
-        let received = self.decoder.received(event);
-        Box::pin(async move { self.f.call(state, tx, vec![received?]).await.map_err(Into::into) })
-    }
-
     fn handle_run<'a>(&'a self, state: &'a S, tx: &'a mut Tx, events: &'a [&'a CloudEvent]) -> HandlerFuture<'a> {
         let received: Result<Vec<_>, _> = events.iter().map(|e| self.decoder.received(e)).collect();
         Box::pin(async move { self.f.call(state, tx, received?).await.map_err(Into::into) })
@@ -370,7 +359,7 @@ impl<S: Send + Sync + 'static> Handlers<S> {
 impl<S: Send + Sync + 'static> Handler for Handlers<S> {
     async fn handle(&self, tx: &mut Tx, event: &CloudEvent) -> Result<(), HandlerError> {
         match self.by_type.get(event.ty()) {
-            Some(r) => r.route.handle(&self.state, tx, event).await,
+            Some(r) => r.route.handle_run(&self.state, tx, &[event]).await,
             None => {
                 unhandled(event.ty());
                 Ok(())
