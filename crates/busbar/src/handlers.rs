@@ -301,6 +301,16 @@ impl<S: Send + Sync + 'static> Handlers<S> {
         self.register::<E>(Box::new(Many { decoder: Decoder::new(), f }), true)
     }
 
+    /// [`Self::on_new`] taking runs, as [`Self::on_many`] does: `f` gets the consecutive
+    /// new events of `E` in a delivered batch in one call (with [`Self::transactional`]),
+    /// never events from history.
+    pub fn on_new_many<E>(self, f: impl for<'a> HandlerFn<'a, S, Vec<Received<E>>>) -> Self
+    where
+        E: Event + JsonSchema + Send + 'static,
+    {
+        self.register::<E>(Box::new(Many { decoder: Decoder::new(), f }), false)
+    }
+
     fn register<E>(mut self, route: Box<dyn Route<S>>, replay: bool) -> Self
     where
         E: Event + JsonSchema + Send + 'static,
@@ -537,6 +547,23 @@ mod tests {
         let err = h.handle_run(&mut tx, &[&added("f"), &bad]).await.unwrap_err();
         assert!(matches!(err.downcast_ref::<EnvelopeError>(), Some(EnvelopeError::Data { .. })), "{err}");
         assert_eq!(h.state.0.lock().unwrap().len(), 3, "the function is not called");
+    }
+
+    #[tokio::test]
+    async fn a_reaction_taking_many_gets_runs_and_is_never_replayed() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("h.db").display());
+        let db = Db::connect("t", &url, DbOptions::default()).await.unwrap();
+        sqlx::query("CREATE TABLE t (id TEXT PRIMARY KEY, n INTEGER)").execute(db.pool()).await.unwrap();
+        let h = Handlers::new(Calls::default()).on_new_many::<Added>(add_all).on::<Noted>(noted).transactional();
+        assert_eq!(h.types(), ["Added", "Noted"]);
+        assert_eq!(h.replayed(), ["Noted"], "a reaction is not replayed from history, taking many or not");
+        let added = |id: &str| envelope::build("x", &Added { id: id.into(), n: 1 }, 1);
+        let run = [added("a"), added("b"), added("c"), envelope::build("x", &Noted { id: "n".into() }, 1), added("d")];
+        let mut tx = db.begin().await.unwrap();
+        h.handle_run(&mut tx, &run.iter().collect::<Vec<_>>()).await.unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(*h.state.0.lock().unwrap(), [3, 1], "a to c in one call, then d");
     }
 
     #[test]

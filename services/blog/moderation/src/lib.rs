@@ -3,6 +3,7 @@
 
 mod events;
 mod policy;
+pub mod store;
 
 use busbar::service::{Service, ServiceError};
 
