@@ -11,9 +11,9 @@ use crate::store;
 pub fn handlers() -> Handlers {
     Handlers::new(())
         // Posts come in runs (a busy blog's delivered batches are mostly posts): one
-        // statement remembers a run.
+        // statement remembers a run, and one decides a run of moderations.
         .on_many::<PostExists>(posts_created)
-        .on_new::<CommentModerated>(comment_moderated)
+        .on_new_many::<CommentModerated>(comments_moderated)
         .publishes::<CommentCreated>()
         .publishes::<CommentUpdated>()
         // Every handler only writes through its transaction.
@@ -38,15 +38,24 @@ async fn posts_created(_: &(), tx: &mut Tx, posts: Vec<Received<PostExists>>) ->
     store::remember_posts(tx, &posts.iter().map(|p| p.id.as_str()).collect::<Vec<_>>()).await
 }
 
-async fn comment_moderated(_: &(), tx: &mut Tx, m: Received<CommentModerated>) -> Result<(), HandlerError> {
-    match store::moderate(tx, &m.id, m.status).await {
-        // Routine, one per comment: at DEBUG, or a busy blog writes a log line per event.
-        Ok(Some(u)) => tracing::debug!(comment = %u.id, status = u.status.as_str(), "comment moderated"),
-        Ok(None) => tracing::info!(comment = %m.id, "comment already moderated; decision ignored"),
-        Err(DbError::Sql(sqlx::Error::RowNotFound)) => {
-            return Err(format!("moderated comment {} does not exist here", m.id).into());
+async fn comments_moderated(_: &(), tx: &mut Tx, run: Vec<Received<CommentModerated>>) -> Result<(), HandlerError> {
+    let decisions: Vec<_> = run.iter().map(|m| (m.id.as_str(), m.status)).collect();
+    match store::moderate(tx, &decisions).await {
+        Ok(done) => {
+            for u in done.updated {
+                // Routine, one per comment: at DEBUG, or a busy blog writes a log line per event.
+                tracing::debug!(comment = %u.id, status = u.status.as_str(), "comment moderated");
+            }
+            for id in done.unchanged {
+                tracing::info!(comment = %id, "comment already moderated; decision ignored");
+            }
+            Ok(())
         }
-        Err(e) => return Err(e.into()),
+        // A failing run is handled again one event per call, so this names the comment.
+        Err(DbError::Sql(sqlx::Error::RowNotFound)) => {
+            let ids: Vec<_> = decisions.iter().map(|(id, _)| *id).collect();
+            Err(format!("moderated comment {} does not exist here", ids.join(", ")).into())
+        }
+        Err(e) => Err(e.into()),
     }
-    Ok(())
 }

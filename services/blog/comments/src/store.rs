@@ -1,3 +1,5 @@
+use std::collections::{HashMap, HashSet};
+
 use blog_events::{CommentCreated, CommentStatus, CommentUpdated};
 use busbar::{
     Db, Tx,
@@ -286,36 +288,83 @@ async fn create_out_of_order(tx: &mut Tx, c: &CommentCreated) -> Result<String, 
     array(tx, post_id).await?.ok_or(DbError::Sql(sqlx::Error::RowNotFound))
 }
 
-/// Sets a comment's moderation status and emits `CommentUpdated` with the next version.
-/// A decision for a comment that is no longer pending changes nothing; one for a comment
-/// this service does not hold is `RowNotFound`. Two round trips: the row, then its entry
-/// in the post's array.
-pub async fn moderate(tx: &mut Tx, comment_id: &str, status: CommentStatus) -> Result<Option<CommentUpdated>, DbError> {
+/// What a run of decisions did: the comments it moderated (each emitted as
+/// `CommentUpdated`), in the run's order, and the ids of those no longer pending, which it
+/// left as they were.
+#[derive(Debug, Default)]
+pub struct Moderated {
+    pub updated: Vec<CommentUpdated>,
+    pub unchanged: Vec<String>,
+}
+
+/// Sets the moderation status of a run of comments and emits `CommentUpdated` for each with
+/// its next version, as deciding them one at a time in order would: a decision for a
+/// comment that is no longer pending (decided before, or earlier in the run) changes
+/// nothing; one for a comment this service does not hold fails the run with `RowNotFound`.
+/// One statement decides the whole run, then one per comment writes its entry in the
+/// post's array.
+pub async fn moderate(tx: &mut Tx, decisions: &[(&str, CommentStatus)]) -> Result<Moderated, DbError> {
     // Deciding and writing in one statement: of two decisions at once on PostgreSQL, the
     // second waits for the first's row lock, then finds the comment no longer pending.
-    let row = sqlx::query(
-        "UPDATE comments SET status = $1, version = version + 1 WHERE id = $2 AND status = $3 \
-         RETURNING post_id, content, version, seg",
-    )
-    .bind(status.as_str())
-    .bind(comment_id)
-    .bind(CommentStatus::Pending.as_str())
-    .fetch_optional(&mut **tx)
-    .await?;
-    let Some(row) = row else {
-        let held =
-            sqlx::query("SELECT 1 FROM comments WHERE id = $1").bind(comment_id).fetch_optional(&mut **tx).await?;
-        return match held {
-            Some(_) => Ok(None),
-            None => Err(DbError::Sql(sqlx::Error::RowNotFound)),
-        };
+    let sql = match tx.backend() {
+        Backend::Sqlite => {
+            "UPDATE comments SET status = d.status, version = version + 1 \
+             FROM (SELECT value ->> 0 AS id, value ->> 1 AS status FROM json_each($1)) AS d \
+             WHERE comments.id = d.id AND comments.status = $2 \
+             RETURNING id, post_id, content, version, seg"
+        }
+        Backend::Postgres => {
+            "UPDATE comments SET status = d.status, version = comments.version + 1 \
+             FROM (SELECT e ->> 0 AS id, e ->> 1 AS status FROM json_array_elements(CAST($1 AS json)) AS e) AS d \
+             WHERE comments.id = d.id AND comments.status = $2 \
+             RETURNING comments.id, comments.post_id, comments.content, comments.version, comments.seg"
+        }
     };
+    // Of an id decided twice, the first decision counts (the second finds it decided).
+    let mut seen = HashSet::new();
+    let firsts: Vec<(&str, CommentStatus)> = decisions.iter().copied().filter(|(id, _)| seen.insert(*id)).collect();
+    let run: Vec<(&str, &str)> = firsts.iter().map(|(id, status)| (*id, status.as_str())).collect();
+    let rows = sqlx::query(sql)
+        .bind(serde_json::to_string(&run).expect("strings serialise"))
+        .bind(CommentStatus::Pending.as_str())
+        .fetch_all(&mut **tx)
+        .await?;
+    let mut changed: HashMap<String, AnyRow> = rows.into_iter().map(|r| (r.get::<String, _>(0), r)).collect();
+    let mut done = Moderated::default();
+    let mut unchanged = Vec::new();
+    for (id, status) in firsts {
+        match changed.remove(id) {
+            Some(row) => done.updated.push(place(tx, id, status, &row).await?),
+            None => unchanged.push(id),
+        }
+    }
+    if !unchanged.is_empty() {
+        let held: Vec<(String,)> = sqlx::query_as(match tx.backend() {
+            Backend::Sqlite => "SELECT id FROM comments WHERE id IN (SELECT value FROM json_each($1))",
+            Backend::Postgres => {
+                "SELECT id FROM comments WHERE id IN (SELECT json_array_elements_text(CAST($1 AS json)))"
+            }
+        })
+        .bind(serde_json::to_string(&unchanged).expect("strings serialise"))
+        .fetch_all(&mut **tx)
+        .await?;
+        if held.len() < unchanged.len() {
+            return Err(DbError::Sql(sqlx::Error::RowNotFound));
+        }
+        done.unchanged = unchanged.into_iter().map(str::to_owned).collect();
+    }
+    Ok(done)
+}
+
+/// Writes a comment just moderated (`row`, as the decision returned it: post, content, new
+/// version, segment) into its post's array and emits `CommentUpdated`.
+async fn place(tx: &mut Tx, comment_id: &str, status: CommentStatus, row: &AnyRow) -> Result<CommentUpdated, DbError> {
     let (post_id, content, next, seg): (String, String, i64, Option<i64>) =
-        (row.get(0), row.get(1), row.get(2), row.get(3));
+        (row.try_get(1)?, row.try_get(2)?, row.try_get(3)?, row.try_get(4)?);
     let seg = match seg {
         Some(seg) => Some(seg),
         // A comment from before segments: its post's are built (or were, just now, by
-        // another transaction), and say where it is.
+        // another transaction or for a comment before it in the run), and say where it is.
         None => match end_for_update(tx, &post_id).await? {
             Some(_) => {
                 sqlx::query_scalar::<_, Option<i64>>("SELECT seg FROM comments WHERE id = $1")
@@ -333,7 +382,7 @@ pub async fn moderate(tx: &mut Tx, comment_id: &str, status: CommentStatus) -> R
     }
     let updated = CommentUpdated { id: comment_id.to_owned(), status, post_id, content };
     tx.emit(&updated, next).await?;
-    Ok(Some(updated))
+    Ok(updated)
 }
 
 /// Replaces comment `id`'s entry in its segment, `old` by `new`, in one statement that reads

@@ -30,7 +30,7 @@ async fn known_post(db: &Db, id: &str) {
 
 async fn moderate(db: &Db, comment: &str, status: CommentStatus) {
     let mut tx = db.begin().await.unwrap();
-    store::moderate(&mut tx, comment, status).await.unwrap();
+    store::moderate(&mut tx, &[(comment, status)]).await.unwrap();
     tx.commit().await.unwrap();
 }
 
@@ -70,7 +70,7 @@ async fn arrays_follow_creation_and_moderation(backend: &str) {
     // One for a comment this service does not hold is an error (the bus retries it), and
     // changes nothing either.
     let mut tx = db.begin().await.unwrap();
-    let missing = store::moderate(&mut tx, "no-such-comment", CommentStatus::Approved).await;
+    let missing = store::moderate(&mut tx, &[("no-such-comment", CommentStatus::Approved)]).await;
     assert!(matches!(missing, Err(DbError::Sql(sqlx::Error::RowNotFound))), "{backend}: {missing:?}");
     drop(tx);
     assert_eq!(answer(http.get(&comments).send().await.unwrap(), 200).await, want);
@@ -143,6 +143,94 @@ async fn comments_created_at_once_all_stay(backend: &str) {
     let mut want: Vec<String> = (0..n).map(|i| format!("c{i}")).collect();
     want.sort();
     assert_eq!(contents, want, "{backend}");
+}
+
+/// comments' database with posts p1 (150 comments, two segments) and p2 (two), comment
+/// c005 already rejected.
+async fn with_comments(backend: &str) -> (Db, testkit::TempDatabase) {
+    let (url, keep) = database(backend).await;
+    let db = migrated(&url).await;
+    known_post(&db, "p1").await;
+    known_post(&db, "p2").await;
+    let comment = |id: String, post_id: &str| CommentCreated {
+        content: format!("text of {id}"),
+        id,
+        post_id: post_id.into(),
+        status: CommentStatus::Pending,
+    };
+    for i in 0..150 {
+        store::insert(&db, comment(format!("c{i:03}"), "p1")).await.unwrap().unwrap();
+    }
+    for id in ["d0", "d1"] {
+        store::insert(&db, comment(id.into(), "p2")).await.unwrap().unwrap();
+    }
+    moderate(&db, "c005", CommentStatus::Rejected).await;
+    (db, keep)
+}
+
+/// What a database shows: both arrays, every row's status and version, and the events in
+/// its outbox (type, data and aggregate version) in order.
+async fn state(db: &Db) -> (Vec<String>, Vec<(String, String, i64)>, Vec<Value>) {
+    let mut conn = db.pool().acquire().await.unwrap();
+    let mut arrays = Vec::new();
+    for post in ["p1", "p2"] {
+        arrays.push(store::array(&mut conn, post).await.unwrap().unwrap());
+    }
+    let rows =
+        sqlx::query_as("SELECT id, status, version FROM comments ORDER BY id").fetch_all(&mut *conn).await.unwrap();
+    let payloads: Vec<(String,)> =
+        sqlx::query_as("SELECT payload FROM busbar_outbox ORDER BY seq").fetch_all(&mut *conn).await.unwrap();
+    let events = payloads
+        .iter()
+        .map(|(p,)| {
+            let ev: Value = serde_json::from_str(p).unwrap();
+            json!([ev["type"], ev["data"], ev["aggversion"]])
+        })
+        .collect();
+    (arrays, rows, events)
+}
+
+/// comments' handler decides a delivered run of `CommentModerated` at once: the same
+/// arrays, rows and events as deciding them one at a time, in order.
+async fn a_run_of_decisions_equals_decisions_one_at_a_time(backend: &str) {
+    use CommentStatus::{Approved, Rejected};
+    // c005 was decided before; c001 comes twice (its first decision counts); c120 is in
+    // the second segment, d1 on another post.
+    let run = [("c001", Approved), ("c120", Rejected), ("c005", Approved), ("c001", Rejected), ("d1", Approved)];
+    let (together, _keep1) = with_comments(backend).await;
+    let mut tx = together.begin().await.unwrap();
+    let done = store::moderate(&mut tx, &run).await.unwrap();
+    tx.commit().await.unwrap();
+    let updated: Vec<(&str, CommentStatus)> = done.updated.iter().map(|u| (u.id.as_str(), u.status)).collect();
+    assert_eq!(updated, [("c001", Approved), ("c120", Rejected), ("d1", Approved)], "{backend}");
+    assert_eq!(done.unchanged, ["c005"], "{backend}");
+
+    let (one_by_one, _keep2) = with_comments(backend).await;
+    for decision in run {
+        let mut tx = one_by_one.begin().await.unwrap();
+        store::moderate(&mut tx, &[decision]).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+    let want = state(&one_by_one).await;
+    assert_eq!(want.2.len(), 150 + 2 + 1 + 3, "{backend}: a creation each, c005's decision, then the run's three");
+    assert_eq!(state(&together).await, want, "{backend}");
+
+    // A run naming a comment this service does not hold fails whole, with RowNotFound.
+    let mut tx = together.begin().await.unwrap();
+    let missing = store::moderate(&mut tx, &[("c002", Approved), ("no-such-comment", Approved)]).await;
+    assert!(matches!(missing, Err(DbError::Sql(sqlx::Error::RowNotFound))), "{backend}: {missing:?}");
+    drop(tx);
+    assert_eq!(state(&together).await, want, "{backend}");
+}
+
+#[tokio::test]
+async fn a_run_of_decisions_equals_decisions_one_at_a_time_on_sqlite() {
+    a_run_of_decisions_equals_decisions_one_at_a_time("sqlite").await;
+}
+
+#[tokio::test]
+async fn a_run_of_decisions_equals_decisions_one_at_a_time_on_postgres() {
+    a_run_of_decisions_equals_decisions_one_at_a_time("postgres").await;
 }
 
 #[tokio::test]
@@ -256,8 +344,11 @@ async fn an_earlier_database_answers_with_every_comment(backend: &str) {
     );
     assert_eq!(answer(reqwest::get(&comments).await.unwrap(), 200).await, Value::from(old.clone()), "{backend}");
     // Old comments in the first and the second segment, moderated once segments are built.
-    moderate(&db, "0-c2", CommentStatus::Approved).await;
-    moderate(&db, "0-d149", CommentStatus::Rejected).await;
+    // Decided in one run: the first builds the post's segments, the second finds them.
+    let mut tx = db.begin().await.unwrap();
+    let run = [("0-c2", CommentStatus::Approved), ("0-d149", CommentStatus::Rejected)];
+    assert_eq!(store::moderate(&mut tx, &run).await.unwrap().updated.len(), 2, "{backend}");
+    tx.commit().await.unwrap();
     let created = reqwest::Client::new().post(&comments).json(&json!({"content": "three"})).send().await.unwrap();
     let all = answer(created, 201).await;
     assert_eq!(all.as_array().unwrap().len(), 153);
