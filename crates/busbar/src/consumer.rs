@@ -509,7 +509,15 @@ impl Consumer {
             }
         };
         let started = std::time::Instant::now();
-        let handled = trace::within(spans[0].0, handling).await;
+        let handled = match events {
+            [_] => trace::within(spans[0].0, handling).await,
+            // A run is handled as its first event's span, each event's own kept for what
+            // is emitted for it (`Received::traced`).
+            run => {
+                let each = run.iter().zip(&spans).map(|(e, (ctx, _))| (e.id().to_owned(), *ctx)).collect();
+                trace::within_run(each, spans[0].0, handling).await
+            }
+        };
         let result = match handled {
             Ok(r) => r,
             Err(panic) => Err(format!("the handler panicked: {}", panic_text(&panic)).into()),

@@ -205,10 +205,7 @@ impl<I> Item<I> {
     /// Runs `work` in this item's caller's trace: an event emitted in it names the caller's
     /// span as parent, as when the caller wrote alone.
     pub async fn traced<F: Future>(&self, work: F) -> F::Output {
-        match self.trace {
-            Some(ctx) => crate::trace::within(ctx, work).await,
-            None => work.await,
-        }
+        crate::trace::continuing(self.trace, work).await
     }
 }
 

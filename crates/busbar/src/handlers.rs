@@ -40,6 +40,7 @@ use crate::{
     contract::{self, Declared},
     db::Tx,
     envelope::{self, CloudEvent, EnvelopeError, Event},
+    trace::TraceContext,
 };
 
 /// An event's decoded `data`, with what the envelope says about it. Dereferences to the
@@ -61,6 +62,8 @@ pub struct Meta {
     pub subject: Option<String>,
     /// The aggregate's version after the change it reports, when it carries one.
     pub version: Option<i64>,
+    /// The span its handling runs as ([`Received::traced`]).
+    pub trace: Option<TraceContext>,
 }
 
 impl<E> std::ops::Deref for Received<E> {
@@ -73,6 +76,14 @@ impl<E> std::ops::Deref for Received<E> {
 impl<E> Received<E> {
     pub fn into_inner(self) -> E {
         self.data
+    }
+
+    /// Runs `work` as this event's handling span: an event emitted in it names that span as
+    /// parent, continuing this event's trace. A function taking a run
+    /// ([`Handlers::on_many`]) runs as the run's first event's span, so what it emits for
+    /// another event of the run belongs in this.
+    pub async fn traced<F: Future>(&self, work: F) -> F::Output {
+        crate::trace::continuing(self.meta.trace, work).await
     }
 }
 
@@ -133,6 +144,7 @@ impl<E: Event + JsonSchema> Decoder<E> {
                     source: event.source().to_string(),
                     subject: event.subject().map(str::to_owned),
                     version: envelope::aggregate_version(event),
+                    trace: crate::trace::of_event(event.id()),
                 },
             }),
             Err(EnvelopeError::Data { reason, .. }) => Err(Box::new(self.rejected(event, reason))),

@@ -5,7 +5,7 @@
 //! reach. Log lines written meanwhile carry `trace_id`, and spans are exported when
 //! OpenTelemetry export is on ([`busbar_client::telemetry`]).
 
-use std::future::Future;
+use std::{collections::HashMap, future::Future};
 
 use axum::{extract::Request, http::StatusCode, middleware::Next, response::Response};
 use busbar_client::telemetry::{Kind, Span};
@@ -14,6 +14,8 @@ use tracing::Instrument;
 
 tokio::task_local! {
     static CURRENT: TraceContext;
+    /// While a run of events is handled: each event's span, by event id.
+    static RUN: HashMap<String, TraceContext>;
 }
 
 /// The span the current task works in, if any.
@@ -26,6 +28,30 @@ pub fn current() -> Option<TraceContext> {
 pub async fn within<F: Future>(ctx: TraceContext, work: F) -> F::Output {
     let log = tracing::info_span!("trace", trace_id = %ctx.trace_id_hex());
     CURRENT.scope(ctx, work).instrument(log).await
+}
+
+/// Runs `work` as span `ctx` if there is one, else as it is.
+pub async fn continuing<F: Future>(ctx: Option<TraceContext>, work: F) -> F::Output {
+    match ctx {
+        Some(ctx) => within(ctx, work).await,
+        None => work.await,
+    }
+}
+
+/// Runs `work`, the handling of a run of events, as span `first` (the run's first event's),
+/// with each event's own span found by its id ([`of_event`]): what a handler emits for one
+/// event of the run can then continue that event's trace ([`crate::Received::traced`]).
+pub(crate) async fn within_run<F: Future>(
+    spans: HashMap<String, TraceContext>,
+    first: TraceContext,
+    work: F,
+) -> F::Output {
+    RUN.scope(spans, within(first, work)).await
+}
+
+/// The span event `id` is handled as: its own in a run ([`within_run`]), else the current.
+pub fn of_event(id: &str) -> Option<TraceContext> {
+    RUN.try_with(|run| run.get(id).copied()).ok().flatten().or_else(current)
 }
 
 /// Middleware: each API request is a span of the caller's trace (`traceparent` header) or

@@ -6,7 +6,10 @@ mod common;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use busbar::{AttributesReader, CloudEvent, Consumer, Handler, HandlerError, Outcome, Tx, envelope};
+use busbar::{
+    AttributesReader, CloudEvent, Consumer, Handler, HandlerError, Handlers, Outcome, Received, Tx, envelope,
+    trace::TraceContext,
+};
 use common::{NoteWritten, count, database, event_metric, notes_db};
 use sqlx::Row;
 
@@ -313,6 +316,78 @@ async fn a_transactional_handler_gets_runs_on_sqlite() {
 #[tokio::test]
 async fn a_transactional_handler_gets_runs_on_postgres() {
     a_transactional_handler_gets_runs("postgres").await;
+}
+
+/// What [`echo_each`] emits for each note: its id.
+#[derive(serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+struct Echoed {
+    id: String,
+}
+
+impl busbar::Event for Echoed {
+    const TYPE: &'static str = "Echoed";
+    fn aggregate_id(&self) -> String {
+        self.id.clone()
+    }
+}
+
+/// Emits an `Echoed` for each note of a run, in that note's trace; records the run's size.
+async fn echo_each(
+    runs: &Arc<std::sync::Mutex<Vec<usize>>>,
+    tx: &mut Tx,
+    notes: Vec<Received<NoteWritten>>,
+) -> Result<(), busbar::db::DbError> {
+    runs.lock().unwrap().push(notes.len());
+    for n in &notes {
+        n.traced(tx.emit(&Echoed { id: n.id.clone() }, 1)).await?;
+    }
+    Ok(())
+}
+
+/// A function taking a run is called as the run's first event's span; what it emits for
+/// another event of the run, in that event's `traced`, continues that event's trace, as if
+/// the event were handled alone.
+async fn what_a_run_emits_for_an_event_continues_its_trace(backend: &str) {
+    let (url, _keep) = database(backend).await;
+    let runs = Arc::new(std::sync::Mutex::new(vec![]));
+    let handlers =
+        Handlers::new(runs.clone()).on_new_many::<NoteWritten>(echo_each).publishes::<Echoed>().transactional();
+    let c = consumer_of(&url, Arc::new(handlers)).await;
+    let batch = ["a", "b", "c"].map(|id| {
+        let mut ev = note(id, 1, "x");
+        envelope::set_trace(&mut ev, &TraceContext::root());
+        ev
+    });
+    c.receive_all(&batch).await.unwrap();
+    assert_eq!(*runs.lock().unwrap(), [3], "{backend}: one run of three");
+    let emitted: Vec<String> = sqlx::query("SELECT payload FROM busbar_outbox ORDER BY seq")
+        .fetch_all(c.db().pool())
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(emitted.len(), 3, "{backend}");
+    for (out, ev) in emitted.iter().zip(&batch) {
+        let out = envelope::decode_one(out).unwrap();
+        let (got, want) = (envelope::trace(&out).unwrap(), envelope::trace(ev).unwrap());
+        assert_eq!(
+            got.trace_id,
+            want.trace_id,
+            "{backend}: {} is in the trace of the note it was emitted for",
+            out.id()
+        );
+    }
+}
+
+#[tokio::test]
+async fn what_a_run_emits_for_an_event_continues_its_trace_on_sqlite() {
+    what_a_run_emits_for_an_event_continues_its_trace("sqlite").await;
+}
+
+#[tokio::test]
+async fn what_a_run_emits_for_an_event_continues_its_trace_on_postgres() {
+    what_a_run_emits_for_an_event_continues_its_trace("postgres").await;
 }
 
 /// `finish` (a backfill's record of its position) writes only when every event of the

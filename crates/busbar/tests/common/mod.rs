@@ -77,7 +77,7 @@ impl Recording {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct NoteWritten {
     pub id: String,
     pub text: String,

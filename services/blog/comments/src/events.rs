@@ -39,7 +39,8 @@ async fn posts_created(_: &(), tx: &mut Tx, posts: Vec<Received<PostExists>>) ->
 }
 
 async fn comments_moderated(_: &(), tx: &mut Tx, run: Vec<Received<CommentModerated>>) -> Result<(), HandlerError> {
-    let decisions: Vec<_> = run.iter().map(|m| (m.id.as_str(), m.status)).collect();
+    let decisions: Vec<_> =
+        run.iter().map(|m| store::Decision { comment_id: &m.id, status: m.status, trace: m.meta.trace }).collect();
     match store::moderate(tx, &decisions).await {
         Ok(done) => {
             for u in done.updated {
@@ -51,11 +52,12 @@ async fn comments_moderated(_: &(), tx: &mut Tx, run: Vec<Received<CommentModera
             }
             Ok(())
         }
-        // A failing run is handled again one event per call, so this names the comment.
-        Err(DbError::Sql(sqlx::Error::RowNotFound)) => {
-            let ids: Vec<_> = decisions.iter().map(|(id, _)| *id).collect();
-            Err(format!("moderated comment {} does not exist here", ids.join(", ")).into())
+        Err(DbError::Sql(sqlx::Error::RowNotFound)) => Err(match decisions.as_slice() {
+            [one] => format!("moderated comment {} does not exist here", one.comment_id),
+            // Handled again one at a time, which names it.
+            run => format!("one of {} moderated comments does not exist here", run.len()),
         }
+        .into()),
         Err(e) => Err(e.into()),
     }
 }

@@ -4,6 +4,7 @@ use blog_events::{CommentCreated, CommentStatus, CommentUpdated};
 use busbar::{
     Db, Tx,
     db::{Backend, DbError},
+    trace::{self, TraceContext},
 };
 use sqlx::{AnyConnection, Row, any::AnyRow};
 
@@ -297,13 +298,23 @@ pub struct Moderated {
     pub unchanged: Vec<String>,
 }
 
+/// A moderation decision on one of this service's comments.
+#[derive(Debug, Clone, Copy)]
+pub struct Decision<'a> {
+    pub comment_id: &'a str,
+    pub status: CommentStatus,
+    /// The trace it came in: the comment's `CommentUpdated` continues it, as when the
+    /// decision is applied alone.
+    pub trace: Option<TraceContext>,
+}
+
 /// Sets the moderation status of a run of comments and emits `CommentUpdated` for each with
 /// its next version, as deciding them one at a time in order would: a decision for a
 /// comment that is no longer pending (decided before, or earlier in the run) changes
 /// nothing; one for a comment this service does not hold fails the run with `RowNotFound`.
 /// One statement decides the whole run, then one per comment writes its entry in the
 /// post's array.
-pub async fn moderate(tx: &mut Tx, decisions: &[(&str, CommentStatus)]) -> Result<Moderated, DbError> {
+pub async fn moderate(tx: &mut Tx, decisions: &[Decision<'_>]) -> Result<Moderated, DbError> {
     // Deciding and writing in one statement: of two decisions at once on PostgreSQL, the
     // second waits for the first's row lock, then finds the comment no longer pending.
     let sql = match tx.backend() {
@@ -322,8 +333,8 @@ pub async fn moderate(tx: &mut Tx, decisions: &[(&str, CommentStatus)]) -> Resul
     };
     // Of an id decided twice, the first decision counts (the second finds it decided).
     let mut seen = HashSet::new();
-    let firsts: Vec<(&str, CommentStatus)> = decisions.iter().copied().filter(|(id, _)| seen.insert(*id)).collect();
-    let run: Vec<(&str, &str)> = firsts.iter().map(|(id, status)| (*id, status.as_str())).collect();
+    let (firsts, again): (Vec<Decision>, Vec<Decision>) = decisions.iter().partition(|d| seen.insert(d.comment_id));
+    let run: Vec<(&str, &str)> = firsts.iter().map(|d| (d.comment_id, d.status.as_str())).collect();
     let rows = sqlx::query(sql)
         .bind(serde_json::to_string(&run).expect("strings serialise"))
         .bind(CommentStatus::Pending.as_str())
@@ -332,10 +343,10 @@ pub async fn moderate(tx: &mut Tx, decisions: &[(&str, CommentStatus)]) -> Resul
     let mut changed: HashMap<String, AnyRow> = rows.into_iter().map(|r| (r.get::<String, _>(0), r)).collect();
     let mut done = Moderated::default();
     let mut unchanged = Vec::new();
-    for (id, status) in firsts {
-        match changed.remove(id) {
-            Some(row) => done.updated.push(place(tx, id, status, &row).await?),
-            None => unchanged.push(id),
+    for d in firsts {
+        match changed.remove(d.comment_id) {
+            Some(row) => done.updated.push(trace::continuing(d.trace, place(tx, d.comment_id, d.status, &row)).await?),
+            None => unchanged.push(d.comment_id),
         }
     }
     if !unchanged.is_empty() {
@@ -351,8 +362,9 @@ pub async fn moderate(tx: &mut Tx, decisions: &[(&str, CommentStatus)]) -> Resul
         if held.len() < unchanged.len() {
             return Err(DbError::Sql(sqlx::Error::RowNotFound));
         }
-        done.unchanged = unchanged.into_iter().map(str::to_owned).collect();
     }
+    // A comment decided twice in the run is unchanged the second time, as one at a time.
+    done.unchanged = unchanged.into_iter().chain(again.iter().map(|d| d.comment_id)).map(str::to_owned).collect();
     Ok(done)
 }
 

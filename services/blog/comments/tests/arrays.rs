@@ -28,9 +28,13 @@ async fn known_post(db: &Db, id: &str) {
     tx.commit().await.unwrap();
 }
 
+fn decision(comment_id: &str, status: CommentStatus) -> store::Decision<'_> {
+    store::Decision { comment_id, status, trace: None }
+}
+
 async fn moderate(db: &Db, comment: &str, status: CommentStatus) {
     let mut tx = db.begin().await.unwrap();
-    store::moderate(&mut tx, &[(comment, status)]).await.unwrap();
+    store::moderate(&mut tx, &[decision(comment, status)]).await.unwrap();
     tx.commit().await.unwrap();
 }
 
@@ -70,7 +74,7 @@ async fn arrays_follow_creation_and_moderation(backend: &str) {
     // One for a comment this service does not hold is an error (the bus retries it), and
     // changes nothing either.
     let mut tx = db.begin().await.unwrap();
-    let missing = store::moderate(&mut tx, &[("no-such-comment", CommentStatus::Approved)]).await;
+    let missing = store::moderate(&mut tx, &[decision("no-such-comment", CommentStatus::Approved)]).await;
     assert!(matches!(missing, Err(DbError::Sql(sqlx::Error::RowNotFound))), "{backend}: {missing:?}");
     drop(tx);
     assert_eq!(answer(http.get(&comments).send().await.unwrap(), 200).await, want);
@@ -194,16 +198,17 @@ async fn state(db: &Db) -> (Vec<String>, Vec<(String, String, i64)>, Vec<Value>)
 /// arrays, rows and events as deciding them one at a time, in order.
 async fn a_run_of_decisions_equals_decisions_one_at_a_time(backend: &str) {
     use CommentStatus::{Approved, Rejected};
-    // c005 was decided before; c001 comes twice (its first decision counts); c120 is in
-    // the second segment, d1 on another post.
-    let run = [("c001", Approved), ("c120", Rejected), ("c005", Approved), ("c001", Rejected), ("d1", Approved)];
+    // Out of id order: d1 on another post first, c120 in the second segment before c001 in
+    // the first; c005 was decided before; c001 comes twice (its first decision counts).
+    let run = [("d1", Approved), ("c120", Rejected), ("c001", Approved), ("c005", Approved), ("c001", Rejected)]
+        .map(|(id, status)| decision(id, status));
     let (together, _keep1) = with_comments(backend).await;
     let mut tx = together.begin().await.unwrap();
     let done = store::moderate(&mut tx, &run).await.unwrap();
     tx.commit().await.unwrap();
     let updated: Vec<(&str, CommentStatus)> = done.updated.iter().map(|u| (u.id.as_str(), u.status)).collect();
-    assert_eq!(updated, [("c001", Approved), ("c120", Rejected), ("d1", Approved)], "{backend}");
-    assert_eq!(done.unchanged, ["c005"], "{backend}");
+    assert_eq!(updated, [("d1", Approved), ("c120", Rejected), ("c001", Approved)], "{backend}");
+    assert_eq!(done.unchanged, ["c005", "c001"], "{backend}: decided before, or earlier in the run");
 
     let (one_by_one, _keep2) = with_comments(backend).await;
     for decision in run {
@@ -217,7 +222,7 @@ async fn a_run_of_decisions_equals_decisions_one_at_a_time(backend: &str) {
 
     // A run naming a comment this service does not hold fails whole, with RowNotFound.
     let mut tx = together.begin().await.unwrap();
-    let missing = store::moderate(&mut tx, &[("c002", Approved), ("no-such-comment", Approved)]).await;
+    let missing = store::moderate(&mut tx, &[decision("c002", Approved), decision("no-such-comment", Approved)]).await;
     assert!(matches!(missing, Err(DbError::Sql(sqlx::Error::RowNotFound))), "{backend}: {missing:?}");
     drop(tx);
     assert_eq!(state(&together).await, want, "{backend}");
@@ -346,7 +351,7 @@ async fn an_earlier_database_answers_with_every_comment(backend: &str) {
     // Old comments in the first and the second segment, moderated once segments are built.
     // Decided in one run: the first builds the post's segments, the second finds them.
     let mut tx = db.begin().await.unwrap();
-    let run = [("0-c2", CommentStatus::Approved), ("0-d149", CommentStatus::Rejected)];
+    let run = [decision("0-c2", CommentStatus::Approved), decision("0-d149", CommentStatus::Rejected)];
     assert_eq!(store::moderate(&mut tx, &run).await.unwrap().updated.len(), 2, "{backend}");
     tx.commit().await.unwrap();
     let created = reqwest::Client::new().post(&comments).json(&json!({"content": "three"})).send().await.unwrap();

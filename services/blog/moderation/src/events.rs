@@ -30,8 +30,10 @@ async fn comments_created(
         if !decided.remove(&c.id) {
             continue;
         }
-        let c = c.into_inner();
-        tx.emit(&CommentModerated { id: c.id, post_id: c.post_id, status, content: c.content }, 1).await?;
+        let decision =
+            CommentModerated { id: c.id.clone(), post_id: c.post_id.clone(), status, content: c.content.clone() };
+        // In the comment's own trace, as when it was decided alone.
+        c.traced(tx.emit(&decision, 1)).await?;
     }
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! moderation: decides on each new comment (rejects content containing a listed word,
 //! `orange` by default) and emits `CommentModerated`. No public routes.
 
-mod events;
+pub mod events;
 mod policy;
 pub mod store;
 

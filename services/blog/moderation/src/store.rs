@@ -13,26 +13,27 @@ use busbar::{
 /// new event id) keeps its first decision, and of one id twice in the run the first
 /// counts, as recording them one at a time in order would.
 pub async fn decide(tx: &mut Tx, decisions: &[(&str, CommentStatus)]) -> Result<HashSet<String>, DbError> {
-    // The rows in the run's order (`ORDER BY` its position), so a repeated id meets the
-    // conflict on its second occurrence. `RETURNING` answers only rows inserted.
+    // Of an id twice in the run the first counts: the second is left out here, so no
+    // statement depends on the order the database inserts a SELECT's rows in.
+    // `RETURNING` answers only rows inserted.
     let sql = match tx.backend() {
         // `WHERE true`: SQLite's grammar needs it between a SELECT and its ON CONFLICT.
         Backend::Sqlite => {
             "INSERT INTO decisions (comment_id, status, decided_at) \
-             SELECT value ->> 0, value ->> 1, $2 FROM json_each($1) WHERE true ORDER BY key \
+             SELECT value ->> 0, value ->> 1, $2 FROM json_each($1) WHERE true \
              ON CONFLICT (comment_id) DO NOTHING RETURNING comment_id"
         }
         Backend::Postgres => {
             "INSERT INTO decisions (comment_id, status, decided_at) \
-             SELECT d ->> 0, d ->> 1, $2 FROM json_array_elements(CAST($1 AS json)) WITH ORDINALITY AS t (d, n) \
-             ORDER BY n ON CONFLICT (comment_id) DO NOTHING RETURNING comment_id"
+             SELECT d ->> 0, d ->> 1, $2 FROM json_array_elements(CAST($1 AS json)) AS d \
+             ON CONFLICT (comment_id) DO NOTHING RETURNING comment_id"
         }
     };
+    let mut seen = HashSet::new();
+    let firsts: Vec<(&str, &str)> =
+        decisions.iter().filter(|(id, _)| seen.insert(*id)).map(|(id, status)| (*id, status.as_str())).collect();
     let rows: Vec<(String,)> = sqlx::query_as(sql)
-        .bind(
-            serde_json::to_string(&decisions.iter().map(|(id, s)| (id, s.as_str())).collect::<Vec<_>>())
-                .expect("strings serialise"),
-        )
+        .bind(serde_json::to_string(&firsts).expect("strings serialise"))
         .bind(busbar::db::now_millis())
         .fetch_all(&mut **tx)
         .await?;

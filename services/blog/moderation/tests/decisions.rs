@@ -1,8 +1,12 @@
 //! moderation's decisions, recorded a run at a time, on SQLite and PostgreSQL.
 
-use blog_events::CommentStatus::{Approved, Rejected};
-use busbar::{Db, DbOptions};
-use moderation::store;
+use blog_events::{
+    CommentCreated,
+    CommentStatus::{Approved, Pending, Rejected},
+};
+use busbar::{Db, DbOptions, Handler, envelope};
+use moderation::{WordList, events, store};
+use serde_json::{Value, json};
 use testkit::database;
 
 async fn migrated(url: &str) -> Db {
@@ -51,4 +55,50 @@ async fn a_run_is_decided_as_one_at_a_time_would_be_on_sqlite() {
 #[tokio::test]
 async fn a_run_is_decided_as_one_at_a_time_would_be_on_postgres() {
     a_run_is_decided_as_one_at_a_time_would_be("postgres").await;
+}
+
+/// The handler gets a run of new comments: one `CommentModerated` per comment decided now,
+/// in the run's order, with the first decision of a comment that comes twice.
+async fn a_run_emits_a_decision_per_new_comment(backend: &str) {
+    let (url, _keep) = database(backend).await;
+    let db = migrated(&url).await;
+    let created = |id: &str, content: &str| {
+        let c = CommentCreated { id: id.into(), post_id: "p1".into(), content: content.into(), status: Pending };
+        envelope::build("comments", &c, 1)
+    };
+    let h = events::handlers(WordList::parse("orange"));
+    let mut tx = db.begin().await.unwrap();
+    h.handle(&mut tx, &created("c0", "earlier")).await.unwrap();
+    tx.commit().await.unwrap();
+    let run =
+        [created("c2", "an Orange"), created("c0", "earlier"), created("c1", "fine"), created("c2", "fine this time")];
+    let mut tx = db.begin().await.unwrap();
+    h.handle_run(&mut tx, &run.iter().collect::<Vec<_>>()).await.unwrap();
+    tx.commit().await.unwrap();
+    let payloads: Vec<(String,)> =
+        sqlx::query_as("SELECT payload FROM busbar_outbox ORDER BY seq").fetch_all(db.pool()).await.unwrap();
+    let emitted: Vec<Value> = payloads
+        .iter()
+        .map(|(p,)| {
+            let ev: Value = serde_json::from_str(p).unwrap();
+            assert_eq!(ev["type"], "CommentModerated");
+            json!([ev["data"]["id"], ev["data"]["status"], ev["data"]["content"]])
+        })
+        .collect();
+    let want = [
+        json!(["c0", "approved", "earlier"]),
+        json!(["c2", "rejected", "an Orange"]),
+        json!(["c1", "approved", "fine"]),
+    ];
+    assert_eq!(emitted, want, "{backend}");
+}
+
+#[tokio::test]
+async fn a_run_emits_a_decision_per_new_comment_on_sqlite() {
+    a_run_emits_a_decision_per_new_comment("sqlite").await;
+}
+
+#[tokio::test]
+async fn a_run_emits_a_decision_per_new_comment_on_postgres() {
+    a_run_emits_a_decision_per_new_comment("postgres").await;
 }
