@@ -50,7 +50,7 @@ pub(crate) async fn within_run<F: Future>(
 }
 
 /// The span event `id` is handled as: its own in a run ([`within_run`]), else the current.
-pub fn of_event(id: &str) -> Option<TraceContext> {
+pub(crate) fn of_event(id: &str) -> Option<TraceContext> {
     RUN.try_with(|run| run.get(id).copied()).ok().flatten().or_else(current)
 }
 

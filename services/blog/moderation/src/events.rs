@@ -23,8 +23,7 @@ async fn comments_created(
 ) -> Result<(), DbError> {
     let decisions: Vec<_> = comments.iter().map(|c| (c.id.as_str(), words.decide(&c.content))).collect();
     let mut decided = store::decide(tx, &decisions).await?;
-    let statuses: Vec<_> = decisions.into_iter().map(|(_, status)| status).collect();
-    for (c, status) in comments.into_iter().zip(statuses) {
+    for (c, (_, status)) in comments.iter().zip(decisions) {
         // Not decided now: decided before (e.g. the same comment re-published under a new
         // event id), or earlier in this run. `remove`: its first occurrence emits.
         if !decided.remove(&c.id) {
